@@ -1,0 +1,38 @@
+// Loading a run configuration: YAML file -> `inherit:` chain -> `--set a.b=c` overrides -> typed
+// Config -> validation. Every error is a UserError of one line naming the file (or "--set") and
+// the key at fault, e.g.
+//   configs/x.yaml: unknown key 'model.n_head' (did you mean 'model.n_heads'?)
+#pragma once
+
+#include <map>
+#include <string>
+#include <vector>
+
+#include "config/config.h"
+
+namespace gqe {
+
+struct LoadedConfig {
+  Config config;
+  std::string file;                            // the file named on the command line
+  std::map<std::string, std::string> origins;  // dotted key -> file (or "--set") that set it
+
+  // Where the value of `key` (a dotted path) came from, for error messages: the file or "--set"
+  // that set it, else the file named on the command line.
+  const std::string& origin(const std::string& key) const;
+};
+
+// Reads, merges, overrides and validates. Throws UserError on any bad input.
+LoadedConfig load_config(const std::string& path, const std::vector<std::string>& overrides = {});
+
+// Checks ranges and consistency (n_heads divisible by n_kv_heads, top_k <= M, budget >= one batch,
+// ...). load_config calls it; exposed for configs built in code.
+void validate(const LoadedConfig& loaded);
+
+// The fully resolved config as YAML, every key written; load_config of this text gives it back.
+std::string to_yaml(const Config& config);
+
+// Every dotted key the schema knows (leaves and sections), in declaration order.
+std::vector<std::string> config_keys();
+
+}  // namespace gqe
