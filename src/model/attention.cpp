@@ -1,0 +1,88 @@
+#include "model/attention.h"
+
+#include <ATen/ATen.h>
+
+#include "model/router.h"
+
+namespace gqe {
+namespace {
+
+// Causal fused attention. q: [B, Hq, T, dh], k/v: [B, Hkv, T, dh] with Hq a multiple of Hkv; query
+// head h reads KV head h / (Hq / Hkv), without materialising the repeated K/V.
+at::Tensor causal_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v) {
+  return at::scaled_dot_product_attention(q, k, v, /*attn_mask=*/{}, /*dropout_p=*/0.0, /*is_causal=*/true,
+                                          /*scale=*/std::nullopt, /*enable_gqa=*/q.size(1) != k.size(1));
+}
+
+}  // namespace
+
+int64_t AttentionImpl::output_slots(const ModelConfig& c) {
+  if (c.attention.type == AttentionType::gqa) return c.n_heads;
+  const int64_t hard = c.attention.top_k * c.n_kv_heads;
+  return c.attention.variant == GqeVariant::gqe ? hard + 2 : hard;
+}
+
+AttentionImpl::AttentionImpl(const ModelConfig& c)
+    : attn_(c.attention), n_heads_(c.n_heads), n_kv_heads_(c.n_kv_heads), head_dim_(c.head_dim) {
+  q_proj = register_module("q_proj", make_linear(c.d_model, c.n_heads * c.head_dim));
+  k_proj = register_module("k_proj", make_linear(c.d_model, c.n_kv_heads * c.head_dim));
+  v_proj = register_module("v_proj", make_linear(c.d_model, c.n_kv_heads * c.head_dim));
+  o_proj = register_module("o_proj", make_linear(output_slots(c) * c.head_dim, c.d_model));
+  if (attn_.type == AttentionType::gqe) {
+    router = register_module("router", make_linear(c.d_model, c.n_heads));
+    if (attn_.variant == GqeVariant::gqe) q_shared = register_module("q_shared", make_linear(c.d_model, c.head_dim));
+  }
+}
+
+AttentionOutput AttentionImpl::forward(const at::Tensor& x, const RotaryTables& rope) {
+  const int64_t B = x.size(0), T = x.size(1);
+  const at::Tensor k = apply_rotary(k_proj(x).view({B, T, n_kv_heads_, head_dim_}).transpose(1, 2), rope);
+  const at::Tensor v = v_proj(x).view({B, T, n_kv_heads_, head_dim_}).transpose(1, 2);
+  AttentionOutput out;
+  if (attn_.type == AttentionType::gqa) {
+    const at::Tensor q = apply_rotary(q_proj(x).view({B, T, n_heads_, head_dim_}).transpose(1, 2), rope);
+    out.y = o_proj(causal_attention(q, k, v).transpose(1, 2).reshape({B, T, n_heads_ * head_dim_}));
+  } else {
+    out.y = o_proj(routed_slots(x, k, v, rope, out));
+  }
+  return out;
+}
+
+// GQE forward steps 3-6: route, attend with the selected query heads only, build the o_proj input.
+at::Tensor AttentionImpl::routed_slots(const at::Tensor& x, const at::Tensor& k, const at::Tensor& v,
+                                       const RotaryTables& rope, AttentionOutput& out) {
+  const int64_t B = x.size(0), T = x.size(1), G = n_kv_heads_, M = n_heads_ / n_kv_heads_, K = attn_.top_k;
+  // Router in fp32: the logits, softmax and top-k decide which heads run.
+  const Routing r = route(at::linear(x.to(at::kFloat), router->weight.to(at::kFloat)), G, K);
+  out.aux = load_balancing_loss(r);
+  out.load = expert_load(r);
+  out.entropy = router_entropy(r);
+
+  // Gather the selected experts' queries: head g*K + r attends with KV head g. RoPE commutes with
+  // the gather (same rotation for every head at a position), so it runs on the selected heads only.
+  const at::Tensor q = q_proj(x).view({B, T, G, M, head_dim_});
+  const at::Tensor index = r.topi.unsqueeze(-1).expand({B, T, G, K, head_dim_});
+  const at::Tensor q_sel = apply_rotary(q.gather(3, index).view({B, T, G * K, head_dim_}).transpose(1, 2), rope);
+  const at::Tensor o = causal_attention(q_sel, k, v).transpose(1, 2).reshape({B, T, G, K, head_dim_});
+
+  const at::Tensor topv = r.topv.unsqueeze(-1);  // [B, T, G, K, 1]
+  std::vector<at::Tensor> slots;
+  if (attn_.variant == GqeVariant::weighted_concat) {
+    slots.push_back((o * topv).to(o.scalar_type()).reshape({B, T, G * K * head_dim_}));
+  } else {
+    slots.push_back(o.reshape({B, T, G * K * head_dim_}));
+  }
+  if (attn_.variant == GqeVariant::gqe) {
+    // Weights renormalised across all groups (within a group, k = 1 would make them all 1 and cut
+    // the router off from the LM loss).
+    const at::Tensor w = topv / r.topv.sum({2, 3}, /*keepdim=*/true).unsqueeze(-1).clamp_min(1e-9);
+    slots.push_back((o * w).sum({2, 3}).to(o.scalar_type()));
+    // The always-on shared head reads the mean of the groups' keys and values: nothing to cache.
+    const at::Tensor q_sh = apply_rotary(q_shared(x).view({B, T, 1, head_dim_}).transpose(1, 2), rope);
+    const at::Tensor shared = causal_attention(q_sh, k.mean(1, /*keepdim=*/true), v.mean(1, /*keepdim=*/true));
+    slots.push_back(shared.transpose(1, 2).reshape({B, T, head_dim_}));
+  }
+  return at::cat(slots, -1);
+}
+
+}  // namespace gqe

@@ -1,0 +1,42 @@
+// Self-attention of one decoder layer: grouped-query attention (GQA) or Grouped Query Experts
+// (GQE, docs/model.md). Both share k_proj/v_proj and the group-major q_proj layout, so their
+// checkpoints have the same q/k/v shapes; GQE adds `router` and, for the `gqe` variant, `q_shared`,
+// and its o_proj reads S = k*G (+2) head-sized slots instead of N.
+#pragma once
+
+#include <torch/nn/module.h>
+#include <torch/nn/modules/linear.h>
+
+#include "config/config.h"
+#include "model/layers.h"
+
+namespace gqe {
+
+struct AttentionOutput {
+  at::Tensor y;        // [B, T, d]
+  at::Tensor aux;      // GQE: this layer's load-balancing loss (scalar); GQA: undefined
+  at::Tensor load;     // GQE: [G, M] fraction of tokens per expert (no grad)
+  at::Tensor entropy;  // GQE: mean router entropy in nats (no grad)
+};
+
+class AttentionImpl : public torch::nn::Module {
+ public:
+  explicit AttentionImpl(const ModelConfig& config);
+  AttentionOutput forward(const at::Tensor& x, const RotaryTables& rope);
+
+  // Number of head-sized slots o_proj reads: N (GQA); k*G, +2 for the `gqe` variant.
+  static int64_t output_slots(const ModelConfig& config);
+
+  torch::nn::Linear q_proj{nullptr}, k_proj{nullptr}, v_proj{nullptr}, o_proj{nullptr};
+  torch::nn::Linear router{nullptr}, q_shared{nullptr};  // GQE only
+
+ private:
+  at::Tensor routed_slots(const at::Tensor& x, const at::Tensor& k, const at::Tensor& v, const RotaryTables& rope,
+                          AttentionOutput& out);
+
+  AttentionConfig attn_;
+  int64_t n_heads_, n_kv_heads_, head_dim_;
+};
+TORCH_MODULE(Attention);
+
+}  // namespace gqe

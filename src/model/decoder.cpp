@@ -1,0 +1,81 @@
+#include "model/decoder.h"
+
+#include <cmath>
+
+#include <ATen/ATen.h>
+#include <torch/nn/init.h>
+
+namespace gqe {
+
+DecoderLayerImpl::DecoderLayerImpl(const ModelConfig& c) {
+  input_layernorm = register_module("input_layernorm", RMSNorm(c.d_model, c.norm_eps));
+  self_attn = register_module("self_attn", Attention(c));
+  post_attention_layernorm = register_module("post_attention_layernorm", RMSNorm(c.d_model, c.norm_eps));
+  mlp = register_module("mlp", SwiGLU(c.d_model, c.ffn_hidden));
+}
+
+at::Tensor DecoderLayerImpl::forward(const at::Tensor& h, const RotaryTables& rope, AttentionOutput& attn) {
+  attn = self_attn(input_layernorm(h), rope);
+  const at::Tensor mid = h + attn.y;
+  return mid + mlp(post_attention_layernorm(mid));
+}
+
+DecoderBodyImpl::DecoderBodyImpl(const ModelConfig& c) {
+  embed_tokens = register_module("embed_tokens", torch::nn::Embedding(c.vocab_size, c.d_model));
+  layers = register_module("layers", torch::nn::ModuleList());
+  for (int64_t i = 0; i < c.n_layers; ++i) layers->push_back(DecoderLayer(c));
+  norm = register_module("norm", RMSNorm(c.d_model, c.norm_eps));
+}
+
+DecoderImpl::DecoderImpl(const ModelConfig& c) : config_(c) {
+  model = register_module("model", DecoderBody(c));
+  if (!c.tie_embeddings) lm_head = register_module("lm_head", make_linear(c.d_model, c.vocab_size));
+  reset_parameters();
+}
+
+void DecoderImpl::reset_parameters() {
+  torch::NoGradGuard no_grad;
+  const double std = config_.init_std;
+  const double residual_std = std / std::sqrt(2.0 * static_cast<double>(config_.n_layers));
+  torch::nn::init::normal_(model->embed_tokens->weight, 0.0, std);
+  if (lm_head) torch::nn::init::normal_(lm_head->weight, 0.0, std);
+  for (const auto& module : *model->layers) {
+    auto& layer = *module->as<DecoderLayer>();
+    auto& attn = *layer.self_attn;
+    for (auto* linear : {&attn.q_proj, &attn.k_proj, &attn.v_proj}) torch::nn::init::normal_((*linear)->weight, 0.0, std);
+    torch::nn::init::normal_(attn.o_proj->weight, 0.0, residual_std);
+    if (attn.router) {
+      if (config_.attention.router_init == RouterInit::zeros) attn.router->weight.zero_();  // as the reference layer
+      else torch::nn::init::normal_(attn.router->weight, 0.0, std);
+    }
+    if (attn.q_shared) torch::nn::init::normal_(attn.q_shared->weight, 0.0, std);
+    torch::nn::init::normal_(layer.mlp->gate_proj->weight, 0.0, std);
+    torch::nn::init::normal_(layer.mlp->up_proj->weight, 0.0, std);
+    torch::nn::init::normal_(layer.mlp->down_proj->weight, 0.0, residual_std);
+    layer.input_layernorm->weight.fill_(1.0);
+    layer.post_attention_layernorm->weight.fill_(1.0);
+  }
+  model->norm->weight.fill_(1.0);
+}
+
+DecoderOutput DecoderImpl::forward(const at::Tensor& tokens) {
+  const int64_t T = tokens.size(1);
+  const RotaryTables rope = rotary_tables(0, T, config_.head_dim, config_.rope_theta, tokens.device());
+  DecoderOutput out;
+  at::Tensor h = model->embed_tokens(tokens);
+  std::vector<at::Tensor> aux;
+  for (const auto& module : *model->layers) {
+    AttentionOutput attn;
+    h = module->as<DecoderLayer>()->forward(h, rope, attn);
+    if (attn.aux.defined()) {
+      aux.push_back(attn.aux);
+      out.router.push_back({attn.load, attn.entropy});
+    }
+  }
+  h = model->norm(h);
+  out.logits = lm_head ? lm_head(h) : at::linear(h, model->embed_tokens->weight);
+  out.aux_loss = aux.empty() ? at::zeros({}, h.options().dtype(at::kFloat)) : at::stack(aux).sum();
+  return out;
+}
+
+}  // namespace gqe

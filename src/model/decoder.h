@@ -1,0 +1,75 @@
+// The Llama-style decoder (docs/model.md): token embedding, n_layers pre-norm blocks of attention
+// (GQA or GQE) and SwiGLU, final RMSNorm, output projection tied to the embedding by default.
+// Parameter names are exactly the Hugging Face Llama names ("model.layers.3.self_attn.q_proj.weight").
+#pragma once
+
+#include <vector>
+
+#include <torch/nn/module.h>
+#include <torch/nn/modules/container/modulelist.h>
+#include <torch/nn/modules/embedding.h>
+
+#include "config/config.h"
+#include "model/attention.h"
+#include "model/layers.h"
+
+namespace gqe {
+
+struct RouterStats {
+  at::Tensor load;     // [G, M] fraction of the micro-batch's tokens that picked each expert
+  at::Tensor entropy;  // mean router entropy, nats
+};
+
+struct DecoderOutput {
+  at::Tensor logits;                 // [B, T, vocab]
+  at::Tensor aux_loss;               // sum over GQE layers of the load-balancing loss (0 for GQA), unscaled
+  std::vector<RouterStats> router;   // one per layer for GQE, empty for GQA
+};
+
+class DecoderLayerImpl : public torch::nn::Module {
+ public:
+  explicit DecoderLayerImpl(const ModelConfig& config);
+  // Returns the new residual stream; fills `attn` with the attention's aux outputs.
+  at::Tensor forward(const at::Tensor& h, const RotaryTables& rope, AttentionOutput& attn);
+
+  RMSNorm input_layernorm{nullptr};
+  Attention self_attn{nullptr};
+  RMSNorm post_attention_layernorm{nullptr};
+  SwiGLU mlp{nullptr};
+};
+TORCH_MODULE(DecoderLayer);
+
+// "model." in the parameter names.
+class DecoderBodyImpl : public torch::nn::Module {
+ public:
+  explicit DecoderBodyImpl(const ModelConfig& config);
+
+  torch::nn::Embedding embed_tokens{nullptr};
+  torch::nn::ModuleList layers{nullptr};
+  RMSNorm norm{nullptr};
+};
+TORCH_MODULE(DecoderBody);
+
+class DecoderImpl : public torch::nn::Module {
+ public:
+  // Parameters are initialised from torch's global generator (seed it first for reproducibility).
+  explicit DecoderImpl(const ModelConfig& config);
+
+  // tokens: [B, T] int64. Positions start at 0.
+  DecoderOutput forward(const at::Tensor& tokens);
+
+  // normal(0, init_std) for matrices, init_std / sqrt(2 n_layers) for the two projections that
+  // write into the residual stream (o_proj, down_proj), ones for norms, router per config.
+  void reset_parameters();
+
+  const ModelConfig& config() const { return config_; }
+
+  DecoderBody model{nullptr};
+  torch::nn::Linear lm_head{nullptr};  // only when embeddings are not tied
+
+ private:
+  ModelConfig config_;
+};
+TORCH_MODULE(Decoder);
+
+}  // namespace gqe

@@ -1,0 +1,45 @@
+// The decoder's small building blocks, in the Hugging Face Llama conventions (docs/model.md):
+// RMSNorm computed in fp32, rotary position embedding in the rotate-half convention, SwiGLU MLP.
+#pragma once
+
+#include <torch/nn/module.h>
+#include <torch/nn/modules/linear.h>
+
+namespace gqe {
+
+class RMSNormImpl : public torch::nn::Module {
+ public:
+  RMSNormImpl(int64_t dim, double eps);
+  at::Tensor forward(const at::Tensor& x);
+
+  at::Tensor weight;
+
+ private:
+  double eps_;
+};
+TORCH_MODULE(RMSNorm);
+
+// cos and sin of position * inv_freq, [length, head_dim] in fp32, for positions start..start+length-1.
+struct RotaryTables {
+  at::Tensor cos;
+  at::Tensor sin;
+};
+RotaryTables rotary_tables(int64_t start, int64_t length, int64_t head_dim, double theta, at::Device device);
+
+// x: [..., T, head_dim] with the positions of `tables` along dim -2.
+at::Tensor apply_rotary(const at::Tensor& x, const RotaryTables& tables);
+
+// down(silu(gate(x)) * up(x)); names as in Llama's mlp.{gate,up,down}_proj.
+class SwiGLUImpl : public torch::nn::Module {
+ public:
+  SwiGLUImpl(int64_t dim, int64_t hidden);
+  at::Tensor forward(const at::Tensor& x);
+
+  torch::nn::Linear gate_proj{nullptr}, up_proj{nullptr}, down_proj{nullptr};
+};
+TORCH_MODULE(SwiGLU);
+
+// A bias-free linear layer, [out, in] as torch.nn.Linear stores it.
+torch::nn::Linear make_linear(int64_t in, int64_t out);
+
+}  // namespace gqe

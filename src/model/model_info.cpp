@@ -1,0 +1,153 @@
+#include "model/model_info.h"
+
+#include <fmt/format.h>
+
+#include <string>
+
+namespace gqe {
+namespace {
+
+// 1234567 -> "1,234,567"
+std::string grouped(int64_t n) {
+  std::string digits = std::to_string(n < 0 ? -n : n), out;
+  for (size_t i = 0; i < digits.size(); ++i) {
+    if (i > 0 && (digits.size() - i) % 3 == 0) out += ',';
+    out += digits[i];
+  }
+  return n < 0 ? "-" + out : out;
+}
+
+std::string gib(double bytes) { return fmt::format("{:.2f} GiB", bytes / (1024.0 * 1024.0 * 1024.0)); }
+
+}  // namespace
+
+ModelInfo describe_model(const Config& config) {
+  const ModelConfig& m = config.model;
+  const AttentionConfig& a = m.attention;
+  const bool gqe = a.type == AttentionType::gqe;
+  const int64_t d = m.d_model, dh = m.head_dim, N = m.n_heads, G = m.n_kv_heads, M = m.experts_per_group();
+  ModelInfo info;
+  info.query_heads = N;
+  info.kv_heads = G;
+  info.experts_per_group = M;
+  info.output_slots = !gqe ? N : a.top_k * G + (a.variant == GqeVariant::gqe ? 2 : 0);
+  info.active_query_heads = !gqe ? N : a.top_k * G + (a.variant == GqeVariant::gqe ? 1 : 0);
+
+  LayerParams& l = info.layer;
+  l.q_proj = N * dh * d;
+  l.k_proj = l.v_proj = G * dh * d;
+  l.o_proj = info.output_slots * dh * d;
+  l.router = gqe ? N * d : 0;  // (G * M) x d
+  l.q_shared = gqe && a.variant == GqeVariant::gqe ? dh * d : 0;
+  l.mlp = 3 * d * m.ffn_hidden;
+  l.norms = 2 * d;
+
+  info.embedding = m.vocab_size * d;
+  info.lm_head = m.tie_embeddings ? 0 : m.vocab_size * d;
+  info.final_norm = d;
+  info.total = m.n_layers * l.total() + info.embedding + info.lm_head + info.final_norm;
+  info.non_embedding = info.total - info.embedding - info.lm_head;
+  const int64_t unselected_q = gqe ? (N - a.top_k * G) * dh * d : 0;
+  info.active_per_token = info.total - m.n_layers * unselected_q;
+  info.kv_cache_values_per_token = 2 * m.n_layers * G * dh;
+
+  info.matmul_params = m.n_layers * (l.total() - l.norms) + m.vocab_size * d;
+  info.seq_len = config.data.seq_len;
+  info.train_flops_matmul = 6.0 * static_cast<double>(info.matmul_params);
+  info.train_flops_attention = 6.0 * static_cast<double>(m.n_layers * info.active_query_heads * dh) *
+                               static_cast<double>(info.seq_len);
+
+  // Memory: weights and grads fp32, AdamW keeps two fp32 moments.
+  const double P = static_cast<double>(info.total);
+  info.weights_bytes = 4 * P;
+  info.grads_bytes = 4 * P;
+  info.optimizer_bytes = 8 * P;
+  // Activations kept for backward, per token and layer (elements): the two norms' inputs and fp32
+  // intermediates (~6d), q/k/v before and after RoPE, attention output and o_proj input, and four
+  // ffn_hidden-sized SwiGLU tensors; plus fp32 logits and their gradient per token.
+  const int64_t q_heads = gqe ? a.top_k * G + 1 : N;
+  const double per_token_layer =
+      static_cast<double>(6 * d + 2 * (q_heads + 2 * G) * dh + 2 * info.output_slots * dh + 4 * m.ffn_hidden);
+  const double act_bytes = config.train.precision == Precision::bf16 ? 2.0 : 4.0;
+  const double tokens = static_cast<double>(config.train.micro_batch_size * config.data.seq_len);
+  info.activation_bytes = tokens * (static_cast<double>(m.n_layers) * per_token_layer * act_bytes +
+                                    8.0 * static_cast<double>(m.vocab_size));
+  return info;
+}
+
+std::string format_model_info(const Config& config, const ModelInfo& info) {
+  const ModelConfig& m = config.model;
+  const AttentionConfig& a = m.attention;
+  const bool gqe = a.type == AttentionType::gqe;
+  const LayerParams& l = info.layer;
+  const int64_t d = m.d_model, dh = m.head_dim;
+  std::string s;
+  auto line = [&s](const std::string& label, int64_t n, const std::string& note = "") {
+    s += fmt::format("  {:<34}{:>15}{}\n", label, grouped(n), note.empty() ? "" : "   " + note);
+  };
+
+  if (gqe)
+    s += fmt::format("attention: gqe (variant {}, top_k {} of {} experts per group)\n\n", enum_name(a.variant),
+                     a.top_k, info.experts_per_group);
+  else
+    s += "attention: gqa\n\n";
+
+  s += "parameters\n";
+  line("total", info.total);
+  line(m.tie_embeddings ? "embedding (tied with output)" : "embedding", info.embedding);
+  if (info.lm_head) line("lm_head", info.lm_head);
+  line("non-embedding", info.non_embedding);
+  if (gqe) line("active per token", info.active_per_token, "(q_proj rows of unselected experts excluded)");
+
+  s += fmt::format("\nper layer (x{})\n", m.n_layers);
+  line("attention", l.attention());
+  line(fmt::format("  q_proj    {} -> {}x{}", d, info.query_heads, dh), l.q_proj);
+  line(fmt::format("  k_proj    {} -> {}x{}", d, info.kv_heads, dh), l.k_proj);
+  line(fmt::format("  v_proj    {} -> {}x{}", d, info.kv_heads, dh), l.v_proj);
+  line(fmt::format("  o_proj    {}x{} -> {}", info.output_slots, dh, d), l.o_proj);
+  if (l.router) line(fmt::format("  router    {} -> {}x{}", d, info.kv_heads, info.experts_per_group), l.router);
+  if (l.q_shared) line(fmt::format("  q_shared  {} -> {}", d, dh), l.q_shared);
+  line(fmt::format("mlp (SwiGLU {} -> {})", d, m.ffn_hidden), l.mlp);
+  line("norms", l.norms);
+  line("layer total", l.total());
+  s += "\n";
+  line("final norm", info.final_norm);
+
+  s += "\nattention heads\n";
+  s += fmt::format("  query heads N = {}, KV heads (groups) G = {}, experts per group M = {}\n", info.query_heads,
+                   info.kv_heads, info.experts_per_group);
+  if (gqe) {
+    const bool shared = a.variant == GqeVariant::gqe;
+    s += fmt::format("  active query heads per token: {} / {}  (k*G = {} routed{})\n", info.active_query_heads,
+                     info.query_heads, a.top_k * info.kv_heads, shared ? " + 1 shared" : "");
+    s += fmt::format("  o_proj input slots: {}  ({} hard{})\n", info.output_slots, a.top_k * info.kv_heads,
+                     shared ? " + 1 weighted sum + 1 shared" : "");
+  } else {
+    s += fmt::format("  active query heads per token: {} / {}\n", info.active_query_heads, info.query_heads);
+  }
+  s += fmt::format("  KV cache per token: {} values (2 x {} layers x {} KV heads x {})\n",
+                   grouped(info.kv_cache_values_per_token), m.n_layers, info.kv_heads, dh);
+
+  s += fmt::format("\ntraining FLOPs per token at seq_len {}: {:.4g} GFLOP\n", info.seq_len,
+                   info.train_flops_per_token() / 1e9);
+  s += fmt::format("  = 6 x {} matmul params                          {:.4g} GFLOP\n", grouped(info.matmul_params),
+                   info.train_flops_matmul / 1e9);
+  s += fmt::format("  + 6 x n_layers {} x active heads {} x head_dim {} x T {}   {:.4g} GFLOP\n", m.n_layers,
+                   info.active_query_heads, dh, info.seq_len, info.train_flops_attention / 1e9);
+  s += "  convention: forward + backward = 3 x forward; matmul params include the output projection\n"
+       "  (tied or not) and q_proj in full; attention counts the causal half of the T x T scores (llm.c);\n"
+       "  nanoGPT/PaLM count the full matrix (12 x instead of 6 x in the second term).\n";
+  s += fmt::format("forward (prefill) FLOPs per token: {:.4g} GFLOP\n", info.forward_flops_per_token() / 1e9);
+
+  s += fmt::format("\ntraining memory per rank (estimate; micro-batch {} x {}, {} activations)\n",
+                   config.train.micro_batch_size, config.data.seq_len, enum_name(config.train.precision));
+  s += fmt::format("  weights fp32 {}, grads fp32 {}, AdamW moments {}\n", gib(info.weights_bytes),
+                   gib(info.grads_bytes), gib(info.optimizer_bytes));
+  s += fmt::format("  activations ~{}  (lower train.micro_batch_size if this does not fit)\n",
+                   gib(info.activation_bytes));
+  s += fmt::format("  total ~{}\n",
+                   gib(info.weights_bytes + info.grads_bytes + info.optimizer_bytes + info.activation_bytes));
+  return s;
+}
+
+}  // namespace gqe

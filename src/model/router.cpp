@@ -1,0 +1,36 @@
+#include "model/router.h"
+
+#include <ATen/ATen.h>
+
+namespace gqe {
+
+Routing route(const at::Tensor& logits, int64_t groups, int64_t top_k) {
+  const int64_t experts = logits.size(-1) / groups;
+  at::Tensor probs = logits.to(at::kFloat).unflatten(-1, {groups, experts}).softmax(-1);
+  auto [topv, topi] = probs.topk(top_k, /*dim=*/-1, /*largest=*/true, /*sorted=*/true);
+  return {probs, topv, topi};
+}
+
+at::Tensor expert_load(const Routing& routing) {
+  const int64_t groups = routing.probs.size(-2), experts = routing.probs.size(-1);
+  const at::Tensor topi = routing.topi.reshape({-1, groups, routing.topi.size(-1)});
+  // count[g, m] = number of (token, rank) pairs that picked m: each token picks a distinct set.
+  at::Tensor counts = at::zeros({groups, experts}, routing.probs.options());
+  counts.scatter_add_(1, topi.transpose(0, 1).reshape({groups, -1}),
+                      at::ones({groups, topi.size(0) * topi.size(2)}, counts.options()));
+  return counts / static_cast<double>(topi.size(0));
+}
+
+at::Tensor load_balancing_loss(const Routing& routing) {
+  const int64_t groups = routing.probs.size(-2), experts = routing.probs.size(-1);
+  const at::Tensor mean_probs = routing.probs.reshape({-1, groups, experts}).mean(0);  // P[g, m]
+  return (expert_load(routing) * mean_probs).sum(-1).mul(static_cast<double>(experts)).mean();
+}
+
+at::Tensor router_entropy(const Routing& routing) {
+  at::NoGradGuard no_grad;
+  const at::Tensor p = routing.probs;
+  return -(p * p.clamp_min(1e-30).log()).sum(-1).mean();
+}
+
+}  // namespace gqe

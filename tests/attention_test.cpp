@@ -1,0 +1,251 @@
+// Attention layer numerics: GQA and every GQE variant against the loop reference (outputs and
+// gradients), RoPE and RMSNorm against their formulas, the router and its load-balancing loss.
+#include <gtest/gtest.h>
+
+#include <ATen/ATen.h>
+#include <torch/autograd.h>
+
+#include <cmath>
+
+#include "model/attention.h"
+#include "model/layers.h"
+#include "model/router.h"
+#include "reference.h"
+
+namespace gqe {
+namespace {
+
+ModelConfig small_config(AttentionType type, GqeVariant variant = GqeVariant::gqe, int64_t n_heads = 4,
+                         int64_t n_kv_heads = 2, int64_t top_k = 1) {
+  ModelConfig c;
+  c.vocab_size = 97;
+  c.d_model = 24;
+  c.n_layers = 2;
+  c.n_heads = n_heads;
+  c.n_kv_heads = n_kv_heads;
+  c.head_dim = 8;
+  c.ffn_hidden = 40;
+  c.attention.type = type;
+  c.attention.variant = variant;
+  c.attention.top_k = top_k;
+  return c;
+}
+
+// O(1) activations so that a 1e-5 tolerance means something.
+void randomize(torch::nn::Module& module) {
+  torch::NoGradGuard no_grad;
+  for (auto& p : module.parameters()) {
+    if (p.dim() == 2) p.normal_(0.0, 1.0 / std::sqrt(static_cast<double>(p.size(1))));
+    else p.normal_(1.0, 0.1);
+  }
+}
+
+void expect_close(const at::Tensor& actual, const at::Tensor& expected, const std::string& what, double tol = 1e-5) {
+  ASSERT_EQ(actual.sizes(), expected.sizes()) << what;
+  const double err = (actual - expected).abs().max().item<double>();
+  const double scale = std::max(1.0, expected.abs().max().item<double>());
+  EXPECT_LE(err, tol * scale) << what << ": max abs difference " << err;
+}
+
+struct Case {
+  AttentionType type;
+  GqeVariant variant;
+  int64_t n_heads, n_kv_heads, top_k;
+};
+
+std::string name_of(const Case& c) {
+  if (c.type == AttentionType::gqa) return "gqa_N" + std::to_string(c.n_heads) + "_G" + std::to_string(c.n_kv_heads);
+  return std::string(enum_name(c.variant)) + "_N" + std::to_string(c.n_heads) + "_G" + std::to_string(c.n_kv_heads) +
+         "_k" + std::to_string(c.top_k);
+}
+std::string case_name(const testing::TestParamInfo<Case>& info) { return name_of(info.param); }
+void PrintTo(const Case& c, std::ostream* os) { *os << name_of(c); }
+
+class AttentionParity : public testing::TestWithParam<Case> {};
+
+TEST_P(AttentionParity, OutputsAndGradientsMatchTheLoopReference) {
+  const Case& p = GetParam();
+  torch::manual_seed(11);
+  const ModelConfig c = small_config(p.type, p.variant, p.n_heads, p.n_kv_heads, p.top_k);
+  Attention attn(c);
+  randomize(*attn);
+  const int64_t T = 7;
+  const at::Tensor x = at::randn({2, T, c.d_model}).requires_grad_();
+  const RotaryTables rope = rotary_tables(0, T, c.head_dim, c.rope_theta, at::kCPU);
+
+  const at::Tensor y = attn->forward(x, rope).y;
+  const at::Tensor y_ref = test::ref_attention(*attn, c, x);
+  expect_close(y, y_ref, "output");
+
+  // The reference really routes: with k < M some tokens of a group pick different experts.
+  if (p.type == AttentionType::gqe && p.top_k < p.n_heads / p.n_kv_heads) {
+    const Routing r = route(at::linear(x, attn->router->weight), c.n_kv_heads, c.attention.top_k);
+    const at::Tensor first = r.topi.select(-1, 0).flatten(0, 1);  // [tokens, G]
+    EXPECT_TRUE(first.amax(0).ne(first.amin(0)).all().item<bool>()) << "a group routed every token alike";
+  }
+
+  const at::Tensor probe = at::randn_like(y);
+  std::vector<at::Tensor> inputs{x};
+  std::vector<std::string> names{"x"};
+  for (const auto& named : attn->named_parameters()) inputs.push_back(named.value()), names.push_back(named.key());
+  const auto grads = torch::autograd::grad({(y * probe).sum()}, inputs, {}, true, false, /*allow_unused=*/true);
+  const auto grads_ref = torch::autograd::grad({(y_ref * probe).sum()}, inputs, {}, true, false, true);
+  for (size_t i = 0; i < inputs.size(); ++i) {
+    ASSERT_EQ(grads[i].defined(), grads_ref[i].defined()) << names[i];
+    if (grads[i].defined()) expect_close(grads[i], grads_ref[i], "gradient of " + names[i]);
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    AllKinds, AttentionParity,
+    testing::Values(Case{AttentionType::gqa, GqeVariant::gqe, 4, 2, 1}, Case{AttentionType::gqa, GqeVariant::gqe, 6, 3, 1},
+                    Case{AttentionType::gqa, GqeVariant::gqe, 4, 4, 1},  // MHA
+                    Case{AttentionType::gqe, GqeVariant::gqe, 4, 2, 1},  // the paper's layout in miniature
+                    Case{AttentionType::gqe, GqeVariant::gqe, 8, 2, 2},
+                    Case{AttentionType::gqe, GqeVariant::gqe, 8, 2, 4},
+                    Case{AttentionType::gqe, GqeVariant::hard_concat, 4, 2, 1},
+                    Case{AttentionType::gqe, GqeVariant::hard_concat, 8, 2, 3},
+                    Case{AttentionType::gqe, GqeVariant::weighted_concat, 4, 2, 1},
+                    Case{AttentionType::gqe, GqeVariant::weighted_concat, 6, 2, 2}),
+    case_name);
+
+TEST(Attention, TopKEqualToMHoldsEveryHeadsDenseOutput) {
+  // hard_concat with k = M and o_proj = identity: the output is the hard slots themselves, which
+  // must be the dense per-head attention outputs, ordered within each group by router probability.
+  torch::manual_seed(3);
+  ModelConfig c = small_config(AttentionType::gqe, GqeVariant::hard_concat, 6, 2, 3);
+  c.d_model = c.n_heads * c.head_dim;
+  Attention attn(c);
+  randomize(*attn);
+  {
+    torch::NoGradGuard no_grad;
+    attn->o_proj->weight.copy_(at::eye(c.d_model));
+  }
+  const int64_t B = 2, T = 9, G = c.n_kv_heads, M = 3, dh = c.head_dim;
+  const at::Tensor x = at::randn({B, T, c.d_model});
+  const RotaryTables rope = rotary_tables(0, T, dh, c.rope_theta, at::kCPU);
+  const at::Tensor slots = attn->forward(x, rope).y.view({B, T, G, M, dh});
+
+  const at::Tensor q = apply_rotary(attn->q_proj(x).view({B, T, c.n_heads, dh}).transpose(1, 2), rope);
+  const at::Tensor k = apply_rotary(attn->k_proj(x).view({B, T, G, dh}).transpose(1, 2), rope);
+  const at::Tensor v = attn->v_proj(x).view({B, T, G, dh}).transpose(1, 2);
+  const at::Tensor dense =  // plain dense attention, K/V repeated explicitly: [B, T, N, dh]
+      at::scaled_dot_product_attention(q, k.repeat_interleave(M, 1), v.repeat_interleave(M, 1), {}, 0.0, true)
+          .transpose(1, 2);
+  const at::Tensor topi = route(attn->router(x), G, M).topi;
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t t = 0; t < T; ++t)
+      for (int64_t g = 0; g < G; ++g)
+        for (int64_t r = 0; r < M; ++r)
+          expect_close(slots[b][t][g][r], dense[b][t][g * M + topi[b][t][g][r].item<int64_t>()], "slot");
+  // Every expert appears exactly once per group.
+  EXPECT_TRUE(std::get<0>(topi.sort(-1)).equal(at::arange(M).expand_as(topi)));
+}
+
+TEST(Attention, RouterGetsLmGradientExceptInHardConcat) {
+  const int64_t T = 8;
+  for (GqeVariant variant : {GqeVariant::gqe, GqeVariant::weighted_concat, GqeVariant::hard_concat}) {
+    SCOPED_TRACE(enum_name(variant));
+    torch::manual_seed(5);
+    ModelConfig c = small_config(AttentionType::gqe, variant);
+    Decoder model(c);  // default init: router weights are zeros, as in training
+    ASSERT_TRUE(model->model->layers[0]->as<DecoderLayer>()->self_attn->router->weight.eq(0).all().item<bool>());
+    const at::Tensor tokens = at::randint(c.vocab_size, {2, T});
+    const auto out = model->forward(tokens);
+    const at::Tensor lm_loss =
+        at::cross_entropy_loss(out.logits.view({-1, c.vocab_size}), at::randint(c.vocab_size, {2 * T}));
+    std::vector<at::Tensor> routers;
+    for (const auto& layer : *model->model->layers) routers.push_back(layer->as<DecoderLayer>()->self_attn->router->weight);
+    const auto grads = torch::autograd::grad({lm_loss}, routers, {}, true, false, /*allow_unused=*/true);
+    for (const auto& g : grads) {
+      const double norm = g.defined() ? g.norm().item<double>() : 0.0;
+      if (variant == GqeVariant::hard_concat) EXPECT_EQ(norm, 0.0);
+      else EXPECT_GT(norm, 1e-8);
+    }
+    // The load-balancing loss reaches every router, whatever the variant.
+    for (const auto& g : torch::autograd::grad({out.aux_loss}, routers, {}, false, false, true))
+      EXPECT_GT(g.norm().item<double>(), 1e-8);
+  }
+}
+
+TEST(Router, LoadBalancingLossIsOneForBalancedUniformRouting) {
+  // 4 tokens, 2 groups, 2 experts, top-1: tokens alternate between the experts, probabilities uniform.
+  Routing r;
+  r.probs = at::full({1, 4, 2, 2}, 0.5);
+  r.topi = at::tensor({0, 1, 1, 0, 0, 1, 1, 0}, at::kLong).view({1, 4, 2, 1});
+  r.topv = at::full({1, 4, 2, 1}, 0.5);
+  EXPECT_DOUBLE_EQ(load_balancing_loss(r).item<double>(), 1.0);
+  EXPECT_TRUE(expert_load(r).equal(at::full({2, 2}, 0.5)));
+}
+
+TEST(Router, LoadBalancingLossExceedsOneWhenEveryTokenPicksTheSameExpert) {
+  const at::Tensor logits = at::tensor({2.0f, -2.0f}).repeat({1, 6, 3, 1}).view({1, 6, 6});  // 3 groups of 2
+  const Routing r = route(logits, 3, 1);
+  EXPECT_TRUE(r.topi.eq(0).all().item<bool>());
+  const double p0 = 1.0 / (1.0 + std::exp(-4.0));
+  EXPECT_NEAR(load_balancing_loss(r).item<double>(), 2.0 * p0, 1e-6);  // M * f0 * P0 = 2 * 1 * p0 > 1
+  EXPECT_GT(load_balancing_loss(r).item<double>(), 1.5);
+}
+
+TEST(Router, GradientFlowsThroughMeanProbabilityOnly) {
+  torch::manual_seed(2);
+  const int64_t G = 2, M = 4, K = 2, tokens = 10;
+  const at::Tensor logits = at::randn({1, tokens, G * M}).requires_grad_();
+  const Routing r = route(logits, G, K);
+  EXPECT_FALSE(expert_load(r).requires_grad());
+  const at::Tensor f = expert_load(r);
+  EXPECT_TRUE(f.sum(-1).allclose(at::full({G}, static_cast<double>(K))));  // each token picks K experts
+  // d aux / d probs[t, g, m] = M * f[g, m] / (G * tokens), then through the softmax.
+  const auto grad = torch::autograd::grad({load_balancing_loss(r)}, {logits})[0];
+  const at::Tensor dprobs = (M * f / static_cast<double>(G * tokens)).expand({1, tokens, G, M});
+  const at::Tensor p = r.probs.detach();
+  const at::Tensor expected = p * (dprobs - (dprobs * p).sum(-1, true));
+  expect_close(grad.view({1, tokens, G, M}), expected, "aux gradient", 1e-6);
+}
+
+TEST(Router, TopKIsSortedAndEntropyIsMaximalWhenUniform) {
+  const Routing r = route(at::zeros({2, 3, 8}), 2, 2);
+  EXPECT_NEAR(router_entropy(r).item<double>(), std::log(4.0), 1e-6);
+  const Routing s = route(at::randn({2, 3, 8}), 2, 3);
+  EXPECT_TRUE((s.topv.select(-1, 0) >= s.topv.select(-1, 1)).all().item<bool>());
+  EXPECT_TRUE(s.topv.equal(s.probs.gather(-1, s.topi)));
+}
+
+TEST(Rope, MatchesTheRotateHalfFormulaAtAnyOffset) {
+  torch::manual_seed(1);
+  const int64_t dh = 16, start = 5, T = 7;
+  const at::Tensor x = at::randn({3, T, dh});
+  const at::Tensor y = apply_rotary(x, rotary_tables(start, T, dh, 500.0, at::kCPU));
+  for (int64_t t = 0; t < T; ++t) expect_close(y.select(1, t), test::ref_rope(x.select(1, t), start + t, 500.0), "rope", 1e-6);
+  // By hand, dh = 4, position 1, theta 10000: inv_freq = [1, 0.01].
+  const at::Tensor h = apply_rotary(at::tensor({1.0f, 2.0f, 3.0f, 4.0f}).view({1, 4}), rotary_tables(1, 1, 4, 1e4, at::kCPU));
+  EXPECT_NEAR(h[0][0].item<double>(), 1 * std::cos(1.0) - 3 * std::sin(1.0), 1e-6);
+  EXPECT_NEAR(h[0][1].item<double>(), 2 * std::cos(0.01) - 4 * std::sin(0.01), 1e-6);
+  EXPECT_NEAR(h[0][2].item<double>(), 3 * std::cos(1.0) + 1 * std::sin(1.0), 1e-6);
+  EXPECT_NEAR(h[0][3].item<double>(), 4 * std::cos(0.01) + 2 * std::sin(0.01), 1e-6);
+}
+
+TEST(Rope, ScoresDependOnlyOnRelativePosition) {
+  torch::manual_seed(4);
+  const at::Tensor q = at::randn({64}), k = at::randn({64});
+  auto score = [&](int64_t m, int64_t n) {
+    const RotaryTables tq = rotary_tables(m, 1, 64, 1e4, at::kCPU), tk = rotary_tables(n, 1, 64, 1e4, at::kCPU);
+    return apply_rotary(q.view({1, 64}), tq).view({64}).dot(apply_rotary(k.view({1, 64}), tk).view({64})).item<double>();
+  };
+  EXPECT_NEAR(score(3, 1), score(103, 101), 1e-4);
+  EXPECT_GT(std::abs(score(3, 1) - score(1, 3)), 1e-3);
+}
+
+TEST(RMSNorm, MatchesTheFormulaAndKeepsTheInputDtype) {
+  torch::manual_seed(6);
+  RMSNorm norm(32, 1e-5);
+  randomize(*norm);
+  const at::Tensor x = at::randn({4, 32}) * 3;
+  expect_close(norm(x), test::ref_rms_norm(x, norm->weight, 1e-5), "rmsnorm", 1e-6);
+  const at::Tensor xb = x.to(at::kBFloat16);
+  EXPECT_EQ(norm(xb).scalar_type(), at::kBFloat16);
+  expect_close(norm(xb).to(at::kFloat), test::ref_rms_norm(xb.to(at::kFloat), norm->weight, 1e-5), "bf16", 1e-2);
+}
+
+}  // namespace
+}  // namespace gqe

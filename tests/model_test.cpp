@@ -1,0 +1,208 @@
+// The whole decoder: parity with the reference, causality, batch independence, parameter names
+// and initialisation.
+#include <gtest/gtest.h>
+
+#include <ATen/ATen.h>
+#include <torch/autograd.h>
+
+#include <cmath>
+#include <set>
+
+#include "model/decoder.h"
+#include "reference.h"
+
+namespace gqe {
+namespace {
+
+ModelConfig tiny(AttentionType type, GqeVariant variant = GqeVariant::gqe, int64_t top_k = 1, int64_t n_heads = 4,
+                 int64_t n_kv_heads = 2) {
+  ModelConfig c;
+  c.vocab_size = 61;
+  c.d_model = 32;
+  c.n_layers = 2;
+  c.n_heads = n_heads;
+  c.n_kv_heads = n_kv_heads;
+  c.head_dim = 8;
+  c.ffn_hidden = 48;
+  c.attention.type = type;
+  c.attention.variant = variant;
+  c.attention.top_k = top_k;
+  c.attention.router_init = RouterInit::normal;  // routing that differs between tokens
+  return c;
+}
+
+std::vector<ModelConfig> every_kind() {
+  return {tiny(AttentionType::gqa),
+          tiny(AttentionType::gqe, GqeVariant::gqe),
+          tiny(AttentionType::gqe, GqeVariant::hard_concat),
+          tiny(AttentionType::gqe, GqeVariant::weighted_concat),
+          tiny(AttentionType::gqe, GqeVariant::gqe, 2, 8, 2)};
+}
+
+std::string describe(const ModelConfig& c) {
+  return std::string(enum_name(c.attention.type)) + "/" + enum_name(c.attention.variant) + "/k" +
+         std::to_string(c.attention.top_k);
+}
+
+// Larger weights than the 0.02 init so that differences show.
+void scale_up(DecoderImpl& model) {
+  torch::NoGradGuard no_grad;
+  for (auto& p : model.parameters())
+    if (p.dim() == 2) p.normal_(0.0, 1.0 / std::sqrt(static_cast<double>(p.size(1))));
+}
+
+TEST(Decoder, LogitsAndGradientsMatchTheReference) {
+  for (const ModelConfig& c : every_kind()) {
+    SCOPED_TRACE(describe(c));
+    torch::manual_seed(21);
+    Decoder model(c);
+    scale_up(*model);
+    const at::Tensor tokens = at::randint(c.vocab_size, {2, 6});
+    const at::Tensor logits = model->forward(tokens).logits;
+    const at::Tensor ref = test::ref_decoder(*model, tokens);
+    ASSERT_EQ(logits.sizes(), ref.sizes());
+    EXPECT_LE((logits - ref).abs().max().item<double>(), 1e-5 * std::max(1.0, ref.abs().max().item<double>()));
+
+    const at::Tensor target = at::randint(c.vocab_size, {12});
+    const std::vector<at::Tensor> params = model->parameters();
+    const auto g = torch::autograd::grad({at::cross_entropy_loss(logits.view({12, -1}), target)}, params, {}, true,
+                                         false, true);
+    const auto g_ref =
+        torch::autograd::grad({at::cross_entropy_loss(ref.view({12, -1}), target)}, params, {}, true, false, true);
+    for (size_t i = 0; i < params.size(); ++i) {
+      ASSERT_EQ(g[i].defined(), g_ref[i].defined()) << i;
+      if (g[i].defined()) EXPECT_LE((g[i] - g_ref[i]).abs().max().item<double>(), 1e-5) << i;
+    }
+  }
+}
+
+TEST(Decoder, ChangingTokenTNeverChangesEarlierLogits) {
+  for (const ModelConfig& c : every_kind()) {
+    SCOPED_TRACE(describe(c));
+    torch::manual_seed(8);
+    Decoder model(c);
+    scale_up(*model);
+    torch::NoGradGuard no_grad;
+    const int64_t T = 16;
+    for (int64_t t : {0, 5, 15}) {
+      at::Tensor tokens = at::randint(c.vocab_size, {2, T});
+      const at::Tensor before = model->forward(tokens).logits;
+      tokens[0][t] = (tokens[0][t].item<int64_t>() + 1) % c.vocab_size;
+      const at::Tensor after = model->forward(tokens).logits;
+      if (t > 0) EXPECT_TRUE(after[0].slice(0, 0, t).equal(before[0].slice(0, 0, t))) << "t = " << t;
+      EXPECT_GT((after[0].slice(0, t) - before[0].slice(0, t)).abs().max().item<double>(), 1e-4) << "t = " << t;
+      EXPECT_TRUE(after[1].equal(before[1]));  // other sequences of the batch are untouched
+    }
+  }
+}
+
+TEST(Decoder, EachSequenceIsComputedIndependentlyOfItsBatch) {
+  for (const ModelConfig& c : every_kind()) {
+    SCOPED_TRACE(describe(c));
+    torch::manual_seed(9);
+    Decoder model(c);
+    scale_up(*model);
+    torch::NoGradGuard no_grad;
+    const at::Tensor tokens = at::randint(c.vocab_size, {3, 10});
+    const at::Tensor together = model->forward(tokens).logits;
+    for (int64_t b = 0; b < 3; ++b) {
+      const at::Tensor alone = model->forward(tokens.slice(0, b, b + 1)).logits[0];
+      EXPECT_LE((alone - together[b]).abs().max().item<double>(), 1e-5);
+    }
+  }
+}
+
+TEST(Decoder, ParameterNamesAreHuggingFaceLlamaNames) {
+  auto names = [](const ModelConfig& c) {
+    std::set<std::string> out;
+    for (const auto& p : Decoder(c)->named_parameters()) out.insert(p.key());
+    return out;
+  };
+  std::set<std::string> expected{"model.embed_tokens.weight", "model.norm.weight"};
+  for (int layer = 0; layer < 2; ++layer) {
+    const std::string p = "model.layers." + std::to_string(layer) + ".";
+    for (const char* n : {"input_layernorm.weight", "post_attention_layernorm.weight", "self_attn.q_proj.weight",
+                          "self_attn.k_proj.weight", "self_attn.v_proj.weight", "self_attn.o_proj.weight",
+                          "mlp.gate_proj.weight", "mlp.up_proj.weight", "mlp.down_proj.weight"})
+      expected.insert(p + n);
+  }
+  EXPECT_EQ(names(tiny(AttentionType::gqa)), expected);
+
+  std::set<std::string> hard = expected;
+  for (int layer = 0; layer < 2; ++layer) hard.insert("model.layers." + std::to_string(layer) + ".self_attn.router.weight");
+  EXPECT_EQ(names(tiny(AttentionType::gqe, GqeVariant::hard_concat)), hard);
+
+  std::set<std::string> full = hard;
+  for (int layer = 0; layer < 2; ++layer) full.insert("model.layers." + std::to_string(layer) + ".self_attn.q_shared.weight");
+  EXPECT_EQ(names(tiny(AttentionType::gqe, GqeVariant::gqe)), full);
+
+  ModelConfig untied = tiny(AttentionType::gqa);
+  untied.tie_embeddings = false;
+  std::set<std::string> with_head = expected;
+  with_head.insert("lm_head.weight");
+  EXPECT_EQ(names(untied), with_head);
+}
+
+TEST(Decoder, InitialisationFollowsTheRecipe) {
+  ModelConfig c = tiny(AttentionType::gqe);
+  c.d_model = 256;
+  c.n_heads = 8;
+  c.n_kv_heads = 4;
+  c.head_dim = 32;
+  c.ffn_hidden = 512;
+  c.n_layers = 8;
+  c.vocab_size = 1000;
+  c.attention.router_init = RouterInit::zeros;
+  torch::manual_seed(0);
+  Decoder model(c);
+  const double residual_std = 0.02 / std::sqrt(2.0 * 8);
+  for (const auto& p : model->named_parameters()) {
+    const std::string& name = p.key();
+    const at::Tensor& w = p.value();
+    SCOPED_TRACE(name);
+    if (name.find("norm") != std::string::npos) {
+      EXPECT_TRUE(w.eq(1).all().item<bool>());
+    } else if (name.find("router") != std::string::npos) {
+      EXPECT_TRUE(w.eq(0).all().item<bool>());
+    } else {
+      const bool residual = name.find("o_proj") != std::string::npos || name.find("down_proj") != std::string::npos;
+      EXPECT_NEAR(w.std().item<double>(), residual ? residual_std : 0.02, 0.06 * (residual ? residual_std : 0.02));
+      EXPECT_NEAR(w.mean().item<double>(), 0.0, 0.002);
+    }
+  }
+  c.attention.router_init = RouterInit::normal;
+  Decoder normal_router(c);
+  EXPECT_NEAR(normal_router->model->layers[0]->as<DecoderLayer>()->self_attn->router->weight.std().item<double>(), 0.02,
+              0.003);
+}
+
+TEST(Decoder, SameSeedSameParameters) {
+  const ModelConfig c = tiny(AttentionType::gqe);
+  torch::manual_seed(42);
+  Decoder a(c);
+  torch::manual_seed(42);
+  Decoder b(c);
+  torch::manual_seed(43);
+  Decoder other(c);
+  const auto pa = a->parameters(), pb = b->parameters(), po = other->parameters();
+  for (size_t i = 0; i < pa.size(); ++i) EXPECT_TRUE(pa[i].equal(pb[i]));
+  EXPECT_FALSE(pa[0].equal(po[0]));
+}
+
+TEST(Decoder, AuxLossIsTheSumOverLayersAndZeroForGqa) {
+  torch::manual_seed(12);
+  const at::Tensor tokens = at::randint(61, {2, 8});
+  EXPECT_EQ(Decoder(tiny(AttentionType::gqa))->forward(tokens).aux_loss.item<double>(), 0.0);
+  EXPECT_TRUE(Decoder(tiny(AttentionType::gqa))->forward(tokens).router.empty());
+  ModelConfig c = tiny(AttentionType::gqe);
+  c.attention.router_init = RouterInit::zeros;
+  const DecoderOutput out = Decoder(c)->forward(tokens);
+  // Zero router: uniform probabilities, so each layer's loss is M * sum_m f_m / M = 1 exactly.
+  EXPECT_NEAR(out.aux_loss.item<double>(), static_cast<double>(c.n_layers), 1e-6);
+  ASSERT_EQ(out.router.size(), 2u);
+  EXPECT_EQ(out.router[0].load.sizes(), (std::vector<int64_t>{2, 2}));
+  EXPECT_NEAR(out.router[0].entropy.item<double>(), std::log(2.0), 1e-6);
+}
+
+}  // namespace
+}  // namespace gqe
