@@ -1,0 +1,71 @@
+// The `gqe` binary as a user runs it: output, exit status, one-line errors.
+#include <gtest/gtest.h>
+
+#include <string>
+
+#include "test_util.h"
+
+namespace gqe {
+namespace {
+
+using test::run_command;
+
+std::string gqe(const std::string& args) { return std::string(GQE_BINARY) + " " + args; }
+std::string config(const std::string& name) { return std::string(GQE_SOURCE_DIR) + "/configs/" + name; }
+
+int count_lines(const std::string& s) {
+  int n = 0;
+  for (char c : s) n += c == '\n';
+  return n;
+}
+
+TEST(Cli, InfoPrintsThePaperParameterCounts) {
+  const auto gqa = run_command(gqe("info " + config("gqa-250m.yaml")));
+  ASSERT_EQ(gqa.status, 0) << gqa.err;
+  EXPECT_NE(gqa.out.find("total                                 252,871,680"), std::string::npos) << gqa.out;
+  EXPECT_NE(gqa.out.find("active query heads per token: 16 / 16"), std::string::npos);
+
+  const auto gqe_run = run_command(gqe("info " + config("gqe-250m.yaml")));
+  ASSERT_EQ(gqe_run.status, 0) << gqe_run.err;
+  EXPECT_NE(gqe_run.out.find("total                                 247,890,944"), std::string::npos) << gqe_run.out;
+  EXPECT_NE(gqe_run.out.find("active query heads per token: 9 / 16"), std::string::npos);
+  EXPECT_NE(gqe_run.out.find("convention:"), std::string::npos);  // the FLOPs formula is stated
+}
+
+TEST(Cli, InfoTakesOverrides) {
+  const auto r = run_command(gqe("info " + config("gqe-250m.yaml") + " --set model.attention.top_k=2"));
+  ASSERT_EQ(r.status, 0) << r.err;
+  EXPECT_NE(r.out.find("active query heads per token: 17 / 16"), std::string::npos) << r.out;
+}
+
+TEST(Cli, BadConfigIsOneLineAndExitStatus2) {
+  test::TempDir dir;
+  const std::string bad = dir.write("bad.yaml", "inherit: " + config("gqe-250m.yaml") + "\nmodel:\n  n_layer: 4\n");
+  const auto r = run_command(gqe("info " + bad));
+  EXPECT_EQ(r.status, 2);
+  EXPECT_EQ(r.err, "gqe: " + bad + ": unknown key 'model.n_layer' (did you mean 'model.n_layers'?)\n");
+  EXPECT_EQ(r.out, "");
+}
+
+TEST(Cli, BadUsageIsExitStatus2) {
+  for (const std::string args : {"", "info", "frobnicate", "info a.yaml --bogus"}) {
+    const auto r = run_command(gqe(args));
+    EXPECT_EQ(r.status, 2) << args;
+    EXPECT_EQ(count_lines(r.err), 1) << args << ": " << r.err;
+  }
+  const auto missing = run_command(gqe("info /nonexistent/x.yaml"));
+  EXPECT_EQ(missing.status, 2);
+  EXPECT_EQ(missing.err, "gqe: /nonexistent/x.yaml: cannot open config file (no such file)\n");
+}
+
+TEST(Cli, HelpHasExamples) {
+  const auto top = run_command(gqe("--help"));
+  EXPECT_EQ(top.status, 0);
+  EXPECT_NE(top.out.find("info"), std::string::npos);
+  const auto info = run_command(gqe("info --help"));
+  EXPECT_EQ(info.status, 0);
+  EXPECT_NE(info.out.find("Examples:"), std::string::npos);
+}
+
+}  // namespace
+}  // namespace gqe
