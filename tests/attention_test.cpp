@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include <ATen/ATen.h>
+#include <ATen/autocast_mode.h>
 #include <torch/autograd.h>
 
 #include <cmath>
@@ -10,35 +11,14 @@
 #include "model/attention.h"
 #include "model/layers.h"
 #include "model/router.h"
+#include "model_util.h"
 #include "reference.h"
 
 namespace gqe {
 namespace {
 
-ModelConfig small_config(AttentionType type, GqeVariant variant = GqeVariant::gqe, int64_t n_heads = 4,
-                         int64_t n_kv_heads = 2, int64_t top_k = 1) {
-  ModelConfig c;
-  c.vocab_size = 97;
-  c.d_model = 24;
-  c.n_layers = 2;
-  c.n_heads = n_heads;
-  c.n_kv_heads = n_kv_heads;
-  c.head_dim = 8;
-  c.ffn_hidden = 40;
-  c.attention.type = type;
-  c.attention.variant = variant;
-  c.attention.top_k = top_k;
-  return c;
-}
-
-// O(1) activations so that a 1e-5 tolerance means something.
-void randomize(torch::nn::Module& module) {
-  torch::NoGradGuard no_grad;
-  for (auto& p : module.parameters()) {
-    if (p.dim() == 2) p.normal_(0.0, 1.0 / std::sqrt(static_cast<double>(p.size(1))));
-    else p.normal_(1.0, 0.1);
-  }
-}
+using test::randomize;
+using test::small_config;
 
 void expect_close(const at::Tensor& actual, const at::Tensor& expected, const std::string& what, double tol = 1e-5) {
   ASSERT_EQ(actual.sizes(), expected.sizes()) << what;
@@ -148,7 +128,8 @@ TEST(Attention, RouterGetsLmGradientExceptInHardConcat) {
     SCOPED_TRACE(enum_name(variant));
     torch::manual_seed(5);
     ModelConfig c = small_config(AttentionType::gqe, variant);
-    Decoder model(c);  // default init: router weights are zeros, as in training
+    c.attention.router_init = RouterInit::zeros;  // the default, as in training
+    Decoder model(c);
     ASSERT_TRUE(model->model->layers[0]->as<DecoderLayer>()->self_attn->router->weight.eq(0).all().item<bool>());
     const at::Tensor tokens = at::randint(c.vocab_size, {2, T});
     const auto out = model->forward(tokens);
@@ -166,6 +147,28 @@ TEST(Attention, RouterGetsLmGradientExceptInHardConcat) {
     for (const auto& g : torch::autograd::grad({out.aux_loss}, routers, {}, false, false, true))
       EXPECT_GT(g.norm().item<double>(), 1e-8);
   }
+}
+
+TEST(Attention, RouterRunsInFp32UnderBf16Autocast) {
+  torch::manual_seed(13);
+  const ModelConfig c = small_config(AttentionType::gqe, GqeVariant::gqe, 8, 2, 2);
+  Attention attn(c);
+  randomize(*attn);
+  const at::Tensor x = at::randn({2, 16, c.d_model});
+  const RotaryTables rope = rotary_tables(0, 16, c.head_dim, c.rope_theta, at::kCPU);
+  const AttentionOutput fp32 = attn->forward(x, rope);
+
+  at::autocast::set_autocast_dtype(at::kCPU, at::kBFloat16);
+  at::autocast::set_autocast_enabled(at::kCPU, true);
+  const AttentionOutput mixed = attn->forward(x, rope);
+  at::autocast::set_autocast_enabled(at::kCPU, false);
+  at::autocast::clear_cache();
+
+  EXPECT_EQ(mixed.y.scalar_type(), at::kBFloat16);  // autocast was really on
+  EXPECT_TRUE(mixed.load.equal(fp32.load));
+  EXPECT_NEAR(mixed.entropy.item<double>(), fp32.entropy.item<double>(), 1e-6);
+  EXPECT_NEAR(mixed.aux.item<double>(), fp32.aux.item<double>(), 1e-6);
+  EXPECT_LE((mixed.y.to(at::kFloat) - fp32.y).abs().max().item<double>(), 0.05);  // bf16-level agreement
 }
 
 TEST(Router, LoadBalancingLossIsOneForBalancedUniformRouting) {

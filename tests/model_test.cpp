@@ -9,34 +9,20 @@
 #include <set>
 
 #include "model/decoder.h"
+#include "model_util.h"
 #include "reference.h"
 
 namespace gqe {
 namespace {
 
-ModelConfig tiny(AttentionType type, GqeVariant variant = GqeVariant::gqe, int64_t top_k = 1, int64_t n_heads = 4,
-                 int64_t n_kv_heads = 2) {
-  ModelConfig c;
-  c.vocab_size = 61;
-  c.d_model = 32;
-  c.n_layers = 2;
-  c.n_heads = n_heads;
-  c.n_kv_heads = n_kv_heads;
-  c.head_dim = 8;
-  c.ffn_hidden = 48;
-  c.attention.type = type;
-  c.attention.variant = variant;
-  c.attention.top_k = top_k;
-  c.attention.router_init = RouterInit::normal;  // routing that differs between tokens
-  return c;
-}
+using test::small_config;
 
 std::vector<ModelConfig> every_kind() {
-  return {tiny(AttentionType::gqa),
-          tiny(AttentionType::gqe, GqeVariant::gqe),
-          tiny(AttentionType::gqe, GqeVariant::hard_concat),
-          tiny(AttentionType::gqe, GqeVariant::weighted_concat),
-          tiny(AttentionType::gqe, GqeVariant::gqe, 2, 8, 2)};
+  return {small_config(AttentionType::gqa),
+          small_config(AttentionType::gqe, GqeVariant::gqe),
+          small_config(AttentionType::gqe, GqeVariant::hard_concat),
+          small_config(AttentionType::gqe, GqeVariant::weighted_concat),
+          small_config(AttentionType::gqe, GqeVariant::gqe, 8, 2, 2)};
 }
 
 std::string describe(const ModelConfig& c) {
@@ -44,19 +30,12 @@ std::string describe(const ModelConfig& c) {
          std::to_string(c.attention.top_k);
 }
 
-// Larger weights than the 0.02 init so that differences show.
-void scale_up(DecoderImpl& model) {
-  torch::NoGradGuard no_grad;
-  for (auto& p : model.parameters())
-    if (p.dim() == 2) p.normal_(0.0, 1.0 / std::sqrt(static_cast<double>(p.size(1))));
-}
-
 TEST(Decoder, LogitsAndGradientsMatchTheReference) {
   for (const ModelConfig& c : every_kind()) {
     SCOPED_TRACE(describe(c));
     torch::manual_seed(21);
     Decoder model(c);
-    scale_up(*model);
+    test::randomize(*model);
     const at::Tensor tokens = at::randint(c.vocab_size, {2, 6});
     const at::Tensor logits = model->forward(tokens).logits;
     const at::Tensor ref = test::ref_decoder(*model, tokens);
@@ -81,7 +60,7 @@ TEST(Decoder, ChangingTokenTNeverChangesEarlierLogits) {
     SCOPED_TRACE(describe(c));
     torch::manual_seed(8);
     Decoder model(c);
-    scale_up(*model);
+    test::randomize(*model);
     torch::NoGradGuard no_grad;
     const int64_t T = 16;
     for (int64_t t : {0, 5, 15}) {
@@ -101,7 +80,7 @@ TEST(Decoder, EachSequenceIsComputedIndependentlyOfItsBatch) {
     SCOPED_TRACE(describe(c));
     torch::manual_seed(9);
     Decoder model(c);
-    scale_up(*model);
+    test::randomize(*model);
     torch::NoGradGuard no_grad;
     const at::Tensor tokens = at::randint(c.vocab_size, {3, 10});
     const at::Tensor together = model->forward(tokens).logits;
@@ -126,17 +105,17 @@ TEST(Decoder, ParameterNamesAreHuggingFaceLlamaNames) {
                           "mlp.gate_proj.weight", "mlp.up_proj.weight", "mlp.down_proj.weight"})
       expected.insert(p + n);
   }
-  EXPECT_EQ(names(tiny(AttentionType::gqa)), expected);
+  EXPECT_EQ(names(small_config(AttentionType::gqa)), expected);
 
   std::set<std::string> hard = expected;
   for (int layer = 0; layer < 2; ++layer) hard.insert("model.layers." + std::to_string(layer) + ".self_attn.router.weight");
-  EXPECT_EQ(names(tiny(AttentionType::gqe, GqeVariant::hard_concat)), hard);
+  EXPECT_EQ(names(small_config(AttentionType::gqe, GqeVariant::hard_concat)), hard);
 
   std::set<std::string> full = hard;
   for (int layer = 0; layer < 2; ++layer) full.insert("model.layers." + std::to_string(layer) + ".self_attn.q_shared.weight");
-  EXPECT_EQ(names(tiny(AttentionType::gqe, GqeVariant::gqe)), full);
+  EXPECT_EQ(names(small_config(AttentionType::gqe, GqeVariant::gqe)), full);
 
-  ModelConfig untied = tiny(AttentionType::gqa);
+  ModelConfig untied = small_config(AttentionType::gqa);
   untied.tie_embeddings = false;
   std::set<std::string> with_head = expected;
   with_head.insert("lm_head.weight");
@@ -144,7 +123,7 @@ TEST(Decoder, ParameterNamesAreHuggingFaceLlamaNames) {
 }
 
 TEST(Decoder, InitialisationFollowsTheRecipe) {
-  ModelConfig c = tiny(AttentionType::gqe);
+  ModelConfig c = small_config(AttentionType::gqe);
   c.d_model = 256;
   c.n_heads = 8;
   c.n_kv_heads = 4;
@@ -177,7 +156,7 @@ TEST(Decoder, InitialisationFollowsTheRecipe) {
 }
 
 TEST(Decoder, SameSeedSameParameters) {
-  const ModelConfig c = tiny(AttentionType::gqe);
+  const ModelConfig c = small_config(AttentionType::gqe);
   torch::manual_seed(42);
   Decoder a(c);
   torch::manual_seed(42);
@@ -192,9 +171,9 @@ TEST(Decoder, SameSeedSameParameters) {
 TEST(Decoder, AuxLossIsTheSumOverLayersAndZeroForGqa) {
   torch::manual_seed(12);
   const at::Tensor tokens = at::randint(61, {2, 8});
-  EXPECT_EQ(Decoder(tiny(AttentionType::gqa))->forward(tokens).aux_loss.item<double>(), 0.0);
-  EXPECT_TRUE(Decoder(tiny(AttentionType::gqa))->forward(tokens).router.empty());
-  ModelConfig c = tiny(AttentionType::gqe);
+  EXPECT_EQ(Decoder(small_config(AttentionType::gqa))->forward(tokens).aux_loss.item<double>(), 0.0);
+  EXPECT_TRUE(Decoder(small_config(AttentionType::gqa))->forward(tokens).router.empty());
+  ModelConfig c = small_config(AttentionType::gqe);
   c.attention.router_init = RouterInit::zeros;
   const DecoderOutput out = Decoder(c)->forward(tokens);
   // Zero router: uniform probabilities, so each layer's loss is M * sum_m f_m / M = 1 exactly.

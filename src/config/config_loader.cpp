@@ -7,7 +7,6 @@
 #include <cmath>
 #include <filesystem>
 #include <fstream>
-#include <limits>
 #include <optional>
 #include <set>
 #include <sstream>
@@ -47,7 +46,7 @@ size_t edit_distance(const std::string& a, const std::string& b) {
 
 // --- YAML tree: reading files, inheritance, overrides ------------------------------------------
 
-// `key` lines inside a file, for error messages about what it wrote.
+// "file:line" of a YAML node, for errors about what the file wrote.
 std::string where(const std::string& file, const YAML::Mark& mark) {
   if (mark.is_null()) return file;
   return fmt::format("{}:{}", file, mark.line + 1);
@@ -288,7 +287,10 @@ class Reader {
     const std::string s = scalar(path, n, "a name");
     std::string allowed;
     for (const auto& [value, name] : EnumNames<E>::values) {
-      if (s == name) return void(v = value);
+      if (s == name) {
+        v = value;
+        return;
+      }
       allowed += allowed.empty() ? name : fmt::format(", {}", name);
     }
     fail(path, fmt::format("'{}' is not one of: {}", s, allowed));

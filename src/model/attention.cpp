@@ -1,6 +1,7 @@
 #include "model/attention.h"
 
 #include <ATen/ATen.h>
+#include <c10/core/impl/LocalDispatchKeySet.h>
 
 #include "model/router.h"
 
@@ -52,8 +53,12 @@ AttentionOutput AttentionImpl::forward(const at::Tensor& x, const RotaryTables& 
 at::Tensor AttentionImpl::routed_slots(const at::Tensor& x, const at::Tensor& k, const at::Tensor& v,
                                        const RotaryTables& rope, AttentionOutput& out) {
   const int64_t B = x.size(0), T = x.size(1), G = n_kv_heads_, M = n_heads_ / n_kv_heads_, K = attn_.top_k;
-  // Router in fp32: the logits, softmax and top-k decide which heads run.
-  const Routing r = route(at::linear(x.to(at::kFloat), router->weight.to(at::kFloat)), G, K);
+  // Router in fp32, under autocast too (which would run the linear in bf16): its logits, softmax
+  // and top-k decide which heads run.
+  const Routing r = [&] {
+    c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
+    return route(at::linear(x.to(at::kFloat), router->weight.to(at::kFloat)), G, K);
+  }();
   out.aux = load_balancing_loss(r);
   out.load = expert_load(r);
   out.entropy = router_entropy(r);

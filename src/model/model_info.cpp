@@ -65,9 +65,8 @@ ModelInfo describe_model(const Config& config) {
   // Activations kept for backward, per token and layer (elements): the two norms' inputs and fp32
   // intermediates (~6d), q/k/v before and after RoPE, attention output and o_proj input, and four
   // ffn_hidden-sized SwiGLU tensors; plus fp32 logits and their gradient per token.
-  const int64_t q_heads = gqe ? a.top_k * G + 1 : N;
   const double per_token_layer =
-      static_cast<double>(6 * d + 2 * (q_heads + 2 * G) * dh + 2 * info.output_slots * dh + 4 * m.ffn_hidden);
+      static_cast<double>(6 * d + 2 * (info.active_query_heads + 2 * G) * dh + 2 * info.output_slots * dh + 4 * m.ffn_hidden);
   const double act_bytes = config.train.precision == Precision::bf16 ? 2.0 : 4.0;
   const double tokens = static_cast<double>(config.train.micro_batch_size * config.data.seq_len);
   info.activation_bytes = tokens * (static_cast<double>(m.n_layers) * per_token_layer * act_bytes +
