@@ -47,6 +47,8 @@ if [[ ! -x $venv/bin/python ]]; then
   "$python" -m venv "$venv"
 fi
 vpy=$venv/bin/python
+# matplotlib first: it brings numpy, which torch looks for when imported below.
+"$vpy" -c 'import matplotlib' 2>/dev/null || { say "installing matplotlib"; "$vpy" -m pip install -q matplotlib; }
 if [[ -z ${LIBTORCH:-}${Torch_DIR:-} ]]; then
   have=$("$vpy" -c 'import torch; print(torch.__version__.split("+")[0])' 2>/dev/null || true)
   if [[ $have != "$torch_version" ]]; then
@@ -59,7 +61,6 @@ elif [[ -n ${LIBTORCH:-} ]]; then
 else
   torch_prefix=$(cd "$Torch_DIR/../../.." && pwd)
 fi
-"$vpy" -c 'import matplotlib' 2>/dev/null || { say "installing matplotlib"; "$vpy" -m pip install -q matplotlib; }
 
 # --- 3. configure and build --------------------------------------------------------------------
 export CCACHE_BASEDIR=$root          # lets clones at other paths share cache hits
