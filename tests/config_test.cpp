@@ -2,7 +2,6 @@
 #include <gtest/gtest.h>
 
 #include <filesystem>
-#include <functional>
 
 #include "common/error.h"
 #include "config/config_loader.h"
@@ -15,20 +14,8 @@ namespace fs = std::filesystem;
 using test::TempDir;
 
 // Runs `load` and returns the UserError's message; fails the test if nothing (or something else) is thrown.
-std::string error_of(const std::function<void()>& load) {
-  try {
-    load();
-  } catch (const UserError& e) {
-    const std::string msg = e.what();
-    EXPECT_EQ(msg.find('\n'), std::string::npos) << "error is not one line: " << msg;
-    return msg;
-  }
-  ADD_FAILURE() << "expected a UserError";
-  return "";
-}
-
 std::string error_loading(const std::string& file, const std::vector<std::string>& overrides = {}) {
-  return error_of([&] { load_config(file, overrides); });
+  return test::user_error_of([&] { load_config(file, overrides); });
 }
 
 // A small valid config to start from.
@@ -240,7 +227,7 @@ TEST(Config, ResolvedYamlLoadsBackToTheSameConfig) {
 }
 
 TEST(Config, ReferenceDocumentsEveryKey) {
-  const std::string doc = test::read_file(std::string(GQE_SOURCE_DIR) + "/docs/config.md");
+  const std::string doc = read_file(std::string(GQE_SOURCE_DIR) + "/docs/config.md");
   for (const auto& key : config_keys()) {
     const auto dot = key.find('.');
     if (dot == std::string::npos) {

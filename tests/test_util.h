@@ -1,15 +1,19 @@
 // Helpers shared by the test executables: temporary directories with files in them, and running a
-// built program to look at its exit status, stdout and stderr.
+// built program to look at its exit status, stdout and stderr. (Reading files: gqe::read_file.)
 #pragma once
 
+#include <gtest/gtest.h>
 #include <unistd.h>
 
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
-#include <sstream>
+#include <functional>
 #include <string>
+
+#include "common/error.h"
+#include "common/files.h"
 
 namespace gqe::test {
 
@@ -38,11 +42,18 @@ class TempDir {
   std::filesystem::path path_;
 };
 
-inline std::string read_file(const std::string& path) {
-  std::ifstream in(path);
-  std::stringstream s;
-  s << in.rdbuf();
-  return s.str();
+// Runs `f` and returns the message of the UserError it throws, checking that it is one line;
+// fails the test if it throws nothing (or something else).
+inline std::string user_error_of(const std::function<void()>& f) {
+  try {
+    f();
+  } catch (const UserError& e) {
+    const std::string message = e.what();
+    EXPECT_EQ(message.find('\n'), std::string::npos) << "error is not one line: " << message;
+    return message;
+  }
+  ADD_FAILURE() << "expected a UserError";
+  return "";
 }
 
 struct RunResult {

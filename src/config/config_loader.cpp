@@ -194,30 +194,6 @@ std::string describe(const YAML::Node& node) {
   return fmt::format("'{}'", node.Scalar());
 }
 
-std::optional<int64_t> parse_int(std::string s) {
-  std::erase(s, '_');
-  if (s.empty()) return std::nullopt;
-  double scale = 1;
-  switch (s.back()) {  // decimal size suffixes: 30B tokens, 512K, ...
-    case 'K': case 'k': scale = 1e3; break;
-    case 'M': scale = 1e6; break;
-    case 'B': case 'G': scale = 1e9; break;
-    case 'T': scale = 1e12; break;
-    default: break;
-  }
-  if (scale != 1) s.pop_back();
-  int64_t v = 0;
-  auto [end, ec] = std::from_chars(s.data(), s.data() + s.size(), v);
-  if (ec == std::errc() && end == s.data() + s.size() && scale == 1) return v;
-  // 3e9, 1.5M: accepted when the value is a whole number
-  char* stop = nullptr;
-  const double d = std::strtod(s.c_str(), &stop) * scale;
-  if (stop != s.c_str() + s.size() || !std::isfinite(d) || d != std::floor(d) ||
-      std::fabs(d) > 9.0e18)
-    return std::nullopt;
-  return static_cast<int64_t>(d);
-}
-
 std::optional<double> parse_double(const std::string& s) {
   if (s.empty()) return std::nullopt;
   char* stop = nullptr;
@@ -257,7 +233,7 @@ class Reader {
   }
 
   void read(const std::string& path, const YAML::Node& n, int64_t& v) const {
-    auto parsed = parse_int(scalar(path, n, "an integer"));
+    auto parsed = parse_integer(scalar(path, n, "an integer"));
     if (!parsed) fail(path, fmt::format("expected an integer, got '{}'", n.Scalar()));
     v = *parsed;
   }
@@ -409,6 +385,30 @@ class Checker {
 };
 
 }  // namespace
+
+std::optional<int64_t> parse_integer(std::string s) {
+  std::erase(s, '_');
+  if (s.empty()) return std::nullopt;
+  double scale = 1;
+  switch (s.back()) {  // decimal size suffixes: 30B tokens, 512K, ...
+    case 'K': case 'k': scale = 1e3; break;
+    case 'M': scale = 1e6; break;
+    case 'B': case 'G': scale = 1e9; break;
+    case 'T': scale = 1e12; break;
+    default: break;
+  }
+  if (scale != 1) s.pop_back();
+  int64_t v = 0;
+  auto [end, ec] = std::from_chars(s.data(), s.data() + s.size(), v);
+  if (ec == std::errc() && end == s.data() + s.size() && scale == 1) return v;
+  // 3e9, 1.5M: accepted when the value is a whole number
+  char* stop = nullptr;
+  const double d = std::strtod(s.c_str(), &stop) * scale;
+  if (stop != s.c_str() + s.size() || !std::isfinite(d) || d != std::floor(d) ||
+      std::fabs(d) > 9.0e18)
+    return std::nullopt;
+  return static_cast<int64_t>(d);
+}
 
 const std::string& LoadedConfig::origin(const std::string& key) const {
   if (auto it = origins.find(key); it != origins.end()) return it->second;

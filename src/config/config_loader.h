@@ -5,6 +5,7 @@
 #pragma once
 
 #include <map>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -31,6 +32,10 @@ void validate(const LoadedConfig& loaded);
 
 // The fully resolved config as YAML, every key written; load_config of this text gives it back.
 std::string to_yaml(const Config& config);
+
+// An integer as configs and command lines write it: 30000000000, 30_000_000_000, 3e10, or with a
+// decimal suffix K, M, B (or G), T: 30B, 1.5M. Nothing if it is not a whole number.
+std::optional<int64_t> parse_integer(std::string text);
 
 // Every dotted key the schema knows (leaves and sections), in declaration order.
 std::vector<std::string> config_keys();
