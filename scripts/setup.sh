@@ -25,19 +25,11 @@ say() { printf '[setup] %s\n' "$*"; }
 
 # --- 1. system packages ------------------------------------------------------------------------
 debs=(build-essential cmake ninja-build ccache pkg-config python3-venv
-      libyaml-cpp-dev libspdlog-dev libfmt-dev libcli11-dev
+      libyaml-cpp-dev libspdlog-dev libfmt-dev libcli11-dev nlohmann-json3-dev libxxhash-dev zlib1g-dev
       libsentencepiece-dev sentencepiece libgtest-dev)
 if [[ ${GQE_SKIP_APT:-0} != 1 ]]; then
-  missing=()
-  for p in "${debs[@]}"; do
-    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
-  done
-  if ((${#missing[@]})); then
-    sudo=""; [[ $(id -u) != 0 ]] && sudo=sudo
-    say "installing Debian packages: ${missing[*]}"
-    $sudo apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"
-  fi
+  source "$root/scripts/lib.sh"
+  install_missing_debs "${debs[@]}"
 fi
 
 # --- 2. Python venv with torch (LibTorch comes from the wheel) and matplotlib ------------------

@@ -1,5 +1,5 @@
-// Subcommands of `gqe`. Each adds itself to the app with its options, help and examples, and does
-// its work in the CLI11 callback; errors propagate to main() as exceptions.
+// Subcommands of `gqe` and `gqe-data`. Each adds itself to the app with its options, help and
+// examples, and does its work in the CLI11 callback; errors propagate to run_cli() as exceptions.
 #pragma once
 
 namespace CLI {
@@ -8,6 +8,12 @@ class App;
 
 namespace gqe {
 
+// gqe
 void add_info_command(CLI::App& app);
+void add_bench_command(CLI::App& app);
+void add_data_forwarding(CLI::App& app);  // `gqe data ...` runs gqe-data
+
+// gqe-data (argc/argv: recorded in the dataset manifest)
+void add_data_commands(CLI::App& app, int argc, char** argv);
 
 }  // namespace gqe

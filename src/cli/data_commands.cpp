@@ -1,0 +1,268 @@
+// gqe-data's subcommands: train-tokenizer, encode, inspect, decode. No torch.
+#include <CLI/CLI.hpp>
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+
+#include <filesystem>
+#include <iostream>
+#include <iterator>
+#include <memory>
+#include <sstream>
+#include <thread>
+
+#include "cli/commands.h"
+#include "common/error.h"
+#include "common/files.h"
+#include "config/config_loader.h"
+#include "data/dataset.h"
+#include "data/encode.h"
+#include "data/shard.h"
+#include "data/tokenizer.h"
+
+namespace fs = std::filesystem;
+
+namespace gqe {
+namespace {
+
+int all_cores() { return static_cast<int>(std::max(1u, std::thread::hardware_concurrency())); }
+
+std::string command_line(int argc, char** argv) {
+  std::string s;
+  for (int i = 0; i < argc; ++i) s += (i ? " " : "") + std::string(argv[i]);
+  return s;
+}
+
+uint64_t count_option(const std::string& name, const std::string& text) {
+  const auto v = parse_integer(text);
+  if (!v || *v <= 0) throw UserError(fmt::format("{}: expected a positive whole number (e.g. 100M), got '{}'", name, text));
+  return static_cast<uint64_t>(*v);
+}
+
+struct InputFlags {
+  std::string format = "auto", boundary = "file";
+  InputOptions options() const {
+    InputOptions o;
+    o.format = format == "text" ? InputFormat::text : format == "jsonl" ? InputFormat::jsonl : InputFormat::auto_;
+    o.boundary = boundary == "blank-line" ? DocBoundary::blank_line : DocBoundary::file;
+    o.text_field = text_field;
+    return o;
+  }
+  std::string text_field = "text";
+};
+
+void add_input_flags(CLI::App* cmd, InputFlags& f) {
+  cmd->add_option("--format", f.format, "Input format; auto: .jsonl/.ndjson/.json(.gz) are JSON Lines, the rest text")
+      ->check(CLI::IsMember({"auto", "text", "jsonl"}))
+      ->capture_default_str();
+  cmd->add_option("--doc-boundary", f.boundary, "Plain text: one document per file, or per blank-line-separated block")
+      ->check(CLI::IsMember({"file", "blank-line"}))
+      ->capture_default_str();
+  cmd->add_option("--text-field", f.text_field, "JSON Lines: the field holding the text")->capture_default_str();
+}
+
+void add_train_tokenizer(CLI::App& app) {
+  struct Options {
+    std::vector<std::string> inputs;
+    InputFlags input;
+    std::string out, config, max_sentences = "2M";
+    uint32_t vocab_size = 0;
+    uint64_t seed = 1234;
+    int threads = all_cores();
+  };
+  auto o = std::make_shared<Options>();
+  CLI::App* cmd = app.add_subcommand("train-tokenizer", "Train a sentencepiece BPE tokenizer (byte fallback) on text");
+  cmd->add_option("inputs", o->inputs, "Text or JSON Lines files (optionally .gz), directories, glob patterns")->required();
+  cmd->add_option("--out", o->out, "Output prefix: writes PREFIX.model and PREFIX.vocab")->required();
+  auto* vocab = cmd->add_option("--vocab-size", o->vocab_size, "Vocabulary size");
+  auto* config = cmd->add_option("--config", o->config, "Take the vocabulary size from this config's model.vocab_size");
+  vocab->excludes(config);
+  cmd->add_option("--max-sentences", o->max_sentences, "Lines sampled for training when the input has more")
+      ->capture_default_str();
+  cmd->add_option("--seed", o->seed, "Seed of the sampling")->capture_default_str();
+  cmd->add_option("--threads", o->threads, "Training threads")->capture_default_str();
+  add_input_flags(cmd, o->input);
+  cmd->footer(
+      "Examples:\n"
+      "  gqe-data train-tokenizer data/sample/*.jsonl --vocab-size 4096 --out data/sample/tokenizer\n"
+      "  gqe-data train-tokenizer corpus/ --config configs/gqa-250m.yaml --out data/tok50k");
+  cmd->callback([o] {
+    TokenizerTraining t;
+    t.files = expand_inputs(o->inputs);
+    t.input = o->input.options();
+    if (!o->config.empty()) t.vocab_size = static_cast<uint32_t>(load_config(o->config).config.model.vocab_size);
+    else if (o->vocab_size > 0) t.vocab_size = o->vocab_size;
+    else throw UserError("train-tokenizer: give --vocab-size N or --config CONFIG");
+    t.out_prefix = o->out;
+    t.max_sentences = count_option("--max-sentences", o->max_sentences);
+    t.seed = o->seed;
+    t.threads = o->threads;
+    const auto s = train_tokenizer(t);
+    fmt::print("wrote {0}.model and {0}.vocab: vocabulary {1}, trained on {2} of {3} lines ({4} documents){5}\n",
+               o->out, t.vocab_size, s.sampled_lines, s.lines, s.documents,
+               s.skipped_long_lines ? fmt::format("; {} lines over 16 KB skipped", s.skipped_long_lines) : "");
+  });
+}
+
+void add_encode(CLI::App& app, int argc, char** argv) {
+  struct Options {
+    EncodeOptions encode;
+    InputFlags input;
+    std::string shard_tokens = "100M";
+    bool quiet = false;
+  };
+  auto o = std::make_shared<Options>();
+  o->encode.command = command_line(argc, argv);
+  CLI::App* cmd = app.add_subcommand("encode", "Tokenize text into train/val token shards and a manifest");
+  cmd->add_option("inputs", o->encode.inputs, "Text or JSON Lines files (optionally .gz), directories, glob patterns")
+      ->required();
+  cmd->add_option("--tokenizer", o->encode.tokenizer, "sentencepiece .model file")->required();
+  cmd->add_option("--out", o->encode.out_dir, "Dataset directory to create")->required();
+  cmd->add_option("--shard-tokens", o->shard_tokens, "Tokens per shard (a shard closes at a document boundary)")
+      ->capture_default_str();
+  cmd->add_option("--val-fraction", o->encode.val_fraction, "Fraction of documents held out for validation (seeded)")
+      ->capture_default_str();
+  cmd->add_option("--seed", o->encode.seed, "Seed of the train/val split")->capture_default_str();
+  cmd->add_option("--threads", o->encode.threads, "Encoding threads (0: all cores)")->capture_default_str();
+  cmd->add_flag("--overwrite", o->encode.overwrite, "Replace an existing dataset directory (after success only)");
+  cmd->add_flag("--quiet", o->quiet, "No progress line");
+  add_input_flags(cmd, o->input);
+  cmd->footer(
+      "Examples:\n"
+      "  gqe-data encode data/sample/*.jsonl --tokenizer data/sample/tokenizer.model --out data/sample/shards\n"
+      "  gqe-data encode books/ --doc-boundary blank-line --tokenizer tok.model --out data/books --val-fraction 0.01");
+  cmd->callback([o] {
+    o->encode.input = o->input.options();
+    o->encode.shard_tokens = count_option("--shard-tokens", o->shard_tokens);
+    o->encode.progress = !o->quiet;
+    const EncodeSummary s = encode_dataset(o->encode);
+    fmt::print("wrote {}: train {} shard(s), {} docs, {} tokens; val {} shard(s), {} docs, {} tokens; {} empty docs "
+               "skipped\n{:.1f} MB of input in {:.1f} s: {:.2f} MB/s, {:.2f}M tokens/s\n",
+               o->encode.out_dir, s.train_shards, s.train_documents, s.train_tokens, s.val_shards, s.val_documents,
+               s.val_tokens, s.empty_documents, static_cast<double>(s.input_bytes) / 1e6, s.seconds,
+               static_cast<double>(s.input_bytes) / 1e6 / std::max(s.seconds, 1e-9),
+               static_cast<double>(s.train_tokens + s.val_tokens) / 1e6 / std::max(s.seconds, 1e-9));
+  });
+}
+
+nlohmann::ordered_json header_json(const MappedShard& shard) {
+  const ShardHeader& h = shard.header();
+  return {{"file", shard.path()},
+          {"magic", std::string(kShardMagic, sizeof(kShardMagic))},
+          {"version", h.version},
+          {"bytes_per_token", h.bytes_per_token},
+          {"vocab_size", h.vocab_size},
+          {"eos_id", h.eos_id},
+          {"tokens", h.token_count},
+          {"documents", h.document_count},
+          {"payload_checksum", hex64(h.payload_checksum)},
+          {"tokenizer_fingerprint", hex64(h.tokenizer_fingerprint)}};
+}
+
+void add_inspect(CLI::App& app) {
+  struct Options {
+    std::string path;
+    bool verify = false;
+  };
+  auto o = std::make_shared<Options>();
+  CLI::App* cmd = app.add_subcommand("inspect", "Print a shard's header or a dataset's manifest as JSON");
+  cmd->add_option("path", o->path, "A shard (.bin) or a dataset directory")->required();
+  cmd->add_flag("--verify", o->verify, "Also re-check payload checksums, token ids and the tokenizer file");
+  cmd->footer(
+      "Examples:\n"
+      "  gqe-data inspect data/sample/shards/train_000000.bin\n"
+      "  gqe-data inspect data/sample/shards --verify");
+  cmd->callback([o] {
+    nlohmann::ordered_json out;
+    if (fs::is_directory(o->path)) {
+      const Manifest m = read_manifest(o->path);
+      out = nlohmann::ordered_json::parse(manifest_json(m));
+      for (Split split : {Split::train, Split::val}) {
+        const TokenStream stream(o->path, m, split);  // checks every shard header against the manifest
+        if (o->verify) stream.verify(all_cores());
+      }
+      if (o->verify) {
+        const std::string tok = (fs::path(o->path) / m.tokenizer.file).string();
+        const std::string bytes = read_file(tok);
+        if (checksum64(bytes.data(), bytes.size()) != m.tokenizer.fingerprint)
+          throw UserError(fmt::format("{}: does not match the manifest's tokenizer fingerprint", tok));
+      }
+    } else {
+      const MappedShard shard(o->path);
+      if (o->verify) shard.verify();
+      out = header_json(shard);
+    }
+    if (o->verify) out["verified"] = true;
+    fmt::print("{}\n", out.dump(2));
+  });
+}
+
+void add_decode(CLI::App& app) {
+  struct Options {
+    std::string tokenizer, dataset, shard;
+    std::vector<std::string> ids;
+    uint64_t start = 0, count = 0;
+  };
+  auto o = std::make_shared<Options>();
+  CLI::App* cmd = app.add_subcommand("decode", "Turn token ids (arguments, stdin, or a slice of a shard) back into text");
+  cmd->add_option("ids", o->ids, "Token ids (none: read them from stdin, or use --shard)");
+  auto* tok = cmd->add_option("--tokenizer", o->tokenizer, "sentencepiece .model file");
+  auto* ds = cmd->add_option("--dataset", o->dataset, "Use the tokenizer of this dataset");
+  tok->excludes(ds);
+  cmd->add_option("--shard", o->shard, "Decode tokens of this shard (its dataset's tokenizer unless given)");
+  cmd->add_option("--start", o->start, "First token of the shard slice")->capture_default_str();
+  cmd->add_option("--count", o->count, "Tokens of the shard slice (0: to the end)")->capture_default_str();
+  cmd->footer(
+      "Examples:\n"
+      "  gqe-data decode --dataset data/sample/shards 464 1022 2\n"
+      "  gqe-data decode --shard data/sample/shards/val_000000.bin --count 200");
+  cmd->callback([o] {
+    std::vector<int32_t> ids;
+    if (!o->shard.empty()) {
+      const MappedShard shard(o->shard);
+      if (o->start > shard.size()) throw UserError(fmt::format("--start {} is past the {} tokens of {}", o->start, shard.size(), o->shard));
+      const uint64_t n = o->count ? std::min(o->count, shard.size() - o->start) : shard.size() - o->start;
+      for (uint64_t i = 0; i < n; ++i) ids.push_back(static_cast<int32_t>(shard.token(o->start + i)));
+      if (o->tokenizer.empty() && o->dataset.empty()) o->dataset = fs::path(o->shard).parent_path().string();
+    } else {
+      std::vector<std::string> words = o->ids;
+      if (words.empty()) {
+        std::string text((std::istreambuf_iterator<char>(std::cin)), std::istreambuf_iterator<char>());
+        for (char& c : text) c = c == ',' ? ' ' : c;
+        std::istringstream in(text);
+        for (std::string w; in >> w;) words.push_back(w);
+      }
+      for (const auto& w : words) {
+        const auto v = parse_integer(w);
+        if (!v || *v < 0 || *v > INT32_MAX) throw UserError(fmt::format("decode: '{}' is not a token id", w));
+        ids.push_back(static_cast<int32_t>(*v));
+      }
+    }
+    std::string model = o->tokenizer;
+    if (model.empty()) {
+      if (o->dataset.empty()) throw UserError("decode: give --tokenizer MODEL or --dataset DIR");
+      model = (fs::path(o->dataset) / read_manifest(o->dataset).tokenizer.file).string();
+    }
+    // A shard slice may hold several documents: show where each ends.
+    const Tokenizer tokenizer(model);
+    std::string text;
+    size_t begin = 0;
+    for (size_t i = 0; i <= ids.size(); ++i) {
+      if (i < ids.size() && (o->shard.empty() || ids[i] != tokenizer.eos_id())) continue;
+      text += tokenizer.decode(std::span(ids).subspan(begin, i - begin));
+      if (i < ids.size()) text += "\n</s>\n";
+      begin = i + 1;
+    }
+    fmt::print("{}\n", text);
+  });
+}
+
+}  // namespace
+
+void add_data_commands(CLI::App& app, int argc, char** argv) {
+  add_train_tokenizer(app);
+  add_encode(app, argc, argv);
+  add_inspect(app);
+  add_decode(app);
+}
+
+}  // namespace gqe

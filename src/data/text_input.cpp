@@ -1,0 +1,223 @@
+#include "data/text_input.h"
+
+#include <glob.h>
+#include <zlib.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+#include <filesystem>
+
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+
+#include "common/error.h"
+
+namespace fs = std::filesystem;
+
+namespace gqe {
+namespace {
+
+bool ends_with(std::string_view s, std::string_view suffix) {
+  return s.size() >= suffix.size() && s.substr(s.size() - suffix.size()) == suffix;
+}
+
+bool is_jsonl_name(std::string name) {
+  if (ends_with(name, ".gz")) name.resize(name.size() - 3);
+  return ends_with(name, ".jsonl") || ends_with(name, ".ndjson") || ends_with(name, ".json");
+}
+
+bool blank(std::string_view line) {
+  return std::all_of(line.begin(), line.end(), [](char c) { return c == ' ' || c == '\t' || c == '\r'; });
+}
+
+}  // namespace
+
+std::vector<std::string> expand_inputs(const std::vector<std::string>& args) {
+  std::vector<std::string> files;
+  for (const std::string& arg : args) {
+    std::vector<std::string> found;
+    if (arg.find_first_of("*?[") != std::string::npos && !fs::exists(arg)) {
+      glob_t g{};
+      const int rc = ::glob(arg.c_str(), 0, nullptr, &g);
+      for (size_t i = 0; rc == 0 && i < g.gl_pathc; ++i)
+        if (fs::is_regular_file(g.gl_pathv[i])) found.emplace_back(g.gl_pathv[i]);
+      ::globfree(&g);
+      if (found.empty()) throw UserError(fmt::format("{}: no file matches this pattern", arg));
+    } else if (fs::is_directory(arg)) {
+      for (const auto& entry : fs::recursive_directory_iterator(arg))
+        if (entry.is_regular_file() && entry.path().filename().string()[0] != '.') found.push_back(entry.path().string());
+      if (found.empty()) throw UserError(fmt::format("{}: directory holds no files", arg));
+    } else if (fs::exists(arg)) {
+      found.push_back(arg);
+    } else {
+      throw UserError(fmt::format("{}: no such file or directory", arg));
+    }
+    std::sort(found.begin(), found.end());
+    files.insert(files.end(), found.begin(), found.end());
+  }
+  if (files.empty()) throw UserError("no input files given");
+  return files;
+}
+
+DocumentReader::DocumentReader(std::vector<std::string> files, InputOptions options)
+    : files_(std::move(files)), options_(std::move(options)) {
+  for (const auto& f : files_) {
+    std::error_code ec;
+    const auto size = fs::file_size(f, ec);
+    total_bytes_ += ec ? 0 : size;
+  }
+}
+
+DocumentReader::~DocumentReader() { close_file(); }
+
+void DocumentReader::close_file() {
+  if (gz_) gzclose(static_cast<gzFile>(gz_));
+  gz_ = nullptr;
+}
+
+bool DocumentReader::open_next_file() {
+  close_file();
+  bytes_done_ += bytes_current_;
+  bytes_current_ = 0;
+  if (next_file_ >= files_.size()) return false;
+  current_ = static_cast<uint32_t>(next_file_++);
+  const std::string& name = files_[current_];
+  gz_ = gzopen(name.c_str(), "rb");  // reads plain files as they are
+  if (!gz_) throw UserError(fmt::format("{}: cannot read ({})", name, std::strerror(errno ? errno : EIO)));
+  gzbuffer(static_cast<gzFile>(gz_), 1 << 18);
+  json_ = options_.format == InputFormat::jsonl || (options_.format == InputFormat::auto_ && is_jsonl_name(name));
+  line_ = 0;
+  buffer_.clear();
+  buffer_pos_ = 0;
+  eof_ = false;
+  return true;
+}
+
+bool DocumentReader::read_line(std::string& line) {
+  line.clear();
+  for (;;) {
+    const auto nl = buffer_.find('\n', buffer_pos_);
+    if (nl != std::string::npos) {
+      line.append(buffer_, buffer_pos_, nl - buffer_pos_);
+      buffer_pos_ = nl + 1;
+      ++line_;
+      return true;
+    }
+    line.append(buffer_, buffer_pos_, std::string::npos);
+    buffer_.clear();
+    buffer_pos_ = 0;
+    if (eof_) {
+      if (line.empty()) return false;
+      ++line_;  // last line without a newline
+      return true;
+    }
+    buffer_.resize(1 << 20);
+    const auto gz = static_cast<gzFile>(gz_);
+    const int n = gzread(gz, buffer_.data(), static_cast<unsigned>(buffer_.size()));
+    int err = Z_OK;
+    const char* msg = gzerror(gz, &err);
+    if (n < 0 || (err != Z_OK && err != Z_STREAM_END))
+      throw UserError(fmt::format("{}: corrupt or truncated gzip data near line {} ({})", files_[current_], line_ + 1,
+                                  err == Z_ERRNO ? std::strerror(errno) : msg));
+    buffer_.resize(static_cast<size_t>(n));
+    bytes_current_ = static_cast<uint64_t>(gzoffset(gz));
+    if (n == 0) eof_ = true;
+  }
+}
+
+std::optional<RawDocument> DocumentReader::next() {
+  std::string line;
+  for (;;) {
+    if (!gz_ && !open_next_file()) return std::nullopt;
+    RawDocument doc;
+    doc.file = current_;
+    if (json_) {
+      while (read_line(line)) {
+        if (blank(line)) continue;  // blank lines between records are allowed
+        doc.data = std::move(line);
+        doc.line = line_;
+        doc.json = true;
+        return doc;
+      }
+    } else if (options_.boundary == DocBoundary::file) {
+      bool any = false;
+      doc.line = 1;
+      while (read_line(line)) {
+        if (any) doc.data += '\n';
+        doc.data += line;
+        any = true;
+      }
+      close_file();
+      if (any) return doc;
+      continue;
+    } else {
+      bool any = false;
+      while (read_line(line)) {
+        if (blank(line)) {
+          if (any) return doc;
+          continue;
+        }
+        if (!any) doc.line = line_;
+        else doc.data += '\n';
+        doc.data += line;
+        any = true;
+      }
+      if (any) return doc;
+    }
+    close_file();
+  }
+}
+
+std::optional<size_t> invalid_utf8_at(std::string_view s) {
+  const auto* p = reinterpret_cast<const unsigned char*>(s.data());
+  const size_t n = s.size();
+  for (size_t i = 0; i < n;) {
+    const unsigned char c = p[i];
+    if (c < 0x80) {
+      ++i;
+      continue;
+    }
+    size_t len;
+    uint32_t cp;
+    if ((c & 0xE0) == 0xC0) len = 2, cp = c & 0x1F;
+    else if ((c & 0xF0) == 0xE0) len = 3, cp = c & 0x0F;
+    else if ((c & 0xF8) == 0xF0) len = 4, cp = c & 0x07;
+    else return i;
+    if (i + len > n) return i;
+    for (size_t k = 1; k < len; ++k) {
+      if ((p[i + k] & 0xC0) != 0x80) return i;
+      cp = (cp << 6) | (p[i + k] & 0x3F);
+    }
+    const uint32_t min_for_len[] = {0, 0, 0x80, 0x800, 0x10000};
+    if (cp < min_for_len[len] || cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF)) return i;  // overlong, too big, surrogate
+    i += len;
+  }
+  return std::nullopt;
+}
+
+std::string document_text(const RawDocument& doc, const InputOptions& options, const std::vector<std::string>& files) {
+  const std::string& file = files[doc.file];
+  if (auto bad = invalid_utf8_at(doc.data)) {
+    const uint64_t line = doc.line + static_cast<uint64_t>(std::count(doc.data.begin(), doc.data.begin() + *bad, '\n'));
+    const size_t newline = *bad == 0 ? std::string::npos : doc.data.rfind('\n', *bad - 1);
+    const size_t column = newline == std::string::npos ? *bad : *bad - newline - 1;
+    throw UserError(fmt::format("{}:{}: invalid UTF-8 at byte {} of the line", file, line, column + 1));
+  }
+  if (!doc.json) return doc.data;
+  nlohmann::json record;
+  try {
+    record = nlohmann::json::parse(doc.data);
+  } catch (const nlohmann::json::parse_error& e) {
+    throw UserError(fmt::format("{}:{}: invalid JSON at byte {} of the line", file, doc.line, e.byte));
+  }
+  if (!record.is_object()) throw UserError(fmt::format("{}:{}: expected a JSON object", file, doc.line));
+  const auto it = record.find(options.text_field);
+  if (it == record.end())
+    throw UserError(fmt::format("{}:{}: no \"{}\" field (choose the field with --text-field)", file, doc.line,
+                                options.text_field));
+  if (!it->is_string()) throw UserError(fmt::format("{}:{}: \"{}\" is not a string", file, doc.line, options.text_field));
+  return it->get<std::string>();
+}
+
+}  // namespace gqe

@@ -1,0 +1,76 @@
+// Documents from input files for the tokenizer and the encoder: plain text (one document per file,
+// or per blank-line-separated block) or JSON Lines with a named text field, each optionally
+// gzipped; inputs given as files, directories (walked recursively, sorted) or glob patterns.
+// Errors name the file and line.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace gqe {
+
+enum class InputFormat { auto_, text, jsonl };
+enum class DocBoundary { file, blank_line };
+
+struct InputOptions {
+  InputFormat format = InputFormat::auto_;  // auto: .jsonl/.ndjson/.json(.gz) are JSON Lines, the rest text
+  DocBoundary boundary = DocBoundary::file;  // plain text only
+  std::string text_field = "text";           // JSON Lines only
+};
+
+// Files named by `args` (files, directories, glob patterns), in argument order, each directory or
+// pattern sorted by path. Throws UserError for a path that does not exist or a pattern that
+// matches nothing.
+std::vector<std::string> expand_inputs(const std::vector<std::string>& args);
+
+// A document as read: for JSON Lines, the raw line (parsed later, in parallel, by document_text).
+struct RawDocument {
+  std::string data;
+  uint32_t file = 0;   // index into the reader's file list
+  uint64_t line = 0;   // 1-based line where the document starts
+  bool json = false;
+};
+
+// Reads documents in input order.
+class DocumentReader {
+ public:
+  DocumentReader(std::vector<std::string> files, InputOptions options);
+  ~DocumentReader();
+  DocumentReader(const DocumentReader&) = delete;
+  DocumentReader& operator=(const DocumentReader&) = delete;
+
+  // The next document, or nothing at the end. Throws UserError for an unreadable or corrupt file.
+  std::optional<RawDocument> next();
+  const std::vector<std::string>& files() const { return files_; }
+  uint64_t bytes_read() const { return bytes_done_ + bytes_current_; }  // of the files as stored
+  uint64_t total_bytes() const { return total_bytes_; }
+
+ private:
+  bool open_next_file();
+  bool read_line(std::string& line);  // false at end of the current file
+  void close_file();
+
+  std::vector<std::string> files_;
+  InputOptions options_;
+  size_t next_file_ = 0;
+  uint32_t current_ = 0;
+  void* gz_ = nullptr;  // gzFile
+  bool json_ = false;
+  uint64_t line_ = 0;
+  std::string buffer_;
+  size_t buffer_pos_ = 0;
+  bool eof_ = false;
+  uint64_t bytes_done_ = 0, bytes_current_ = 0, total_bytes_ = 0;
+};
+
+// The text of a document: checks UTF-8, and for JSON Lines parses the line and takes the text
+// field. Throws UserError "file:line: ...".
+std::string document_text(const RawDocument& doc, const InputOptions& options, const std::vector<std::string>& files);
+
+// Offset of the first byte that is not valid UTF-8, or nothing when all of it is.
+std::optional<size_t> invalid_utf8_at(std::string_view text);
+
+}  // namespace gqe

@@ -1,0 +1,136 @@
+#include "data/tokenizer.h"
+
+#include <sentencepiece_processor.h>
+#include <sentencepiece_trainer.h>
+
+#include <fmt/format.h>
+
+#include "common/error.h"
+#include "common/files.h"
+#include "data/rng.h"
+#include "data/shard.h"
+
+namespace gqe {
+
+namespace {
+// sentencepiece skips training lines longer than this; we count them instead of losing them silently.
+constexpr size_t kMaxSentenceBytes = 16384;
+}  // namespace
+
+Tokenizer::Tokenizer(const std::string& model_path)
+    : sp_(std::make_unique<sentencepiece::SentencePieceProcessor>()), path_(model_path) {
+  model_bytes_ = read_file(model_path);
+  const auto status = sp_->LoadFromSerializedProto(model_bytes_);
+  if (!status.ok()) throw UserError(fmt::format("{}: not a sentencepiece model ({})", model_path, status.message()));
+  fingerprint_ = checksum64(model_bytes_.data(), model_bytes_.size());
+}
+
+Tokenizer::~Tokenizer() = default;
+
+std::vector<int32_t> Tokenizer::encode(std::string_view text) const {
+  std::vector<int> ids;
+  const auto status = sp_->Encode(text, &ids);
+  if (!status.ok()) throw std::runtime_error("sentencepiece encode: " + status.ToString());
+  return {ids.begin(), ids.end()};
+}
+
+std::string Tokenizer::decode(std::span<const int32_t> ids) const {
+  const int n = sp_->GetPieceSize();
+  for (size_t i = 0; i < ids.size(); ++i)
+    if (ids[i] < 0 || ids[i] >= n)
+      throw UserError(fmt::format("token id {} (position {}) is outside the vocabulary of {} ({})", ids[i], i, n, path_));
+  std::string text;
+  const auto status = sp_->Decode(std::vector<int>(ids.begin(), ids.end()), &text);
+  if (!status.ok()) throw std::runtime_error("sentencepiece decode: " + status.ToString());
+  return text;
+}
+
+uint32_t Tokenizer::vocab_size() const { return static_cast<uint32_t>(sp_->GetPieceSize()); }
+int32_t Tokenizer::unk_id() const { return sp_->unk_id(); }
+int32_t Tokenizer::bos_id() const { return sp_->bos_id(); }
+int32_t Tokenizer::eos_id() const { return sp_->eos_id(); }
+int32_t Tokenizer::pad_id() const { return sp_->pad_id(); }
+
+namespace {
+
+class VectorIterator : public sentencepiece::SentenceIterator {
+ public:
+  explicit VectorIterator(const std::vector<std::string>& lines) : lines_(lines) {}
+  bool done() const override { return i_ >= lines_.size(); }
+  void Next() override { ++i_; }
+  const std::string& value() const override { return lines_[i_]; }
+  sentencepiece::util::Status status() const override { return {}; }
+
+ private:
+  const std::vector<std::string>& lines_;
+  size_t i_ = 0;
+};
+
+}  // namespace
+
+TokenizerTrainingSummary train_tokenizer(const TokenizerTraining& o) {
+  // Reservoir sampling of the input's lines (sentencepiece trains on lines), seeded.
+  TokenizerTrainingSummary summary;
+  std::vector<std::string> sample;
+  Rng rng(derive_seed(o.seed, 0x70c));
+  DocumentReader reader(o.files, o.input);
+  while (auto doc = reader.next()) {
+    const std::string text = document_text(*doc, o.input, reader.files());
+    ++summary.documents;
+    for (size_t start = 0; start <= text.size();) {
+      size_t end = text.find('\n', start);
+      if (end == std::string::npos) end = text.size();
+      std::string_view line(text.data() + start, end - start);
+      start = end + 1;
+      if (line.empty()) continue;
+      if (line.size() > kMaxSentenceBytes) {
+        ++summary.skipped_long_lines;
+        continue;
+      }
+      ++summary.lines;
+      if (sample.size() < o.max_sentences) {
+        sample.emplace_back(line);
+      } else {
+        const uint64_t j = rng.below(summary.lines);
+        if (j < o.max_sentences) sample[j] = std::string(line);
+      }
+    }
+  }
+  if (sample.empty()) throw UserError("the inputs hold no text to train a tokenizer on");
+  summary.sampled_lines = sample.size();
+
+  VectorIterator lines(sample);
+  std::string model;
+  const auto status = sentencepiece::SentencePieceTrainer::Train(
+      {{"model_type", "bpe"},
+       {"vocab_size", std::to_string(o.vocab_size)},
+       {"byte_fallback", "true"},
+       {"character_coverage", "0.9995"},
+       {"normalization_rule_name", "identity"},
+       {"remove_extra_whitespaces", "false"},
+       {"add_dummy_prefix", "false"},
+       {"split_digits", "true"},
+       {"allow_whitespace_only_pieces", "true"},
+       {"unk_id", "0"},
+       {"bos_id", "1"},
+       {"eos_id", "2"},
+       {"pad_id", "3"},
+       {"max_sentence_length", std::to_string(kMaxSentenceBytes)},
+       {"input_sentence_size", "0"},
+       {"shuffle_input_sentence", "false"},
+       {"num_threads", std::to_string(std::max(1, o.threads))},
+       {"minloglevel", "1"}},
+      &lines, &model);
+  if (!status.ok()) throw UserError(fmt::format("cannot train the tokenizer: {}", status.message()));
+
+  sentencepiece::SentencePieceProcessor sp;
+  if (const auto loaded = sp.LoadFromSerializedProto(model); !loaded.ok())
+    throw std::runtime_error("trained model does not load: " + loaded.ToString());
+  std::string vocab;
+  for (int i = 0; i < sp.GetPieceSize(); ++i) vocab += fmt::format("{}\t{}\n", sp.IdToPiece(i), sp.GetScore(i));
+  write_file_atomic(o.out_prefix + ".model", model);
+  write_file_atomic(o.out_prefix + ".vocab", vocab);
+  return summary;
+}
+
+}  // namespace gqe

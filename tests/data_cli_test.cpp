@@ -1,0 +1,106 @@
+// gqe-data as a user runs it, and `gqe data ...` forwarding to it.
+#include <gtest/gtest.h>
+
+#include <filesystem>
+#include <fstream>
+
+#include "test_util.h"
+
+namespace gqe {
+namespace {
+
+namespace fs = std::filesystem;
+using test::run_command;
+
+std::string data_tool(const std::string& args) { return std::string(GQE_DATA_BINARY) + " " + args; }
+std::string fixture() { return std::string(GQE_SOURCE_DIR) + "/tests/data/prose.txt"; }
+
+int lines(const std::string& s) { return static_cast<int>(std::count(s.begin(), s.end(), '\n')); }
+
+class DataCli : public testing::Test {
+ protected:
+  void SetUp() override {
+    const auto trained = run_command(data_tool("train-tokenizer " + fixture() + " --doc-boundary blank-line --vocab-size 400 --out " +
+                                               path("tok")));
+    ASSERT_EQ(trained.status, 0) << trained.err;
+    const auto encoded = run_command(data_tool("encode " + fixture() + " --doc-boundary blank-line --tokenizer " +
+                                               path("tok.model") + " --out " + path("ds") + " --val-fraction 0.25 --quiet"));
+    ASSERT_EQ(encoded.status, 0) << encoded.err;
+    ASSERT_NE(encoded.out.find("wrote " + path("ds") + ": train "), std::string::npos) << encoded.out;
+  }
+  std::string path(const std::string& name) const { return (dir_.path() / name).string(); }
+  test::TempDir dir_;
+};
+
+TEST_F(DataCli, InspectPrintsHeadersAndManifestsAsJson) {
+  const auto shard = run_command(data_tool("inspect " + path("ds/train_000000.bin") + " --verify"));
+  ASSERT_EQ(shard.status, 0) << shard.err;
+  EXPECT_NE(shard.out.find("\"magic\": \"GQESHARD\""), std::string::npos);
+  EXPECT_NE(shard.out.find("\"vocab_size\": 400"), std::string::npos);
+  EXPECT_NE(shard.out.find("\"verified\": true"), std::string::npos);
+  const auto dataset = run_command(data_tool("inspect " + path("ds") + " --verify"));
+  ASSERT_EQ(dataset.status, 0) << dataset.err;
+  EXPECT_NE(dataset.out.find("\"format\": \"gqe-dataset\""), std::string::npos);
+  EXPECT_NE(dataset.out.find("\"train\": {"), std::string::npos);
+  // gqe data forwards to gqe-data: same answer.
+  const auto forwarded = run_command(std::string(GQE_BINARY) + " data inspect " + path("ds") + " --verify");
+  EXPECT_EQ(forwarded.status, 0) << forwarded.err;
+  EXPECT_EQ(forwarded.out, dataset.out);
+}
+
+TEST_F(DataCli, DecodeGivesTheTextBack) {
+  const auto decoded = run_command(data_tool("decode --shard " + path("ds/val_000000.bin")));
+  ASSERT_EQ(decoded.status, 0) << decoded.err;
+  EXPECT_NE(decoded.out.find("</s>"), std::string::npos);
+  const std::string first = decoded.out.substr(0, decoded.out.find("\n</s>"));
+  std::ifstream in(fixture());
+  const std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  EXPECT_NE(text.find(first), std::string::npos) << first;  // a whole paragraph of the input
+  // ids on the command line or stdin, with the dataset's tokenizer
+  const auto ids = run_command("echo '2, 2' | " + data_tool("decode --dataset " + path("ds")));
+  EXPECT_EQ(ids.status, 0) << ids.err;
+  EXPECT_EQ(ids.out, "\n");  // EOS decodes to nothing
+  const auto bad = run_command(data_tool("decode --dataset " + path("ds") + " 5 400"));
+  EXPECT_EQ(bad.status, 2);
+  EXPECT_NE(bad.err.find("token id 400 (position 1) is outside the vocabulary of 400"), std::string::npos) << bad.err;
+}
+
+TEST_F(DataCli, DamageIsFoundByVerifyWithExitStatus2) {
+  {
+    std::fstream f(path("ds/train_000000.bin"), std::ios::in | std::ios::out | std::ios::binary);
+    f.seekp(300);
+    f.put('\x7f');
+  }
+  const auto shallow = run_command(data_tool("inspect " + path("ds")));
+  EXPECT_EQ(shallow.status, 0);  // headers are intact
+  const auto deep = run_command(data_tool("inspect " + path("ds") + " --verify"));
+  EXPECT_EQ(deep.status, 2);
+  EXPECT_EQ(deep.err, "gqe-data: " + path("ds/train_000000.bin") +
+                          ": payload checksum mismatch (the tokens were changed or damaged)\n");
+  EXPECT_EQ(deep.out, "");
+}
+
+TEST_F(DataCli, BadUsageAndBadInputAreOneLineWithExitStatus2) {
+  for (const std::string args :
+       {std::string("encode"), "encode " + fixture() + " --out " + path("x"),
+        "encode " + path("nope.txt") + " --tokenizer " + path("tok.model") + " --out " + path("x"),
+        "encode " + fixture() + " --tokenizer " + path("tok.model") + " --out " + path("x") + " --shard-tokens lots",
+        "train-tokenizer " + fixture() + " --out " + path("t2"), "inspect " + path("nope"), std::string("frobnicate")}) {
+    const auto r = run_command(data_tool(args));
+    EXPECT_EQ(r.status, 2) << args;
+    EXPECT_EQ(lines(r.err), 1) << args << "\n" << r.err;
+  }
+  EXPECT_FALSE(fs::exists(path("x")));
+  EXPECT_FALSE(fs::exists(path("x.partial")));
+}
+
+TEST_F(DataCli, VocabularySizeCanComeFromAConfig) {
+  const std::string config = dir_.write("c.yaml", "inherit: " + std::string(GQE_SOURCE_DIR) +
+                                                      "/configs/tiny/gqe.yaml\nmodel:\n  vocab_size: 420\n");
+  const auto r = run_command(data_tool("train-tokenizer " + fixture() + " --config " + config + " --out " + path("t3")));
+  ASSERT_EQ(r.status, 0) << r.err;
+  EXPECT_NE(r.out.find("vocabulary 420"), std::string::npos) << r.out;
+}
+
+}  // namespace
+}  // namespace gqe

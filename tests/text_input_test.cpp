@@ -1,0 +1,114 @@
+// Reading documents: input expansion, the text and JSON Lines formats, gzip, UTF-8, and errors
+// that name the file and line.
+#include <gtest/gtest.h>
+#include <zlib.h>
+
+
+#include "common/error.h"
+#include "data/text_input.h"
+#include "test_util.h"
+
+namespace gqe {
+namespace {
+
+using test::TempDir;
+
+std::string write_gz(const TempDir& dir, const std::string& name, const std::string& text) {
+  const std::string path = (dir.path() / name).string();
+  gzFile f = gzopen(path.c_str(), "wb");
+  gzwrite(f, text.data(), static_cast<unsigned>(text.size()));
+  gzclose(f);
+  return path;
+}
+
+// Every document's text and starting line.
+std::vector<std::pair<std::string, uint64_t>> read_all(const std::vector<std::string>& files, InputOptions options) {
+  DocumentReader reader(files, options);
+  std::vector<std::pair<std::string, uint64_t>> docs;
+  while (auto doc = reader.next()) docs.emplace_back(document_text(*doc, options, reader.files()), doc->line);
+  return docs;
+}
+
+TEST(TextInput, InputsExpandFilesDirectoriesAndGlobsInOrder) {
+  TempDir dir;
+  const std::string b = dir.write("b.txt", "b"), a = dir.write("a.txt", "a");
+  const std::string d2 = dir.write("d/z/2.txt", "2"), d1 = dir.write("d/1.txt", "1");
+  dir.write("d/.hidden", "x");
+  const auto files = expand_inputs({b, (dir.path() / "d").string(), (dir.path() / "*.txt").string()});
+  EXPECT_EQ(files, (std::vector<std::string>{b, d1, d2, a, b}));
+  EXPECT_EQ(test::user_error_of([&] { expand_inputs({(dir.path() / "nope.txt").string()}); }),
+            (dir.path() / "nope.txt").string() + ": no such file or directory");
+  EXPECT_EQ(test::user_error_of([&] { expand_inputs({(dir.path() / "*.json").string()}); }),
+            (dir.path() / "*.json").string() + ": no file matches this pattern");
+}
+
+TEST(TextInput, PlainTextIsOneDocumentPerFileOrPerBlankLineBlock) {
+  TempDir dir;
+  const std::string f = dir.write("t.txt", "First para\nstill first.\n\n\n  \nSecond para.\r\n\r\nThird\n");
+  InputOptions per_file;
+  EXPECT_EQ(read_all({f}, per_file),
+            (std::vector<std::pair<std::string, uint64_t>>{{"First para\nstill first.\n\n\n  \nSecond para.\r\n\r\nThird", 1}}));
+  InputOptions blocks;
+  blocks.boundary = DocBoundary::blank_line;
+  EXPECT_EQ(read_all({f}, blocks), (std::vector<std::pair<std::string, uint64_t>>{
+                                       {"First para\nstill first.", 1}, {"Second para.\r", 6}, {"Third", 8}}));
+  // gzip is read transparently, and an empty file gives no document.
+  const std::string gz = write_gz(dir, "t.txt.gz", "zipped\n\nparts");
+  dir.write("empty.txt", "");
+  EXPECT_EQ(read_all({gz, (dir.path() / "empty.txt").string()}, blocks),
+            (std::vector<std::pair<std::string, uint64_t>>{{"zipped", 1}, {"parts", 3}}));
+}
+
+TEST(TextInput, JsonLinesTakeTheNamedField) {
+  TempDir dir;
+  const std::string f = dir.write("r.jsonl", "{\"text\": \"a\\nb\", \"id\": 1}\n\n{\"body\": \"x\", \"text\": \"ü ✓\"}\n");
+  EXPECT_EQ(read_all({f}, {}), (std::vector<std::pair<std::string, uint64_t>>{{"a\nb", 1}, {"ü ✓", 3}}));
+  InputOptions body;
+  body.text_field = "body";
+  const std::string g = write_gz(dir, "r.json.gz", "{\"body\": \"zipped json\"}");
+  EXPECT_EQ(read_all({g}, body), (std::vector<std::pair<std::string, uint64_t>>{{"zipped json", 1}}));
+  // --format overrides the file name.
+  const std::string t = dir.write("r.txt", "{\"text\": \"forced\"}\n");
+  InputOptions forced;
+  forced.format = InputFormat::jsonl;
+  EXPECT_EQ(read_all({t}, forced), (std::vector<std::pair<std::string, uint64_t>>{{"forced", 1}}));
+}
+
+TEST(TextInput, BadRecordsNameFileAndLine) {
+  TempDir dir;
+  auto error_reading = [&](const std::string& name, const std::string& text, InputOptions o = {}) {
+    const std::string f = dir.write(name, text);
+    return test::user_error_of([&] { read_all({f}, o); });
+  };
+  const std::string p = dir.path().string() + "/";
+  EXPECT_EQ(error_reading("a.jsonl", "{\"text\": \"ok\"}\n{\"txt\": \"no\"}\n"),
+            p + "a.jsonl:2: no \"text\" field (choose the field with --text-field)");
+  EXPECT_EQ(error_reading("b.jsonl", "{\"text\": 5}\n"), p + "b.jsonl:1: \"text\" is not a string");
+  EXPECT_EQ(error_reading("c.jsonl", "[1, 2]\n"), p + "c.jsonl:1: expected a JSON object");
+  EXPECT_EQ(error_reading("d.jsonl", "{\"text\": \"a\"}\n{\"text\": \"b\"\n"), p + "d.jsonl:2: invalid JSON at byte 13 of the line");
+  EXPECT_EQ(error_reading("e.txt", "fine\nbad \xff byte\n"), p + "e.txt:2: invalid UTF-8 at byte 5 of the line");
+  EXPECT_EQ(error_reading("f.jsonl", "{\"text\": \"\xc3\x28\"}\n"), p + "f.jsonl:1: invalid UTF-8 at byte 11 of the line");
+}
+
+TEST(TextInput, TruncatedGzipIsReportedNotSilentlyShortened) {
+  TempDir dir;
+  std::string text;
+  for (int i = 0; i < 20000; ++i) text += "line " + std::to_string(i) + " of some text that compresses\n";
+  const std::string gz = write_gz(dir, "big.txt.gz", text);
+  std::filesystem::resize_file(gz, std::filesystem::file_size(gz) / 2);
+  EXPECT_NE(test::user_error_of([&] { read_all({gz}, {}); }).find(gz + ": corrupt or truncated gzip data near line"),
+            std::string::npos);
+}
+
+TEST(TextInput, Utf8ValidatorFollowsTheStandard) {
+  EXPECT_FALSE(invalid_utf8_at("plain ascii"));
+  EXPECT_FALSE(invalid_utf8_at("é ü 灯台 🙂"));
+  EXPECT_EQ(invalid_utf8_at("ab\x80"), 2u);               // stray continuation byte
+  EXPECT_EQ(invalid_utf8_at("a\xc0\xaf"), 1u);            // overlong '/'
+  EXPECT_EQ(invalid_utf8_at("\xed\xa0\x80"), 0u);         // UTF-16 surrogate
+  EXPECT_EQ(invalid_utf8_at("\xf4\x90\x80\x80"), 0u);     // above U+10FFFF
+  EXPECT_EQ(invalid_utf8_at("ok \xe2\x82"), 3u);          // cut short
+}
+
+}  // namespace
+}  // namespace gqe
