@@ -2,7 +2,6 @@
 
 #include <algorithm>
 #include <atomic>
-#include <charconv>
 #include <exception>
 #include <mutex>
 #include <thread>
@@ -43,12 +42,9 @@ class ManifestReader {
   }
 
   uint64_t hex(const json& obj, const std::string& key, const std::string& path) const {
-    const std::string s = get<std::string>(obj, key, path);
-    uint64_t value = 0;
-    const auto [end, ec] = std::from_chars(s.data(), s.data() + s.size(), value, 16);
-    if (ec != std::errc() || end != s.data() + s.size() || s.size() != 16)
-      fail(path + "." + key, "expected 16 hex digits");
-    return value;
+    const auto value = parse_hex64(get<std::string>(obj, key, path));
+    if (!value) fail(path + "." + key, "expected 16 hex digits");
+    return *value;
   }
 
   SplitEntry split(const json& root, const std::string& name) const {

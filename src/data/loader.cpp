@@ -22,16 +22,12 @@ uint64_t SampleOrder::sample_at(uint64_t position) {
   return permutation_[position % samples_per_epoch_];
 }
 
-namespace {
-
-uint64_t windows_in(uint64_t tokens, uint64_t seq_len) { return tokens > seq_len ? (tokens - 1) / seq_len : 0; }
-
-}  // namespace
+uint64_t samples_per_epoch(uint64_t tokens, uint64_t seq_len) { return tokens > seq_len ? (tokens - 1) / seq_len : 0; }
 
 TrainLoader::TrainLoader(std::shared_ptr<const TokenStream> stream, const LoaderOptions& o, LoaderPosition start)
     : stream_(std::move(stream)),
       opts_(o),
-      samples_per_epoch_(windows_in(stream_->size(), o.seq_len)),
+      samples_per_epoch_(gqe::samples_per_epoch(stream_->size(), o.seq_len)),
       accumulation_(0),
       start_position_(0),
       order_(std::max<uint64_t>(samples_per_epoch_, 1), o.seed) {
@@ -118,7 +114,7 @@ LoaderPosition TrainLoader::position() const {
 ValidationReader::ValidationReader(std::shared_ptr<const TokenStream> stream, uint64_t seq_len, uint64_t max_windows,
                                    uint64_t batch_size, int rank, int world)
     : stream_(std::move(stream)), seq_len_(seq_len), batch_size_(batch_size) {
-  windows_ = std::min(max_windows, windows_in(stream_->size(), seq_len));
+  windows_ = std::min(max_windows, gqe::samples_per_epoch(stream_->size(), seq_len));
   begin_ = windows_ * static_cast<uint64_t>(rank) / static_cast<uint64_t>(world);
   end_ = windows_ * static_cast<uint64_t>(rank + 1) / static_cast<uint64_t>(world);
   cursor_ = begin_;

@@ -30,6 +30,9 @@ struct LoaderPosition {
   bool operator==(const LoaderPosition&) const = default;
 };
 
+// Windows of seq_len + 1 tokens in a stream of `tokens`: the samples of one epoch.
+uint64_t samples_per_epoch(uint64_t tokens, uint64_t seq_len);
+
 // Maps run positions to samples (the permutation of the current epoch is cached).
 class SampleOrder {
  public:

@@ -34,10 +34,6 @@ template <class T> T get_at(const uint8_t* buf, size_t at) {
 
 }  // namespace
 
-uint64_t checksum64(const void* data, size_t size) { return XXH3_64bits(data, size); }
-
-std::string hex64(uint64_t value) { return fmt::format("{:016x}", value); }
-
 std::string encode_header(const ShardHeader& h) {
   std::string buf(kShardHeaderBytes, '\0');
   std::memcpy(buf.data(), kShardMagic, sizeof(kShardMagic));

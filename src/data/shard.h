@@ -9,6 +9,8 @@
 #include <span>
 #include <string>
 
+#include "common/checksum.h"
+
 namespace gqe {
 
 inline constexpr char kShardMagic[8] = {'G', 'Q', 'E', 'S', 'H', 'A', 'R', 'D'};
@@ -30,9 +32,6 @@ struct ShardHeader {
 std::string encode_header(const ShardHeader& header);
 // Parses and checks magic, version, header checksum and field ranges; `file` names it in errors.
 ShardHeader decode_header(const void* bytes, size_t size, const std::string& file);
-
-uint64_t checksum64(const void* data, size_t size);  // XXH3-64
-std::string hex64(uint64_t value);                   // 16 lowercase hex digits
 
 // 2 bytes per token while ids fit, else 4.
 inline uint32_t bytes_per_token_for(uint64_t vocab_size) { return vocab_size <= 65536 ? 2 : 4; }
