@@ -1,0 +1,78 @@
+#include "train/adamw.h"
+
+#include <ATen/ATen.h>
+#include <fmt/format.h>
+
+#include "common/error.h"
+
+namespace gqe {
+
+AdamW::AdamW(const std::vector<std::pair<std::string, at::Tensor>>& named, const OptimizerConfig& config)
+    : config_(config) {
+  groups_[0].weight_decay = config.weight_decay;
+  groups_[1].weight_decay = 0.0;
+  for (const auto& [name, p] : named) {
+    const bool embedding = name.find("embed_tokens") != std::string::npos || name == "lm_head.weight";
+    Group& g = groups_[p.dim() >= 2 && (config.decay_embeddings || !embedding) ? 0 : 1];
+    g.names.push_back(name);
+    g.params.push_back(p);
+    g.exp_avg.push_back(at::zeros_like(p, at::MemoryFormat::Preserve));
+    g.exp_avg_sq.push_back(at::zeros_like(p, at::MemoryFormat::Preserve));
+    g.step.push_back(at::zeros({}, p.options().dtype(at::kFloat)));
+  }
+}
+
+void AdamW::zero_grad() {
+  for (Group& g : groups_)
+    for (at::Tensor& p : g.params)
+      if (p.grad().defined()) p.mutable_grad().zero_();
+}
+
+void AdamW::step(double lr) {
+  ++steps_;
+  for (Group& g : groups_) {
+    // Parameters without a gradient this step are left alone, decay included (as in PyTorch).
+    std::vector<at::Tensor> params, grads, exp_avg, exp_avg_sq, step;
+    for (size_t i = 0; i < g.params.size(); ++i) {
+      if (!g.params[i].grad().defined()) continue;
+      params.push_back(g.params[i]);
+      grads.push_back(g.params[i].grad());
+      exp_avg.push_back(g.exp_avg[i]);
+      exp_avg_sq.push_back(g.exp_avg_sq[i]);
+      step.push_back(g.step[i]);
+    }
+    if (params.empty()) continue;
+    at::_foreach_add_(step, 1.0);  // the kernel reads the incremented step for bias correction
+    at::_fused_adamw_(params, grads, exp_avg, exp_avg_sq, /*max_exp_avg_sqs=*/{}, step, lr, config_.beta1,
+                      config_.beta2, g.weight_decay, config_.eps, /*amsgrad=*/false, /*maximize=*/false);
+  }
+}
+
+std::map<std::string, at::Tensor> AdamW::state() const {
+  std::map<std::string, at::Tensor> out;
+  for (const Group& g : groups_)
+    for (size_t i = 0; i < g.names.size(); ++i) {
+      out[g.names[i] + ".exp_avg"] = g.exp_avg[i];
+      out[g.names[i] + ".exp_avg_sq"] = g.exp_avg_sq[i];
+    }
+  return out;
+}
+
+void AdamW::load_state(const std::map<std::string, at::Tensor>& tensors, int64_t steps, const std::string& where) {
+  at::NoGradGuard no_grad;
+  for (Group& g : groups_)
+    for (size_t i = 0; i < g.names.size(); ++i) {
+      for (auto [suffix, target] : {std::pair{".exp_avg", &g.exp_avg[i]}, std::pair{".exp_avg_sq", &g.exp_avg_sq[i]}}) {
+        const auto it = tensors.find(g.names[i] + suffix);
+        if (it == tensors.end()) throw UserError(fmt::format("{}: no optimizer state for {}", where, g.names[i] + suffix));
+        if (it->second.sizes() != target->sizes())
+          throw UserError(fmt::format("{}: optimizer state {} has shape {}, the parameter {}", where, it->first,
+                                      fmt::join(it->second.sizes(), "x"), fmt::join(target->sizes(), "x")));
+        target->copy_(it->second);
+      }
+      g.step[i].fill_(static_cast<double>(steps));
+    }
+  steps_ = steps;
+}
+
+}  // namespace gqe
