@@ -10,6 +10,8 @@ namespace gqe {
 
 // gqe
 void add_info_command(CLI::App& app);
+void add_train_command(CLI::App& app);
+void add_export_command(CLI::App& app);
 void add_bench_command(CLI::App& app);
 void add_data_forwarding(CLI::App& app);  // `gqe data ...` runs gqe-data
 

@@ -8,13 +8,16 @@ int main(int argc, char** argv) {
   CLI::App app{"gqe: train and compare small language models with GQA or Grouped Query Experts attention"};
   app.footer(
       "Examples:\n"
+      "  gqe train configs/tiny/gqe.yaml\n"
       "  gqe info configs/gqe-250m.yaml\n"
       "  gqe info configs/tiny/gqe.yaml --set model.attention.top_k=2\n"
       "  gqe data encode data/sample/*.jsonl --tokenizer data/sample/tokenizer.model --out data/sample/shards\n"
       "  gqe bench loader configs/tiny/gqe.yaml\n"
       "Run 'gqe COMMAND --help' for a command's options.");
   app.require_subcommand(1);
+  gqe::add_train_command(app);
   gqe::add_info_command(app);
+  gqe::add_export_command(app);
   gqe::add_data_forwarding(app);
   gqe::add_bench_command(app);
   return gqe::run_cli(app, "gqe", argc, argv);

@@ -420,6 +420,32 @@ const std::string& LoadedConfig::origin(const std::string& key) const {
   return found ? *found : file;
 }
 
+namespace {
+
+// Every node's value as flow YAML, by dotted path (sections included).
+void flatten(const YAML::Node& node, const std::string& path, std::map<std::string, std::string>& out) {
+  YAML::Emitter e;
+  e << YAML::Flow << node;
+  out[path] = e.c_str();
+  if (node.IsMap())
+    for (const auto& kv : node) flatten(kv.second, join(path, kv.first.Scalar()), out);
+}
+
+}  // namespace
+
+std::vector<std::string> config_differences(const Config& before, const Config& after) {
+  std::map<std::string, std::string> a, b;
+  flatten(YAML::Load(to_yaml(before)), "", a);
+  flatten(YAML::Load(to_yaml(after)), "", b);
+  const std::vector<std::string> keys = config_keys();
+  std::vector<std::string> out;
+  for (const auto& key : keys) {
+    const bool section = std::any_of(keys.begin(), keys.end(), [&](const std::string& k) { return k.rfind(key + ".", 0) == 0; });
+    if (!section && a[key] != b[key]) out.push_back(fmt::format("{}: {} -> {}", key, a[key], b[key]));
+  }
+  return out;
+}
+
 std::vector<std::string> config_keys() {
   std::vector<std::string> keys;
   Config config;

@@ -37,6 +37,9 @@ std::string to_yaml(const Config& config);
 // decimal suffix K, M, B (or G), T: 30B, 1.5M. Nothing if it is not a whole number.
 std::optional<int64_t> parse_integer(std::string text);
 
+// Keys whose values differ, as "key: old -> new", in schema order.
+std::vector<std::string> config_differences(const Config& before, const Config& after);
+
 // Every dotted key the schema knows (leaves and sections), in declaration order.
 std::vector<std::string> config_keys();
 

@@ -1,0 +1,158 @@
+#include "train/checkpoint.h"
+
+#include <algorithm>
+
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+
+#include "common/checksum.h"
+#include "common/error.h"
+#include "common/files.h"
+#include "train/safetensors.h"
+
+namespace fs = std::filesystem;
+using nlohmann::ordered_json;
+
+namespace gqe {
+namespace {
+
+constexpr int kStateVersion = 1;
+const char* const kFiles[] = {"model.safetensors", "optimizer.safetensors"};
+
+ordered_json state_json(const TrainerState& s) {
+  return {{"format", "gqe-checkpoint"},
+          {"version", kStateVersion},
+          {"step", s.step},
+          {"tokens", s.tokens},
+          {"loader", {{"epoch", s.loader.epoch}, {"cursor", s.loader.cursor}, {"samples_per_epoch", s.samples_per_epoch}}},
+          {"dataset_id", s.dataset_id},
+          {"clip", {{"initialized", s.clip.initialized}, {"mean", s.clip.mean}, {"var", s.clip.var},
+                    {"warmup_norms", s.clip.warmup_norms}}},
+          {"skipped_steps", s.skipped_steps},
+          {"skipped_in_a_row", s.skipped_in_a_row},
+          {"elapsed_s", s.elapsed_s},
+          {"rng", {{"cpu", s.cpu_rng}, {"cuda", s.cuda_rng}}}};
+}
+
+TrainerState parse_state(const nlohmann::json& j) {
+  TrainerState s;
+  s.step = j.at("step").get<int64_t>();
+  s.tokens = j.at("tokens").get<int64_t>();
+  s.loader.epoch = j.at("loader").at("epoch").get<uint64_t>();
+  s.loader.cursor = j.at("loader").at("cursor").get<uint64_t>();
+  s.samples_per_epoch = j.at("loader").at("samples_per_epoch").get<uint64_t>();
+  s.dataset_id = j.at("dataset_id").get<std::string>();
+  const auto& c = j.at("clip");
+  s.clip.initialized = c.at("initialized").get<bool>();
+  s.clip.mean = c.at("mean").get<double>();
+  s.clip.var = c.at("var").get<double>();
+  s.clip.warmup_norms = c.at("warmup_norms").get<std::vector<double>>();
+  s.skipped_steps = j.at("skipped_steps").get<int64_t>();
+  s.skipped_in_a_row = j.at("skipped_in_a_row").get<int64_t>();
+  s.elapsed_s = j.at("elapsed_s").get<double>();
+  s.cpu_rng = j.at("rng").at("cpu").get<std::string>();
+  s.cuda_rng = j.at("rng").at("cuda").get<std::string>();
+  return s;
+}
+
+// Complete-looking checkpoint directories, newest first.
+std::vector<std::pair<int64_t, fs::path>> checkpoint_dirs(const fs::path& run_dir) {
+  std::vector<std::pair<int64_t, fs::path>> dirs;
+  const fs::path root = run_dir / "checkpoints";
+  if (!fs::is_directory(root)) return dirs;
+  for (const auto& e : fs::directory_iterator(root)) {
+    const std::string name = e.path().filename().string();
+    if (!e.is_directory() || name.rfind("step_", 0) != 0) continue;
+    try {
+      dirs.emplace_back(std::stoll(name.substr(5)), e.path());
+    } catch (const std::exception&) {
+    }
+  }
+  std::sort(dirs.begin(), dirs.end(), [](const auto& a, const auto& b) { return a.first > b.first; });
+  return dirs;
+}
+
+}  // namespace
+
+std::string checkpoint_name(int64_t step) { return fmt::format("step_{:08d}", step); }
+
+fs::path save_checkpoint(const fs::path& run_dir, const TrainerState& state,
+                         const std::vector<std::pair<std::string, at::Tensor>>& model,
+                         const std::map<std::string, at::Tensor>& optimizer, int64_t keep) {
+  const fs::path root = run_dir / "checkpoints";
+  const fs::path final_dir = root / checkpoint_name(state.step);
+  const fs::path tmp = root / fmt::format(".{}.tmp", checkpoint_name(state.step));
+  fs::create_directories(root);
+  fs::remove_all(tmp);
+  fs::create_directories(tmp);
+
+  write_safetensors(tmp / kFiles[0], model, {{"format", "pt"}});
+  write_safetensors(tmp / kFiles[1], {optimizer.begin(), optimizer.end()}, {{"format", "pt"}});
+  ordered_json j = state_json(state);
+  for (const char* name : kFiles) {
+    fsync_path(tmp / name);
+    j["files"][name] = {{"bytes", fs::file_size(tmp / name)}, {"xxh3", hex64(file_checksum(tmp / name))}};
+  }
+  write_file_atomic(tmp / "state.json", j.dump(2) + "\n");  // last: its presence marks completeness
+  fsync_path(tmp);
+  fs::remove_all(final_dir);
+  fs::rename(tmp, final_dir);
+  fsync_path(root);
+  write_file_atomic(root / "latest", checkpoint_name(state.step) + "\n");
+
+  // Keep the newest `keep`; drop leftovers of interrupted saves.
+  const auto dirs = checkpoint_dirs(run_dir);
+  for (size_t i = static_cast<size_t>(std::max<int64_t>(keep, 1)); i < dirs.size(); ++i) fs::remove_all(dirs[i].second);
+  for (const auto& e : fs::directory_iterator(root))
+    if (e.path().filename().string().ends_with(".tmp") && e.path() != tmp) fs::remove_all(e.path());
+  return final_dir;
+}
+
+Checkpoint load_checkpoint(const fs::path& dir) {
+  const std::string where = dir.string();
+  if (!fs::is_directory(dir)) throw UserError(fmt::format("{}: no such checkpoint directory", where));
+  if (!fs::exists(dir / "state.json"))
+    throw UserError(fmt::format("{}: incomplete checkpoint (no state.json; the save was interrupted)", where));
+  nlohmann::json j;
+  try {
+    j = nlohmann::json::parse(read_file(dir / "state.json"));
+  } catch (const nlohmann::json::exception&) {
+    throw UserError(fmt::format("{}: state.json is not valid JSON", where));
+  }
+  Checkpoint c;
+  c.dir = dir;
+  try {
+    if (j.at("format") != "gqe-checkpoint" || j.at("version") != kStateVersion)
+      throw UserError(fmt::format("{}: not a gqe checkpoint of version {}", where, kStateVersion));
+    c.state = parse_state(j);
+    for (const char* name : kFiles) {
+      const auto& f = j.at("files").at(name);
+      const fs::path file = dir / name;
+      if (!fs::exists(file)) throw UserError(fmt::format("{}: {} is missing", where, name));
+      if (fs::file_size(file) != f.at("bytes").get<uint64_t>())
+        throw UserError(fmt::format("{}: {} has {} bytes, state.json says {} (truncated?)", where, name,
+                                    fs::file_size(file), f.at("bytes").get<uint64_t>()));
+      if (hex64(file_checksum(file)) != f.at("xxh3").get<std::string>())
+        throw UserError(fmt::format("{}: {} does not match its checksum (damaged)", where, name));
+    }
+  } catch (const nlohmann::json::exception& e) {
+    throw UserError(fmt::format("{}: state.json lacks a field ({})", where, e.what()));
+  }
+  c.model = read_safetensors(dir / kFiles[0]);
+  c.optimizer = read_safetensors(dir / kFiles[1]);
+  return c;
+}
+
+std::optional<Checkpoint> load_latest_checkpoint(const fs::path& run_dir,
+                                                 const std::function<void(const std::string&)>& warn) {
+  for (const auto& [step, dir] : checkpoint_dirs(run_dir)) {
+    try {
+      return load_checkpoint(dir);
+    } catch (const UserError& e) {
+      warn(fmt::format("skipping a damaged checkpoint: {}", e.what()));
+    }
+  }
+  return std::nullopt;
+}
+
+}  // namespace gqe

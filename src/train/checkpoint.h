@@ -1,0 +1,58 @@
+// Checkpoints (docs/training.md): run_dir/checkpoints/step_XXXXXXXX/ holds model.safetensors
+// (Hugging Face Llama names), optimizer.safetensors (AdamW moments by parameter name) and
+// state.json (the trainer state and every file's size and checksum), written into a temporary
+// directory, fsynced, renamed into place; checkpoints/latest then names it. A directory whose
+// state.json is missing or whose files do not match their checksums is never loaded.
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <functional>
+#include <map>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include <ATen/Tensor.h>
+
+#include "data/loader.h"
+#include "train/clipping.h"
+
+namespace gqe {
+
+struct TrainerState {
+  int64_t step = 0;                 // optimizer steps done
+  int64_t tokens = 0;               // tokens seen
+  LoaderPosition loader;            // where the next global batch starts
+  uint64_t samples_per_epoch = 0;   // with dataset_id: the data the position refers to
+  std::string dataset_id;
+  ClipState clip;
+  int64_t skipped_steps = 0;        // non-finite steps, in total and in a row
+  int64_t skipped_in_a_row = 0;
+  double elapsed_s = 0;             // training wall time so far
+  std::string cpu_rng, cuda_rng;    // torch generator states (hex)
+};
+
+struct Checkpoint {
+  std::filesystem::path dir;
+  TrainerState state;
+  std::map<std::string, at::Tensor> model, optimizer;  // on the CPU
+};
+
+// Saves atomically, then keeps only the newest `keep` checkpoints. Returns the directory.
+std::filesystem::path save_checkpoint(const std::filesystem::path& run_dir, const TrainerState& state,
+                                      const std::vector<std::pair<std::string, at::Tensor>>& model,
+                                      const std::map<std::string, at::Tensor>& optimizer, int64_t keep);
+
+// Loads and verifies one checkpoint directory; throws UserError naming what is wrong.
+Checkpoint load_checkpoint(const std::filesystem::path& dir);
+
+// The newest checkpoint of a run that verifies; each damaged one is reported to `warn` and
+// skipped. Nothing if the run has no usable checkpoint.
+std::optional<Checkpoint> load_latest_checkpoint(const std::filesystem::path& run_dir,
+                                                 const std::function<void(const std::string&)>& warn);
+
+// "step_00000042"
+std::string checkpoint_name(int64_t step);
+
+}  // namespace gqe

@@ -1,0 +1,503 @@
+#include "train/trainer.h"
+
+#include <unistd.h>
+
+#include <atomic>
+#include <chrono>
+#include <cmath>
+#include <csignal>
+#include <mutex>
+#include <optional>
+#include <thread>
+
+#include <ATen/ATen.h>
+#include <ATen/autocast_mode.h>
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+#include <torch/cuda.h>
+#include <torch/utils.h>
+
+#include "common/checksum.h"
+#include "common/error.h"
+#include "common/files.h"
+#include "data/dataset.h"
+#include "data/loader.h"
+#include "model/decoder.h"
+#include "model/model_info.h"
+#include "train/adamw.h"
+#include "train/checkpoint.h"
+#include "train/clipping.h"
+#include "train/console.h"
+#include "train/metrics.h"
+#include "train/schedule.h"
+
+namespace fs = std::filesystem;
+using nlohmann::ordered_json;
+
+namespace gqe {
+namespace {
+
+// SIGINT/SIGTERM ask the loop to save and stop after the current step; a second one stops at once.
+std::atomic<int> g_stop_signal{0};
+extern "C" void on_stop_signal(int sig) {
+  if (g_stop_signal.exchange(sig) != 0) {
+    std::signal(sig, SIG_DFL);
+    std::raise(sig);
+  }
+}
+
+class StopSignals {
+ public:
+  StopSignals() {
+    g_stop_signal = 0;
+    previous_int_ = std::signal(SIGINT, on_stop_signal);
+    previous_term_ = std::signal(SIGTERM, on_stop_signal);
+  }
+  ~StopSignals() {
+    std::signal(SIGINT, previous_int_);
+    std::signal(SIGTERM, previous_term_);
+  }
+  int received() const { return g_stop_signal.load(); }
+
+ private:
+  void (*previous_int_)(int);
+  void (*previous_term_)(int);
+};
+
+// bf16 autocast around forward passes, as torch.autocast does it.
+class AutocastScope {
+ public:
+  AutocastScope(at::DeviceType device, bool enabled) : device_(device), enabled_(enabled) {
+    if (!enabled_) return;
+    previous_ = at::autocast::is_autocast_enabled(device);
+    previous_dtype_ = at::autocast::get_autocast_dtype(device);
+    at::autocast::set_autocast_dtype(device, at::kBFloat16);
+    at::autocast::set_autocast_enabled(device, true);
+    at::autocast::increment_nesting();
+  }
+  ~AutocastScope() {
+    if (!enabled_) return;
+    if (at::autocast::decrement_nesting() == 0) at::autocast::clear_cache();
+    at::autocast::set_autocast_enabled(device_, previous_);
+    at::autocast::set_autocast_dtype(device_, previous_dtype_);
+  }
+  AutocastScope(const AutocastScope&) = delete;
+  AutocastScope& operator=(const AutocastScope&) = delete;
+
+ private:
+  at::DeviceType device_;
+  bool enabled_, previous_ = false;
+  at::ScalarType previous_dtype_ = at::kBFloat16;
+};
+
+// A torch generator's state as hex, and back (the generator handle shares its implementation).
+std::string generator_state(at::Device device) {
+  at::Generator gen = at::globalContext().defaultGenerator(device);
+  std::lock_guard<std::mutex> lock(gen.mutex());
+  const at::Tensor bytes = gen.get_state().contiguous();
+  std::string s;
+  s.reserve(static_cast<size_t>(bytes.numel()) * 2);
+  for (int64_t i = 0; i < bytes.numel(); ++i) s += fmt::format("{:02x}", bytes.data_ptr<uint8_t>()[i]);
+  return s;
+}
+
+void set_generator_state(at::Device device, const std::string& hex) {
+  at::Tensor bytes = at::empty({static_cast<int64_t>(hex.size() / 2)}, at::kByte);
+  for (size_t i = 0; i + 1 < hex.size(); i += 2)
+    bytes.data_ptr<uint8_t>()[i / 2] = static_cast<uint8_t>(std::stoi(hex.substr(i, 2), nullptr, 16));
+  at::Generator gen = at::globalContext().defaultGenerator(device);
+  std::lock_guard<std::mutex> lock(gen.mutex());
+  gen.set_state(bytes);
+}
+
+std::string human(double n) {
+  if (n >= 1e9) return fmt::format("{:.2f}B", n / 1e9);
+  if (n >= 1e6) return fmt::format("{:.2f}M", n / 1e6);
+  if (n >= 1e3) return fmt::format("{:.1f}K", n / 1e3);
+  return fmt::format("{:.0f}", n);
+}
+
+std::string duration(double seconds) {
+  const auto s = static_cast<int64_t>(seconds);
+  if (s >= 3600) return fmt::format("{}h{:02d}m", s / 3600, (s % 3600) / 60);
+  if (s >= 60) return fmt::format("{}m{:02d}s", s / 60, s % 60);
+  return fmt::format("{}s", s);
+}
+
+// Identifies the train data a loader position refers to.
+std::string dataset_id(const Manifest& m) {
+  std::string all = hex64(m.tokenizer.fingerprint);
+  for (const ShardEntry& e : m.train.shards) all += hex64(e.checksum);
+  return hex64(checksum64(all.data(), all.size()));
+}
+
+// Keys whose change makes a run something else than what its checkpoints hold.
+bool breaks_the_run(const std::string& difference) {
+  return difference.rfind("model.", 0) == 0 || difference.rfind("data.", 0) == 0 ||
+         difference.rfind("train.global_batch_tokens:", 0) == 0;
+}
+
+class Trainer {
+ public:
+  Trainer(const LoadedConfig& loaded, const TrainOptions& options);
+  void run();
+
+ private:
+  struct StepResult {
+    double loss = 0, ce = 0, aux = 0, grad_norm = 0, clip_scale = 1;
+    bool skipped = false;
+    std::optional<ordered_json> router;
+  };
+
+  std::optional<Checkpoint> prepare_run_dir();
+  void restore(const Checkpoint& checkpoint);
+  StepResult step(double lr, bool want_router_stats);
+  std::optional<double> validation_loss();
+  fs::path save();
+  void log_start(bool resumed);
+
+  LoadedConfig loaded_;
+  const Config& config_;
+  TrainOptions options_;
+  fs::path run_dir_;
+  std::unique_ptr<Console> console_;
+  at::Device device_{at::kCPU};
+  bool bf16_ = false;
+
+  Manifest manifest_;
+  std::shared_ptr<const TokenStream> train_stream_, val_stream_;
+  std::unique_ptr<TrainLoader> loader_;
+  Decoder model_{nullptr};
+  std::unique_ptr<AdamW> optimizer_;
+  GradClipper clipper_;
+  TrainerState state_;
+  int64_t total_steps_ = 0, global_batch_ = 0;
+};
+
+Trainer::Trainer(const LoadedConfig& loaded, const TrainOptions& options)
+    : loaded_(loaded), config_(loaded_.config), options_(options), clipper_(loaded_.config.train.clip) {
+  run_dir_ = options.run_dir.empty() ? fs::path(config_.log.dir) / config_.log.name : options.run_dir;
+  console_ = std::make_unique<Console>(config_.log.level);
+}
+
+std::optional<Checkpoint> Trainer::prepare_run_dir() {
+  const bool exists = fs::exists(run_dir_) && !fs::is_empty(run_dir_);
+  if (options_.resume == "never" && exists)
+    throw UserError(fmt::format("{}: already holds a run (use --resume auto to continue it, or another --run-dir)",
+                                run_dir_.string()));
+  fs::create_directories(run_dir_);
+  console_->add_log_file(run_dir_ / "train.log");
+
+  std::optional<Checkpoint> checkpoint;
+  if (options_.resume != "auto" && options_.resume != "never") {
+    checkpoint = load_checkpoint(options_.resume);
+  } else if (options_.resume == "auto") {
+    checkpoint = load_latest_checkpoint(run_dir_, [&](const std::string& w) { console_->log().warn("{}", w); });
+  }
+  const fs::path stored = run_dir_ / "config.yaml";
+  if (checkpoint && fs::exists(stored)) {
+    std::vector<std::string> breaking, other;
+    for (const auto& d : config_differences(load_config(stored.string()).config, config_))
+      (breaks_the_run(d) ? breaking : other).push_back(d);
+    if (!breaking.empty())
+      throw UserError(fmt::format("{}: the config changed in ways the run cannot continue with: {} (start a new run "
+                                  "with another --run-dir, or --resume never)",
+                                  run_dir_.string(), fmt::join(breaking, "; ")));
+    for (const auto& d : other) console_->log().warn("changed since the run started: {}", d);
+  }
+  write_file_atomic(stored, to_yaml(config_));
+  return checkpoint;
+}
+
+void Trainer::log_start(bool resumed) {
+  auto& log = console_->log();
+  const TrainConfig& t = config_.train;
+  const ModelInfo info = describe_model(config_);
+  log.info("run {} ({} {})", run_dir_.string(), loaded_.file, resumed ? "resumed" : "new");
+  log.info("model: {} attention{}, {} parameters ({} non-embedding), {} of {} query heads active per token",
+           enum_name(config_.model.attention.type),
+           config_.model.attention.type == AttentionType::gqe
+               ? fmt::format(" (variant {}, top_k {})", enum_name(config_.model.attention.variant), config_.model.attention.top_k)
+               : "",
+           human(static_cast<double>(info.total)), human(static_cast<double>(info.non_embedding)), info.active_query_heads,
+           info.query_heads);
+  log.info("data: {} ({} train tokens = {} samples of {} per epoch, {} val tokens)", config_.data.dataset,
+           human(static_cast<double>(train_stream_->size())), state_.samples_per_epoch, config_.data.seq_len,
+           human(static_cast<double>(val_stream_->size())));
+  log.info("plan: {} steps of {} tokens ({} sequences = {} micro-steps of {}), {} tokens for a budget of {} "
+           "({:.2f} epochs); {} on {}, {} thread(s)",
+           total_steps_, global_batch_, global_batch_ / config_.data.seq_len, loader_->accumulation_steps(),
+           t.micro_batch_size, total_steps_ * global_batch_, t.tokens,
+           static_cast<double>(total_steps_ * global_batch_) / static_cast<double>(train_stream_->size()),
+           enum_name(t.precision), device_.str(), at::get_num_threads());
+  log.debug("resolved config:\n{}", to_yaml(config_));
+  log.debug("weight decay on: {}", fmt::join(optimizer_->decayed(), ", "));
+  log.debug("no weight decay on: {}", fmt::join(optimizer_->not_decayed(), ", "));
+}
+
+void Trainer::restore(const Checkpoint& c) {
+  if (c.state.dataset_id != state_.dataset_id || c.state.samples_per_epoch != state_.samples_per_epoch)
+    throw UserError(fmt::format("{}: made on other data than {} (its data position would not mean the same samples)",
+                                c.dir.string(), config_.data.dataset));
+  at::NoGradGuard no_grad;
+  for (auto& p : model_->named_parameters()) {
+    const auto it = c.model.find(p.key());
+    if (it == c.model.end()) throw UserError(fmt::format("{}: model.safetensors lacks {}", c.dir.string(), p.key()));
+    if (it->second.sizes() != p.value().sizes())
+      throw UserError(fmt::format("{}: {} has another shape than the model of the config", c.dir.string(), p.key()));
+    p.value().copy_(it->second);
+  }
+  optimizer_->load_state(c.optimizer, c.state.step, c.dir.string());
+  state_ = c.state;
+  clipper_.restore(state_.clip);
+  if (!state_.cpu_rng.empty()) set_generator_state(at::kCPU, state_.cpu_rng);
+  if (!state_.cuda_rng.empty() && device_.is_cuda()) set_generator_state(device_, state_.cuda_rng);
+}
+
+Trainer::StepResult Trainer::step(double lr, bool want_router_stats) {
+  const int64_t L = config_.data.seq_len, V = config_.model.vocab_size;
+  const double accumulation = static_cast<double>(loader_->accumulation_steps());
+  const double aux_coef = config_.model.attention.type == AttentionType::gqe ? config_.model.attention.aux_coef : 0.0;
+  optimizer_->zero_grad();
+  at::Tensor ce_sum = at::zeros({}, at::TensorOptions().device(device_));
+  at::Tensor aux_sum = at::zeros({}, at::TensorOptions().device(device_));
+  std::vector<at::Tensor> load_sum, entropy_sum;
+  for (uint64_t m = 0; m < loader_->accumulation_steps(); ++m) {
+    MicroBatch batch = loader_->next();
+    const int64_t rows = static_cast<int64_t>(batch.samples.size());
+    const at::Tensor tokens = at::from_blob(batch.tokens.data(), {rows, L + 1}, at::kLong).to(device_, /*non_blocking=*/false, /*copy=*/true);
+    at::Tensor loss;
+    {
+      AutocastScope autocast(device_.type(), bf16_);
+      const DecoderOutput out = model_->forward(tokens.slice(1, 0, L));
+      const at::Tensor ce = at::cross_entropy_loss(out.logits.reshape({-1, V}).to(at::kFloat), tokens.slice(1, 1).reshape(-1));
+      loss = (ce + aux_coef * out.aux_loss) / accumulation;
+      ce_sum += ce.detach();
+      aux_sum += out.aux_loss.detach();
+      if (want_router_stats)
+        for (size_t l = 0; l < out.router.size(); ++l) {
+          if (load_sum.size() <= l) load_sum.push_back(at::zeros_like(out.router[l].load)), entropy_sum.push_back(at::zeros({}, out.router[l].entropy.options()));
+          load_sum[l] += out.router[l].load;
+          entropy_sum[l] += out.router[l].entropy;
+        }
+    }
+    loss.backward();
+  }
+
+  std::vector<at::Tensor> grads;
+  for (const auto& p : model_->parameters())
+    if (p.grad().defined()) grads.push_back(p.grad());
+  const at::Tensor norm = at::stack(at::_foreach_norm(grads, 2, at::kFloat)).norm();
+  StepResult r;
+  r.ce = ce_sum.item<double>() / accumulation;
+  r.aux = aux_sum.item<double>() / accumulation;
+  r.loss = r.ce + aux_coef * r.aux;
+  r.grad_norm = norm.item<double>();
+  if (!std::isfinite(r.loss) || !std::isfinite(r.grad_norm)) {
+    r.skipped = true;  // the update is skipped; the data is consumed
+  } else {
+    const ClipDecision clip = clipper_.decide(r.grad_norm);
+    r.clip_scale = clip.scale;
+    if (clip.scale < 1.0) at::_foreach_mul_(grads, clip.scale);
+    optimizer_->step(lr);
+  }
+  if (want_router_stats && !load_sum.empty()) {
+    ordered_json load = ordered_json::array(), entropy = ordered_json::array();
+    for (size_t l = 0; l < load_sum.size(); ++l) {
+      const at::Tensor mean_load = (load_sum[l] / accumulation).to(at::kCPU, at::kDouble).contiguous();
+      std::vector<std::vector<double>> groups;
+      for (int64_t g = 0; g < mean_load.size(0); ++g) {
+        const at::Tensor row = mean_load[g];
+        groups.emplace_back(row.data_ptr<double>(), row.data_ptr<double>() + row.numel());
+      }
+      load.push_back(groups);
+      entropy.push_back(entropy_sum[l].item<double>() / accumulation);
+    }
+    r.router = ordered_json{{"load", load}, {"entropy", entropy}};
+  }
+  return r;
+}
+
+std::optional<double> Trainer::validation_loss() {
+  const uint64_t windows = static_cast<uint64_t>(config_.eval.val_tokens / config_.data.seq_len);
+  ValidationReader reader(val_stream_, static_cast<uint64_t>(config_.data.seq_len), windows,
+                          static_cast<uint64_t>(config_.eval.batch_size));
+  if (reader.total_windows() == 0) return std::nullopt;
+  at::NoGradGuard no_grad;
+  model_->eval();
+  const int64_t L = config_.data.seq_len, V = config_.model.vocab_size;
+  at::Tensor sum = at::zeros({}, at::TensorOptions().device(device_).dtype(at::kDouble));
+  int64_t count = 0;
+  while (auto batch = reader.next()) {
+    const int64_t rows = static_cast<int64_t>(batch->samples.size());
+    const at::Tensor tokens = at::from_blob(batch->tokens.data(), {rows, L + 1}, at::kLong).to(device_, false, true);
+    AutocastScope autocast(device_.type(), bf16_);
+    const at::Tensor logits = model_->forward(tokens.slice(1, 0, L)).logits;
+    sum += at::cross_entropy_loss(logits.reshape({-1, V}).to(at::kFloat), tokens.slice(1, 1).reshape(-1), {},
+                                  at::Reduction::Sum)
+               .to(at::kDouble);
+    count += rows * L;
+  }
+  model_->train();
+  return sum.item<double>() / static_cast<double>(count);
+}
+
+fs::path Trainer::save() {
+  state_.clip = clipper_.state();
+  state_.cpu_rng = generator_state(at::kCPU);
+  if (device_.is_cuda()) state_.cuda_rng = generator_state(device_);
+  std::vector<std::pair<std::string, at::Tensor>> weights;
+  for (const auto& p : model_->named_parameters()) weights.emplace_back(p.key(), p.value());
+  return save_checkpoint(run_dir_, state_, weights, optimizer_->state(), config_.train.checkpoint.keep);
+}
+
+void Trainer::run() {
+  const TrainConfig& t = config_.train;
+  StopSignals signals;
+  auto& log = console_->log();
+
+  // Everything that can be wrong with the input is checked before the run directory is touched.
+  if (t.device == DeviceKind::cuda && !torch::cuda::is_available())
+    throw UserError(fmt::format("{}: train.device is cuda, but no CUDA device is available", loaded_.origin("train.device")));
+  device_ = (t.device == DeviceKind::cuda || (t.device == DeviceKind::auto_ && torch::cuda::is_available()))
+                ? at::Device(at::kCUDA, 0)
+                : at::Device(at::kCPU);
+  bf16_ = t.precision == Precision::bf16;
+  at::set_num_threads(t.threads > 0 ? static_cast<int>(t.threads) : static_cast<int>(std::thread::hardware_concurrency()));
+
+  if (config_.data.dataset.empty()) throw UserError(fmt::format("{}: data.dataset is not set", loaded_.origin("data.dataset")));
+  manifest_ = read_manifest(config_.data.dataset);
+  if (manifest_.tokenizer.vocab_size > static_cast<uint64_t>(config_.model.vocab_size))
+    throw UserError(fmt::format("{}: model.vocab_size is {}, but the tokenizer of {} has {} ids",
+                                loaded_.origin("model.vocab_size"), config_.model.vocab_size, config_.data.dataset,
+                                manifest_.tokenizer.vocab_size));
+  train_stream_ = std::make_shared<const TokenStream>(config_.data.dataset, manifest_, Split::train);
+  val_stream_ = std::make_shared<const TokenStream>(config_.data.dataset, manifest_, Split::val);
+  log.info("verifying {} ({} shards)", config_.data.dataset, manifest_.train.shards.size() + manifest_.val.shards.size());
+  train_stream_->verify(at::get_num_threads());
+  val_stream_->verify(at::get_num_threads());
+  state_.dataset_id = dataset_id(manifest_);
+  state_.samples_per_epoch = samples_per_epoch(train_stream_->size(), static_cast<uint64_t>(config_.data.seq_len));
+
+  global_batch_ = t.global_batch_tokens;
+  total_steps_ = (t.tokens + global_batch_ - 1) / global_batch_;
+  LoaderOptions lo;
+  lo.seq_len = static_cast<uint64_t>(config_.data.seq_len);
+  lo.global_batch = static_cast<uint64_t>(global_batch_ / config_.data.seq_len);
+  lo.micro_batch = static_cast<uint64_t>(t.micro_batch_size);
+  lo.seed = static_cast<uint64_t>(config_.data.seed);
+  loader_ = std::make_unique<TrainLoader>(train_stream_, lo);  // checks the shapes against the data
+
+  std::optional<Checkpoint> checkpoint = prepare_run_dir();
+
+  // Model and optimizer: initialised from train.seed, or from the checkpoint.
+  torch::manual_seed(static_cast<uint64_t>(t.seed));
+  model_ = Decoder(config_.model);
+  model_->to(device_);
+  std::vector<std::pair<std::string, at::Tensor>> named;
+  for (const auto& p : model_->named_parameters()) named.emplace_back(p.key(), p.value());
+  optimizer_ = std::make_unique<AdamW>(named, t.optimizer);
+  if (checkpoint) {
+    restore(*checkpoint);
+    log.info("resuming from {} (step {}, {} tokens)", checkpoint->dir.string(), state_.step, state_.tokens);
+    loader_ = std::make_unique<TrainLoader>(train_stream_, lo, state_.loader);
+  }
+  MetricsLog metrics(run_dir_ / "metrics.jsonl", checkpoint ? std::optional<int64_t>(state_.step) : std::nullopt);
+  log_start(checkpoint.has_value());
+
+  const auto started = std::chrono::steady_clock::now();
+  const double elapsed_before = state_.elapsed_s;
+  auto elapsed = [&] { return elapsed_before + std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count(); };
+  auto crossed = [](int64_t before, int64_t after, int64_t every) { return every > 0 && before / every != after / every; };
+  double interval_start = elapsed();
+  int64_t interval_tokens = 0;
+
+  while (state_.tokens < t.tokens) {
+    const auto step_start = std::chrono::steady_clock::now();
+    const int64_t tokens_before = state_.tokens;
+    const int64_t tokens_after = tokens_before + global_batch_;
+    const bool log_step = (state_.step + 1) % config_.log.every_steps == 0 || tokens_after >= t.tokens;
+    const double lr = learning_rate(t, tokens_after);
+    const StepResult r = step(lr, log_step);
+    state_.step += 1;
+    state_.tokens = tokens_after;
+    state_.loader = loader_->position();
+    interval_tokens += global_batch_;
+    if (r.skipped) {
+      state_.skipped_steps += 1;
+      state_.skipped_in_a_row += 1;
+      log.warn("step {}: non-finite {} ({}); update skipped ({} in a row)", state_.step,
+               std::isfinite(r.loss) ? "gradient norm" : "loss", std::isfinite(r.loss) ? r.grad_norm : r.loss,
+               state_.skipped_in_a_row);
+    } else {
+      state_.skipped_in_a_row = 0;
+    }
+    const double step_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - step_start).count();
+    state_.elapsed_s = elapsed();
+
+    ordered_json line = {{"step", state_.step},
+                         {"tokens", state_.tokens},
+                         {"loss", r.loss},
+                         {"ce_loss", r.ce},
+                         {"aux_loss", r.aux},
+                         {"lr", lr},
+                         {"grad_norm", r.grad_norm},
+                         {"clip_scale", r.clip_scale},
+                         {"skipped", r.skipped},
+                         {"tokens_per_s", static_cast<double>(global_batch_) / step_seconds},
+                         {"elapsed_s", state_.elapsed_s}};
+    if (r.router) line["router"] = *r.router;
+    metrics.write(line);
+
+    if (state_.skipped_in_a_row >= t.max_skipped_steps) {
+      const auto last = load_latest_checkpoint(run_dir_, [](const std::string&) {});
+      throw std::runtime_error(fmt::format(
+          "{} non-finite steps in a row (through step {}): training diverged; the last good checkpoint is {}",
+          state_.skipped_in_a_row, state_.step, last ? last->dir.string() : "none (no checkpoint was saved)"));
+    }
+
+    const double progress = static_cast<double>(state_.tokens) / static_cast<double>(t.tokens);
+    if (log_step) {
+      const double seconds = state_.elapsed_s - interval_start;
+      const double rate = static_cast<double>(interval_tokens) / std::max(seconds, 1e-9);
+      log.info("step {}/{} | tokens {}/{} | loss {:.4f} | aux {:.4f} | lr {:.2e} | grad {:.3f}{} | {} tok/s | ETA {}",
+               state_.step, total_steps_, human(static_cast<double>(state_.tokens)), human(static_cast<double>(t.tokens)),
+               r.loss, r.aux, lr, r.grad_norm, r.clip_scale < 1 ? fmt::format(" (clipped x{:.2f})", r.clip_scale) : "",
+               human(rate), duration(static_cast<double>(t.tokens - state_.tokens) / std::max(rate, 1e-9)));
+      interval_start = state_.elapsed_s;
+      interval_tokens = 0;
+    }
+    console_->progress(progress, fmt::format("step {}/{}  loss {:.3f}", state_.step, total_steps_, r.loss));
+
+    const bool done = state_.tokens >= t.tokens;
+    if (crossed(tokens_before, state_.tokens, config_.eval.every_tokens) || done) {
+      if (const auto val = validation_loss()) {
+        metrics.write({{"step", state_.step}, {"tokens", state_.tokens}, {"val_loss", *val}, {"val_ppl", std::exp(*val)}});
+        log.info("step {}: val loss {:.4f} (perplexity {:.2f})", state_.step, *val, std::exp(*val));
+      } else {
+        log.warn("no validation windows: the val split of {} is shorter than seq_len + 1", config_.data.dataset);
+      }
+    }
+    if (crossed(tokens_before, state_.tokens, t.checkpoint.every_tokens) || done || signals.received()) {
+      const fs::path saved = save();
+      log.info("saved {}", saved.string());
+    }
+    if (signals.received() && !done) {
+      console_->clear_progress();
+      log.info("stopped by {} at step {}; continue with: gqe train {}{} --run-dir {}",
+               signals.received() == SIGINT ? "SIGINT" : "SIGTERM", state_.step, options_.config_file,
+               options_.overrides.empty() ? "" : " --set " + fmt::format("{}", fmt::join(options_.overrides, " --set ")),
+               run_dir_.string());
+      return;
+    }
+  }
+  console_->clear_progress();
+  log.info("done: {} steps, {} tokens (budget {}) in {}, {} skipped steps", state_.step, state_.tokens, t.tokens,
+           duration(state_.elapsed_s), state_.skipped_steps);
+}
+
+}  // namespace
+
+void train(const LoadedConfig& config, const TrainOptions& options) { Trainer(config, options).run(); }
+
+}  // namespace gqe
