@@ -4,4 +4,5 @@
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 "$root/scripts/setup.sh"
+"$root/scripts/sample_data.sh"   # the real corpus some tests train on
 ctest --test-dir "${GQE_BUILD_DIR:-$root/build}" --output-on-failure -j "$(nproc)" "$@"

@@ -3,6 +3,8 @@
 #pragma once
 
 #include <gtest/gtest.h>
+#include <spawn.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <cstdio>
@@ -72,5 +74,33 @@ inline RunResult run_command(const std::string& command) {
   r.err = read_file(err);
   return r;
 }
+
+// A command started in the background (through /bin/sh), to signal and wait for.
+class Background {
+ public:
+  explicit Background(const std::string& command) {
+    const char* argv[] = {"/bin/sh", "-c", command.c_str(), nullptr};
+    if (posix_spawn(&pid_, "/bin/sh", nullptr, nullptr, const_cast<char* const*>(argv), environ) != 0)
+      throw std::runtime_error("cannot start: " + command);
+  }
+  ~Background() {
+    if (pid_ > 0) {
+      ::kill(pid_, SIGKILL);
+      wait();
+    }
+  }
+  // "exec" in the command makes the signal reach the program rather than the shell.
+  void signal(int sig) { ::kill(pid_, sig); }
+  // Exit status, or 128 + signal number when killed.
+  int wait() {
+    int raw = 0;
+    ::waitpid(pid_, &raw, 0);
+    pid_ = -1;
+    return WIFEXITED(raw) ? WEXITSTATUS(raw) : 128 + WTERMSIG(raw);
+  }
+
+ private:
+  pid_t pid_ = -1;
+};
 
 }  // namespace gqe::test

@@ -1,0 +1,264 @@
+// Trainer parts on their own: schedules at their boundaries, clipping, AdamW against the formula,
+// safetensors, checkpoints (atomic, verified, fallback), the metrics log on resume.
+#include <gtest/gtest.h>
+
+#include <ATen/ATen.h>
+
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+
+#include "common/files.h"
+#include "test_util.h"
+#include "train/adamw.h"
+#include "train/checkpoint.h"
+#include "train/clipping.h"
+#include "train/metrics.h"
+#include "train/safetensors.h"
+#include "train/schedule.h"
+
+namespace gqe {
+namespace {
+
+namespace fs = std::filesystem;
+using test::TempDir;
+
+TrainConfig schedule_config(ScheduleKind kind, DecayShape shape = DecayShape::linear) {
+  TrainConfig t;
+  t.tokens = 1000;
+  t.optimizer.lr = 1.0;
+  t.schedule.kind = kind;
+  t.schedule.warmup_tokens = 100;
+  t.schedule.decay_fraction = 0.2;
+  t.schedule.decay_shape = shape;
+  t.schedule.min_lr = 0.1;
+  return t;
+}
+
+TEST(Schedule, WarmupStableDecayHitsItsBoundaries) {
+  const TrainConfig t = schedule_config(ScheduleKind::wsd);
+  EXPECT_DOUBLE_EQ(learning_rate(t, 10), 0.1);   // the first step already moves
+  EXPECT_DOUBLE_EQ(learning_rate(t, 50), 0.5);
+  EXPECT_DOUBLE_EQ(learning_rate(t, 100), 1.0);  // end of warmup
+  EXPECT_DOUBLE_EQ(learning_rate(t, 500), 1.0);  // stable
+  EXPECT_DOUBLE_EQ(learning_rate(t, 800), 1.0);  // decay starts after 80% of the budget
+  EXPECT_DOUBLE_EQ(learning_rate(t, 900), 0.55); // halfway down, linear
+  EXPECT_DOUBLE_EQ(learning_rate(t, 1000), 0.1); // the floor at the budget
+  EXPECT_DOUBLE_EQ(learning_rate(t, 1024), 0.1); // a last step past the budget stays at the floor
+  const TrainConfig s = schedule_config(ScheduleKind::wsd, DecayShape::one_minus_sqrt);
+  EXPECT_NEAR(learning_rate(s, 900), 0.1 + 0.9 * (1 - std::sqrt(0.5)), 1e-12);
+  EXPECT_DOUBLE_EQ(learning_rate(s, 1000), 0.1);
+}
+
+TEST(Schedule, CosineGoesFromPeakToFloorAfterWarmup) {
+  const TrainConfig t = schedule_config(ScheduleKind::cosine);
+  EXPECT_DOUBLE_EQ(learning_rate(t, 50), 0.5);
+  EXPECT_DOUBLE_EQ(learning_rate(t, 100), 1.0);
+  EXPECT_NEAR(learning_rate(t, 550), 0.55, 1e-12);  // halfway: the mean of peak and floor
+  EXPECT_NEAR(learning_rate(t, 1000), 0.1, 1e-12);
+  EXPECT_NEAR(learning_rate(t, 2000), 0.1, 1e-12);
+}
+
+ClipConfig zclip() {
+  ClipConfig c;
+  c.kind = ClipKind::zclip;
+  c.max_norm = 100;  // out of the way, to see the adaptive threshold
+  c.warmup_steps = 25;
+  return c;
+}
+
+TEST(Clipping, ZClipPassesOrdinaryStepsAndClipsAPlantedSpike) {
+  GradClipper clipper(zclip());
+  // Warmup: norms around 2 with some spread.
+  for (int i = 0; i < 25; ++i) EXPECT_EQ(clipper.decide(2.0 + 0.1 * std::sin(i)).scale, 1.0);
+  ASSERT_TRUE(clipper.state().initialized);
+  for (int i = 0; i < 50; ++i) EXPECT_EQ(clipper.decide(2.0 + 0.1 * std::sin(i + 25)).scale, 1.0) << i;
+  const double mean = clipper.state().mean, std = std::sqrt(clipper.state().var);
+  const double spike = 20.0;
+  const double z = (spike - mean) / (std + 1e-6);
+  const ClipDecision d = clipper.decide(spike);
+  const double expected = mean + 2.5 * 2.5 * std / z;  // mean + z_thr * std / (z / z_thr)
+  EXPECT_NEAR(d.threshold, expected, 1e-9);
+  EXPECT_NEAR(d.scale, expected / (spike + 1e-6), 1e-12);
+  EXPECT_LT(d.threshold, mean + 2.5 * std);  // pulled in below the detection bound
+  // The EMA saw the threshold, not the spike.
+  EXPECT_NEAR(clipper.state().mean, 0.97 * mean + 0.03 * expected, 1e-12);
+  EXPECT_EQ(clipper.decide(2.0).scale, 1.0);  // and the next ordinary step passes
+}
+
+TEST(Clipping, MaxNormCapsDuringWarmupAndAfter) {
+  ClipConfig c = zclip();
+  c.max_norm = 1.0;
+  GradClipper clipper(c);
+  EXPECT_NEAR(clipper.decide(4.0).scale, 1.0 / (4.0 + 1e-6), 1e-12);  // warmup: plain global-norm clipping
+  ClipConfig plain;
+  plain.kind = ClipKind::norm;
+  plain.max_norm = 0.5;
+  GradClipper norm(plain);
+  EXPECT_EQ(norm.decide(0.4).scale, 1.0);
+  EXPECT_NEAR(norm.decide(2.0).threshold, 0.5, 1e-12);
+  ClipConfig none;
+  none.kind = ClipKind::none;
+  EXPECT_EQ(GradClipper(none).decide(1e9).scale, 1.0);
+}
+
+TEST(AdamW, MatchesTheFormulaWithDecayOnMatricesOnly) {
+  torch::manual_seed(3);
+  const at::Tensor w0 = at::randn({4, 3}), b0 = at::randn({3}), e0 = at::randn({5, 3});
+  at::Tensor w = w0.clone().requires_grad_(), b = b0.clone().requires_grad_(), e = e0.clone().requires_grad_();
+  OptimizerConfig c;
+  c.beta1 = 0.9, c.beta2 = 0.95, c.eps = 1e-7, c.weight_decay = 0.1, c.decay_embeddings = false;
+  AdamW opt({{"model.layers.0.mlp.up_proj.weight", w}, {"model.norm.weight", b}, {"model.embed_tokens.weight", e}}, c);
+  EXPECT_EQ(opt.decayed(), (std::vector<std::string>{"model.layers.0.mlp.up_proj.weight"}));
+
+  // The reference: decoupled decay, bias-corrected moments.
+  at::Tensor rw = w0.clone(), rb = b0.clone(), re = e0.clone();
+  at::Tensor m[3] = {at::zeros_like(rw), at::zeros_like(rb), at::zeros_like(re)};
+  at::Tensor v[3] = {at::zeros_like(rw), at::zeros_like(rb), at::zeros_like(re)};
+  const double lrs[] = {1e-2, 3e-2, 5e-3, 1e-2};
+  for (int step = 1; step <= 4; ++step) {
+    const at::Tensor gw = at::randn({4, 3}), gb = at::randn({3}), ge = at::randn({5, 3});
+    w.mutable_grad() = gw.clone(), b.mutable_grad() = gb.clone(), e.mutable_grad() = ge.clone();
+    opt.step(lrs[step - 1]);
+    at::Tensor* ref[3] = {&rw, &rb, &re};
+    const at::Tensor* g[3] = {&gw, &gb, &ge};
+    for (int i = 0; i < 3; ++i) {
+      const double lr = lrs[step - 1], decay = i == 0 ? 0.1 : 0.0;
+      *ref[i] = *ref[i] * (1 - lr * decay);
+      m[i] = 0.9 * m[i] + 0.1 * *g[i];
+      v[i] = 0.95 * v[i] + 0.05 * g[i]->pow(2);
+      const at::Tensor mhat = m[i] / (1 - std::pow(0.9, step)), vhat = v[i] / (1 - std::pow(0.95, step));
+      *ref[i] = *ref[i] - lr * mhat / (vhat.sqrt() + 1e-7);
+    }
+  }
+  EXPECT_TRUE(w.allclose(rw, 1e-6, 1e-7));
+  EXPECT_TRUE(b.allclose(rb, 1e-6, 1e-7));
+  EXPECT_TRUE(e.allclose(re, 1e-6, 1e-7));
+  EXPECT_EQ(opt.steps(), 4);
+}
+
+TEST(AdamW, StateRoundTripsAndParametersWithoutGradientsAreLeftAlone) {
+  at::Tensor w = at::ones({2, 2}).requires_grad_(), unused = at::ones({2, 2}).requires_grad_();
+  OptimizerConfig c;
+  AdamW opt({{"w", w}, {"unused", unused}}, c);
+  w.mutable_grad() = at::full({2, 2}, 0.5);
+  opt.step(0.1);
+  EXPECT_TRUE(unused.equal(at::ones({2, 2})));  // no gradient: no update, no decay
+  const auto state = opt.state();
+  ASSERT_EQ(state.size(), 4u);
+  AdamW restored({{"w", w.detach().clone().requires_grad_()}, {"unused", unused.detach().clone().requires_grad_()}}, c);
+  restored.load_state(state, 1, "test");
+  EXPECT_TRUE(restored.state().at("w.exp_avg").equal(state.at("w.exp_avg")));
+  auto broken = state;
+  broken.erase("w.exp_avg_sq");
+  EXPECT_EQ(test::user_error_of([&] { restored.load_state(broken, 1, "ckpt"); }), "ckpt: no optimizer state for w.exp_avg_sq");
+}
+
+TEST(Safetensors, RoundTripsDtypesAndShapesInTheStandardLayout) {
+  TempDir dir;
+  const fs::path file = dir.path() / "t.safetensors";
+  const at::Tensor f = at::randn({3, 5}), h = at::randn({7}).to(at::kBFloat16), i = at::arange(6, at::kLong).view({2, 3});
+  write_safetensors(file, {{"model.a.weight", f}, {"b", h}, {"c", i}, {"scalar", at::scalar_tensor(2.5)}}, {{"format", "pt"}});
+  const auto back = read_safetensors(file);
+  EXPECT_TRUE(back.at("model.a.weight").equal(f));
+  EXPECT_TRUE(back.at("b").equal(h));
+  EXPECT_EQ(back.at("b").scalar_type(), at::kBFloat16);
+  EXPECT_TRUE(back.at("c").equal(i));
+  EXPECT_EQ(back.at("scalar").dim(), 0);
+  // Layout: u64 header length, JSON header (8-byte aligned), then data in order.
+  const std::string bytes = read_file(file);
+  uint64_t n = 0;
+  std::memcpy(&n, bytes.data(), 8);
+  EXPECT_EQ(n % 8, 0u);
+  const std::string header = bytes.substr(8, n);
+  EXPECT_NE(header.find("\"model.a.weight\":{\"dtype\":\"F32\",\"shape\":[3,5],\"data_offsets\":[0,60]}"), std::string::npos) << header;
+  EXPECT_NE(header.find("\"__metadata__\":{\"format\":\"pt\"}"), std::string::npos);
+  EXPECT_EQ(bytes.size(), 8 + n + 60 + 14 + 48 + 4);
+
+  fs::resize_file(file, bytes.size() - 10);
+  EXPECT_NE(test::user_error_of([&] { read_safetensors(file); }).find("byte range does not fit"), std::string::npos);
+  write_file_atomic(file, "garbage!");
+  EXPECT_NE(test::user_error_of([&] { read_safetensors(file); }).find("not a valid safetensors file"), std::string::npos);
+}
+
+TrainerState state_at(int64_t step) {
+  TrainerState s;
+  s.step = step;
+  s.tokens = step * 100;
+  s.loader = {1, 7};
+  s.samples_per_epoch = 50;
+  s.dataset_id = "d";
+  s.clip.initialized = true;
+  s.clip.mean = 0.123456789012345678;
+  s.cpu_rng = "00ff";
+  return s;
+}
+
+TEST(Checkpoint, SavesAtomicallyKeepsTheNewestAndRoundTrips) {
+  TempDir run;
+  const at::Tensor w = at::randn({4, 4});
+  for (int64_t step : {10, 20, 30, 40})
+    save_checkpoint(run.path(), state_at(step), {{"model.w", w * static_cast<double>(step)}}, {{"model.w.exp_avg", w}}, 2);
+  std::vector<std::string> left;
+  for (const auto& e : fs::directory_iterator(run.path() / "checkpoints")) left.push_back(e.path().filename().string());
+  std::sort(left.begin(), left.end());
+  EXPECT_EQ(left, (std::vector<std::string>{"latest", "step_00000030", "step_00000040"}));
+  EXPECT_EQ(read_file(run.path() / "checkpoints/latest"), "step_00000040\n");
+  const auto c = load_latest_checkpoint(run.path(), [](const std::string& warning) { ADD_FAILURE() << warning; });
+  ASSERT_TRUE(c);
+  EXPECT_EQ(c->state.step, 40);
+  EXPECT_EQ(c->state.loader, (LoaderPosition{1, 7}));
+  EXPECT_EQ(c->state.clip.mean, 0.123456789012345678);  // doubles survive JSON exactly
+  EXPECT_TRUE(c->model.at("model.w").equal(w * 40.0));
+  EXPECT_TRUE(c->optimizer.at("model.w.exp_avg").equal(w));
+}
+
+TEST(Checkpoint, DamagedOrHalfWrittenCheckpointsAreNeverLoaded) {
+  TempDir run;
+  const at::Tensor w = at::randn({64, 64});
+  for (int64_t step : {10, 20, 30}) save_checkpoint(run.path(), state_at(step), {{"model.w", w}}, {{"model.w.exp_avg", w}}, 5);
+  const fs::path ckpt20 = run.path() / "checkpoints/step_00000020", ckpt30 = run.path() / "checkpoints/step_00000030";
+  {  // a flipped byte in the middle of the newest one's weights
+    std::fstream f(ckpt30 / "model.safetensors", std::ios::in | std::ios::out | std::ios::binary);
+    f.seekp(4000);
+    f.put('\x5a');
+  }
+  fs::resize_file(ckpt20 / "optimizer.safetensors", 100);  // and a truncated file in the one before
+  // A save interrupted before its state.json, newest of all.
+  fs::create_directories(run.path() / "checkpoints/step_00000040");
+  fs::copy_file(ckpt20 / "model.safetensors", run.path() / "checkpoints/step_00000040/model.safetensors");
+
+  std::vector<std::string> warnings;
+  const auto c = load_latest_checkpoint(run.path(), [&](const std::string& warning) { warnings.push_back(warning); });
+  ASSERT_TRUE(c);
+  EXPECT_EQ(c->state.step, 10);  // the newest one that verifies
+  ASSERT_EQ(warnings.size(), 3u);
+  EXPECT_EQ(warnings[0], "skipping a damaged checkpoint: " + (run.path() / "checkpoints/step_00000040").string() +
+                             ": incomplete checkpoint (no state.json; the save was interrupted)");
+  EXPECT_EQ(warnings[1], "skipping a damaged checkpoint: " + ckpt30.string() +
+                             ": model.safetensors does not match its checksum (damaged)");
+  EXPECT_NE(warnings[2].find(ckpt20.string() + ": optimizer.safetensors has 100 bytes, state.json says"), std::string::npos)
+      << warnings[2];
+  EXPECT_NE(test::user_error_of([&] { load_checkpoint(ckpt30); }).find("does not match its checksum"), std::string::npos);
+}
+
+TEST(Metrics, ResumeDropsLinesPastTheCheckpointAndATornLine) {
+  TempDir dir;
+  const fs::path file = dir.path() / "metrics.jsonl";
+  {
+    MetricsLog log(file, std::nullopt);
+    for (int s = 1; s <= 6; ++s) log.write({{"step", s}, {"loss", 1.0 / s}});
+    log.write({{"step", 4}, {"val_loss", 0.5}});
+  }
+  std::ofstream(file, std::ios::app) << "{\"step\": 7, \"lo";  // killed mid-write
+  {
+    MetricsLog log(file, 4);
+    log.write({{"step", 5}, {"loss", 0.2}});
+  }
+  EXPECT_EQ(read_file(file),
+            "{\"step\":1,\"loss\":1.0}\n{\"step\":2,\"loss\":0.5}\n{\"step\":3,\"loss\":0.3333333333333333}\n"
+            "{\"step\":4,\"loss\":0.25}\n{\"step\":4,\"val_loss\":0.5}\n{\"step\":5,\"loss\":0.2}\n");
+}
+
+}  // namespace
+}  // namespace gqe
