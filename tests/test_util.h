@@ -91,6 +91,7 @@ class Background {
   }
   // "exec" in the command makes the signal reach the program rather than the shell.
   void signal(int sig) { ::kill(pid_, sig); }
+  pid_t pid() const { return pid_; }
   // Exit status, or 128 + signal number when killed.
   int wait() {
     int raw = 0;

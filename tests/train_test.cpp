@@ -190,7 +190,7 @@ TrainerState state_at(int64_t step) {
   s.dataset_id = "d";
   s.clip.initialized = true;
   s.clip.mean = 0.123456789012345678;
-  s.cpu_rng = "00ff";
+  s.cpu_rng = {"00ff", "0a0b"};
   return s;
 }
 

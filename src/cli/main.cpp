@@ -15,7 +15,7 @@ int main(int argc, char** argv) {
       "  gqe bench loader configs/tiny/gqe.yaml\n"
       "Run 'gqe COMMAND --help' for a command's options.");
   app.require_subcommand(1);
-  gqe::add_train_command(app);
+  gqe::add_train_command(app, argc, argv);
   gqe::add_info_command(app);
   gqe::add_export_command(app);
   gqe::add_data_forwarding(app);

@@ -4,6 +4,8 @@
 #include <fmt/format.h>
 
 #include <cstdio>
+#include <cstdlib>
+#include <string>
 #include <exception>
 
 #include "common/error.h"
@@ -24,7 +26,11 @@ int run_cli(CLI::App& app, const char* program, int argc, char** argv) {
     fmt::print(stderr, "{}: {}\n", program, e.what());
     return 2;
   } catch (const std::exception& e) {
-    fmt::print(stderr, "{}: internal error: {}\n", program, e.what());
+    // Training that cannot go on (diverged, a rank lost) or a bug: one line, torch's backtrace on request.
+    const std::string what = e.what();
+    const bool debug = std::getenv("GQE_DEBUG") != nullptr;
+    fmt::print(stderr, "{}: error: {}{}\n", program, debug ? what : what.substr(0, what.find('\n')),
+               !debug && what.find('\n') != std::string::npos ? " (GQE_DEBUG=1 shows the full error)" : "");
     return 1;
   }
   return 0;

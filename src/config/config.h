@@ -177,7 +177,7 @@ struct TrainConfig {
   int64_t seed = 0;                         // parameter init and any training-time randomness
   DeviceKind device = DeviceKind::auto_;
   Precision precision = Precision::bf16;
-  int64_t threads = 0;                      // CPU intra-op threads; 0 = all cores
+  int64_t threads = 0;                      // CPU intra-op threads; 0 = cores / ranks on this machine
   int64_t max_skipped_steps = 10;           // non-finite steps in a row before giving up
   OptimizerConfig optimizer;
   ScheduleConfig schedule;
@@ -217,10 +217,14 @@ struct EvalConfig {
 struct DistConfig {
   DistBackend backend = DistBackend::auto_;  // auto: NCCL on CUDA, Gloo on CPU
   int64_t timeout_s = 600;                   // collectives and rendezvous
+  int64_t bucket_mb = 25;                    // gradient all-reduce bucket size
+  int64_t check_replicas_every_steps = 0;    // compare parameter hashes across ranks (0: never)
 
   template <class F> void fields(F& f) {
     f("backend", backend);
     f("timeout_s", timeout_s);
+    f("bucket_mb", bucket_mb);
+    f("check_replicas_every_steps", check_replicas_every_steps);
   }
 };
 

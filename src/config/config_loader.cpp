@@ -540,6 +540,8 @@ void validate(const LoadedConfig& loaded) {
   check.positive(c.eval.batch_size, "eval.batch_size");
 
   check.positive(c.dist.timeout_s, "dist.timeout_s");
+  check.positive(c.dist.bucket_mb, "dist.bucket_mb");
+  check.non_negative(c.dist.check_replicas_every_steps, "dist.check_replicas_every_steps");
 
   check.positive(c.log.every_steps, "log.every_steps");
   check.require(c.log.name.find('/') == std::string::npos, "log.name",

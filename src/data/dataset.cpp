@@ -174,13 +174,13 @@ void TokenStream::copy(uint64_t start, uint64_t count, int64_t* out) const {
   }
 }
 
-void TokenStream::verify(int threads) const {
-  std::atomic<size_t> next{0};
+void TokenStream::verify(int threads, size_t part, size_t parts) const {
+  std::atomic<size_t> next{part};
   std::exception_ptr first_error;
   size_t first_index = shards_.size();
   std::mutex mutex;
   auto work = [&] {
-    for (size_t i; (i = next++) < shards_.size();) {
+    for (size_t i; (i = next.fetch_add(parts)) < shards_.size();) {
       try {
         shards_[i]->verify();
       } catch (...) {

@@ -62,8 +62,9 @@ class TokenStream {
   uint64_t size() const { return total_; }
   // Copies tokens [start, start + count) of the concatenated stream as int64.
   void copy(uint64_t start, uint64_t count, int64_t* out) const;
-  // Full check of every shard's payload (checksum and token ids), in parallel over shards.
-  void verify(int threads) const;
+  // Full check of every shard's payload (checksum and token ids), in parallel over shards; with
+  // parts > 1 only the shards i with i % parts == part (ranks share the work).
+  void verify(int threads, size_t part = 0, size_t parts = 1) const;
   const std::vector<std::unique_ptr<MappedShard>>& shards() const { return shards_; }
 
  private:

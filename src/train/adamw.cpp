@@ -58,6 +58,13 @@ std::map<std::string, at::Tensor> AdamW::state() const {
   return out;
 }
 
+void AdamW::set_steps(int64_t steps) {
+  at::NoGradGuard no_grad;
+  for (Group& g : groups_)
+    for (at::Tensor& step : g.step) step.fill_(static_cast<double>(steps));
+  steps_ = steps;
+}
+
 void AdamW::load_state(const std::map<std::string, at::Tensor>& tensors, int64_t steps, const std::string& where) {
   at::NoGradGuard no_grad;
   for (Group& g : groups_)
@@ -70,9 +77,8 @@ void AdamW::load_state(const std::map<std::string, at::Tensor>& tensors, int64_t
                                       fmt::join(it->second.sizes(), "x"), fmt::join(target->sizes(), "x")));
         target->copy_(it->second);
       }
-      g.step[i].fill_(static_cast<double>(steps));
     }
-  steps_ = steps;
+  set_steps(steps);
 }
 
 }  // namespace gqe

@@ -27,6 +27,8 @@ class AdamW {
 
   // "<param>.exp_avg" / "<param>.exp_avg_sq" -> tensor, for checkpoints.
   std::map<std::string, at::Tensor> state() const;
+  // The step count, for moments that arrived by other means (a broadcast from rank 0).
+  void set_steps(int64_t steps);
   // Restores moments and the step count (a parameter's own count may lag when it had no gradient
   // for some steps; restored as the global count). Throws UserError naming a bad entry.
   void load_state(const std::map<std::string, at::Tensor>& tensors, int64_t steps, const std::string& where);

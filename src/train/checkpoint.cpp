@@ -50,8 +50,8 @@ TrainerState parse_state(const nlohmann::json& j) {
   s.skipped_steps = j.at("skipped_steps").get<int64_t>();
   s.skipped_in_a_row = j.at("skipped_in_a_row").get<int64_t>();
   s.elapsed_s = j.at("elapsed_s").get<double>();
-  s.cpu_rng = j.at("rng").at("cpu").get<std::string>();
-  s.cuda_rng = j.at("rng").at("cuda").get<std::string>();
+  s.cpu_rng = j.at("rng").at("cpu").get<std::vector<std::string>>();
+  s.cuda_rng = j.at("rng").at("cuda").get<std::vector<std::string>>();
   return s;
 }
 
@@ -73,6 +73,9 @@ std::vector<std::pair<int64_t, fs::path>> checkpoint_dirs(const fs::path& run_di
 }
 
 }  // namespace
+
+std::string trainer_state_json(const TrainerState& state) { return state_json(state).dump(); }
+TrainerState parse_trainer_state(const std::string& json) { return parse_state(nlohmann::json::parse(json)); }
 
 std::string checkpoint_name(int64_t step) { return fmt::format("step_{:08d}", step); }
 

@@ -30,7 +30,7 @@ struct TrainerState {
   int64_t skipped_steps = 0;        // non-finite steps, in total and in a row
   int64_t skipped_in_a_row = 0;
   double elapsed_s = 0;             // training wall time so far
-  std::string cpu_rng, cuda_rng;    // torch generator states (hex)
+  std::vector<std::string> cpu_rng, cuda_rng;  // torch generator states (hex), one per rank
 };
 
 struct Checkpoint {
@@ -54,5 +54,9 @@ std::optional<Checkpoint> load_latest_checkpoint(const std::filesystem::path& ru
 
 // "step_00000042"
 std::string checkpoint_name(int64_t step);
+
+// The state as state.json holds it (also how rank 0 hands a resumed state to the other ranks).
+std::string trainer_state_json(const TrainerState& state);
+TrainerState parse_trainer_state(const std::string& json);
 
 }  // namespace gqe

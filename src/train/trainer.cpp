@@ -22,6 +22,8 @@
 #include "common/files.h"
 #include "data/dataset.h"
 #include "data/loader.h"
+#include "dist/communicator.h"
+#include "dist/environment.h"
 #include "model/decoder.h"
 #include "model/model_info.h"
 #include "train/adamw.h"
@@ -110,6 +112,14 @@ void set_generator_state(at::Device device, const std::string& hex) {
   gen.set_state(bytes);
 }
 
+// Each rank's generators come back when the world size is unchanged (nothing in training draws
+// random numbers today, but a resumed run must not depend on that).
+void restore_generators(const TrainerState& state, int rank, at::Device device) {
+  const auto r = static_cast<size_t>(rank);
+  if (r < state.cpu_rng.size()) set_generator_state(at::kCPU, state.cpu_rng[r]);
+  if (device.is_cuda() && r < state.cuda_rng.size()) set_generator_state(device, state.cuda_rng[r]);
+}
+
 std::string human(double n) {
   if (n >= 1e9) return fmt::format("{:.2f}B", n / 1e9);
   if (n >= 1e6) return fmt::format("{:.2f}M", n / 1e6);
@@ -151,9 +161,11 @@ class Trainer {
 
   std::optional<Checkpoint> prepare_run_dir();
   void restore(const Checkpoint& checkpoint);
+  void synchronize_start(const std::optional<Checkpoint>& checkpoint);
   StepResult step(double lr, bool want_router_stats);
   std::optional<double> validation_loss();
-  fs::path save();
+  std::optional<fs::path> save();
+  void check_replicas();
   void log_start(bool resumed);
 
   LoadedConfig loaded_;
@@ -161,6 +173,8 @@ class Trainer {
   TrainOptions options_;
   fs::path run_dir_;
   std::unique_ptr<Console> console_;
+  DistEnvironment env_;
+  std::unique_ptr<Communicator> comm_;
   at::Device device_{at::kCPU};
   bool bf16_ = false;
 
@@ -177,7 +191,10 @@ class Trainer {
 Trainer::Trainer(const LoadedConfig& loaded, const TrainOptions& options)
     : loaded_(loaded), config_(loaded_.config), options_(options), clipper_(loaded_.config.train.clip) {
   run_dir_ = options.run_dir.empty() ? fs::path(config_.log.dir) / config_.log.name : options.run_dir;
-  console_ = std::make_unique<Console>(config_.log.level);
+  env_ = read_dist_environment();
+  // Rank 0 speaks for the job; the others only report problems.
+  console_ = std::make_unique<Console>(env_.rank == 0 ? config_.log.level : LogLevel::warn);
+  if (env_.rank != 0) console_->log().set_pattern(fmt::format("[%Y-%m-%d %H:%M:%S] [%l] [rank {}] %v", env_.rank));
 }
 
 std::optional<Checkpoint> Trainer::prepare_run_dir() {
@@ -230,6 +247,9 @@ void Trainer::log_start(bool resumed) {
            t.micro_batch_size, total_steps_ * global_batch_, t.tokens,
            static_cast<double>(total_steps_ * global_batch_) / static_cast<double>(train_stream_->size()),
            enum_name(t.precision), device_.str(), at::get_num_threads());
+  if (comm_->world() > 1)
+    log.info("data parallel: {} ranks ({} local) over {}, from {}; rank r takes samples [r*B/W, (r+1)*B/W) of each "
+             "global batch", comm_->world(), env_.local_world, comm_->backend_name(), env_.source);
   log.debug("resolved config:\n{}", to_yaml(config_));
   log.debug("weight decay on: {}", fmt::join(optimizer_->decayed(), ", "));
   log.debug("no weight decay on: {}", fmt::join(optimizer_->not_decayed(), ", "));
@@ -250,18 +270,19 @@ void Trainer::restore(const Checkpoint& c) {
   optimizer_->load_state(c.optimizer, c.state.step, c.dir.string());
   state_ = c.state;
   clipper_.restore(state_.clip);
-  if (!state_.cpu_rng.empty()) set_generator_state(at::kCPU, state_.cpu_rng);
-  if (!state_.cuda_rng.empty() && device_.is_cuda()) set_generator_state(device_, state_.cuda_rng);
+  restore_generators(state_, env_.rank, device_);
 }
 
 Trainer::StepResult Trainer::step(double lr, bool want_router_stats) {
   const int64_t L = config_.data.seq_len, V = config_.model.vocab_size;
-  const double accumulation = static_cast<double>(loader_->accumulation_steps());
+  // Each micro-batch's loss is divided by the micro-batches of the whole world, so that the summed
+  // all-reduce leaves the mean gradient (with 2 ranks this is bitwise the one-process gradient).
+  const double parts = static_cast<double>(loader_->accumulation_steps()) * static_cast<double>(comm_->world());
   const double aux_coef = config_.model.attention.type == AttentionType::gqe ? config_.model.attention.aux_coef : 0.0;
   optimizer_->zero_grad();
-  at::Tensor ce_sum = at::zeros({}, at::TensorOptions().device(device_));
-  at::Tensor aux_sum = at::zeros({}, at::TensorOptions().device(device_));
-  std::vector<at::Tensor> load_sum, entropy_sum;
+  const auto scalar = at::TensorOptions().device(device_).dtype(at::kFloat);
+  at::Tensor ce_sum = at::zeros({}, scalar), aux_sum = at::zeros({}, scalar);
+  std::vector<at::Tensor> router_sums;  // per layer: load [G, M], then entropy
   for (uint64_t m = 0; m < loader_->accumulation_steps(); ++m) {
     MicroBatch batch = loader_->next();
     const int64_t rows = static_cast<int64_t>(batch.samples.size());
@@ -271,15 +292,17 @@ Trainer::StepResult Trainer::step(double lr, bool want_router_stats) {
       AutocastScope autocast(device_.type(), bf16_);
       const DecoderOutput out = model_->forward(tokens.slice(1, 0, L));
       const at::Tensor ce = at::cross_entropy_loss(out.logits.reshape({-1, V}).to(at::kFloat), tokens.slice(1, 1).reshape(-1));
-      loss = (ce + aux_coef * out.aux_loss) / accumulation;
+      loss = (ce + aux_coef * out.aux_loss) / parts;
       ce_sum += ce.detach();
       aux_sum += out.aux_loss.detach();
-      if (want_router_stats)
+      if (want_router_stats) {
+        if (router_sums.empty())
+          for (const RouterStats& r : out.router) router_sums.push_back(at::zeros_like(r.load)), router_sums.push_back(at::zeros({}, scalar));
         for (size_t l = 0; l < out.router.size(); ++l) {
-          if (load_sum.size() <= l) load_sum.push_back(at::zeros_like(out.router[l].load)), entropy_sum.push_back(at::zeros({}, out.router[l].entropy.options()));
-          load_sum[l] += out.router[l].load;
-          entropy_sum[l] += out.router[l].entropy;
+          router_sums[2 * l] += out.router[l].load;
+          router_sums[2 * l + 1] += out.router[l].entropy;
         }
+      }
     }
     loss.backward();
   }
@@ -287,12 +310,17 @@ Trainer::StepResult Trainer::step(double lr, bool want_router_stats) {
   std::vector<at::Tensor> grads;
   for (const auto& p : model_->parameters())
     if (p.grad().defined()) grads.push_back(p.grad());
+  comm_->all_reduce_sum(grads);  // one bucketed all-reduce per optimizer step
+  std::vector<at::Tensor> stats{ce_sum, aux_sum};
+  stats.insert(stats.end(), router_sums.begin(), router_sums.end());
+  comm_->all_reduce_sum(stats);
+
   const at::Tensor norm = at::stack(at::_foreach_norm(grads, 2, at::kFloat)).norm();
   StepResult r;
-  r.ce = ce_sum.item<double>() / accumulation;
-  r.aux = aux_sum.item<double>() / accumulation;
+  r.ce = ce_sum.item<double>() / parts;
+  r.aux = aux_sum.item<double>() / parts;
   r.loss = r.ce + aux_coef * r.aux;
-  r.grad_norm = norm.item<double>();
+  r.grad_norm = norm.item<double>();  // the same on every rank: the gradients are
   if (!std::isfinite(r.loss) || !std::isfinite(r.grad_norm)) {
     r.skipped = true;  // the update is skipped; the data is consumed
   } else {
@@ -301,17 +329,17 @@ Trainer::StepResult Trainer::step(double lr, bool want_router_stats) {
     if (clip.scale < 1.0) at::_foreach_mul_(grads, clip.scale);
     optimizer_->step(lr);
   }
-  if (want_router_stats && !load_sum.empty()) {
+  if (!router_sums.empty()) {
     ordered_json load = ordered_json::array(), entropy = ordered_json::array();
-    for (size_t l = 0; l < load_sum.size(); ++l) {
-      const at::Tensor mean_load = (load_sum[l] / accumulation).to(at::kCPU, at::kDouble).contiguous();
+    for (size_t l = 0; l < router_sums.size() / 2; ++l) {
+      const at::Tensor mean_load = (router_sums[2 * l] / parts).to(at::kCPU, at::kDouble).contiguous();
       std::vector<std::vector<double>> groups;
       for (int64_t g = 0; g < mean_load.size(0); ++g) {
         const at::Tensor row = mean_load[g];
         groups.emplace_back(row.data_ptr<double>(), row.data_ptr<double>() + row.numel());
       }
       load.push_back(groups);
-      entropy.push_back(entropy_sum[l].item<double>() / accumulation);
+      entropy.push_back(router_sums[2 * l + 1].item<double>() / parts);
     }
     r.router = ordered_json{{"load", load}, {"entropy", entropy}};
   }
@@ -321,13 +349,13 @@ Trainer::StepResult Trainer::step(double lr, bool want_router_stats) {
 std::optional<double> Trainer::validation_loss() {
   const uint64_t windows = static_cast<uint64_t>(config_.eval.val_tokens / config_.data.seq_len);
   ValidationReader reader(val_stream_, static_cast<uint64_t>(config_.data.seq_len), windows,
-                          static_cast<uint64_t>(config_.eval.batch_size));
+                          static_cast<uint64_t>(config_.eval.batch_size), comm_->rank(), comm_->world());
   if (reader.total_windows() == 0) return std::nullopt;
   at::NoGradGuard no_grad;
   model_->eval();
   const int64_t L = config_.data.seq_len, V = config_.model.vocab_size;
   at::Tensor sum = at::zeros({}, at::TensorOptions().device(device_).dtype(at::kDouble));
-  int64_t count = 0;
+  at::Tensor count = at::zeros({}, sum.options());
   while (auto batch = reader.next()) {
     const int64_t rows = static_cast<int64_t>(batch->samples.size());
     const at::Tensor tokens = at::from_blob(batch->tokens.data(), {rows, L + 1}, at::kLong).to(device_, false, true);
@@ -336,19 +364,57 @@ std::optional<double> Trainer::validation_loss() {
     sum += at::cross_entropy_loss(logits.reshape({-1, V}).to(at::kFloat), tokens.slice(1, 1).reshape(-1), {},
                                   at::Reduction::Sum)
                .to(at::kDouble);
-    count += rows * L;
+    count += static_cast<double>(rows * L);
   }
   model_->train();
-  return sum.item<double>() / static_cast<double>(count);
+  comm_->all_reduce_sum({sum, count});
+  return sum.item<double>() / count.item<double>();
 }
 
-fs::path Trainer::save() {
+std::optional<fs::path> Trainer::save() {
   state_.clip = clipper_.state();
-  state_.cpu_rng = generator_state(at::kCPU);
-  if (device_.is_cuda()) state_.cuda_rng = generator_state(device_);
+  state_.cpu_rng = comm_->all_gather(generator_state(at::kCPU));
+  state_.cuda_rng = device_.is_cuda() ? comm_->all_gather(generator_state(device_)) : std::vector<std::string>{};
+  if (!comm_->main()) return std::nullopt;  // the replicas are identical: rank 0 writes
   std::vector<std::pair<std::string, at::Tensor>> weights;
   for (const auto& p : model_->named_parameters()) weights.emplace_back(p.key(), p.value());
   return save_checkpoint(run_dir_, state_, weights, optimizer_->state(), config_.train.checkpoint.keep);
+}
+
+void Trainer::check_replicas() {
+  std::string all;
+  for (const auto& p : model_->parameters()) {
+    const at::Tensor t = p.detach().to(at::kCPU).contiguous();
+    all += hex64(checksum64(t.data_ptr(), t.nbytes()));
+  }
+  const auto hashes = comm_->all_gather(hex64(checksum64(all.data(), all.size())));
+  for (size_t r = 1; r < hashes.size(); ++r)
+    if (hashes[r] != hashes[0])
+      throw std::runtime_error(fmt::format("step {}: the parameters of rank {} differ from rank 0's (hash {} vs {})",
+                                           state_.step, r, hashes[r], hashes[0]));
+  console_->log().debug("step {}: parameters identical on {} ranks ({})", state_.step, hashes.size(), hashes[0]);
+}
+
+// Rank 0 owns the run directory: it decides how the run starts (fresh, or from which checkpoint)
+// and hands the decision to the others through the store, followed by its parameters and
+// optimizer moments, so every replica starts identical and only rank 0 needs the run directory.
+void Trainer::synchronize_start(const std::optional<Checkpoint>& checkpoint) {
+  if (comm_->main()) {
+    comm_->publish("start", checkpoint ? trainer_state_json(state_) : std::string("fresh"));
+  } else {
+    const std::string start = comm_->receive("start");
+    if (start.rfind("error:", 0) == 0) throw UserError(start.substr(6));
+    if (start != "fresh") {
+      state_ = parse_trainer_state(start);
+      clipper_.restore(state_.clip);
+      restore_generators(state_, env_.rank, device_);
+    }
+  }
+  std::vector<at::Tensor> tensors;
+  for (const auto& p : model_->parameters()) tensors.push_back(p.detach());
+  for (const auto& [name, t] : optimizer_->state()) tensors.push_back(t);
+  comm_->broadcast(tensors);
+  optimizer_->set_steps(state_.step);
 }
 
 void Trainer::run() {
@@ -359,11 +425,12 @@ void Trainer::run() {
   // Everything that can be wrong with the input is checked before the run directory is touched.
   if (t.device == DeviceKind::cuda && !torch::cuda::is_available())
     throw UserError(fmt::format("{}: train.device is cuda, but no CUDA device is available", loaded_.origin("train.device")));
-  device_ = (t.device == DeviceKind::cuda || (t.device == DeviceKind::auto_ && torch::cuda::is_available()))
-                ? at::Device(at::kCUDA, 0)
-                : at::Device(at::kCPU);
+  const bool cuda = t.device == DeviceKind::cuda || (t.device == DeviceKind::auto_ && torch::cuda::is_available());
+  device_ = cuda ? at::Device(at::kCUDA, static_cast<c10::DeviceIndex>(env_.local_rank)) : at::Device(at::kCPU);
   bf16_ = t.precision == Precision::bf16;
-  at::set_num_threads(t.threads > 0 ? static_cast<int>(t.threads) : static_cast<int>(std::thread::hardware_concurrency()));
+  // 0 threads: this rank's share of the machine's cores.
+  const int cores = static_cast<int>(std::thread::hardware_concurrency());
+  at::set_num_threads(t.threads > 0 ? static_cast<int>(t.threads) : std::max(1, cores / env_.local_world));
 
   if (config_.data.dataset.empty()) throw UserError(fmt::format("{}: data.dataset is not set", loaded_.origin("data.dataset")));
   manifest_ = read_manifest(config_.data.dataset);
@@ -373,24 +440,38 @@ void Trainer::run() {
                                 manifest_.tokenizer.vocab_size));
   train_stream_ = std::make_shared<const TokenStream>(config_.data.dataset, manifest_, Split::train);
   val_stream_ = std::make_shared<const TokenStream>(config_.data.dataset, manifest_, Split::val);
-  log.info("verifying {} ({} shards)", config_.data.dataset, manifest_.train.shards.size() + manifest_.val.shards.size());
-  train_stream_->verify(at::get_num_threads());
-  val_stream_->verify(at::get_num_threads());
-  state_.dataset_id = dataset_id(manifest_);
-  state_.samples_per_epoch = samples_per_epoch(train_stream_->size(), static_cast<uint64_t>(config_.data.seq_len));
-
   global_batch_ = t.global_batch_tokens;
   total_steps_ = (t.tokens + global_batch_ - 1) / global_batch_;
   LoaderOptions lo;
   lo.seq_len = static_cast<uint64_t>(config_.data.seq_len);
   lo.global_batch = static_cast<uint64_t>(global_batch_ / config_.data.seq_len);
   lo.micro_batch = static_cast<uint64_t>(t.micro_batch_size);
+  lo.rank = env_.rank;
+  lo.world = env_.world;
   lo.seed = static_cast<uint64_t>(config_.data.seed);
-  loader_ = std::make_unique<TrainLoader>(train_stream_, lo);  // checks the shapes against the data
+  loader_ = std::make_unique<TrainLoader>(train_stream_, lo);  // checks the batch shape against data and ranks
 
-  std::optional<Checkpoint> checkpoint = prepare_run_dir();
+  comm_ = std::make_unique<Communicator>(env_, config_.dist.backend, device_, std::chrono::seconds(config_.dist.timeout_s),
+                                         config_.dist.bucket_mb << 20);
+  log.info("verifying {} ({} shards)", config_.data.dataset, manifest_.train.shards.size() + manifest_.val.shards.size());
+  const auto part = static_cast<size_t>(env_.rank), parts = static_cast<size_t>(env_.world);  // ranks share the reading
+  train_stream_->verify(at::get_num_threads(), part, parts);
+  val_stream_->verify(at::get_num_threads(), part, parts);
+  comm_->barrier();
+  state_.dataset_id = dataset_id(manifest_);
+  state_.samples_per_epoch = samples_per_epoch(train_stream_->size(), static_cast<uint64_t>(config_.data.seq_len));
 
-  // Model and optimizer: initialised from train.seed, or from the checkpoint.
+  std::optional<Checkpoint> checkpoint;
+  if (comm_->main()) {
+    try {
+      checkpoint = prepare_run_dir();
+    } catch (const UserError& e) {
+      comm_->publish("start", std::string("error:") + e.what());  // the other ranks stop with the same message
+      throw;
+    }
+  }
+
+  // Model and optimizer: initialised from train.seed, or from the checkpoint; rank 0's state wins.
   torch::manual_seed(static_cast<uint64_t>(t.seed));
   model_ = Decoder(config_.model);
   model_->to(device_);
@@ -400,9 +481,12 @@ void Trainer::run() {
   if (checkpoint) {
     restore(*checkpoint);
     log.info("resuming from {} (step {}, {} tokens)", checkpoint->dir.string(), state_.step, state_.tokens);
-    loader_ = std::make_unique<TrainLoader>(train_stream_, lo, state_.loader);
   }
-  MetricsLog metrics(run_dir_ / "metrics.jsonl", checkpoint ? std::optional<int64_t>(state_.step) : std::nullopt);
+  synchronize_start(checkpoint);
+  if (state_.step > 0) loader_ = std::make_unique<TrainLoader>(train_stream_, lo, state_.loader);
+  std::optional<MetricsLog> metrics;
+  if (comm_->main())
+    metrics.emplace(run_dir_ / "metrics.jsonl", checkpoint ? std::optional<int64_t>(state_.step) : std::nullopt);
   log_start(checkpoint.has_value());
 
   const auto started = std::chrono::steady_clock::now();
@@ -426,35 +510,40 @@ void Trainer::run() {
     if (r.skipped) {
       state_.skipped_steps += 1;
       state_.skipped_in_a_row += 1;
-      log.warn("step {}: non-finite {} ({}); update skipped ({} in a row)", state_.step,
-               std::isfinite(r.loss) ? "gradient norm" : "loss", std::isfinite(r.loss) ? r.grad_norm : r.loss,
-               state_.skipped_in_a_row);
+      if (comm_->main())
+        log.warn("step {}: non-finite {} ({}); update skipped ({} in a row)", state_.step,
+                 std::isfinite(r.loss) ? "gradient norm" : "loss", std::isfinite(r.loss) ? r.grad_norm : r.loss,
+                 state_.skipped_in_a_row);
     } else {
       state_.skipped_in_a_row = 0;
     }
     const double step_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - step_start).count();
     state_.elapsed_s = elapsed();
 
-    ordered_json line = {{"step", state_.step},
-                         {"tokens", state_.tokens},
-                         {"loss", r.loss},
-                         {"ce_loss", r.ce},
-                         {"aux_loss", r.aux},
-                         {"lr", lr},
-                         {"grad_norm", r.grad_norm},
-                         {"clip_scale", r.clip_scale},
-                         {"skipped", r.skipped},
-                         {"tokens_per_s", static_cast<double>(global_batch_) / step_seconds},
-                         {"elapsed_s", state_.elapsed_s}};
-    if (r.router) line["router"] = *r.router;
-    metrics.write(line);
+    if (metrics) {
+      ordered_json line = {{"step", state_.step},
+                           {"tokens", state_.tokens},
+                           {"loss", r.loss},
+                           {"ce_loss", r.ce},
+                           {"aux_loss", r.aux},
+                           {"lr", lr},
+                           {"grad_norm", r.grad_norm},
+                           {"clip_scale", r.clip_scale},
+                           {"skipped", r.skipped},
+                           {"tokens_per_s", static_cast<double>(global_batch_) / step_seconds},
+                           {"elapsed_s", state_.elapsed_s}};
+      if (r.router) line["router"] = *r.router;
+      metrics->write(line);
+    }
 
     if (state_.skipped_in_a_row >= t.max_skipped_steps) {
-      const auto last = load_latest_checkpoint(run_dir_, [](const std::string&) {});
+      const auto last = comm_->main() ? load_latest_checkpoint(run_dir_, [](const std::string&) {}) : std::nullopt;
       throw std::runtime_error(fmt::format(
           "{} non-finite steps in a row (through step {}): training diverged; the last good checkpoint is {}",
           state_.skipped_in_a_row, state_.step, last ? last->dir.string() : "none (no checkpoint was saved)"));
     }
+    if (config_.dist.check_replicas_every_steps > 0 && state_.step % config_.dist.check_replicas_every_steps == 0)
+      check_replicas();
 
     const double progress = static_cast<double>(state_.tokens) / static_cast<double>(t.tokens);
     if (log_step) {
@@ -467,31 +556,38 @@ void Trainer::run() {
       interval_start = state_.elapsed_s;
       interval_tokens = 0;
     }
-    console_->progress(progress, fmt::format("step {}/{}  loss {:.3f}", state_.step, total_steps_, r.loss));
+    if (comm_->main()) console_->progress(progress, fmt::format("step {}/{}  loss {:.3f}", state_.step, total_steps_, r.loss));
+
+    // Every rank must take the same decision to stop: the signal may have reached only some.
+    at::Tensor stop = at::full({1}, signals.received() ? 1.0 : 0.0, at::TensorOptions().device(device_));
+    comm_->all_reduce_sum({stop});
+    const bool stopping = stop.item<double>() > 0;
 
     const bool done = state_.tokens >= t.tokens;
     if (crossed(tokens_before, state_.tokens, config_.eval.every_tokens) || done) {
       if (const auto val = validation_loss()) {
-        metrics.write({{"step", state_.step}, {"tokens", state_.tokens}, {"val_loss", *val}, {"val_ppl", std::exp(*val)}});
+        if (metrics) metrics->write({{"step", state_.step}, {"tokens", state_.tokens}, {"val_loss", *val}, {"val_ppl", std::exp(*val)}});
         log.info("step {}: val loss {:.4f} (perplexity {:.2f})", state_.step, *val, std::exp(*val));
       } else {
         log.warn("no validation windows: the val split of {} is shorter than seq_len + 1", config_.data.dataset);
       }
     }
-    if (crossed(tokens_before, state_.tokens, t.checkpoint.every_tokens) || done || signals.received()) {
-      const fs::path saved = save();
-      log.info("saved {}", saved.string());
+    if (crossed(tokens_before, state_.tokens, t.checkpoint.every_tokens) || done || stopping) {
+      if (const auto saved = save()) log.info("saved {}", saved->string());
     }
-    if (signals.received() && !done) {
+    if (stopping && !done) {
       console_->clear_progress();
+      comm_->barrier();
       log.info("stopped by {} at step {}; continue with: gqe train {}{} --run-dir {}",
-               signals.received() == SIGINT ? "SIGINT" : "SIGTERM", state_.step, options_.config_file,
+               signals.received() == SIGINT ? "SIGINT" : signals.received() == SIGTERM ? "SIGTERM" : "a signal to another rank",
+               state_.step, options_.config_file,
                options_.overrides.empty() ? "" : " --set " + fmt::format("{}", fmt::join(options_.overrides, " --set ")),
                run_dir_.string());
       return;
     }
   }
   console_->clear_progress();
+  comm_->barrier();
   log.info("done: {} steps, {} tokens (budget {}) in {}, {} skipped steps", state_.step, state_.tokens, t.tokens,
            duration(state_.elapsed_s), state_.skipped_steps);
 }

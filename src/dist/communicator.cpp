@@ -1,0 +1,174 @@
+#include "dist/communicator.h"
+
+#include <ATen/ATen.h>
+#include <c10/core/impl/DeviceGuardImplInterface.h>
+#include <fmt/format.h>
+#include <torch/csrc/distributed/c10d/PrefixStore.hpp>
+#include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
+#include <torch/csrc/distributed/c10d/TCPStore.hpp>
+#ifdef USE_C10D_NCCL  // defined whenever the torch in use was built with NCCL (i.e. with CUDA)
+#include <torch/csrc/distributed/c10d/ProcessGroupNCCL.hpp>
+#endif
+
+#include <cstdlib>
+
+#include "common/error.h"
+
+namespace gqe {
+
+struct Communicator::Impl {
+  c10::intrusive_ptr<c10d::Store> store;
+  c10::intrusive_ptr<c10d::Backend> group;
+  std::string backend;
+  std::chrono::milliseconds timeout{0};
+};
+
+namespace {
+
+std::string first_line(const std::string& s) { return s.substr(0, s.find('\n')); }
+
+bool loopback(const std::string& addr) { return addr == "localhost" || addr.rfind("127.", 0) == 0; }
+
+}  // namespace
+
+Communicator::Communicator(const DistEnvironment& env, DistBackend backend, at::Device device, std::chrono::seconds timeout,
+                           int64_t bucket_bytes)
+    : env_(env), impl_(std::make_unique<Impl>()), bucket_bytes_(bucket_bytes) {
+  impl_->timeout = std::chrono::duration_cast<std::chrono::milliseconds>(timeout);
+  if (!env.distributed()) return;
+  const bool nccl = backend == DistBackend::nccl || (backend == DistBackend::auto_ && device.is_cuda());
+  if (nccl && !device.is_cuda())
+    throw UserError("dist.backend is nccl, but training runs on the CPU (use gloo or auto)");
+  try {
+    // Under torchrun the agent already serves the store at MASTER_PORT: every rank is a client,
+    // and keys are namespaced by restart attempt (as PyTorch's own rendezvous does).
+    const char* agent = std::getenv("TORCHELASTIC_USE_AGENT_STORE");
+    const bool agent_store = agent && std::string(agent) == "True";
+    c10d::TCPStoreOptions so;
+    so.port = static_cast<uint16_t>(env.master_port);
+    so.isServer = env.rank == 0 && !agent_store;
+    so.numWorkers = static_cast<size_t>(env.world);
+    so.waitWorkers = !agent_store;
+    so.timeout = impl_->timeout;
+    impl_->store = c10::make_intrusive<c10d::TCPStore>(env.master_addr, so);
+    if (agent_store) {
+      const char* attempt = std::getenv("TORCHELASTIC_RESTART_COUNT");
+      impl_->store = c10::make_intrusive<c10d::PrefixStore>(fmt::format("gqe/attempt_{}", attempt ? attempt : "0"), impl_->store);
+    }
+    if (nccl) {
+#ifdef USE_C10D_NCCL
+      c10::impl::getDeviceGuardImpl(c10::DeviceType::CUDA)->setDevice(device);
+      auto options = c10d::ProcessGroupNCCL::Options::create();
+      options->timeout = impl_->timeout;
+      impl_->group = c10::make_intrusive<c10d::ProcessGroupNCCL>(impl_->store, env.rank, env.world, options);
+      impl_->backend = "nccl";
+#else
+      throw UserError("dist.backend: this build of torch has no NCCL");
+#endif
+    } else {
+      auto options = c10d::ProcessGroupGloo::Options::create(impl_->timeout);
+      if (const char* ifname = std::getenv("GLOO_SOCKET_IFNAME"))
+        options->devices.push_back(c10d::ProcessGroupGloo::createDeviceForInterface(ifname));
+      else if (loopback(env.master_addr))
+        options->devices.push_back(c10d::ProcessGroupGloo::createDeviceForHostname("127.0.0.1"));
+      else
+        options->devices.push_back(c10d::ProcessGroupGloo::createDefaultDevice());
+      impl_->group = c10::make_intrusive<c10d::ProcessGroupGloo>(impl_->store, env.rank, env.world, options);
+      impl_->backend = "gloo";
+    }
+  } catch (const UserError&) {
+    throw;
+  } catch (const std::exception& e) {
+    throw std::runtime_error(fmt::format("rank {}: cannot join the job at {}:{} within {}s: {}", env.rank,
+                                         env.master_addr, env.master_port, timeout.count(), first_line(e.what())));
+  }
+}
+
+Communicator::~Communicator() = default;
+
+std::string Communicator::backend_name() const { return env_.distributed() ? impl_->backend : "none (one process)"; }
+
+namespace {
+
+template <class F> void guarded(int rank, const char* what, F&& f) {
+  try {
+    f();
+  } catch (const std::exception& e) {
+    throw std::runtime_error(fmt::format("rank {}: {} failed (another rank died or hangs?): {}", rank, what, first_line(e.what())));
+  }
+}
+
+}  // namespace
+
+void Communicator::all_reduce_sum(const std::vector<at::Tensor>& tensors) {
+  if (!env_.distributed() || tensors.empty()) return;
+  guarded(env_.rank, "all-reduce", [&] {
+    // Buckets of one dtype, filled in order.
+    size_t begin = 0;
+    while (begin < tensors.size()) {
+      size_t end = begin;
+      int64_t bytes = 0;
+      while (end < tensors.size() && tensors[end].scalar_type() == tensors[begin].scalar_type() &&
+             (end == begin || bytes + tensors[end].nbytes() <= static_cast<size_t>(bucket_bytes_)))
+        bytes += static_cast<int64_t>(tensors[end++].nbytes());
+      std::vector<at::Tensor> flat;
+      for (size_t i = begin; i < end; ++i) flat.push_back(tensors[i].reshape(-1));
+      std::vector<at::Tensor> bucket{at::cat(flat)};
+      c10d::AllreduceOptions options;
+      options.reduceOp = c10d::ReduceOp::SUM;  // Gloo has no AVG: callers divide
+      impl_->group->allreduce(bucket, options)->wait();
+      int64_t offset = 0;
+      for (size_t i = begin; i < end; ++i) {
+        const int64_t n = tensors[i].numel();
+        tensors[i].copy_(bucket[0].narrow(0, offset, n).view_as(tensors[i]));
+        offset += n;
+      }
+      begin = end;
+    }
+  });
+}
+
+void Communicator::broadcast(const std::vector<at::Tensor>& tensors) {
+  if (!env_.distributed()) return;
+  guarded(env_.rank, "broadcast", [&] {
+    for (const at::Tensor& t : tensors) {
+      std::vector<at::Tensor> one{t};
+      impl_->group->broadcast(one)->wait();
+    }
+  });
+}
+
+std::vector<std::string> Communicator::all_gather(const std::string& value) {
+  if (!env_.distributed()) return {value};
+  std::vector<std::string> out;
+  guarded(env_.rank, "all-gather", [&] {
+    const std::string prefix = fmt::format("gqe/gather/{}/", sequence_++);
+    impl_->store->set(prefix + std::to_string(env_.rank), std::vector<uint8_t>(value.begin(), value.end()));
+    for (int r = 0; r < env_.world; ++r) {
+      const auto bytes = impl_->store->get(prefix + std::to_string(r));
+      out.emplace_back(bytes.begin(), bytes.end());
+    }
+  });
+  return out;
+}
+
+void Communicator::publish(const std::string& key, const std::string& value) {
+  if (!env_.distributed()) return;
+  guarded(env_.rank, "publish", [&] { impl_->store->set("gqe/" + key, std::vector<uint8_t>(value.begin(), value.end())); });
+}
+
+std::string Communicator::receive(const std::string& key) {
+  std::string value;
+  guarded(env_.rank, "receive", [&] {
+    const auto bytes = impl_->store->get("gqe/" + key);
+    value.assign(bytes.begin(), bytes.end());
+  });
+  return value;
+}
+
+void Communicator::barrier() {
+  if (!env_.distributed()) return;
+  guarded(env_.rank, "barrier", [&] { impl_->group->barrier()->wait(); });
+}
+
+}  // namespace gqe

@@ -1,0 +1,53 @@
+// The data-parallel group (docs/distributed.md): a c10d TCPStore at MASTER_ADDR:MASTER_PORT and a
+// process group over it, NCCL when training on CUDA, Gloo on the CPU. With one process it is a
+// group of one and every collective is a no-op. Collective failures (a rank that died, or hangs
+// past the timeout) become errors naming this rank and the operation.
+#pragma once
+
+#include <chrono>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include <ATen/Tensor.h>
+
+#include "config/config.h"
+#include "dist/environment.h"
+
+namespace gqe {
+
+class Communicator {
+ public:
+  Communicator(const DistEnvironment& env, DistBackend backend, at::Device device, std::chrono::seconds timeout,
+               int64_t bucket_bytes = 25 << 20);
+  ~Communicator();
+  Communicator(const Communicator&) = delete;
+  Communicator& operator=(const Communicator&) = delete;
+
+  int rank() const { return env_.rank; }
+  int world() const { return env_.world; }
+  bool main() const { return env_.rank == 0; }
+  const DistEnvironment& environment() const { return env_; }
+  std::string backend_name() const;
+
+  // Each tensor summed over all ranks, in place; tensors are packed into buckets of about
+  // bucket_bytes, one collective per bucket.
+  void all_reduce_sum(const std::vector<at::Tensor>& tensors);
+  // Rank 0's values, in place on every rank.
+  void broadcast(const std::vector<at::Tensor>& tensors);
+  // Every rank's string, in rank order (through the store: for small control data).
+  std::vector<std::string> all_gather(const std::string& value);
+  // Rank 0 tells the others something (through the store); receive() waits for it.
+  void publish(const std::string& key, const std::string& value);
+  std::string receive(const std::string& key);
+  void barrier();
+
+ private:
+  struct Impl;
+  DistEnvironment env_;
+  std::unique_ptr<Impl> impl_;
+  int64_t bucket_bytes_;
+  int64_t sequence_ = 0;  // makes store keys of successive all_gathers distinct
+};
+
+}  // namespace gqe

@@ -1,0 +1,29 @@
+// Where this process stands in a distributed job, read from the environment the way the ecosystem
+// launches jobs: torchrun's variables (RANK, WORLD_SIZE, LOCAL_RANK, LOCAL_WORLD_SIZE, MASTER_ADDR,
+// MASTER_PORT), else SLURM's (SLURM_PROCID, SLURM_NTASKS, SLURM_LOCALID, SLURM_NTASKS_PER_NODE,
+// the first host of SLURM_JOB_NODELIST), else a single process. No torch.
+#pragma once
+
+#include <functional>
+#include <optional>
+#include <string>
+
+namespace gqe {
+
+struct DistEnvironment {
+  int rank = 0, world = 1;
+  int local_rank = 0, local_world = 1;
+  std::string master_addr = "127.0.0.1";
+  int master_port = 29500;
+  std::string source = "single process";  // "torchrun", "SLURM", ...
+  bool distributed() const { return world > 1; }
+};
+
+// `getenv` is injectable for tests. Throws UserError naming the variable for inconsistent values.
+DistEnvironment read_dist_environment(const std::function<std::optional<std::string>(const std::string&)>& getenv);
+DistEnvironment read_dist_environment();
+
+// The first host of a SLURM node list: "gpu-[03-05,9],cpu1" -> "gpu-03".
+std::string first_slurm_host(const std::string& nodelist);
+
+}  // namespace gqe

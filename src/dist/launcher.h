@@ -1,0 +1,18 @@
+// The built-in launcher for one node (`gqe train CONFIG --nproc N`): starts N copies of this
+// program as ranks 0..N-1 with torchrun's environment (RANK, WORLD_SIZE, LOCAL_RANK,
+// LOCAL_WORLD_SIZE, MASTER_ADDR=127.0.0.1 and a free MASTER_PORT), forwards SIGINT/SIGTERM to
+// them, and when one fails stops the others (SIGTERM, then SIGKILL after `grace`) and fails the
+// job with that rank's exit status. A rank whose launcher dies gets SIGTERM.
+#pragma once
+
+#include <chrono>
+#include <string>
+#include <vector>
+
+namespace gqe {
+
+// args: the command line to run in every rank (args[0] is ignored: this program runs). Returns
+// the job's exit status.
+int launch_local_ranks(int nproc, const std::vector<std::string>& args, std::chrono::seconds grace);
+
+}  // namespace gqe

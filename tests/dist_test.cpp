@@ -1,0 +1,239 @@
+// Data-parallel training with real processes over Gloo on 127.0.0.1: the environment, 1 vs N
+// processes, resume on another number of processes, torchrun, and ranks that die or hang.
+#include <gtest/gtest.h>
+
+#include <chrono>
+#include <csignal>
+#include <filesystem>
+#include <map>
+#include <sstream>
+#include <thread>
+
+#include <nlohmann/json.hpp>
+
+#include "common/error.h"
+#include "common/files.h"
+#include "dist/environment.h"
+#include "test_util.h"
+
+namespace gqe {
+namespace {
+
+namespace fs = std::filesystem;
+using test::run_command;
+
+DistEnvironment env_of(const std::map<std::string, std::string>& vars) {
+  return read_dist_environment([&](const std::string& name) -> std::optional<std::string> {
+    const auto it = vars.find(name);
+    return it == vars.end() ? std::nullopt : std::optional<std::string>(it->second);
+  });
+}
+
+TEST(DistEnvironment, ReadsTorchrunThenSlurmThenDefaultsToOneProcess) {
+  const DistEnvironment single = env_of({});
+  EXPECT_EQ(single.world, 1);
+  EXPECT_FALSE(single.distributed());
+  const DistEnvironment t = env_of({{"RANK", "5"}, {"WORLD_SIZE", "16"}, {"LOCAL_RANK", "1"}, {"LOCAL_WORLD_SIZE", "4"},
+                                    {"MASTER_ADDR", "10.0.0.7"}, {"MASTER_PORT", "29511"}, {"SLURM_PROCID", "9"}});
+  EXPECT_EQ(t.rank, 5);
+  EXPECT_EQ(t.world, 16);
+  EXPECT_EQ(t.local_rank, 1);
+  EXPECT_EQ(t.local_world, 4);
+  EXPECT_EQ(t.master_addr, "10.0.0.7");
+  EXPECT_EQ(t.master_port, 29511);
+  const DistEnvironment s = env_of({{"SLURM_PROCID", "6"}, {"SLURM_NTASKS", "8"}, {"SLURM_LOCALID", "2"},
+                                    {"SLURM_NTASKS_PER_NODE", "4(x2)"}, {"SLURM_JOB_NODELIST", "gpu-[07-08]"}});
+  EXPECT_EQ(s.rank, 6);
+  EXPECT_EQ(s.world, 8);
+  EXPECT_EQ(s.local_rank, 2);
+  EXPECT_EQ(s.local_world, 4);
+  EXPECT_EQ(s.master_addr, "gpu-07");
+  EXPECT_EQ(s.master_port, 29500);
+}
+
+TEST(DistEnvironment, InconsistentValuesAreOneLineErrors) {
+  EXPECT_EQ(test::user_error_of([] { env_of({{"RANK", "2"}, {"WORLD_SIZE", "2"}}); }),
+            "environment: rank 2 is not below the world size 2");
+  EXPECT_EQ(test::user_error_of([] { env_of({{"RANK", "0"}}); }), "environment: RANK and WORLD_SIZE must be set together");
+  EXPECT_EQ(test::user_error_of([] { env_of({{"RANK", "x"}, {"WORLD_SIZE", "2"}}); }),
+            "environment: RANK=x is not a non-negative integer");
+  EXPECT_EQ(test::user_error_of([] { env_of({{"RANK", "0"}, {"WORLD_SIZE", "2"}, {"MASTER_PORT", "70000"}}); }),
+            "environment: MASTER_PORT=70000 is not a port number");
+}
+
+TEST(DistEnvironment, FirstSlurmHost) {
+  EXPECT_EQ(first_slurm_host("node17"), "node17");
+  EXPECT_EQ(first_slurm_host("a1,b2"), "a1");
+  EXPECT_EQ(first_slurm_host("gpu-[003-005,9],cpu1"), "gpu-003");
+  EXPECT_EQ(first_slurm_host("x[4,6]"), "x4");
+  EXPECT_EQ(first_slurm_host("cpu1,gpu-[2-3]"), "cpu1");
+}
+
+std::vector<nlohmann::json> steps_of(const fs::path& run) {
+  std::vector<nlohmann::json> lines;
+  std::istringstream in(read_file(run / "metrics.jsonl"));
+  for (std::string line; std::getline(in, line);) {
+    auto j = nlohmann::json::parse(line);
+    j.erase("tokens_per_s");
+    j.erase("elapsed_s");
+    lines.push_back(j);
+  }
+  return lines;
+}
+
+std::string dumped(const std::vector<nlohmann::json>& lines) {
+  std::string s;
+  for (const auto& j : lines) s += j.dump() + "\n";
+  return s;
+}
+
+class Distributed : public testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    dir_ = new test::TempDir;
+    const std::string fixture = std::string(GQE_SOURCE_DIR) + "/tests/data/prose.txt";
+    const std::string tool = GQE_DATA_BINARY;
+    ASSERT_EQ(run_command(tool + " train-tokenizer " + fixture + " --doc-boundary blank-line --vocab-size 400 --out " +
+                          (dir_->path() / "tok").string()).status, 0);
+    ASSERT_EQ(run_command(tool + " encode " + fixture + " --doc-boundary blank-line --val-fraction 0.25 --quiet --tokenizer " +
+                          (dir_->path() / "tok.model").string() + " --out " + (dir_->path() / "ds").string()).status, 0);
+    // 8 sequences of 32 per step, micro-batches of 4: one process accumulates 2, two ranks take 1 each.
+    config_ = dir_->write("small.yaml", "inherit: " + std::string(GQE_SOURCE_DIR) + "/configs/tiny/gqe.yaml\n" + R"(
+model: {vocab_size: 400, d_model: 32, n_layers: 2, n_heads: 4, n_kv_heads: 2, head_dim: 8, ffn_hidden: 64}
+data: {dataset: )" + (dir_->path() / "ds").string() + R"(, seq_len: 32}
+train: {tokens: 5120, global_batch_tokens: 256, micro_batch_size: 4, threads: 1,
+        schedule: {warmup_tokens: 1024}, clip: {warmup_steps: 5}, checkpoint: {every_tokens: 1280}}
+eval: {every_tokens: 1280, val_tokens: 256, batch_size: 4}
+dist: {timeout_s: 5, check_replicas_every_steps: 1}
+)");
+  }
+  static void TearDownTestSuite() { delete dir_; }
+
+  std::string train(const std::string& run, const std::string& extra = "") const {
+    return std::string(GQE_BINARY) + " train " + config_ + " --run-dir " + path(run) + " " + extra;
+  }
+  std::string path(const std::string& name) const { return (runs_.path() / name).string(); }
+
+  static inline test::TempDir* dir_ = nullptr;
+  static inline std::string config_;
+  test::TempDir runs_;
+};
+
+TEST_F(Distributed, TwoProcessesTrainBitwiseLikeOne) {
+  // One process sums g0/2 + g1/2 over its two micro-batches; two ranks hold g0/2 and g1/2 and the
+  // all-reduce adds them: the same single addition, so the runs agree to the bit (halving is exact).
+  ASSERT_EQ(run_command(train("one")).status, 0);
+  const auto two = run_command(train("two", "--nproc 2"));
+  ASSERT_EQ(two.status, 0) << two.err << two.out;
+  EXPECT_NE(two.out.find("data parallel: 2 ranks (2 local) over gloo"), std::string::npos) << two.out;
+  const auto one_lines = steps_of(path("one")), two_lines = steps_of(path("two"));
+  ASSERT_EQ(one_lines.size(), 24u);  // 20 steps and 4 evaluations
+  EXPECT_EQ(dumped(two_lines), dumped(one_lines));
+}
+
+TEST_F(Distributed, FourProcessesAgreeWithinFloatingPointSummationOrder) {
+  // With four micro-batch gradients the all-reduce sums in another order than the accumulation in
+  // one process; fp32 sums of four terms differ by a few ulps, which Adam's normalised updates
+  // carry at about that relative size: 20 steps stay within 1e-4 of the loss.
+  ASSERT_EQ(run_command(train("one", "--set train.micro_batch_size=2")).status, 0);
+  const auto four = run_command(train("four", "--nproc 4 --set train.micro_batch_size=2"));
+  ASSERT_EQ(four.status, 0) << four.err;
+  const auto a = steps_of(path("one")), b = steps_of(path("four"));
+  ASSERT_EQ(a.size(), b.size());
+  for (size_t i = 0; i < a.size(); ++i) {
+    const char* key = a[i].contains("loss") ? "loss" : "val_loss";
+    EXPECT_NEAR(b[i][key].get<double>(), a[i][key].get<double>(), 1e-4 * a[i][key].get<double>()) << i;
+    EXPECT_EQ(b[i]["tokens"], a[i]["tokens"]);
+  }
+}
+
+TEST_F(Distributed, ARunContinuesExactlyOnAnotherNumberOfProcesses) {
+  const std::string budget = "--set train.tokens=51200";  // 200 steps
+  ASSERT_EQ(run_command(train("straight", budget)).status, 0);
+  const std::string expected = dumped(steps_of(path("straight")));
+  for (auto [first, then] : {std::pair<std::string, std::string>{"--nproc 2", ""}, {"", "--nproc 2"}}) {
+    SCOPED_TRACE("'" + first + "' then '" + then + "'");
+    const std::string run = first.empty() ? "one-then-two" : "two-then-one";
+    {  // stopped by SIGTERM (the launcher forwards it) once a checkpoint exists
+      test::Background job("exec " + train(run, first + " " + budget) + " >" + path(run + ".out") + " 2>&1");
+      const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+      while (!fs::exists(path(run) + "/checkpoints/latest") && std::chrono::steady_clock::now() < deadline)
+        std::this_thread::sleep_for(std::chrono::milliseconds(5));
+      job.signal(SIGTERM);
+      ASSERT_EQ(job.wait(), 0) << read_file(path(run + ".out"));
+    }
+    ASSERT_NE(read_file(path(run + ".out")).find("stopped by SIGTERM"), std::string::npos);
+    ASSERT_LT(steps_of(path(run)).size(), 200u);
+    const auto r = run_command(train(run, then + " " + budget));
+    ASSERT_EQ(r.status, 0) << r.err;
+    EXPECT_NE(r.out.find("resuming from"), std::string::npos);
+    EXPECT_EQ(dumped(steps_of(path(run))), expected);
+  }
+}
+
+TEST_F(Distributed, TorchrunLaunchesTheSameJob) {
+  const std::string torchrun = GQE_TORCHRUN;
+  if (torchrun.empty() || !fs::exists(torchrun)) GTEST_SKIP() << "torchrun is not installed next to the build's Python";
+  ASSERT_EQ(run_command(train("one")).status, 0);
+  const auto r = run_command(torchrun + " --nproc-per-node 2 --no-python " + train("torchrun"));
+  ASSERT_EQ(r.status, 0) << r.err;
+  EXPECT_EQ(r.err.find("failed to bind"), std::string::npos) << r.err;  // the agent's store is used, not fought
+  EXPECT_EQ(dumped(steps_of(path("torchrun"))), dumped(steps_of(path("one"))));
+}
+
+// Waits for the launcher's ranks to be running and returns their pids.
+std::vector<int> ranks_of(int launcher) {
+  std::vector<int> pids;
+  for (int i = 0; i < 2000 && pids.size() < 2; ++i) {
+    pids.clear();
+    std::istringstream in(run_command("pgrep -P " + std::to_string(launcher)).out);
+    for (int pid; in >> pid;) pids.push_back(pid);
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  return pids;
+}
+
+TEST_F(Distributed, ARankThatDiesFailsTheJobQuicklyWithItsName) {
+  test::Background job("exec " + train("killed", "--nproc 2 --set train.tokens=512000") + " >" + path("killed.out") + " 2>&1");
+  const auto pids = ranks_of(job.pid());
+  ASSERT_EQ(pids.size(), 2u);
+  while (!fs::exists(path("killed") + "/metrics.jsonl")) std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  const auto start = std::chrono::steady_clock::now();
+  ::kill(pids[1], SIGKILL);
+  const int status = job.wait();
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  EXPECT_NE(status, 0);
+  EXPECT_LT(seconds, 5.0 + 5.0);  // dist.timeout_s, then the launcher's grace
+  const std::string out = read_file(path("killed.out"));
+  EXPECT_NE(out.find("gqe: rank 1 (pid " + std::to_string(pids[1]) + ") was killed by signal 9"), std::string::npos) << out;
+}
+
+TEST_F(Distributed, ARankThatHangsFailsTheJobWithinTheTimeout) {
+  test::Background job("exec " + train("hung", "--nproc 2 --set train.tokens=512000") + " >" + path("hung.out") + " 2>&1");
+  const auto pids = ranks_of(job.pid());
+  ASSERT_EQ(pids.size(), 2u);
+  while (!fs::exists(path("hung") + "/metrics.jsonl")) std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  const auto start = std::chrono::steady_clock::now();
+  ::kill(pids[1], SIGSTOP);
+  const int status = job.wait();
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  EXPECT_EQ(status, 1);
+  EXPECT_LT(seconds, 5.0 + 5.0 + 5.0);
+  const std::string out = read_file(path("hung.out"));
+  EXPECT_NE(out.find("rank 0: all-reduce failed"), std::string::npos) << out;
+  EXPECT_NE(out.find("gqe: rank 0 (pid " + std::to_string(pids[0]) + ") exited with status 1; stopping the other 1 rank(s)"),
+            std::string::npos) << out;
+}
+
+TEST_F(Distributed, ShapesThatDoNotSplitOverTheRanksAreRefused) {
+  const auto r = run_command(train("x", "--nproc 3"));
+  EXPECT_EQ(r.status, 2);
+  EXPECT_NE(r.err.find("a global batch of 8 sequences does not split into 3 ranks x micro-batches of 4"), std::string::npos) << r.err;
+  const auto nested = run_command("RANK=0 WORLD_SIZE=1 " + train("y", "--nproc 2"));
+  EXPECT_EQ(nested.status, 2);
+  EXPECT_EQ(nested.err, "gqe: --nproc: this process is already a rank of a launched job (RANK is set); drop --nproc\n");
+  EXPECT_FALSE(fs::exists(path("x")));
+}
+
+}  // namespace
+}  // namespace gqe
