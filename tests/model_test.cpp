@@ -91,6 +91,28 @@ TEST(Decoder, EachSequenceIsComputedIndependentlyOfItsBatch) {
   }
 }
 
+TEST(Decoder, KVCacheDecodingMatchesTheFullForward) {
+  for (const ModelConfig& c : every_kind()) {
+    SCOPED_TRACE(describe(c));
+    torch::manual_seed(31);
+    Decoder model(c);
+    test::randomize(*model);
+    torch::NoGradGuard no_grad;
+    const at::Tensor tokens = at::randint(c.vocab_size, {2, 12});
+    const at::Tensor full = model->forward(tokens).logits;
+    KVCache cache(c, 2, 16, at::TensorOptions().dtype(at::kFloat));
+    // A prompt, then a chunk of 3 (queries continuing a cached prefix), then one token at a time.
+    std::vector<std::pair<int64_t, int64_t>> pieces{{0, 5}, {5, 8}};
+    for (int64_t t = 8; t < 12; ++t) pieces.emplace_back(t, t + 1);
+    for (auto [from, to] : pieces) {
+      const at::Tensor logits = model->forward(tokens.slice(1, from, to), &cache).logits;
+      EXPECT_EQ(cache.length, to);
+      EXPECT_LE((logits - full.slice(1, from, to)).abs().max().item<double>(), 1e-5) << from << ".." << to;
+    }
+    EXPECT_THROW(model->forward(tokens.slice(1, 0, 5), &cache), std::invalid_argument);  // 12 + 5 > 16
+  }
+}
+
 TEST(Decoder, ParameterNamesAreHuggingFaceLlamaNames) {
   auto names = [](const ModelConfig& c) {
     std::set<std::string> out;

@@ -8,10 +8,16 @@
 namespace gqe {
 namespace {
 
-// Causal fused attention. q: [B, Hq, T, dh], k/v: [B, Hkv, T, dh] with Hq a multiple of Hkv; query
-// head h reads KV head h / (Hq / Hkv), without materialising the repeated K/V.
+// Causal fused attention. q: [B, Hq, Tq, dh] for the last Tq of the Tk positions of k/v:
+// [B, Hkv, Tk, dh], Hq a multiple of Hkv; query head h reads KV head h / (Hq / Hkv), without
+// materialising the repeated K/V.
 at::Tensor causal_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v) {
-  return at::scaled_dot_product_attention(q, k, v, /*attn_mask=*/{}, /*dropout_p=*/0.0, /*is_causal=*/true,
+  const int64_t tq = q.size(2), tk = k.size(2);
+  std::optional<at::Tensor> mask;
+  if (tq != tk && tq > 1)  // queries continue a cached prefix: causal, aligned at the end
+    mask = at::arange(tk, q.options().dtype(at::kLong)).unsqueeze(0) <=
+           at::arange(tk - tq, tk, q.options().dtype(at::kLong)).unsqueeze(1);
+  return at::scaled_dot_product_attention(q, k, v, mask, /*dropout_p=*/0.0, /*is_causal=*/tq == tk && tq > 1,
                                           /*scale=*/std::nullopt, /*enable_gqa=*/q.size(1) != k.size(1));
 }
 
@@ -35,10 +41,16 @@ AttentionImpl::AttentionImpl(const ModelConfig& c)
   }
 }
 
-AttentionOutput AttentionImpl::forward(const at::Tensor& x, const RotaryTables& rope) {
+AttentionOutput AttentionImpl::forward(const at::Tensor& x, const RotaryTables& rope, LayerKV* cache, int64_t start) {
   const int64_t B = x.size(0), T = x.size(1);
-  const at::Tensor k = apply_rotary(k_proj(x).view({B, T, n_kv_heads_, head_dim_}).transpose(1, 2), rope);
-  const at::Tensor v = v_proj(x).view({B, T, n_kv_heads_, head_dim_}).transpose(1, 2);
+  at::Tensor k = apply_rotary(k_proj(x).view({B, T, n_kv_heads_, head_dim_}).transpose(1, 2), rope);
+  at::Tensor v = v_proj(x).view({B, T, n_kv_heads_, head_dim_}).transpose(1, 2);
+  if (cache) {
+    cache->k.narrow(2, start, T).copy_(k);
+    cache->v.narrow(2, start, T).copy_(v);
+    k = cache->k.narrow(2, 0, start + T);
+    v = cache->v.narrow(2, 0, start + T);
+  }
   AttentionOutput out;
   if (attn_.type == AttentionType::gqa) {
     const at::Tensor q = apply_rotary(q_proj(x).view({B, T, n_heads_, head_dim_}).transpose(1, 2), rope);

@@ -19,10 +19,19 @@ struct AttentionOutput {
   at::Tensor entropy;  // GQE: mean router entropy in nats (no grad)
 };
 
+// One layer's part of a KV cache: post-RoPE keys and values, [B, G, capacity, head_dim], of the
+// positions decoded so far. GQE needs nothing more: its shared head reads the mean of these.
+struct LayerKV {
+  at::Tensor k, v;
+};
+
 class AttentionImpl : public torch::nn::Module {
  public:
   explicit AttentionImpl(const ModelConfig& config);
-  AttentionOutput forward(const at::Tensor& x, const RotaryTables& rope);
+  // x: [B, T, d] at positions start..start+T-1 (the positions of `rope`). With a cache, this
+  // step's keys and values are stored at those positions and the queries attend to all of
+  // [0, start + T); without one, start must be 0.
+  AttentionOutput forward(const at::Tensor& x, const RotaryTables& rope, LayerKV* cache = nullptr, int64_t start = 0);
 
   // Number of head-sized slots o_proj reads: N (GQA); k*G, +2 for the `gqe` variant.
   static int64_t output_slots(const ModelConfig& config);

@@ -14,8 +14,9 @@ DecoderLayerImpl::DecoderLayerImpl(const ModelConfig& c) {
   mlp = register_module("mlp", SwiGLU(c.d_model, c.ffn_hidden));
 }
 
-at::Tensor DecoderLayerImpl::forward(const at::Tensor& h, const RotaryTables& rope, AttentionOutput& attn) {
-  attn = self_attn(input_layernorm(h), rope);
+at::Tensor DecoderLayerImpl::forward(const at::Tensor& h, const RotaryTables& rope, AttentionOutput& attn, LayerKV* cache,
+                                     int64_t start) {
+  attn = self_attn->forward(input_layernorm(h), rope, cache, start);
   const at::Tensor mid = h + attn.y;
   return mid + mlp(post_attention_layernorm(mid));
 }
@@ -58,20 +59,31 @@ void DecoderImpl::reset_parameters() {
   model->norm->weight.fill_(1.0);
 }
 
-DecoderOutput DecoderImpl::forward(const at::Tensor& tokens) {
-  const int64_t T = tokens.size(1);
-  const RotaryTables rope = rotary_tables(0, T, config_.head_dim, config_.rope_theta, tokens.device());
+KVCache::KVCache(const ModelConfig& c, int64_t batch, int64_t size, at::TensorOptions options) : capacity(size) {
+  for (int64_t l = 0; l < c.n_layers; ++l)
+    layers.push_back({at::zeros({batch, c.n_kv_heads, size, c.head_dim}, options),
+                      at::zeros({batch, c.n_kv_heads, size, c.head_dim}, options)});
+}
+
+DecoderOutput DecoderImpl::forward(const at::Tensor& tokens, KVCache* cache) {
+  const int64_t T = tokens.size(1), start = cache ? cache->length : 0;
+  if (cache && start + T > cache->capacity)
+    throw std::invalid_argument("KV cache full: " + std::to_string(start + T) + " positions, room for " +
+                                std::to_string(cache->capacity));
+  const RotaryTables rope = rotary_tables(start, T, config_.head_dim, config_.rope_theta, tokens.device());
   DecoderOutput out;
   at::Tensor h = model->embed_tokens(tokens);
   std::vector<at::Tensor> aux;
+  size_t index = 0;
   for (const auto& module : *model->layers) {
     AttentionOutput attn;
-    h = module->as<DecoderLayer>()->forward(h, rope, attn);
+    h = module->as<DecoderLayer>()->forward(h, rope, attn, cache ? &cache->layers[index++] : nullptr, start);
     if (attn.aux.defined()) {
       aux.push_back(attn.aux);
       out.router.push_back({attn.load, attn.entropy});
     }
   }
+  if (cache) cache->length += T;
   h = model->norm(h);
   out.logits = lm_head ? lm_head(h) : at::linear(h, model->embed_tokens->weight);
   out.aux_loss = aux.empty() ? at::zeros({}, h.options().dtype(at::kFloat)) : at::stack(aux).sum();

@@ -20,6 +20,14 @@ struct RouterStats {
   at::Tensor entropy;  // mean router entropy, nats
 };
 
+// Keys and values of the positions decoded so far, for each layer (see LayerKV).
+struct KVCache {
+  KVCache(const ModelConfig& config, int64_t batch, int64_t capacity, at::TensorOptions options);
+  std::vector<LayerKV> layers;
+  int64_t length = 0;    // positions held
+  int64_t capacity = 0;
+};
+
 struct DecoderOutput {
   at::Tensor logits;                 // [B, T, vocab]
   at::Tensor aux_loss;               // sum over GQE layers of the load-balancing loss (0 for GQA), unscaled
@@ -30,7 +38,8 @@ class DecoderLayerImpl : public torch::nn::Module {
  public:
   explicit DecoderLayerImpl(const ModelConfig& config);
   // Returns the new residual stream; fills `attn` with the attention's aux outputs.
-  at::Tensor forward(const at::Tensor& h, const RotaryTables& rope, AttentionOutput& attn);
+  at::Tensor forward(const at::Tensor& h, const RotaryTables& rope, AttentionOutput& attn, LayerKV* cache = nullptr,
+                     int64_t start = 0);
 
   RMSNorm input_layernorm{nullptr};
   Attention self_attn{nullptr};
@@ -55,8 +64,9 @@ class DecoderImpl : public torch::nn::Module {
   // Parameters are initialised from torch's global generator (seed it first for reproducibility).
   explicit DecoderImpl(const ModelConfig& config);
 
-  // tokens: [B, T] int64. Positions start at 0.
-  DecoderOutput forward(const at::Tensor& tokens);
+  // tokens: [B, T] int64 at positions 0..T-1; with a cache, at positions cache->length.. (the
+  // cache then holds them too: prefill with the prompt, then one token at a time).
+  DecoderOutput forward(const at::Tensor& tokens, KVCache* cache = nullptr);
 
   // normal(0, init_std) for matrices, init_std / sqrt(2 n_layers) for the two projections that
   // write into the residual stream (o_proj, down_proj), ones for norms, router per config.
