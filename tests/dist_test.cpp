@@ -69,15 +69,10 @@ TEST(DistEnvironment, FirstSlurmHost) {
   EXPECT_EQ(first_slurm_host("cpu1,gpu-[2-3]"), "cpu1");
 }
 
+// The lines without wall-clock fields.
 std::vector<nlohmann::json> steps_of(const fs::path& run) {
-  std::vector<nlohmann::json> lines;
-  std::istringstream in(read_file(run / "metrics.jsonl"));
-  for (std::string line; std::getline(in, line);) {
-    auto j = nlohmann::json::parse(line);
-    j.erase("tokens_per_s");
-    j.erase("elapsed_s");
-    lines.push_back(j);
-  }
+  std::vector<nlohmann::json> lines = test::metrics_of(run);
+  for (auto& j : lines) j.erase("tokens_per_s"), j.erase("elapsed_s");
   return lines;
 }
 
@@ -91,12 +86,7 @@ class Distributed : public testing::Test {
  protected:
   static void SetUpTestSuite() {
     dir_ = new test::TempDir;
-    const std::string fixture = std::string(GQE_SOURCE_DIR) + "/tests/data/prose.txt";
-    const std::string tool = GQE_DATA_BINARY;
-    ASSERT_EQ(run_command(tool + " train-tokenizer " + fixture + " --doc-boundary blank-line --vocab-size 400 --out " +
-                          (dir_->path() / "tok").string()).status, 0);
-    ASSERT_EQ(run_command(tool + " encode " + fixture + " --doc-boundary blank-line --val-fraction 0.25 --quiet --tokenizer " +
-                          (dir_->path() / "tok.model").string() + " --out " + (dir_->path() / "ds").string()).status, 0);
+    test::make_fixture_dataset(dir_->path());
     // 8 sequences of 32 per step, micro-batches of 4: one process accumulates 2, two ranks take 1 each.
     config_ = dir_->write("small.yaml", "inherit: " + std::string(GQE_SOURCE_DIR) + "/configs/tiny/gqe.yaml\n" + R"(
 model: {vocab_size: 400, d_model: 32, n_layers: 2, n_heads: 4, n_kv_heads: 2, head_dim: 8, ffn_hidden: 64}

@@ -12,7 +12,11 @@
 #include <filesystem>
 #include <fstream>
 #include <functional>
+#include <sstream>
 #include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
 
 #include "common/error.h"
 #include "common/files.h"
@@ -74,6 +78,28 @@ inline RunResult run_command(const std::string& command) {
   r.err = read_file(err);
   return r;
 }
+
+// Every line of a run's metrics.jsonl.
+inline std::vector<nlohmann::json> metrics_of(const std::filesystem::path& run) {
+  std::vector<nlohmann::json> lines;
+  std::istringstream in(read_file(run / "metrics.jsonl"));
+  for (std::string line; std::getline(in, line);) lines.push_back(nlohmann::json::parse(line));
+  return lines;
+}
+
+#ifdef GQE_DATA_BINARY
+// The hand-written prose fixture as a dataset in dir/ds (val 25% of its paragraphs), with a
+// 400-piece tokenizer dir/tok.model, made by the real gqe-data.
+inline void make_fixture_dataset(const std::filesystem::path& dir) {
+  const std::string tool = GQE_DATA_BINARY, prose = std::string(GQE_SOURCE_DIR) + "/tests/data/prose.txt";
+  const auto tok = run_command(tool + " train-tokenizer " + prose + " --doc-boundary blank-line --vocab-size 400 --out " +
+                               (dir / "tok").string());
+  ASSERT_EQ(tok.status, 0) << tok.err;
+  const auto enc = run_command(tool + " encode " + prose + " --doc-boundary blank-line --val-fraction 0.25 --quiet --tokenizer " +
+                               (dir / "tok.model").string() + " --out " + (dir / "ds").string());
+  ASSERT_EQ(enc.status, 0) << enc.err;
+}
+#endif
 
 // A command started in the background (through /bin/sh), to signal and wait for.
 class Background {

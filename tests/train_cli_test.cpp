@@ -25,12 +25,7 @@ using test::run_command;
 
 std::string gqe(const std::string& args) { return std::string(GQE_BINARY) + " " + args; }
 
-std::vector<nlohmann::json> metrics_of(const fs::path& run) {
-  std::vector<nlohmann::json> lines;
-  std::istringstream in(read_file(run / "metrics.jsonl"));
-  for (std::string line; std::getline(in, line);) lines.push_back(nlohmann::json::parse(line));
-  return lines;
-}
+using test::metrics_of;
 
 // The lines without wall-clock fields: what an exact resume must reproduce bit for bit.
 std::vector<std::string> deterministic(const fs::path& run) {
@@ -62,14 +57,7 @@ class Train : public testing::Test {
  protected:
   static void SetUpTestSuite() {
     dir_ = new test::TempDir;
-    const std::string fixture = std::string(GQE_SOURCE_DIR) + "/tests/data/prose.txt";
-    const std::string tool = GQE_DATA_BINARY;
-    const auto tok = run_command(tool + " train-tokenizer " + fixture + " --doc-boundary blank-line --vocab-size 400 --out " +
-                                 (dir_->path() / "tok").string());
-    ASSERT_EQ(tok.status, 0) << tok.err;
-    const auto enc = run_command(tool + " encode " + fixture + " --doc-boundary blank-line --val-fraction 0.25 --quiet --tokenizer " +
-                                 (dir_->path() / "tok.model").string() + " --out " + (dir_->path() / "ds").string());
-    ASSERT_EQ(enc.status, 0) << enc.err;
+    test::make_fixture_dataset(dir_->path());
     config_ = dir_->write("small.yaml", R"(
 model:
   vocab_size: 400

@@ -18,6 +18,7 @@
 #include "data/encode.h"
 #include "data/shard.h"
 #include "data/tokenizer.h"
+#include "eval/tasks.h"
 
 namespace fs = std::filesystem;
 
@@ -256,11 +257,50 @@ void add_decode(CLI::App& app) {
   });
 }
 
+void add_encode_eval(CLI::App& app) {
+  struct Options {
+    std::string task, input, labels, tokenizer, dataset, out;
+  };
+  auto o = std::make_shared<Options>();
+  CLI::App* cmd = app.add_subcommand("encode-eval", "Tokenize a zero-shot task (HellaSwag, ARC-Easy, PIQA) into an eval set");
+  cmd->add_option("--task", o->task, "hellaswag, arc_easy or piqa")->required()->check(CLI::IsMember({"hellaswag", "arc_easy", "piqa"}));
+  cmd->add_option("--input", o->input, "The task's JSON Lines file (optionally .gz)")->required();
+  cmd->add_option("--labels", o->labels, "PIQA: the separate labels file (one 0/1 per line)");
+  auto* tok = cmd->add_option("--tokenizer", o->tokenizer, "sentencepiece .model file");
+  auto* ds = cmd->add_option("--dataset", o->dataset, "Use the tokenizer of this dataset (the run's data.dataset)");
+  tok->excludes(ds);
+  cmd->add_option("--out", o->out, "Eval set file to write")->required();
+  cmd->footer(
+      "Examples:\n"
+      "  gqe-data encode-eval --task hellaswag --input hellaswag_val.jsonl --dataset data/sample/shards --out data/eval/hellaswag.jsonl\n"
+      "  gqe-data encode-eval --task piqa --input valid.jsonl --labels valid-labels.lst --dataset data/sample/shards --out data/eval/piqa.jsonl");
+  cmd->callback([o] {
+    std::string model = o->tokenizer;
+    if (model.empty()) {
+      if (o->dataset.empty()) throw UserError("encode-eval: give --tokenizer MODEL or --dataset DIR");
+      model = (fs::path(o->dataset) / read_manifest(o->dataset).tokenizer.file).string();
+    }
+    const EvalTask task = *parse_eval_task(o->task);
+    const auto items = read_eval_items(task, o->input, o->labels);
+    const EvalSet set = tokenize_eval_items(task, items, Tokenizer(model));
+    write_eval_set(o->out, set);
+    size_t context = 0, continuation = 0, choices = 0;
+    for (const auto& item : set.items) {
+      context += item.context.size();
+      for (const auto& c : item.continuations) continuation += c.size(), ++choices;
+    }
+    fmt::print("wrote {}: {} {} items, {:.1f} context tokens and {:.1f} tokens per choice on average\n", o->out,
+               set.items.size(), o->task, static_cast<double>(context) / static_cast<double>(set.items.size()),
+               static_cast<double>(continuation) / static_cast<double>(choices));
+  });
+}
+
 }  // namespace
 
 void add_data_commands(CLI::App& app, int argc, char** argv) {
   add_train_tokenizer(app);
   add_encode(app, argc, argv);
+  add_encode_eval(app);
   add_inspect(app);
   add_decode(app);
 }

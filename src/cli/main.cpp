@@ -9,6 +9,8 @@ int main(int argc, char** argv) {
   app.footer(
       "Examples:\n"
       "  gqe train configs/tiny/gqe.yaml\n"
+      "  gqe eval runs/gqe --val --tasks hellaswag=data/eval/hellaswag.jsonl\n"
+      "  gqe sample runs/gqe --prompt \"It was\" --temperature 0\n"
       "  gqe info configs/gqe-250m.yaml\n"
       "  gqe info configs/tiny/gqe.yaml --set model.attention.top_k=2\n"
       "  gqe data encode data/sample/*.jsonl --tokenizer data/sample/tokenizer.model --out data/sample/shards\n"
@@ -16,6 +18,7 @@ int main(int argc, char** argv) {
       "Run 'gqe COMMAND --help' for a command's options.");
   app.require_subcommand(1);
   gqe::add_train_command(app, argc, argv);
+  gqe::add_eval_commands(app, argc, argv);
   gqe::add_info_command(app);
   gqe::add_export_command(app);
   gqe::add_data_forwarding(app);

@@ -3,36 +3,16 @@
 #include <CLI/CLI.hpp>
 
 #include <chrono>
-#include <cstdlib>
 #include <memory>
 #include <string>
 
 #include "cli/commands.h"
 #include "common/error.h"
 #include "config/config_loader.h"
-#include "dist/launcher.h"
+#include "cli/nproc.h"
 #include "train/trainer.h"
 
 namespace gqe {
-namespace {
-
-// The command line without --nproc, for the ranks the launcher starts.
-std::vector<std::string> without_nproc(int argc, char** argv) {
-  std::vector<std::string> args;
-  for (int i = 0; i < argc; ++i) {
-    const std::string a = argv[i];
-    if (a == "--nproc") {
-      ++i;
-      continue;
-    }
-    if (a.rfind("--nproc=", 0) == 0) continue;
-    args.push_back(a);
-  }
-  return args;
-}
-
-}  // namespace
-
 void add_train_command(CLI::App& app, int argc, char** argv) {
   auto o = std::make_shared<TrainOptions>();
   auto run_dir = std::make_shared<std::string>();
@@ -46,9 +26,7 @@ void add_train_command(CLI::App& app, int argc, char** argv) {
                   "auto: continue from the newest complete checkpoint of the run directory, if any; never: refuse "
                   "an existing run; or a checkpoint directory")
       ->capture_default_str();
-  cmd->add_option("--nproc", *nproc, "Data-parallel processes on this machine (one per GPU on CUDA)")
-      ->check(CLI::Range(1, 1024))
-      ->capture_default_str();
+  add_nproc_option(cmd, *nproc);
   cmd->footer(
       "Examples:\n"
       "  gqe train configs/tiny/gqe.yaml\n"
@@ -60,15 +38,7 @@ void add_train_command(CLI::App& app, int argc, char** argv) {
   cmd->callback([o, run_dir, nproc, argc, argv] {
     o->run_dir = *run_dir;
     const LoadedConfig config = load_config(o->config_file, o->overrides);  // bad input fails before any rank starts
-    if (*nproc > 1) {
-      if (std::getenv("RANK"))
-        throw UserError("--nproc: this process is already a rank of a launched job (RANK is set); drop --nproc");
-      const int status =
-          launch_local_ranks(*nproc, without_nproc(argc, argv), std::chrono::seconds(config.config.dist.timeout_s));
-      if (status != 0) std::exit(status);  // the failing rank said why
-      return;
-    }
-    train(config, *o);
+    if (!launch_if_requested(*nproc, argc, argv, std::chrono::seconds(config.config.dist.timeout_s))) train(config, *o);
   });
 }
 

@@ -204,7 +204,7 @@ struct EvalConfig {
   int64_t every_tokens = 500'000'000;  // validation loss interval; 0 = only at the end
   int64_t val_tokens = 10'485'760;     // validation tokens per evaluation
   int64_t batch_size = 16;             // sequences per forward pass
-  std::map<std::string, std::string> tasks;  // zero-shot task name -> tokenized eval file
+  std::map<std::string, std::string> tasks;  // zero-shot task name -> eval set (gqe-data encode-eval)
 
   template <class F> void fields(F& f) {
     f("every_tokens", every_tokens);

@@ -31,6 +31,14 @@ bool loopback(const std::string& addr) { return addr == "localhost" || addr.rfin
 
 }  // namespace
 
+at::Device rank_device(DeviceKind kind, const DistEnvironment& env, const std::string& origin) {
+  const bool available = at::hasCUDA() && at::getNumGPUs() > 0;
+  if (kind == DeviceKind::cuda && !available)
+    throw UserError(fmt::format("{}: train.device is cuda, but no CUDA device is available", origin));
+  if (kind == DeviceKind::cpu || !available) return at::Device(at::kCPU);
+  return at::Device(at::kCUDA, static_cast<c10::DeviceIndex>(env.local_rank));
+}
+
 Communicator::Communicator(const DistEnvironment& env, DistBackend backend, at::Device device, std::chrono::seconds timeout,
                            int64_t bucket_bytes)
     : env_(env), impl_(std::make_unique<Impl>()), bucket_bytes_(bucket_bytes) {

@@ -16,6 +16,10 @@
 
 namespace gqe {
 
+// The device of this rank: GPU LOCAL_RANK when running on CUDA (train.device cuda, or auto with a
+// GPU present), else the CPU. Throws UserError for cuda without a GPU; `origin` names the file.
+at::Device rank_device(DeviceKind kind, const DistEnvironment& env, const std::string& origin);
+
 class Communicator {
  public:
   Communicator(const DistEnvironment& env, DistBackend backend, at::Device device, std::chrono::seconds timeout,

@@ -50,8 +50,12 @@ TrainerState parse_state(const nlohmann::json& j) {
   s.skipped_steps = j.at("skipped_steps").get<int64_t>();
   s.skipped_in_a_row = j.at("skipped_in_a_row").get<int64_t>();
   s.elapsed_s = j.at("elapsed_s").get<double>();
-  s.cpu_rng = j.at("rng").at("cpu").get<std::vector<std::string>>();
-  s.cuda_rng = j.at("rng").at("cuda").get<std::vector<std::string>>();
+  // One generator state per rank; a single string is one rank's (as the first version wrote it).
+  for (auto [key, out] : {std::pair{"cpu", &s.cpu_rng}, std::pair{"cuda", &s.cuda_rng}}) {
+    const auto& v = j.at("rng").at(key);
+    *out = v.is_string() ? (v.get<std::string>().empty() ? std::vector<std::string>{} : std::vector<std::string>{v.get<std::string>()})
+                         : v.get<std::vector<std::string>>();
+  }
   return s;
 }
 
@@ -73,6 +77,17 @@ std::vector<std::pair<int64_t, fs::path>> checkpoint_dirs(const fs::path& run_di
 }
 
 }  // namespace
+
+void load_model_weights(torch::nn::Module& model, const std::map<std::string, at::Tensor>& weights, const std::string& where) {
+  at::NoGradGuard no_grad;
+  for (auto& p : model.named_parameters()) {
+    const auto it = weights.find(p.key());
+    if (it == weights.end()) throw UserError(fmt::format("{}: model.safetensors lacks {}", where, p.key()));
+    if (it->second.sizes() != p.value().sizes())
+      throw UserError(fmt::format("{}: {} has another shape than the model of the config", where, p.key()));
+    p.value().copy_(it->second);
+  }
+}
 
 std::string trainer_state_json(const TrainerState& state) { return state_json(state).dump(); }
 TrainerState parse_trainer_state(const std::string& json) { return parse_state(nlohmann::json::parse(json)); }

@@ -14,6 +14,7 @@
 #include <vector>
 
 #include <ATen/Tensor.h>
+#include <torch/nn/module.h>
 
 #include "data/loader.h"
 #include "train/clipping.h"
@@ -51,6 +52,10 @@ Checkpoint load_checkpoint(const std::filesystem::path& dir);
 // skipped. Nothing if the run has no usable checkpoint.
 std::optional<Checkpoint> load_latest_checkpoint(const std::filesystem::path& run_dir,
                                                  const std::function<void(const std::string&)>& warn);
+
+// Copies checkpoint weights into the model, every parameter by its name; throws UserError naming a
+// missing or misshapen one (`where`: the checkpoint).
+void load_model_weights(torch::nn::Module& model, const std::map<std::string, at::Tensor>& weights, const std::string& where);
 
 // "step_00000042"
 std::string checkpoint_name(int64_t step);

@@ -11,10 +11,8 @@
 #include <thread>
 
 #include <ATen/ATen.h>
-#include <ATen/autocast_mode.h>
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
-#include <torch/cuda.h>
 #include <torch/utils.h>
 
 #include "common/checksum.h"
@@ -24,6 +22,9 @@
 #include "data/loader.h"
 #include "dist/communicator.h"
 #include "dist/environment.h"
+#include "eval/scoring.h"
+#include "eval/tasks.h"
+#include "model/autocast.h"
 #include "model/decoder.h"
 #include "model/model_info.h"
 #include "train/adamw.h"
@@ -64,32 +65,6 @@ class StopSignals {
  private:
   void (*previous_int_)(int);
   void (*previous_term_)(int);
-};
-
-// bf16 autocast around forward passes, as torch.autocast does it.
-class AutocastScope {
- public:
-  AutocastScope(at::DeviceType device, bool enabled) : device_(device), enabled_(enabled) {
-    if (!enabled_) return;
-    previous_ = at::autocast::is_autocast_enabled(device);
-    previous_dtype_ = at::autocast::get_autocast_dtype(device);
-    at::autocast::set_autocast_dtype(device, at::kBFloat16);
-    at::autocast::set_autocast_enabled(device, true);
-    at::autocast::increment_nesting();
-  }
-  ~AutocastScope() {
-    if (!enabled_) return;
-    if (at::autocast::decrement_nesting() == 0) at::autocast::clear_cache();
-    at::autocast::set_autocast_enabled(device_, previous_);
-    at::autocast::set_autocast_dtype(device_, previous_dtype_);
-  }
-  AutocastScope(const AutocastScope&) = delete;
-  AutocastScope& operator=(const AutocastScope&) = delete;
-
- private:
-  at::DeviceType device_;
-  bool enabled_, previous_ = false;
-  at::ScalarType previous_dtype_ = at::kBFloat16;
 };
 
 // A torch generator's state as hex, and back (the generator handle shares its implementation).
@@ -163,7 +138,7 @@ class Trainer {
   void restore(const Checkpoint& checkpoint);
   void synchronize_start(const std::optional<Checkpoint>& checkpoint);
   StepResult step(double lr, bool want_router_stats);
-  std::optional<double> validation_loss();
+  void evaluate(MetricsLog* metrics);
   std::optional<fs::path> save();
   void check_replicas();
   void log_start(bool resumed);
@@ -183,6 +158,7 @@ class Trainer {
   std::unique_ptr<TrainLoader> loader_;
   Decoder model_{nullptr};
   std::unique_ptr<AdamW> optimizer_;
+  std::vector<EvalSet> eval_sets_;  // eval.tasks, scored with each evaluation
   GradClipper clipper_;
   TrainerState state_;
   int64_t total_steps_ = 0, global_batch_ = 0;
@@ -259,14 +235,7 @@ void Trainer::restore(const Checkpoint& c) {
   if (c.state.dataset_id != state_.dataset_id || c.state.samples_per_epoch != state_.samples_per_epoch)
     throw UserError(fmt::format("{}: made on other data than {} (its data position would not mean the same samples)",
                                 c.dir.string(), config_.data.dataset));
-  at::NoGradGuard no_grad;
-  for (auto& p : model_->named_parameters()) {
-    const auto it = c.model.find(p.key());
-    if (it == c.model.end()) throw UserError(fmt::format("{}: model.safetensors lacks {}", c.dir.string(), p.key()));
-    if (it->second.sizes() != p.value().sizes())
-      throw UserError(fmt::format("{}: {} has another shape than the model of the config", c.dir.string(), p.key()));
-    p.value().copy_(it->second);
-  }
+  load_model_weights(*model_, c.model, c.dir.string());
   optimizer_->load_state(c.optimizer, c.state.step, c.dir.string());
   state_ = c.state;
   clipper_.restore(state_.clip);
@@ -346,29 +315,27 @@ Trainer::StepResult Trainer::step(double lr, bool want_router_stats) {
   return r;
 }
 
-std::optional<double> Trainer::validation_loss() {
-  const uint64_t windows = static_cast<uint64_t>(config_.eval.val_tokens / config_.data.seq_len);
-  ValidationReader reader(val_stream_, static_cast<uint64_t>(config_.data.seq_len), windows,
-                          static_cast<uint64_t>(config_.eval.batch_size), comm_->rank(), comm_->world());
-  if (reader.total_windows() == 0) return std::nullopt;
-  at::NoGradGuard no_grad;
-  model_->eval();
-  const int64_t L = config_.data.seq_len, V = config_.model.vocab_size;
-  at::Tensor sum = at::zeros({}, at::TensorOptions().device(device_).dtype(at::kDouble));
-  at::Tensor count = at::zeros({}, sum.options());
-  while (auto batch = reader.next()) {
-    const int64_t rows = static_cast<int64_t>(batch->samples.size());
-    const at::Tensor tokens = at::from_blob(batch->tokens.data(), {rows, L + 1}, at::kLong).to(device_, false, true);
-    AutocastScope autocast(device_.type(), bf16_);
-    const at::Tensor logits = model_->forward(tokens.slice(1, 0, L)).logits;
-    sum += at::cross_entropy_loss(logits.reshape({-1, V}).to(at::kFloat), tokens.slice(1, 1).reshape(-1), {},
-                                  at::Reduction::Sum)
-               .to(at::kDouble);
-    count += static_cast<double>(rows * L);
+void Trainer::evaluate(MetricsLog* metrics) {
+  const std::optional<double> val =
+      validation_loss(*model_, val_stream_, config_.data.seq_len, static_cast<uint64_t>(config_.eval.val_tokens / config_.data.seq_len),
+                      config_.eval.batch_size, bf16_, *comm_);
+  std::vector<TaskScore> scores;
+  for (const EvalSet& set : eval_sets_)
+    scores.push_back(score_eval_set(*model_, set, config_.eval.batch_size, config_.data.seq_len, bf16_, *comm_));
+  if (!val && scores.empty()) {
+    console_->log().warn("no validation windows: the val split of {} is shorter than seq_len + 1", config_.data.dataset);
+    return;
   }
-  model_->train();
-  comm_->all_reduce_sum({sum, count});
-  return sum.item<double>() / count.item<double>();
+  std::string summary;
+  if (val) summary = fmt::format("val loss {:.4f} (perplexity {:.2f})", *val, std::exp(*val));
+  for (const TaskScore& t : scores)
+    summary += fmt::format("{}{} acc {:.4f} acc_norm {:.4f}", summary.empty() ? "" : "; ", t.task, t.acc, t.acc_norm);
+  console_->log().info("step {}: {}", state_.step, summary);
+  if (metrics) {
+    ordered_json line = {{"step", state_.step}, {"tokens", state_.tokens}};
+    line.update(evaluation_json(val, scores));
+    metrics->write(line);
+  }
 }
 
 std::optional<fs::path> Trainer::save() {
@@ -423,10 +390,7 @@ void Trainer::run() {
   auto& log = console_->log();
 
   // Everything that can be wrong with the input is checked before the run directory is touched.
-  if (t.device == DeviceKind::cuda && !torch::cuda::is_available())
-    throw UserError(fmt::format("{}: train.device is cuda, but no CUDA device is available", loaded_.origin("train.device")));
-  const bool cuda = t.device == DeviceKind::cuda || (t.device == DeviceKind::auto_ && torch::cuda::is_available());
-  device_ = cuda ? at::Device(at::kCUDA, static_cast<c10::DeviceIndex>(env_.local_rank)) : at::Device(at::kCPU);
+  device_ = rank_device(t.device, env_, loaded_.origin("train.device"));
   bf16_ = t.precision == Precision::bf16;
   // 0 threads: this rank's share of the machine's cores.
   const int cores = static_cast<int>(std::thread::hardware_concurrency());
@@ -438,6 +402,14 @@ void Trainer::run() {
     throw UserError(fmt::format("{}: model.vocab_size is {}, but the tokenizer of {} has {} ids",
                                 loaded_.origin("model.vocab_size"), config_.model.vocab_size, config_.data.dataset,
                                 manifest_.tokenizer.vocab_size));
+  for (const auto& [name, file] : config_.eval.tasks) {
+    EvalSet set = read_eval_set(file);
+    if (set.task != name) throw UserError(fmt::format("{}: eval.tasks.{}: {} holds the task {}", loaded_.origin("eval.tasks"), name, file, set.task));
+    if (set.tokenizer_fingerprint != manifest_.tokenizer.fingerprint)
+      throw UserError(fmt::format("{}: eval.tasks.{}: {} was tokenized with another tokenizer than {}",
+                                  loaded_.origin("eval.tasks"), name, file, config_.data.dataset));
+    eval_sets_.push_back(std::move(set));
+  }
   train_stream_ = std::make_shared<const TokenStream>(config_.data.dataset, manifest_, Split::train);
   val_stream_ = std::make_shared<const TokenStream>(config_.data.dataset, manifest_, Split::val);
   global_batch_ = t.global_batch_tokens;
@@ -564,14 +536,7 @@ void Trainer::run() {
     const bool stopping = stop.item<double>() > 0;
 
     const bool done = state_.tokens >= t.tokens;
-    if (crossed(tokens_before, state_.tokens, config_.eval.every_tokens) || done) {
-      if (const auto val = validation_loss()) {
-        if (metrics) metrics->write({{"step", state_.step}, {"tokens", state_.tokens}, {"val_loss", *val}, {"val_ppl", std::exp(*val)}});
-        log.info("step {}: val loss {:.4f} (perplexity {:.2f})", state_.step, *val, std::exp(*val));
-      } else {
-        log.warn("no validation windows: the val split of {} is shorter than seq_len + 1", config_.data.dataset);
-      }
-    }
+    if (crossed(tokens_before, state_.tokens, config_.eval.every_tokens) || done) evaluate(metrics ? &*metrics : nullptr);
     if (crossed(tokens_before, state_.tokens, t.checkpoint.every_tokens) || done || stopping) {
       if (const auto saved = save()) log.info("saved {}", saved->string());
     }

@@ -1,0 +1,155 @@
+#include "eval/evaluate.h"
+
+#include <ATen/ATen.h>
+#include <fmt/format.h>
+#include <torch/utils.h>
+
+#include <thread>
+
+#include "common/error.h"
+#include "common/files.h"
+#include "config/config_loader.h"
+#include "data/dataset.h"
+#include "data/tokenizer.h"
+#include "dist/communicator.h"
+#include "eval/scoring.h"
+#include "model/decoder.h"
+#include "train/checkpoint.h"
+
+namespace fs = std::filesystem;
+
+namespace gqe {
+namespace {
+
+// The checkpoint named, or the newest complete one of a run, with the run's config.
+struct Target {
+  Checkpoint checkpoint;
+  fs::path run_dir;
+  LoadedConfig config;
+};
+
+Target open_target(const fs::path& path) {
+  Target t;
+  if (fs::exists(path / "state.json")) {
+    t.checkpoint = load_checkpoint(path);
+    t.run_dir = fs::absolute(path).lexically_normal().parent_path().parent_path();
+  } else if (fs::is_directory(path / "checkpoints")) {
+    auto latest = load_latest_checkpoint(path, [](const std::string& w) { fmt::print(stderr, "gqe: {}\n", w); });
+    if (!latest) throw UserError(fmt::format("{}: the run has no complete checkpoint", path.string()));
+    t.checkpoint = std::move(*latest);
+    t.run_dir = path;
+  } else {
+    throw UserError(fmt::format("{}: neither a run directory (with checkpoints/) nor a checkpoint (with state.json)",
+                                path.string()));
+  }
+  const fs::path config = t.run_dir / "config.yaml";
+  if (!fs::exists(config)) throw UserError(fmt::format("{}: no config.yaml", t.run_dir.string()));
+  t.config = load_config(config.string());
+  return t;
+}
+
+Decoder load_model(const Target& t, at::Device device) {
+  Decoder model(t.config.config.model);
+  load_model_weights(*model, t.checkpoint.model, t.checkpoint.dir.string());
+  model->to(device);
+  model->eval();
+  return model;
+}
+
+std::optional<Manifest> dataset_manifest(const Config& c) {
+  if (c.data.dataset.empty() || !fs::exists(fs::path(c.data.dataset) / "manifest.json")) return std::nullopt;
+  return read_manifest(c.data.dataset);
+}
+
+}  // namespace
+
+void evaluate(const EvalOptions& o) {
+  const Target t = open_target(o.target);
+  const Config& c = t.config.config;
+  const DistEnvironment env = read_dist_environment();
+  const at::Device device = rank_device(c.train.device, env, t.config.origin("train.device"));
+  const int cores = static_cast<int>(std::thread::hardware_concurrency());
+  at::set_num_threads(c.train.threads > 0 ? static_cast<int>(c.train.threads) : std::max(1, cores / env.local_world));
+  Communicator comm(env, c.dist.backend, device, std::chrono::seconds(c.dist.timeout_s));
+  const bool bf16 = c.train.precision == Precision::bf16;
+  const int64_t batch = o.batch_size > 0 ? o.batch_size : c.eval.batch_size;
+
+  std::vector<std::pair<std::string, std::string>> tasks = o.tasks;
+  if (tasks.empty()) tasks.assign(c.eval.tasks.begin(), c.eval.tasks.end());
+  if (tasks.empty() && !o.val) throw UserError("eval: nothing to do: give --tasks NAME=FILE,... or --val (or set eval.tasks)");
+  const std::optional<Manifest> manifest = dataset_manifest(c);
+  std::vector<EvalSet> sets;
+  for (const auto& [name, file] : tasks) {
+    EvalSet set = read_eval_set(file);
+    if (set.task != name) throw UserError(fmt::format("{}: holds the task {}, not {}", file, set.task, name));
+    if (manifest && set.tokenizer_fingerprint != manifest->tokenizer.fingerprint)
+      throw UserError(fmt::format("{}: tokenized with another tokenizer ({}) than the run's dataset ({})", file,
+                                  hex64(set.tokenizer_fingerprint), hex64(manifest->tokenizer.fingerprint)));
+    if (set.vocab_size > static_cast<uint32_t>(c.model.vocab_size))
+      throw UserError(fmt::format("{}: ids up to {}, the model has {}", file, set.vocab_size, c.model.vocab_size));
+    sets.push_back(std::move(set));
+  }
+
+  Decoder model = load_model(t, device);
+  std::optional<double> val;
+  if (o.val) {
+    if (!manifest) throw UserError(fmt::format("--val: the run's dataset {} is not there", c.data.dataset));
+    auto stream = std::make_shared<const TokenStream>(c.data.dataset, *manifest, Split::val);
+    val = validation_loss(*model, stream, c.data.seq_len, static_cast<uint64_t>(c.eval.val_tokens / c.data.seq_len), batch,
+                          bf16, comm);
+    if (!val) throw UserError(fmt::format("--val: the val split of {} is shorter than one window", c.data.dataset));
+  }
+  std::vector<TaskScore> scores;
+  for (const EvalSet& set : sets) scores.push_back(score_eval_set(*model, set, batch, c.data.seq_len, bf16, comm));
+  if (!comm.main()) return;
+
+  fmt::print("{} (step {}, {} tokens)\n", t.checkpoint.dir.string(), t.checkpoint.state.step, t.checkpoint.state.tokens);
+  if (val) fmt::print("  validation loss {:.4f}, perplexity {:.2f}\n", *val, std::exp(*val));
+  if (!scores.empty()) {
+    fmt::print("  {:<12}{:>8}{:>10}{:>10}\n", "task", "items", "acc", "acc_norm");
+    double acc = 0, norm = 0;
+    for (const TaskScore& s : scores) {
+      fmt::print("  {:<12}{:>8}{:>10.4f}{:>10.4f}\n", s.task, s.items, s.acc, s.acc_norm);
+      acc += s.acc / static_cast<double>(scores.size());
+      norm += s.acc_norm / static_cast<double>(scores.size());
+    }
+    fmt::print("  {:<12}{:>8}{:>10.4f}{:>10.4f}\n", "average", "", acc, norm);
+  }
+  nlohmann::ordered_json line = {{"step", t.checkpoint.state.step}, {"tokens", t.checkpoint.state.tokens}};
+  line.update(evaluation_json(val, scores));
+  nlohmann::ordered_json report = line;
+  report["checkpoint"] = t.checkpoint.dir.string();
+  write_file_atomic(t.run_dir / "eval.json", report.dump(2) + "\n");
+  // Appended in one write: a training run may be appending to the same file.
+  std::FILE* metrics = std::fopen((t.run_dir / "metrics.jsonl").c_str(), "a");
+  if (metrics) {
+    const std::string text = line.dump() + "\n";
+    std::fwrite(text.data(), 1, text.size(), metrics);
+    std::fclose(metrics);
+  }
+}
+
+void sample(const SampleCommand& command) {
+  const Target t = open_target(command.target);
+  const Config& c = t.config.config;
+  const std::optional<Manifest> manifest = dataset_manifest(c);
+  if (!manifest) throw UserError(fmt::format("sample: the run's dataset {} (for its tokenizer) is not there", c.data.dataset));
+  const Tokenizer tokenizer((fs::path(c.data.dataset) / manifest->tokenizer.file).string());
+  const DistEnvironment single;
+  const at::Device device = rank_device(c.train.device, single, t.config.origin("train.device"));
+  Decoder model = load_model(t, device);
+  std::vector<int32_t> prompt{tokenizer.eos_id()};  // a document starts after an EOS
+  const auto ids = tokenizer.encode(command.prompt);
+  prompt.insert(prompt.end(), ids.begin(), ids.end());
+  for (int i = 0; i < command.num_samples; ++i) {
+    SampleOptions options = command.sampling;
+    options.seed += static_cast<uint64_t>(i);
+    options.stop_token = tokenizer.eos_id();
+    std::vector<int32_t> out = generate(*model, prompt, options);
+    if (!out.empty() && out.back() == tokenizer.eos_id()) out.pop_back();
+    if (command.num_samples > 1) fmt::print("--- sample {} ---\n", i + 1);
+    fmt::print("{}{}\n", command.prompt, tokenizer.decode(out));
+  }
+}
+
+}  // namespace gqe

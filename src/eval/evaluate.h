@@ -1,0 +1,34 @@
+// gqe eval and gqe sample: a run's newest checkpoint (or a given one) scored on the validation
+// split and zero-shot tasks, or asked to write text (docs/evaluation.md).
+#pragma once
+
+#include <filesystem>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "eval/generate.h"
+
+namespace gqe {
+
+struct EvalOptions {
+  std::filesystem::path target;                            // a run directory or a checkpoint directory
+  std::vector<std::pair<std::string, std::string>> tasks;  // task name -> eval set file (none: the config's eval.tasks)
+  bool val = false;
+  int64_t batch_size = 0;                                  // 0: the config's eval.batch_size
+};
+
+// Scores, prints a table, writes RUN_DIR/eval.json and a metrics.jsonl line (rank 0).
+void evaluate(const EvalOptions& options);
+
+struct SampleCommand {
+  std::filesystem::path target;
+  std::string prompt;
+  int num_samples = 1;
+  SampleOptions sampling;
+};
+
+// Prints each sample: the prompt, then what the model wrote.
+void sample(const SampleCommand& command);
+
+}  // namespace gqe

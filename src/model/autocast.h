@@ -1,0 +1,23 @@
+// bf16 autocast around forward passes (CPU and CUDA), as torch.autocast does it: enabled for the
+// scope's lifetime, its cast cache cleared when the outermost scope ends.
+#pragma once
+
+#include <c10/core/DeviceType.h>
+#include <c10/core/ScalarType.h>
+
+namespace gqe {
+
+class AutocastScope {
+ public:
+  AutocastScope(c10::DeviceType device, bool enabled);
+  ~AutocastScope();
+  AutocastScope(const AutocastScope&) = delete;
+  AutocastScope& operator=(const AutocastScope&) = delete;
+
+ private:
+  c10::DeviceType device_;
+  bool enabled_, previous_ = false;
+  c10::ScalarType previous_dtype_ = c10::ScalarType::BFloat16;
+};
+
+}  // namespace gqe

@@ -1,0 +1,138 @@
+// gqe-data encode-eval, gqe eval and gqe sample as a user runs them, on a small trained run.
+#include <gtest/gtest.h>
+
+#include <filesystem>
+#include <sstream>
+
+#include <nlohmann/json.hpp>
+
+#include "common/files.h"
+#include "test_util.h"
+
+namespace gqe {
+namespace {
+
+namespace fs = std::filesystem;
+using test::run_command;
+
+std::string fixture(const std::string& name) { return std::string(GQE_SOURCE_DIR) + "/tests/data/eval/" + name; }
+
+using test::metrics_of;
+
+// One trained run (with eval.tasks, so training scores the tasks too) for every test.
+class EvalCli : public testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    dir_ = new test::TempDir;
+    test::make_fixture_dataset(dir_->path());
+    const std::string tool = GQE_DATA_BINARY;
+    for (const auto& [task, args] : std::vector<std::pair<std::string, std::string>>{
+             {"hellaswag", "--input " + fixture("hellaswag.jsonl")},
+             {"arc_easy", "--input " + fixture("arc_easy.jsonl")},
+             {"piqa", "--input " + fixture("piqa.jsonl") + " --labels " + fixture("piqa-labels.lst")}}) {
+      const auto r = run_command(tool + " encode-eval --task " + task + " " + args + " --dataset " + path("ds") + " --out " +
+                                 path(task + ".jsonl"));
+      ASSERT_EQ(r.status, 0) << r.err;
+      ASSERT_NE(r.out.find("wrote " + path(task + ".jsonl")), std::string::npos);
+    }
+    const std::string config = dir_->write("small.yaml", "inherit: " + std::string(GQE_SOURCE_DIR) + "/configs/tiny/gqe.yaml\n" + R"(
+model: {vocab_size: 400, d_model: 32, n_layers: 2, n_heads: 4, n_kv_heads: 2, head_dim: 8, ffn_hidden: 64}
+data: {dataset: )" + path("ds") + R"(, seq_len: 32}
+train: {tokens: 5120, global_batch_tokens: 256, micro_batch_size: 4, threads: 1, schedule: {warmup_tokens: 1024},
+        checkpoint: {every_tokens: 2560}}
+eval: {every_tokens: 2560, val_tokens: 256, batch_size: 4, tasks: {piqa: )" + path("piqa.jsonl") + R"(}}
+)");
+    const auto trained = run_command(std::string(GQE_BINARY) + " train " + config + " --run-dir " + path("run"));
+    ASSERT_EQ(trained.status, 0) << trained.err << trained.out;
+  }
+  static void TearDownTestSuite() { delete dir_; }
+  static std::string path(const std::string& name) { return (dir_->path() / name).string(); }
+  static std::string gqe(const std::string& args) { return std::string(GQE_BINARY) + " " + args; }
+  static inline test::TempDir* dir_ = nullptr;
+};
+
+TEST_F(EvalCli, TrainingScoresTheConfiguredTasks) {
+  std::vector<nlohmann::json> evals;
+  for (const auto& j : metrics_of(path("run")))
+    if (j.contains("val_loss")) evals.push_back(j);
+  ASSERT_EQ(evals.size(), 2u);
+  EXPECT_EQ(evals[1]["tasks"]["piqa"]["items"], 2);
+  EXPECT_TRUE(evals[1]["tasks_average"].contains("acc_norm"));
+}
+
+TEST_F(EvalCli, EvalReproducesTheTrainersValidationLossAndScoresTasks) {
+  const auto r = run_command(gqe("eval " + path("run") + " --val --tasks hellaswag=" + path("hellaswag.jsonl") +
+                                 ",arc_easy=" + path("arc_easy.jsonl") + " --tasks piqa=" + path("piqa.jsonl")));
+  ASSERT_EQ(r.status, 0) << r.err;
+  EXPECT_NE(r.out.find("checkpoints/step_00000020 (step 20, 5120 tokens)"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("hellaswag"), std::string::npos);
+  const auto report = nlohmann::json::parse(read_file(path("run") + "/eval.json"));
+  EXPECT_EQ(report["step"], 20);
+  EXPECT_EQ(report["tasks"]["hellaswag"]["items"], 3);
+  EXPECT_EQ(report["tasks"]["arc_easy"]["items"], 2);
+  const double acc_mean = (report["tasks"]["hellaswag"]["acc"].get<double>() + report["tasks"]["arc_easy"]["acc"].get<double>() +
+                           report["tasks"]["piqa"]["acc"].get<double>()) / 3;
+  EXPECT_DOUBLE_EQ(report["tasks_average"]["acc"].get<double>(), acc_mean);
+  // The same windows as the trainer's final evaluation: the same number, to the bit.
+  const auto lines = metrics_of(path("run"));
+  double trainer_val = -1;  // the first evaluation line of step 20 is the trainer's
+  for (const auto& j : lines)
+    if (j.contains("val_loss") && j["step"] == 20) {
+      trainer_val = j["val_loss"].get<double>();
+      break;
+    }
+  EXPECT_EQ(report["val_loss"].get<double>(), trainer_val);
+  EXPECT_EQ(lines.back()["val_loss"], report["val_loss"]);  // and a metrics line of its own
+  EXPECT_EQ(lines.back()["tasks"]["piqa"], report["tasks"]["piqa"]);
+}
+
+TEST_F(EvalCli, TwoRanksScoreTheSame) {
+  const std::string tasks = " --tasks hellaswag=" + path("hellaswag.jsonl") + ",piqa=" + path("piqa.jsonl");
+  ASSERT_EQ(run_command(gqe("eval " + path("run") + " --val" + tasks)).status, 0);
+  const auto one = nlohmann::json::parse(read_file(path("run") + "/eval.json"));
+  const auto two = run_command(gqe("eval " + path("run") + " --val" + tasks + " --nproc 2"));
+  ASSERT_EQ(two.status, 0) << two.err;
+  const auto both = nlohmann::json::parse(read_file(path("run") + "/eval.json"));
+  EXPECT_EQ(both["tasks"], one["tasks"]);
+  EXPECT_NEAR(both["val_loss"].get<double>(), one["val_loss"].get<double>(), 1e-12);  // summed in another order
+}
+
+TEST_F(EvalCli, SampleWritesTextDeterministicallyAtTemperatureZero) {
+  const std::string cmd = gqe("sample " + path("run") + " --prompt 'The keeper' --temperature 0 --max-tokens 20");
+  const auto a = run_command(cmd), b = run_command(cmd);
+  ASSERT_EQ(a.status, 0) << a.err;
+  EXPECT_EQ(a.out.rfind("The keeper", 0), 0u) << a.out;
+  EXPECT_GT(a.out.size(), std::string("The keeper\n").size());
+  EXPECT_EQ(a.out, b.out);
+  const auto several = run_command(gqe("sample " + path("run") + "/checkpoints/step_00000010 --prompt 'A' --num-samples 2 --top-k 20"));
+  ASSERT_EQ(several.status, 0) << several.err;
+  EXPECT_NE(several.out.find("--- sample 2 ---"), std::string::npos);
+}
+
+TEST_F(EvalCli, BadInputIsOneLine) {
+  const auto nothing = run_command(gqe("eval " + path("ds")));
+  EXPECT_EQ(nothing.status, 2);
+  EXPECT_EQ(nothing.err, "gqe: " + path("ds") + ": neither a run directory (with checkpoints/) nor a checkpoint (with state.json)\n");
+  const auto task = run_command(gqe("eval " + path("run") + " --tasks winogrande=" + path("piqa.jsonl")));
+  EXPECT_EQ(task.status, 2);
+  EXPECT_EQ(task.err, "gqe: --tasks: unknown task 'winogrande' (hellaswag, arc_easy, piqa)\n");
+  const auto swapped = run_command(gqe("eval " + path("run") + " --tasks hellaswag=" + path("piqa.jsonl")));
+  EXPECT_EQ(swapped.status, 2);
+  EXPECT_EQ(swapped.err, "gqe: " + path("piqa.jsonl") + ": holds the task piqa, not hellaswag\n");
+  // An eval set made with another tokenizer.
+  ASSERT_EQ(run_command(std::string(GQE_DATA_BINARY) + " train-tokenizer " + std::string(GQE_SOURCE_DIR) +
+                        "/tests/data/prose.txt --vocab-size 420 --out " + path("other")).status, 0);
+  ASSERT_EQ(run_command(std::string(GQE_DATA_BINARY) + " encode-eval --task piqa --input " + fixture("piqa.jsonl") + " --labels " +
+                        fixture("piqa-labels.lst") + " --tokenizer " + path("other.model") + " --out " + path("other.jsonl")).status, 0);
+  const auto other = run_command(gqe("eval " + path("run") + " --tasks piqa=" + path("other.jsonl")));
+  EXPECT_EQ(other.status, 2);
+  EXPECT_NE(other.err.find("tokenized with another tokenizer"), std::string::npos) << other.err;
+  const auto encode = run_command(std::string(GQE_DATA_BINARY) + " encode-eval --task arc_easy --input " + fixture("piqa.jsonl") +
+                                  " --dataset " + path("ds") + " --out " + path("x.jsonl"));
+  EXPECT_EQ(encode.status, 2);
+  EXPECT_EQ(encode.err, "gqe-data: " + fixture("piqa.jsonl") + ":1: no \"question\" field\n");
+  EXPECT_FALSE(fs::exists(path("x.jsonl")));
+}
+
+}  // namespace
+}  // namespace gqe
