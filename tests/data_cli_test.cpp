@@ -81,7 +81,7 @@ TEST_F(DataCli, DamageIsFoundByVerifyWithExitStatus2) {
 }
 
 TEST_F(DataCli, BadUsageAndBadInputAreOneLineWithExitStatus2) {
-  for (const std::string args :
+  for (const std::string& args :
        {std::string("encode"), "encode " + fixture() + " --out " + path("x"),
         "encode " + path("nope.txt") + " --tokenizer " + path("tok.model") + " --out " + path("x"),
         "encode " + fixture() + " --tokenizer " + path("tok.model") + " --out " + path("x") + " --shard-tokens lots",

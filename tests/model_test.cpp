@@ -50,7 +50,9 @@ TEST(Decoder, LogitsAndGradientsMatchTheReference) {
         torch::autograd::grad({at::cross_entropy_loss(ref.view({12, -1}), target)}, params, {}, true, false, true);
     for (size_t i = 0; i < params.size(); ++i) {
       ASSERT_EQ(g[i].defined(), g_ref[i].defined()) << i;
-      if (g[i].defined()) EXPECT_LE((g[i] - g_ref[i]).abs().max().item<double>(), 1e-5) << i;
+      if (g[i].defined()) {
+        EXPECT_LE((g[i] - g_ref[i]).abs().max().item<double>(), 1e-5) << i;
+      }
     }
   }
 }
@@ -68,7 +70,9 @@ TEST(Decoder, ChangingTokenTNeverChangesEarlierLogits) {
       const at::Tensor before = model->forward(tokens).logits;
       tokens[0][t] = (tokens[0][t].item<int64_t>() + 1) % c.vocab_size;
       const at::Tensor after = model->forward(tokens).logits;
-      if (t > 0) EXPECT_TRUE(after[0].slice(0, 0, t).equal(before[0].slice(0, 0, t))) << "t = " << t;
+      if (t > 0) {
+        EXPECT_TRUE(after[0].slice(0, 0, t).equal(before[0].slice(0, 0, t))) << "t = " << t;
+      }
       EXPECT_GT((after[0].slice(0, t) - before[0].slice(0, t)).abs().max().item<double>(), 1e-4) << "t = " << t;
       EXPECT_TRUE(after[1].equal(before[1]));  // other sequences of the batch are untouched
     }

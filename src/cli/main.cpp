@@ -11,6 +11,8 @@ int main(int argc, char** argv) {
       "  gqe train configs/tiny/gqe.yaml\n"
       "  gqe eval runs/gqe --val --tasks hellaswag=data/eval/hellaswag.jsonl\n"
       "  gqe sample runs/gqe --prompt \"It was\" --temperature 0\n"
+      "  gqe experiment run configs/experiments/tiny.yaml\n"
+      "  gqe compare runs/tiny/gqa runs/tiny/gqe --out runs/tiny/comparison\n"
       "  gqe info configs/gqe-250m.yaml\n"
       "  gqe info configs/tiny/gqe.yaml --set model.attention.top_k=2\n"
       "  gqe data encode data/sample/*.jsonl --tokenizer data/sample/tokenizer.model --out data/sample/shards\n"
@@ -19,6 +21,7 @@ int main(int argc, char** argv) {
   app.require_subcommand(1);
   gqe::add_train_command(app, argc, argv);
   gqe::add_eval_commands(app, argc, argv);
+  gqe::add_experiment_commands(app);
   gqe::add_info_command(app);
   gqe::add_export_command(app);
   gqe::add_data_forwarding(app);

@@ -89,6 +89,20 @@ void load_model_weights(torch::nn::Module& model, const std::map<std::string, at
   }
 }
 
+std::optional<TrainerState> peek_latest_state(const fs::path& run_dir) {
+  const fs::path latest = run_dir / "checkpoints" / "latest";
+  if (!fs::exists(latest)) return std::nullopt;
+  std::string name = read_file(latest);
+  name.erase(name.find_last_not_of(" \n") + 1);
+  const fs::path state = run_dir / "checkpoints" / name / "state.json";
+  if (!fs::exists(state)) return std::nullopt;
+  try {
+    return parse_state(nlohmann::json::parse(read_file(state)));
+  } catch (const nlohmann::json::exception&) {
+    return std::nullopt;
+  }
+}
+
 std::string trainer_state_json(const TrainerState& state) { return state_json(state).dump(); }
 TrainerState parse_trainer_state(const std::string& json) { return parse_state(nlohmann::json::parse(json)); }
 

@@ -57,6 +57,10 @@ std::optional<Checkpoint> load_latest_checkpoint(const std::filesystem::path& ru
 // missing or misshapen one (`where`: the checkpoint).
 void load_model_weights(torch::nn::Module& model, const std::map<std::string, at::Tensor>& weights, const std::string& where);
 
+// The state of the run's newest checkpoint as `latest` names it, without verifying its files (for
+// a quick look; training and evaluation load with load_latest_checkpoint).
+std::optional<TrainerState> peek_latest_state(const std::filesystem::path& run_dir);
+
 // "step_00000042"
 std::string checkpoint_name(int64_t step);
 

@@ -18,6 +18,7 @@
 #include "common/checksum.h"
 #include "common/error.h"
 #include "common/files.h"
+#include "common/run_lock.h"
 #include "data/dataset.h"
 #include "data/loader.h"
 #include "dist/communicator.h"
@@ -148,6 +149,7 @@ class Trainer {
   TrainOptions options_;
   fs::path run_dir_;
   std::unique_ptr<Console> console_;
+  std::unique_ptr<RunLock> lock_;
   DistEnvironment env_;
   std::unique_ptr<Communicator> comm_;
   at::Device device_{at::kCPU};
@@ -179,6 +181,7 @@ std::optional<Checkpoint> Trainer::prepare_run_dir() {
     throw UserError(fmt::format("{}: already holds a run (use --resume auto to continue it, or another --run-dir)",
                                 run_dir_.string()));
   fs::create_directories(run_dir_);
+  lock_ = std::make_unique<RunLock>(run_dir_);  // one trainer per run directory
   console_->add_log_file(run_dir_ / "train.log");
 
   std::optional<Checkpoint> checkpoint;

@@ -1,0 +1,217 @@
+#include "experiment/experiment.h"
+
+#include <yaml-cpp/yaml.h>
+
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+
+#include <sstream>
+
+#include "common/error.h"
+#include "common/files.h"
+#include "common/run_lock.h"
+#include "dist/launcher.h"
+#include "experiment/compare.h"
+#include "train/checkpoint.h"
+
+namespace fs = std::filesystem;
+
+namespace gqe {
+namespace {
+
+// Nested mappings become dotted keys: {model: {attention: {type: gqe}}} -> model.attention.type=gqe.
+void flatten(const YAML::Node& node, const std::string& prefix, std::vector<std::string>& out) {
+  for (const auto& kv : node) {
+    const std::string key = prefix.empty() ? kv.first.Scalar() : prefix + "." + kv.first.Scalar();
+    if (kv.second.IsMap()) flatten(kv.second, key, out);
+    else if (kv.second.IsScalar()) out.push_back(key + "=" + kv.second.Scalar());
+    else throw UserError("arms: " + key + ": expected a value");
+  }
+}
+
+void only_keys(const YAML::Node& node, const std::string& file, const std::string& where, const std::vector<std::string>& keys) {
+  for (const auto& kv : node) {
+    const std::string key = kv.first.Scalar();
+    if (std::find(keys.begin(), keys.end(), key) == keys.end())
+      throw UserError(fmt::format("{}: unknown key '{}{}'; valid keys{}: {}", file, where.empty() ? "" : where + ".", key,
+                                  where.empty() ? "" : " in " + where, fmt::join(keys, ", ")));
+  }
+}
+
+}  // namespace
+
+const char* run_state_name(RunState state) {
+  switch (state) {
+    case RunState::not_started: return "not started";
+    case RunState::running: return "running";
+    case RunState::interrupted: return "interrupted";
+    case RunState::finished: return "finished";
+  }
+  return "?";
+}
+
+Experiment load_experiment(const std::string& file) {
+  Experiment e;
+  e.file = file;
+  YAML::Node root;
+  try {
+    root = YAML::LoadFile(file);
+  } catch (const YAML::BadFile&) {
+    throw UserError(fmt::format("{}: cannot open experiment file", file));
+  } catch (const YAML::Exception& ex) {
+    throw UserError(fmt::format("{}:{}: invalid YAML: {}", file, ex.mark.line + 1, ex.msg));
+  }
+  if (!root.IsMap()) throw UserError(fmt::format("{}: an experiment is a mapping (name, base, out, arms, ...)", file));
+  only_keys(root, file, "", {"name", "base", "out", "seeds", "arms", "eval"});
+  for (const char* key : {"name", "base", "out", "arms"})
+    if (!root[key]) throw UserError(fmt::format("{}: '{}' is missing", file, key));
+  try {
+    e.name = root["name"].as<std::string>();
+    e.base = (fs::path(file).parent_path() / root["base"].as<std::string>()).lexically_normal().string();
+    e.out = root["out"].as<std::string>();
+    if (root["seeds"]) e.seeds = root["seeds"].as<std::vector<int64_t>>();
+    if (root["eval"]) {
+      only_keys(root["eval"], file, "eval", {"val", "tasks"});
+      if (root["eval"]["val"]) e.eval_val = root["eval"]["val"].as<bool>();
+      if (root["eval"]["tasks"] && !root["eval"]["tasks"].IsNull())
+        e.eval_tasks = root["eval"]["tasks"].as<std::map<std::string, std::string>>();
+    }
+  } catch (const YAML::Exception& ex) {
+    throw UserError(fmt::format("{}:{}: {}", file, ex.mark.line + 1, ex.msg));
+  }
+  if (e.seeds.empty()) throw UserError(fmt::format("{}: seeds: give at least one", file));
+  if (!root["arms"].IsMap() || root["arms"].size() == 0) throw UserError(fmt::format("{}: arms: a mapping of arm name to overrides", file));
+  for (const auto& kv : root["arms"]) {
+    ExperimentArm arm{kv.first.Scalar(), {}};
+    if (!kv.second.IsNull()) {
+      if (!kv.second.IsMap()) throw UserError(fmt::format("{}: arms.{}: a mapping of config keys to values", file, arm.name));
+      try {
+        flatten(kv.second, "", arm.overrides);
+      } catch (const UserError& ex) {
+        throw UserError(fmt::format("{}: arms.{}: {}", file, arm.name, ex.what()));
+      }
+    }
+    e.arms.push_back(std::move(arm));
+  }
+
+  // Every arm's config must load, and differ from the first only in the attention.
+  std::optional<Config> first;
+  for (const ExperimentArm& arm : e.arms) {
+    LoadedConfig loaded;
+    try {
+      loaded = load_config(e.base, arm.overrides);
+    } catch (const UserError& ex) {
+      throw UserError(fmt::format("{}: arms.{}: {}", file, arm.name, ex.what()));
+    }
+    if (!first) {
+      first = loaded.config;
+      continue;
+    }
+    for (const std::string& d : config_differences(*first, loaded.config))
+      if (d.rfind("model.attention.", 0) != 0)
+        throw UserError(fmt::format("{}: arms.{} changes {} -- arms may differ only in model.attention.* (same data, order, "
+                                    "budget and everything else)", file, arm.name, d));
+  }
+  return e;
+}
+
+std::vector<ExperimentRun> experiment_runs(const Experiment& e) {
+  std::vector<ExperimentRun> runs;
+  for (const ExperimentArm& arm : e.arms)
+    for (int64_t seed : e.seeds) {
+      ExperimentRun run;
+      run.arm = arm.name;
+      run.seed = seed;
+      const std::string name = e.seeds.size() == 1 ? arm.name : fmt::format("{}-seed{}", arm.name, seed);
+      run.run_dir = e.out / name;
+      run.overrides = arm.overrides;
+      run.overrides.push_back(fmt::format("train.seed={}", seed));
+      run.overrides.push_back("log.name=" + name);
+      run.config = load_config(e.base, run.overrides);
+      runs.push_back(std::move(run));
+    }
+  return runs;
+}
+
+RunStatus run_status(const ExperimentRun& run) {
+  RunStatus s;
+  const auto state = peek_latest_state(run.run_dir);
+  if (state) {
+    s.step = state->step;
+    s.tokens = state->tokens;
+    s.state = state->tokens >= run.config.config.train.tokens ? RunState::finished : RunState::interrupted;
+    const fs::path report = run.run_dir / "eval.json";
+    if (fs::exists(report)) {
+      const auto j = nlohmann::json::parse(read_file(report), nullptr, false);
+      s.evaluated = !j.is_discarded() && j.value("step", int64_t{-1}) == state->step;
+    }
+  }
+  if (RunLock::held(run.run_dir)) s.state = RunState::running;
+  return s;
+}
+
+void run_experiment(const Experiment& e, int nproc) {
+  const std::vector<ExperimentRun> runs = experiment_runs(e);
+  fs::create_directories(e.out);
+  for (const ExperimentRun& run : runs) {
+    const std::string label = e.seeds.size() == 1 ? run.arm : fmt::format("{} (seed {})", run.arm, run.seed);
+    const RunStatus status = run_status(run);
+    if (status.state == RunState::running)
+      throw UserError(fmt::format("{}: is being trained by another process", run.run_dir.string()));
+    if (status.state == RunState::finished) {
+      fmt::print("[experiment] {}: finished at step {} ({} tokens), skipped\n", label, status.step, status.tokens);
+      continue;
+    }
+    fmt::print("[experiment] {}: {} -> {}\n", label,
+               status.state == RunState::interrupted ? fmt::format("continuing from step {}", status.step) : "training",
+               run.run_dir.string());
+    std::fflush(stdout);
+    std::vector<std::string> args{"gqe", "train", e.base, "--run-dir", run.run_dir.string()};
+    for (const auto& o : run.overrides) args.insert(args.end(), {"--set", o});
+    const int code = launch_local_ranks(nproc, args, std::chrono::seconds(run.config.config.dist.timeout_s));
+    if (code != 0)
+      throw std::runtime_error(fmt::format("arm {} failed (exit status {}); once fixed, the same command continues it", label, code));
+    if (run_status(run).state != RunState::finished) {
+      fmt::print("[experiment] stopped during {}; run the same command to continue\n", label);
+      return;
+    }
+  }
+  for (const ExperimentRun& run : runs) {
+    if (run_status(run).evaluated) continue;
+    std::vector<std::string> args{"gqe", "eval", run.run_dir.string()};
+    if (e.eval_val) args.push_back("--val");
+    std::string tasks;
+    for (const auto& [name, path] : e.eval_tasks) tasks += (tasks.empty() ? "" : ",") + name + "=" + path;
+    if (!tasks.empty()) args.insert(args.end(), {"--tasks", tasks});
+    if (!e.eval_val && tasks.empty()) continue;
+    const int code = launch_local_ranks(nproc, args, std::chrono::seconds(run.config.config.dist.timeout_s));
+    if (code != 0) throw std::runtime_error(fmt::format("evaluating {} failed (exit status {})", run.run_dir.string(), code));
+  }
+  CompareOptions compare;
+  for (const ExperimentRun& run : runs) compare.runs.push_back(run.run_dir);
+  compare.out = e.out / "comparison";
+  compare_runs(compare);
+}
+
+void print_experiment_status(const Experiment& e) {
+  fmt::print("experiment {} ({}), runs in {}\n", e.name, e.file, e.out.string());
+  fmt::print("  {:<22}{:<13}{:>16}{:>11}{:>11}{:>11}\n", "run", "state", "tokens", "step", "loss", "val loss");
+  for (const ExperimentRun& run : experiment_runs(e)) {
+    const RunStatus s = run_status(run);
+    std::string loss = "-", val = "-";
+    if (fs::exists(run.run_dir / "metrics.jsonl")) {
+      std::istringstream in(read_file(run.run_dir / "metrics.jsonl"));
+      for (std::string line; std::getline(in, line);) {
+        const auto j = nlohmann::json::parse(line, nullptr, false);
+        if (j.is_discarded()) continue;
+        if (j.contains("loss") && j["loss"].is_number()) loss = fmt::format("{:.4f}", j["loss"].get<double>());
+        if (j.contains("val_loss")) val = fmt::format("{:.4f}", j["val_loss"].get<double>());
+      }
+    }
+    fmt::print("  {:<22}{:<13}{:>16}{:>11}{:>11}{:>11}{}\n", run.run_dir.filename().string(), run_state_name(s.state),
+               fmt::format("{}/{}", s.tokens, run.config.config.train.tokens), s.step, loss, val,
+               s.evaluated ? "  evaluated" : "");
+  }
+}
+
+}  // namespace gqe

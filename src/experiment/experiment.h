@@ -1,0 +1,63 @@
+// Matched-budget experiments (docs/experiments.md): a base config and its arms, which may differ
+// only in model.attention.*, each trained (for every seed) on the identical data order and token
+// budget, then evaluated and compared. Runs are resumable: a finished arm is skipped, an
+// interrupted one continued.
+#pragma once
+
+#include <filesystem>
+#include <map>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "config/config_loader.h"
+
+namespace gqe {
+
+struct ExperimentArm {
+  std::string name;
+  std::vector<std::string> overrides;  // "model.attention.type=gqe", ...
+};
+
+struct Experiment {
+  std::string file, name, base;  // base: a config path, resolved relative to the experiment file
+  std::filesystem::path out;     // arms run in out/<arm>, or out/<arm>-seed<s> with several seeds
+  std::vector<int64_t> seeds{0};
+  std::vector<ExperimentArm> arms;
+  bool eval_val = true;
+  std::map<std::string, std::string> eval_tasks;  // scored once each arm is trained
+};
+
+// One training run of the experiment: an arm with a seed.
+struct ExperimentRun {
+  std::string arm;
+  int64_t seed = 0;
+  std::filesystem::path run_dir;
+  std::vector<std::string> overrides;  // the arm's, train.seed and log.name
+  LoadedConfig config;
+};
+
+// Reads and checks the file: the schema, every arm's config, and that arms differ from each other
+// only in model.attention.*. Throws UserError naming the file and what is wrong.
+Experiment load_experiment(const std::string& file);
+std::vector<ExperimentRun> experiment_runs(const Experiment& experiment);
+
+enum class RunState { not_started, running, interrupted, finished };
+const char* run_state_name(RunState state);
+
+struct RunStatus {
+  RunState state = RunState::not_started;
+  int64_t step = 0, tokens = 0;
+  bool evaluated = false;  // eval.json is of the final checkpoint
+};
+RunStatus run_status(const ExperimentRun& run);
+
+// Trains what is not finished (each run as `gqe train` on nproc local ranks), evaluates what is
+// not evaluated, then writes the comparison to out/comparison. Stops, saying how to continue, when
+// an arm is interrupted.
+void run_experiment(const Experiment& experiment, int nproc);
+
+// A table: each run's state, tokens and latest losses.
+void print_experiment_status(const Experiment& experiment);
+
+}  // namespace gqe
