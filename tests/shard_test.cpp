@@ -203,3 +203,25 @@ TEST(Dataset, BadManifestsNameTheFieldAtFault) {
 
 }  // namespace
 }  // namespace gqe
+
+namespace gqe {
+namespace {
+
+TEST(Files, RemoveTreeRemovesEverythingButFollowsNoLink) {
+  test::TempDir dir;
+  const auto outside = dir.path() / "outside";
+  std::filesystem::create_directories(outside);
+  dir.write("outside/keep.txt", "kept");
+  const auto tree = dir.path() / "tree";
+  std::filesystem::create_directories(tree / "a" / "b");
+  dir.write("tree/a/b/deep.bin", "x");
+  dir.write("tree/top.txt", "y");
+  std::filesystem::create_directory_symlink(outside, tree / "a" / "link");
+  remove_tree(tree);
+  EXPECT_FALSE(std::filesystem::exists(tree));
+  EXPECT_EQ(read_file(outside / "keep.txt"), "kept");
+  remove_tree(tree);  // already gone: nothing to do
+}
+
+}  // namespace
+}  // namespace gqe

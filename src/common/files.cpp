@@ -1,6 +1,8 @@
 #include "common/files.h"
 
 #include <fcntl.h>
+#include <ftw.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -14,6 +16,18 @@
 #include "common/error.h"
 
 namespace gqe {
+
+void remove_tree(const std::filesystem::path& path) {
+  struct stat st{};
+  if (::lstat(path.c_str(), &st) != 0) {
+    if (errno == ENOENT) return;
+    throw std::system_error(errno, std::generic_category(), "cannot remove " + path.string());
+  }
+  // Depth first (children before their directory), links themselves rather than their targets.
+  const int rc = ::nftw(path.c_str(), [](const char* p, const struct stat*, int, struct FTW*) { return ::remove(p); }, 32,
+                        FTW_DEPTH | FTW_PHYS);
+  if (rc != 0) throw std::system_error(errno, std::generic_category(), "cannot remove " + path.string());
+}
 
 void fsync_path(const std::filesystem::path& path) {
   const int fd = ::open(path.c_str(), O_RDONLY);

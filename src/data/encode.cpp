@@ -159,7 +159,7 @@ EncodeSummary encode_dataset(const EncodeOptions& o) {
   if (fs::exists(out) && !fs::is_directory(out)) throw UserError(fmt::format("{}: exists and is not a directory", o.out_dir));
   if (fs::exists(out) && !fs::is_empty(out) && !o.overwrite)
     throw UserError(fmt::format("{}: already exists (use --overwrite to replace it)", o.out_dir));
-  fs::remove_all(partial);  // left by an interrupted run
+  remove_tree(partial);  // left by an interrupted run
   fs::create_directories(partial);
 
   EncodeSummary summary;
@@ -281,14 +281,14 @@ EncodeSummary encode_dataset(const EncodeOptions& o) {
 
     // Swap the finished dataset into place.
     const fs::path old = out.string() + ".old";
-    fs::remove_all(old);
+    remove_tree(old);
     if (fs::exists(out)) fs::rename(out, old);
     fs::rename(partial, out);
-    fs::remove_all(old);
+    remove_tree(old);
     fsync_path(out.parent_path().empty() ? fs::path(".") : out.parent_path());
   } catch (...) {
     if (read_thread.joinable()) stop_threads();
-    fs::remove_all(partial);
+    remove_tree(partial);
     throw;
   }
   summary.seconds = progress.seconds();

@@ -115,7 +115,7 @@ fs::path save_checkpoint(const fs::path& run_dir, const TrainerState& state,
   const fs::path final_dir = root / checkpoint_name(state.step);
   const fs::path tmp = root / fmt::format(".{}.tmp", checkpoint_name(state.step));
   fs::create_directories(root);
-  fs::remove_all(tmp);
+  remove_tree(tmp);
   fs::create_directories(tmp);
 
   write_safetensors(tmp / kFiles[0], model, {{"format", "pt"}});
@@ -127,16 +127,16 @@ fs::path save_checkpoint(const fs::path& run_dir, const TrainerState& state,
   }
   write_file_atomic(tmp / "state.json", j.dump(2) + "\n");  // last: its presence marks completeness
   fsync_path(tmp);
-  fs::remove_all(final_dir);
+  remove_tree(final_dir);
   fs::rename(tmp, final_dir);
   fsync_path(root);
   write_file_atomic(root / "latest", checkpoint_name(state.step) + "\n");
 
   // Keep the newest `keep`; drop leftovers of interrupted saves.
   const auto dirs = checkpoint_dirs(run_dir);
-  for (size_t i = static_cast<size_t>(std::max<int64_t>(keep, 1)); i < dirs.size(); ++i) fs::remove_all(dirs[i].second);
+  for (size_t i = static_cast<size_t>(std::max<int64_t>(keep, 1)); i < dirs.size(); ++i) remove_tree(dirs[i].second);
   for (const auto& e : fs::directory_iterator(root))
-    if (e.path().filename().string().ends_with(".tmp") && e.path() != tmp) fs::remove_all(e.path());
+    if (e.path().filename().string().ends_with(".tmp") && e.path() != tmp) remove_tree(e.path());
   return final_dir;
 }
 

@@ -78,7 +78,7 @@ void export_checkpoint(const ExportOptions& o) {
     manifest = read_manifest(config.data.dataset);
 
   const fs::path tmp = o.out.string() + ".partial";
-  fs::remove_all(tmp);
+  remove_tree(tmp);
   fs::create_directories(tmp);
   try {
     std::vector<std::pair<std::string, at::Tensor>> tensors;
@@ -94,10 +94,10 @@ void export_checkpoint(const ExportOptions& o) {
       write_file_atomic(tmp / "tokenizer_config.json", tok.dump(2) + "\n");
     }
     write_file_atomic(tmp / "gqe_config.yaml", to_yaml(config));
-    fs::remove_all(o.out);
+    remove_tree(o.out);
     fs::rename(tmp, o.out);
   } catch (...) {
-    fs::remove_all(tmp);
+    remove_tree(tmp);
     throw;
   }
 }
