@@ -38,7 +38,7 @@ std::vector<int32_t> generate(DecoderImpl& model, const std::vector<int32_t>& pr
   at::Tensor input = at::tensor(std::vector<int64_t>(prompt.begin(), prompt.end()), at::kLong).view({1, -1}).to(device);
   std::vector<int32_t> out;
   for (int64_t i = 0; i < o.max_tokens; ++i) {
-    const at::Tensor logits = model.forward(input, &cache).logits;
+    const at::Tensor logits = model.forward_last(input, 1, &cache).logits;
     const int32_t next = pick(logits[0][-1], o, generator);
     out.push_back(next);
     if (next == o.stop_token) break;

@@ -77,9 +77,11 @@ at::Tensor AttentionImpl::routed_slots(const at::Tensor& x, const at::Tensor& k,
 
   // Gather the selected experts' queries: head g*K + r attends with KV head g. RoPE commutes with
   // the gather (same rotation for every head at a position), so it runs on the selected heads only.
-  const at::Tensor q = q_proj(x).view({B, T, G, M, head_dim_});
-  const at::Tensor index = r.topi.unsqueeze(-1).expand({B, T, G, K, head_dim_});
-  const at::Tensor q_sel = apply_rotary(q.gather(3, index).view({B, T, G * K, head_dim_}).transpose(1, 2), rope);
+  // As whole rows of head_dim: an index_select, not a gather with an index per element.
+  const at::Tensor rows = q_proj(x).view({B * T * G * M, head_dim_});
+  const at::Tensor first = at::arange(B * T * G, r.topi.options()).mul_(M).unsqueeze(1);  // row of expert 0
+  const at::Tensor picked = rows.index_select(0, (first + r.topi.reshape({B * T * G, K})).view(-1));
+  const at::Tensor q_sel = apply_rotary(picked.view({B, T, G * K, head_dim_}).transpose(1, 2), rope);
   const at::Tensor o = causal_attention(q_sel, k, v).transpose(1, 2).reshape({B, T, G, K, head_dim_});
 
   const at::Tensor topv = r.topv.unsqueeze(-1);  // [B, T, G, K, 1]

@@ -65,7 +65,9 @@ KVCache::KVCache(const ModelConfig& c, int64_t batch, int64_t size, at::TensorOp
                       at::zeros({batch, c.n_kv_heads, size, c.head_dim}, options)});
 }
 
-DecoderOutput DecoderImpl::forward(const at::Tensor& tokens, KVCache* cache) {
+DecoderOutput DecoderImpl::forward(const at::Tensor& tokens, KVCache* cache) { return forward_last(tokens, tokens.size(1), cache); }
+
+DecoderOutput DecoderImpl::forward_last(const at::Tensor& tokens, int64_t last_positions, KVCache* cache) {
   const int64_t T = tokens.size(1), start = cache ? cache->length : 0;
   if (cache && start + T > cache->capacity)
     throw std::invalid_argument("KV cache full: " + std::to_string(start + T) + " positions, room for " +
@@ -84,6 +86,7 @@ DecoderOutput DecoderImpl::forward(const at::Tensor& tokens, KVCache* cache) {
     }
   }
   if (cache) cache->length += T;
+  if (last_positions < T) h = h.narrow(1, T - last_positions, last_positions);
   h = model->norm(h);
   out.logits = lm_head ? lm_head(h) : at::linear(h, model->embed_tokens->weight);
   out.aux_loss = aux.empty() ? at::zeros({}, h.options().dtype(at::kFloat)) : at::stack(aux).sum();

@@ -67,6 +67,9 @@ class DecoderImpl : public torch::nn::Module {
   // tokens: [B, T] int64 at positions 0..T-1; with a cache, at positions cache->length.. (the
   // cache then holds them too: prefill with the prompt, then one token at a time).
   DecoderOutput forward(const at::Tensor& tokens, KVCache* cache = nullptr);
+  // The same, with logits for the last `last_positions` positions only (a prefill or a decoding
+  // step needs just the last): [B, last_positions, vocab].
+  DecoderOutput forward_last(const at::Tensor& tokens, int64_t last_positions, KVCache* cache = nullptr);
 
   // normal(0, init_std) for matrices, init_std / sqrt(2 n_layers) for the two projections that
   // write into the residual stream (o_proj, down_proj), ones for norms, router per config.

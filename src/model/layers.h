@@ -19,14 +19,18 @@ class RMSNormImpl : public torch::nn::Module {
 };
 TORCH_MODULE(RMSNorm);
 
-// cos and sin of position * inv_freq, [length, head_dim] in fp32, for positions start..start+length-1.
+// cos and sin of position * inv_freq, [length, head_dim] in fp32, for positions start..start+length-1,
+// computed on `device`. signed_sin is sin with its first half negated: rotating x is then
+// x * cos + swap_halves(x) * signed_sin.
 struct RotaryTables {
   at::Tensor cos;
   at::Tensor sin;
+  at::Tensor signed_sin;
 };
 RotaryTables rotary_tables(int64_t start, int64_t length, int64_t head_dim, double theta, at::Device device);
 
-// x: [..., T, head_dim] with the positions of `tables` along dim -2.
+// x: [..., T, head_dim] with the positions of `tables` along dim -2. Its own backward (the inverse
+// rotation of the gradient): three kernels each way and nothing saved but the tables.
 at::Tensor apply_rotary(const at::Tensor& x, const RotaryTables& tables);
 
 // down(silu(gate(x)) * up(x)); names as in Llama's mlp.{gate,up,down}_proj.

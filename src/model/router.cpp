@@ -7,7 +7,10 @@ namespace gqe {
 Routing route(const at::Tensor& logits, int64_t groups, int64_t top_k) {
   const int64_t experts = logits.size(-1) / groups;
   at::Tensor probs = logits.to(at::kFloat).unflatten(-1, {groups, experts}).softmax(-1);
-  auto [topv, topi] = probs.topk(top_k, /*dim=*/-1, /*largest=*/true, /*sorted=*/true);
+  // top-1 is a max: one reduction instead of a top-k kernel, which over 2-expert rows costs as much
+  // as the attention it saves at long context (docs/performance.md). Ties go to the lower index.
+  auto [topv, topi] = top_k == 1 ? probs.max(-1, /*keepdim=*/true)
+                                 : probs.topk(top_k, /*dim=*/-1, /*largest=*/true, /*sorted=*/true);
   return {probs, topv, topi};
 }
 
