@@ -1,47 +1,96 @@
-// gqe bench ...: throughput benchmarks, reported as rates.
-//   loader: tokens/s from the shards of a config's dataset into training micro-batches.
+// gqe bench loader|prefill|train: throughput, reported as rates and ratios (docs/performance.md).
 #include <CLI/CLI.hpp>
 #include <fmt/format.h>
+#include <nlohmann/json.hpp>
 
-#include <chrono>
 #include <memory>
+#include <sstream>
 #include <string>
+#include <thread>
 #include <vector>
 
+#include <ATen/Parallel.h>
+
+#include "bench/benchmarks.h"
 #include "cli/commands.h"
 #include "common/error.h"
+#include "common/files.h"
 #include "config/config_loader.h"
 #include "data/dataset.h"
-#include "data/loader.h"
+#include "dist/communicator.h"
+#include "model/model_info.h"
+#include "train/device_info.h"
 
 namespace gqe {
 namespace {
 
-// Micro-batches per second through TrainLoader::next().
-double micro_batches_per_second(std::shared_ptr<const TokenStream> stream, const LoaderOptions& opts, uint64_t count) {
-  TrainLoader loader(std::move(stream), opts);
-  for (uint64_t i = 0; i < std::max<uint64_t>(1, count / 10); ++i) loader.next();  // warm-up: page cache, permutation
-  const auto start = std::chrono::steady_clock::now();
-  uint64_t checksum = 0;
-  for (uint64_t i = 0; i < count; ++i) checksum += static_cast<uint64_t>(loader.next().tokens.back());
-  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-  if (checksum == UINT64_MAX) fmt::print("");  // keep the batches from being optimised away
-  return static_cast<double>(count) / seconds;
+struct Common {
+  std::string config;
+  std::vector<std::string> overrides;
+};
+
+void add_common(CLI::App* cmd, Common& c) {
+  cmd->add_option("config", c.config, "YAML config")->required();
+  cmd->add_option("--set", c.overrides, "Override a config key (repeatable)")->type_name("KEY=VALUE");
 }
 
+// The config's device and thread count, as training would use them on one process.
+at::Device setup_device(const LoadedConfig& loaded) {
+  const Config& c = loaded.config;
+  at::set_num_threads(c.train.threads > 0 ? static_cast<int>(c.train.threads)
+                                          : static_cast<int>(std::thread::hardware_concurrency()));
+  return rank_device(c.train.device, DistEnvironment{}, loaded.origin("train.device"));
+}
+
+// The top kernels of a profile: time per run (of `runs`), share of the GPU's busy time.
+void print_kernels(const std::string& title, const std::vector<KernelTime>& kernels, int runs, double run_seconds,
+                   int top) {
+  double total = 0;
+  for (const KernelTime& k : kernels) total += k.seconds;
+  fmt::print("\n{}: GPU busy {:.1f} ms per run ({:.0f}% of it), top kernels\n", title, total / runs * 1e3,
+             total / runs / run_seconds * 100);
+  fmt::print("  {:>9} {:>6} {:>6}  {}\n", "ms/run", "share", "calls", "kernel");
+  for (size_t i = 0; i < kernels.size() && i < static_cast<size_t>(top); ++i)
+    fmt::print("  {:>9.2f} {:>5.1f}% {:>6}  {}\n", kernels[i].seconds / runs * 1e3, kernels[i].seconds / total * 100,
+               kernels[i].calls / runs, kernels[i].name.substr(0, 110));
+}
+
+std::string where(at::Device device) {
+  return device.is_cpu() ? fmt::format("cpu, {} threads", at::get_num_threads()) : device_name(device);
+}
+
+// The benchmarks that can write JSON and profile GPU kernels: prefill and train.
+struct Reported : Common {
+  std::string json;
+  int profile = 0;
+};
+
+void add_reporting(CLI::App* cmd, Reported& o, const std::string& profiled) {
+  cmd->add_option("--json", o.json, "Also write the timings to this file");
+  cmd->add_option("--profile", o.profile, "Then list the GPU kernels taking the most time (this many) " + profiled);
+}
+
+at::Device reporting_device(const LoadedConfig& loaded, const Reported& o) {
+  const at::Device device = setup_device(loaded);
+  if (o.profile > 0 && !device.is_cuda())
+    throw UserError(fmt::format("--profile lists GPU kernels; {} runs on {}", o.config, device.str()));
+  return device;
+}
+
+void write_report(const Reported& o, at::Device device, const char* key, const nlohmann::ordered_json& rows) {
+  if (!o.json.empty())
+    write_file_atomic(o.json, nlohmann::ordered_json{{"device", where(device)}, {"config", o.config}, {key, rows}}.dump(2) + "\n");
+}
+
+
 void add_bench_loader(CLI::App& bench) {
-  struct Options {
-    std::string config;
-    std::vector<std::string> overrides;
-    uint64_t micro_batches = 500;
-  };
-  auto o = std::make_shared<Options>();
+  auto o = std::make_shared<Common>();
+  auto micro_batches = std::make_shared<uint64_t>(500);
   CLI::App* cmd = bench.add_subcommand("loader", "Tokens/s from the config's shards into micro-batches");
-  cmd->add_option("config", o->config, "YAML config (data.dataset, data.seq_len, train batch sizes)")->required();
-  cmd->add_option("--set", o->overrides, "Override a config key (repeatable)")->type_name("KEY=VALUE");
-  cmd->add_option("--micro-batches", o->micro_batches, "Micro-batches timed")->capture_default_str();
+  add_common(cmd, *o);
+  cmd->add_option("--micro-batches", *micro_batches, "Micro-batches timed")->capture_default_str();
   cmd->footer("Example:\n  gqe bench loader configs/tiny/gqe.yaml --set train.micro_batch_size=32");
-  cmd->callback([o] {
+  cmd->callback([o, micro_batches] {
     const Config c = load_config(o->config, o->overrides).config;
     if (c.data.dataset.empty()) throw UserError(fmt::format("{}: data.dataset is not set", o->config));
     const Manifest m = read_manifest(c.data.dataset);
@@ -53,24 +102,130 @@ void add_bench_loader(CLI::App& bench) {
     opts.seed = static_cast<uint64_t>(c.data.seed);
     const double tokens_per_batch = static_cast<double>(opts.micro_batch * opts.seq_len);
     fmt::print("loader: {} ({} train tokens), seq_len {}, micro-batch {}, {} micro-batches timed\n", c.data.dataset,
-               stream->size(), opts.seq_len, opts.micro_batch, o->micro_batches);
+               stream->size(), opts.seq_len, opts.micro_batch, *micro_batches);
     opts.prefetch = 0;
-    const double sync = micro_batches_per_second(stream, opts, o->micro_batches);
+    const double sync = bench_loader(stream, opts, *micro_batches);
     fmt::print("  assembling on the calling thread: {:8.1f}M tokens/s ({:.0f} micro-batches/s)\n",
                sync * tokens_per_batch / 1e6, sync);
     opts.prefetch = 8;
-    const double ahead = micro_batches_per_second(stream, opts, o->micro_batches);
+    const double ahead = bench_loader(stream, opts, *micro_batches);
     fmt::print("  with the prefetch thread:         {:8.1f}M tokens/s ({:.0f} micro-batches/s)\n",
                ahead * tokens_per_batch / 1e6, ahead);
+  });
+}
+
+void add_bench_prefill(CLI::App& bench) {
+  struct Options : Reported {
+    std::string lengths = "2048,4096,8192";
+    int repeats = 3;
+  };
+  auto o = std::make_shared<Options>();
+  CLI::App* cmd = bench.add_subcommand("prefill", "Forward over one long sequence, GQA against GQE: the speed-up by length");
+  add_common(cmd, *o);
+  cmd->add_option("--seq-lens", o->lengths, "Sequence lengths, comma-separated")->capture_default_str();
+  cmd->add_option("--repeats", o->repeats, "Timed runs per length (after one warm-up); the median is reported")
+      ->check(CLI::Range(1, 100))
+      ->capture_default_str();
+  add_reporting(cmd, *o, "at the last length");
+  cmd->footer(
+      "Examples:\n"
+      "  gqe bench prefill configs/bench/prefill-cpu.yaml --seq-lens 2048,4096,8192\n"
+      "  gqe bench prefill configs/gqe-250m.yaml --seq-lens 2048,4096,8192,16384,32768,65536,131072");
+  cmd->callback([o] {
+    const LoadedConfig loaded = load_config(o->config, o->overrides);
+    const at::Device device = reporting_device(loaded, *o);
+    std::vector<int64_t> lengths;
+    std::stringstream in(o->lengths);
+    for (std::string item; std::getline(in, item, ',');) {
+      const auto v = parse_integer(item);
+      if (!v || *v < 2) throw UserError(fmt::format("--seq-lens: '{}' is not a length", item));
+      lengths.push_back(*v);
+    }
+    const ModelConfig gqe = as_gqe(loaded.config.model);
+    Config c = loaded.config;
+    c.model = gqe;
+    const ModelInfo info = describe_model(c);
+    const bool bf16 = loaded.config.train.precision == Precision::bf16;
+    fmt::print("prefill: {} as GQA ({} query heads) and GQE ({} of {} active: variant {}, top_k {}); one sequence, "
+               "last-position logits, {}, {}, median of {}\n",
+               o->config, gqe.n_heads, info.active_query_heads, gqe.n_heads, enum_name(gqe.attention.variant),
+               gqe.attention.top_k, where(device), bf16 ? "bf16" : "fp32", o->repeats);
+    fmt::print("  {:>8} {:>12} {:>12} {:>9} {:>16}\n", "tokens", "GQA (ms)", "GQE (ms)", "speed-up", "GQE tokens/s");
+    nlohmann::ordered_json rows = nlohmann::ordered_json::array();
+    const std::vector<PrefillTiming> timings = bench_prefill(loaded.config.model, lengths, o->repeats, device, bf16, o->profile > 0);
+    for (const PrefillTiming& t : timings) {
+      fmt::print("  {:>8} {:>12.1f} {:>12.1f} {:>8.2f}x {:>16.0f}\n", t.tokens, t.gqa_seconds * 1e3, t.gqe_seconds * 1e3,
+                 t.gqa_seconds / t.gqe_seconds, static_cast<double>(t.tokens) / t.gqe_seconds);
+      rows.push_back({{"tokens", t.tokens}, {"gqa_s", t.gqa_seconds}, {"gqe_s", t.gqe_seconds},
+                      {"speedup", t.gqa_seconds / t.gqe_seconds}});
+    }
+    if (o->profile > 0 && !timings.empty()) {
+      const PrefillTiming& t = timings.back();
+      print_kernels(fmt::format("GQA prefill of {} tokens", t.tokens), t.gqa_kernels, 1, t.gqa_seconds, o->profile);
+      print_kernels(fmt::format("GQE prefill of {} tokens", t.tokens), t.gqe_kernels, 1, t.gqe_seconds, o->profile);
+    }
+    write_report(*o, device, "prefill", rows);
+  });
+}
+
+void add_bench_train(CLI::App& bench) {
+  struct Options : Reported {
+    int steps = 10, warmup = 2;
+  };
+  auto o = std::make_shared<Options>();
+  CLI::App* cmd = bench.add_subcommand("train", "Steady-state training throughput, MFU and memory of GQA and GQE");
+  add_common(cmd, *o);
+  cmd->add_option("--steps", o->steps, "Timed steps (after the warm-up); the median is reported")->capture_default_str();
+  cmd->add_option("--warmup", o->warmup, "Untimed steps first")->capture_default_str();
+  add_reporting(cmd, *o, "over 3 more steps");
+  cmd->footer(
+      "Examples:\n"
+      "  gqe bench train configs/tiny/gqe.yaml\n"
+      "  gqe bench train configs/gqe-250m.yaml --profile 25             # where the GPU time goes\n"
+      "  gqe bench train configs/gqe-250m.yaml --set train.micro_batch_size=16   # on a GPU: MFU");
+  cmd->callback([o] {
+    const LoadedConfig loaded = load_config(o->config, o->overrides);
+    const at::Device device = reporting_device(loaded, *o);
+    const Config& c = loaded.config;
+    const auto peak = peak_bf16_flops(device_name(device));
+    fmt::print("train step: {}, micro-batch {} x {} tokens, {}, {}, median of {} steps after {}\n", o->config,
+               c.train.micro_batch_size, c.data.seq_len, enum_name(c.train.precision), where(device), o->steps, o->warmup);
+    fmt::print("  FLOPs per token: 6 x matmul params + 6 x layers x active heads x head_dim x seq_len (causal; see gqe info)\n");
+    fmt::print("  MFU: {}\n", peak ? fmt::format("against {:.0f} TFLOP/s dense bf16 ({})", *peak / 1e12, device_name(device))
+                                   : std::string("none (the peak of this device is not known)"));
+    fmt::print("  {:<18}{:>12}{:>14}{:>12}{:>10}{:>14}\n", "attention", "step (ms)", "tokens/s", "GFLOP/token", "MFU",
+               "peak memory");
+    std::vector<TrainTiming> timings;
+    nlohmann::ordered_json rows = nlohmann::ordered_json::array();
+    std::vector<std::vector<KernelTime>> profiles(2);
+    for (const ModelConfig& m : {as_gqa(c.model), as_gqe(c.model)}) {
+      Config variant = c;
+      variant.model = m;
+      std::vector<KernelTime>* kernels = o->profile > 0 ? &profiles[timings.size()] : nullptr;
+      const TrainTiming& t = timings.emplace_back(bench_train_step(variant, o->steps, o->warmup, device, kernels, 3));
+      fmt::print("  {:<18}{:>12.1f}{:>14.0f}{:>12.4g}{:>10}{:>11.2f} GiB\n", t.name, t.step_seconds * 1e3,
+                 t.tokens_per_second, t.flops_per_token / 1e9, t.mfu ? fmt::format("{:.1f}%", *t.mfu * 100) : "-",
+                 t.peak_memory / (1024.0 * 1024 * 1024));
+      rows.push_back({{"attention", t.name}, {"step_s", t.step_seconds}, {"tokens_per_s", t.tokens_per_second},
+                      {"flops_per_token", t.flops_per_token}, {"mfu", t.mfu ? nlohmann::ordered_json(*t.mfu) : nullptr},
+                      {"peak_memory_bytes", t.peak_memory}});
+    }
+    fmt::print("  GQE / GQA tokens/s: {:.3f}\n", timings[1].tokens_per_second / timings[0].tokens_per_second);
+    if (device.is_cpu()) fmt::print("  (CPU peak memory is the process's maximum resident set so far)\n");
+    for (size_t i = 0; i < timings.size() && o->profile > 0; ++i)
+      print_kernels(timings[i].name + " training step", profiles[i], 3, timings[i].step_seconds, o->profile);
+    write_report(*o, device, "train", rows);
   });
 }
 
 }  // namespace
 
 void add_bench_command(CLI::App& app) {
-  CLI::App* bench = app.add_subcommand("bench", "Throughput benchmarks");
+  CLI::App* bench = app.add_subcommand("bench", "Throughput benchmarks: loader, prefill (GQA vs GQE), train");
   bench->require_subcommand(1);
   add_bench_loader(*bench);
+  add_bench_prefill(*bench);
+  add_bench_train(*bench);
 }
 
 }  // namespace gqe

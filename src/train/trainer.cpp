@@ -26,11 +26,13 @@
 #include "eval/scoring.h"
 #include "eval/tasks.h"
 #include "model/autocast.h"
+#include "model/cross_entropy.h"
 #include "model/decoder.h"
 #include "model/model_info.h"
 #include "train/adamw.h"
 #include "train/checkpoint.h"
 #include "train/clipping.h"
+#include "train/device_info.h"
 #include "train/console.h"
 #include "train/metrics.h"
 #include "train/schedule.h"
@@ -164,6 +166,14 @@ class Trainer {
   GradClipper clipper_;
   TrainerState state_;
   int64_t total_steps_ = 0, global_batch_ = 0;
+  // MFU: training FLOPs per token (gqe info's formula) over the world's dense bf16 peak; no peak
+  // (CPU, unknown GPU, fp32) means no MFU is reported.
+  double flops_per_token_ = 0;
+  std::optional<double> world_peak_flops_;
+  std::optional<double> mfu(double tokens_per_second) const {
+    if (!world_peak_flops_) return std::nullopt;
+    return tokens_per_second * flops_per_token_ / *world_peak_flops_;
+  }
 };
 
 Trainer::Trainer(const LoadedConfig& loaded, const TrainOptions& options)
@@ -246,7 +256,7 @@ void Trainer::restore(const Checkpoint& c) {
 }
 
 Trainer::StepResult Trainer::step(double lr, bool want_router_stats) {
-  const int64_t L = config_.data.seq_len, V = config_.model.vocab_size;
+  const int64_t L = config_.data.seq_len;
   // Each micro-batch's loss is divided by the micro-batches of the whole world, so that the summed
   // all-reduce leaves the mean gradient (with 2 ranks this is bitwise the one-process gradient).
   const double parts = static_cast<double>(loader_->accumulation_steps()) * static_cast<double>(comm_->world());
@@ -263,7 +273,7 @@ Trainer::StepResult Trainer::step(double lr, bool want_router_stats) {
     {
       AutocastScope autocast(device_.type(), bf16_);
       const DecoderOutput out = model_->forward(tokens.slice(1, 0, L));
-      const at::Tensor ce = at::cross_entropy_loss(out.logits.reshape({-1, V}).to(at::kFloat), tokens.slice(1, 1).reshape(-1));
+      const at::Tensor ce = token_cross_entropy(out.logits, tokens.slice(1, 1));
       loss = (ce + aux_coef * out.aux_loss) / parts;
       ce_sum += ce.detach();
       aux_sum += out.aux_loss.detach();
@@ -417,6 +427,8 @@ void Trainer::run() {
   val_stream_ = std::make_shared<const TokenStream>(config_.data.dataset, manifest_, Split::val);
   global_batch_ = t.global_batch_tokens;
   total_steps_ = (t.tokens + global_batch_ - 1) / global_batch_;
+  flops_per_token_ = describe_model(config_).train_flops_per_token();
+  if (const auto peak = peak_bf16_flops(device_name(device_)); peak && bf16_) world_peak_flops_ = *peak * env_.world;
   LoaderOptions lo;
   lo.seq_len = static_cast<uint64_t>(config_.data.seq_len);
   lo.global_batch = static_cast<uint64_t>(global_batch_ / config_.data.seq_len);
@@ -507,6 +519,7 @@ void Trainer::run() {
                            {"skipped", r.skipped},
                            {"tokens_per_s", static_cast<double>(global_batch_) / step_seconds},
                            {"elapsed_s", state_.elapsed_s}};
+      if (const auto m = mfu(static_cast<double>(global_batch_) / step_seconds)) line["mfu"] = *m;
       if (r.router) line["router"] = *r.router;
       metrics->write(line);
     }
@@ -524,10 +537,12 @@ void Trainer::run() {
     if (log_step) {
       const double seconds = state_.elapsed_s - interval_start;
       const double rate = static_cast<double>(interval_tokens) / std::max(seconds, 1e-9);
-      log.info("step {}/{} | tokens {}/{} | loss {:.4f} | aux {:.4f} | lr {:.2e} | grad {:.3f}{} | {} tok/s | ETA {}",
+      const auto interval_mfu = mfu(rate);
+      log.info("step {}/{} | tokens {}/{} | loss {:.4f} | aux {:.4f} | lr {:.2e} | grad {:.3f}{} | {} tok/s{} | ETA {}",
                state_.step, total_steps_, human(static_cast<double>(state_.tokens)), human(static_cast<double>(t.tokens)),
                r.loss, r.aux, lr, r.grad_norm, r.clip_scale < 1 ? fmt::format(" (clipped x{:.2f})", r.clip_scale) : "",
-               human(rate), duration(static_cast<double>(t.tokens - state_.tokens) / std::max(rate, 1e-9)));
+               human(rate), interval_mfu ? fmt::format(" | MFU {:.1f}%", *interval_mfu * 100) : "",
+               duration(static_cast<double>(t.tokens - state_.tokens) / std::max(rate, 1e-9)));
       interval_start = state_.elapsed_s;
       interval_tokens = 0;
     }

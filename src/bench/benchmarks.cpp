@@ -1,0 +1,163 @@
+#include "bench/benchmarks.h"
+
+#include <algorithm>
+#include <chrono>
+
+#include <ATen/ATen.h>
+#include <c10/core/InferenceMode.h>
+#include <torch/csrc/autograd/profiler_kineto.h>
+#include <torch/cuda.h>
+#include <torch/utils.h>
+
+#include <map>
+
+#include "model/autocast.h"
+#include "model/cross_entropy.h"
+#include "model/decoder.h"
+#include "model/model_info.h"
+#include "train/adamw.h"
+#include "train/device_info.h"
+
+namespace gqe {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+void synchronize(at::Device device) {
+  if (device.is_cuda()) torch::cuda::synchronize(device.index());
+}
+
+template <class F> double median_seconds(int repeats, at::Device device, F&& run) {
+  std::vector<double> times;
+  for (int i = 0; i < repeats; ++i) {
+    synchronize(device);
+    const auto start = Clock::now();
+    run();
+    synchronize(device);
+    times.push_back(std::chrono::duration<double>(Clock::now() - start).count());
+  }
+  std::sort(times.begin(), times.end());
+  return times[times.size() / 2];
+}
+
+}  // namespace
+
+// Kineto, as torch.profiler in Python.
+std::vector<KernelTime> profile_kernels(at::Device device, const std::function<void()>& run) {
+  namespace profiler = torch::autograd::profiler;
+  using torch::profiler::impl::ActivityType;
+  const torch::profiler::impl::ProfilerConfig config(torch::profiler::impl::ProfilerState::KINETO);
+  const std::set<ActivityType> activities{ActivityType::CPU, ActivityType::CUDA};
+  profiler::prepareProfiler(config, activities);
+  profiler::enableProfiler(config, activities);
+  run();
+  synchronize(device);
+  const std::unique_ptr<profiler::ProfilerResult> result = profiler::disableProfiler();
+  std::map<std::string, KernelTime> by_name;
+  for (const profiler::KinetoEvent& e : result->events()) {
+    if (e.deviceType() != c10::DeviceType::CUDA) continue;
+    KernelTime& k = by_name[e.name()];
+    k.name = e.name();
+    k.seconds += static_cast<double>(e.durationNs()) * 1e-9;
+    k.calls += 1;
+  }
+  std::vector<KernelTime> out;
+  for (auto& [name, k] : by_name) out.push_back(std::move(k));
+  std::sort(out.begin(), out.end(), [](const KernelTime& a, const KernelTime& b) { return a.seconds > b.seconds; });
+  return out;
+}
+
+ModelConfig as_gqa(ModelConfig c) {
+  c.attention.type = AttentionType::gqa;
+  return c;
+}
+
+ModelConfig as_gqe(ModelConfig c) {
+  if (c.attention.type != AttentionType::gqe) {
+    c.attention.type = AttentionType::gqe;
+    c.attention.top_k = 1;
+    c.attention.variant = GqeVariant::gqe;
+  }
+  return c;
+}
+
+std::vector<PrefillTiming> bench_prefill(const ModelConfig& config, const std::vector<int64_t>& lengths, int repeats,
+                                         at::Device device, bool bf16, bool profile) {
+  std::vector<PrefillTiming> out;
+  torch::manual_seed(0);
+  Decoder gqa(as_gqa(config)), gqe(as_gqe(config));
+  for (Decoder* m : {&gqa, &gqe}) {
+    (*m)->to(device);
+    (*m)->eval();
+  }
+  c10::InferenceMode inference;  // no autograd bookkeeping at all, as a server would run it
+  for (int64_t n : lengths) {
+    const at::Tensor tokens = at::randint(config.vocab_size, {1, n}, at::TensorOptions().dtype(at::kLong)).to(device);
+    PrefillTiming t;
+    t.tokens = n;
+    for (auto [model, seconds] : {std::pair{&gqa, &t.gqa_seconds}, std::pair{&gqe, &t.gqe_seconds}}) {
+      auto run = [&] {
+        AutocastScope autocast(device.type(), bf16);
+        (*model)->forward_last(tokens, 1).logits.sum().item<float>();
+      };
+      run();  // warm-up
+      *seconds = median_seconds(repeats, device, run);
+      if (profile) (model == &gqa ? t.gqa_kernels : t.gqe_kernels) = profile_kernels(device, run);
+    }
+    out.push_back(t);
+  }
+  return out;
+}
+
+TrainTiming bench_train_step(const Config& config, int steps, int warmup, at::Device device,
+                             std::vector<KernelTime>* kernels, int profile_steps) {
+  const ModelConfig& m = config.model;
+  TrainTiming t;
+  t.name = m.attention.type == AttentionType::gqa ? "gqa" : std::string("gqe/") + enum_name(m.attention.variant);
+  torch::manual_seed(0);
+  Decoder model(m);
+  model->to(device);
+  std::vector<std::pair<std::string, at::Tensor>> named;
+  for (const auto& p : model->named_parameters()) named.emplace_back(p.key(), p.value());
+  AdamW optimizer(named, config.train.optimizer);
+  const int64_t B = config.train.micro_batch_size, L = config.data.seq_len;
+  const at::Tensor tokens = at::randint(m.vocab_size, {B, L + 1}, at::TensorOptions().dtype(at::kLong)).to(device);
+  const bool bf16 = config.train.precision == Precision::bf16;
+  const double aux_coef = m.attention.type == AttentionType::gqe ? m.attention.aux_coef : 0.0;
+  auto step = [&] {
+    optimizer.zero_grad();
+    at::Tensor loss;
+    {
+      AutocastScope autocast(device.type(), bf16);
+      const DecoderOutput out = model->forward(tokens.slice(1, 0, L));
+      loss = token_cross_entropy(out.logits, tokens.slice(1, 1)) + aux_coef * out.aux_loss;
+    }
+    loss.backward();
+    optimizer.step(1e-4);
+  };
+  for (int i = 0; i < warmup; ++i) step();
+  reset_peak_memory(device);
+  t.step_seconds = median_seconds(steps, device, step);
+  t.tokens_per_second = static_cast<double>(B * L) / t.step_seconds;
+  t.flops_per_token = describe_model(config).train_flops_per_token();
+  if (const auto peak = peak_bf16_flops(device_name(device))) t.mfu = t.tokens_per_second * t.flops_per_token / *peak;
+  t.peak_memory = peak_memory_bytes(device);
+  if (kernels)
+    *kernels = profile_kernels(device, [&] {
+      for (int i = 0; i < profile_steps; ++i) step();
+    });
+  return t;
+}
+
+double bench_loader(std::shared_ptr<const TokenStream> stream, const LoaderOptions& options, uint64_t count) {
+  TrainLoader loader(std::move(stream), options);
+  for (uint64_t i = 0; i < std::max<uint64_t>(1, count / 10); ++i) loader.next();  // warm-up: page cache, permutation
+  uint64_t checksum = 0;
+  const double seconds = median_seconds(1, at::Device(at::kCPU), [&] {
+    for (uint64_t i = 0; i < count; ++i) checksum += static_cast<uint64_t>(loader.next().tokens.back());
+  });
+  if (checksum == UINT64_MAX) std::abort();  // keeps the batches from being optimised away
+  return static_cast<double>(count) / seconds;
+}
+
+}  // namespace gqe

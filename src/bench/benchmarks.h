@@ -1,0 +1,56 @@
+// The measurements behind `gqe bench` (docs/performance.md). Timings are medians of repeated runs
+// after warm-up; on CUDA the device is synchronised around each one.
+#pragma once
+
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include <c10/core/Device.h>
+
+#include "config/config.h"
+#include "data/loader.h"
+
+namespace gqe {
+
+// The config's model as GQA and as GQE (its own GQE settings, or top-1 gqe if it is a GQA config).
+ModelConfig as_gqa(ModelConfig config);
+ModelConfig as_gqe(ModelConfig config);
+
+// GPU kernels by name, most time first.
+struct KernelTime {
+  std::string name;
+  double seconds = 0;  // summed over the profiled runs
+  int64_t calls = 0;
+};
+std::vector<KernelTime> profile_kernels(at::Device device, const std::function<void()>& run);
+
+struct PrefillTiming {
+  int64_t tokens = 0;
+  double gqa_seconds = 0, gqe_seconds = 0;
+  std::vector<KernelTime> gqa_kernels, gqe_kernels;  // one more run of each, when profiled
+};
+
+// A forward pass over one sequence of each length without gradients, logits of the last position
+// only, for the GQA and GQE versions of `config` (same seed, same tokens).
+std::vector<PrefillTiming> bench_prefill(const ModelConfig& config, const std::vector<int64_t>& lengths, int repeats,
+                                         at::Device device, bool bf16, bool profile = false);
+
+struct TrainTiming {
+  std::string name;
+  double step_seconds = 0, tokens_per_second = 0, flops_per_token = 0, peak_memory = 0;
+  std::optional<double> mfu;  // only on a GPU whose peak is known
+};
+
+// Steady-state training steps of one micro-batch (train.micro_batch_size x data.seq_len random
+// tokens): forward, the loss with the balance term, backward, AdamW.
+// With `kernels`, the GPU kernels of `profile_steps` more steps, profiled, go there.
+TrainTiming bench_train_step(const Config& config, int steps, int warmup, at::Device device,
+                             std::vector<KernelTime>* kernels = nullptr, int profile_steps = 3);
+
+// Micro-batches per second from TrainLoader::next() (prefetch 0: assembled on the calling thread).
+double bench_loader(std::shared_ptr<const TokenStream> stream, const LoaderOptions& options, uint64_t micro_batches);
+
+}  // namespace gqe
