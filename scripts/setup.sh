@@ -12,6 +12,7 @@
 #   GQE_BUILD_DIR=DIR   build directory (default: build)
 #   GQE_BUILD_TYPE=T    CMake build type (default: Release)
 #   GQE_SKIP_APT=1      do not touch system packages (you installed them yourself)
+#   GQE_TARGETS="gqe"   build only these targets (default: everything, tests included)
 set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -65,5 +66,6 @@ if [[ ! -f $build_dir/build.ninja ]] || [[ $(cat "$build_dir/.torch_prefix" 2>/d
   echo "$torch_prefix" > "$build_dir/.torch_prefix"
 fi
 say "building"
-cmake --build "$build_dir" -j "$(nproc)"
+# shellcheck disable=SC2086  # a list of target names
+cmake --build "$build_dir" -j "$(nproc)" ${GQE_TARGETS:+--target $GQE_TARGETS}
 say "done: $build_dir/gqe"
