@@ -2,14 +2,13 @@
 
 #include <algorithm>
 #include <chrono>
+#include <map>
 
 #include <ATen/ATen.h>
 #include <c10/core/InferenceMode.h>
 #include <torch/csrc/autograd/profiler_kineto.h>
 #include <torch/cuda.h>
 #include <torch/utils.h>
-
-#include <map>
 
 #include "model/autocast.h"
 #include "model/cross_entropy.h"
@@ -140,7 +139,9 @@ TrainTiming bench_train_step(const Config& config, int steps, int warmup, at::De
   t.step_seconds = median_seconds(steps, device, step);
   t.tokens_per_second = static_cast<double>(B * L) / t.step_seconds;
   t.flops_per_token = describe_model(config).train_flops_per_token();
-  if (const auto peak = peak_bf16_flops(device_name(device))) t.mfu = t.tokens_per_second * t.flops_per_token / *peak;
+  // Against the bf16 peak: only a bf16 step has one to compare with.
+  if (const auto peak = peak_bf16_flops(device_name(device)); peak && bf16)
+    t.mfu = t.tokens_per_second * t.flops_per_token / *peak;
   t.peak_memory = peak_memory_bytes(device);
   if (kernels)
     *kernels = profile_kernels(device, [&] {

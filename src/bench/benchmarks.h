@@ -41,7 +41,7 @@ std::vector<PrefillTiming> bench_prefill(const ModelConfig& config, const std::v
 struct TrainTiming {
   std::string name;
   double step_seconds = 0, tokens_per_second = 0, flops_per_token = 0, peak_memory = 0;
-  std::optional<double> mfu;  // only on a GPU whose peak is known
+  std::optional<double> mfu;  // only in bf16 on a GPU whose peak is known
 };
 
 // Steady-state training steps of one micro-batch (train.micro_batch_size x data.seq_len random

@@ -191,8 +191,10 @@ void add_bench_train(CLI::App& bench) {
     fmt::print("train step: {}, micro-batch {} x {} tokens, {}, {}, median of {} steps after {}\n", o->config,
                c.train.micro_batch_size, c.data.seq_len, enum_name(c.train.precision), where(device), o->steps, o->warmup);
     fmt::print("  FLOPs per token: 6 x matmul params + 6 x layers x active heads x head_dim x seq_len (causal; see gqe info)\n");
-    fmt::print("  MFU: {}\n", peak ? fmt::format("against {:.0f} TFLOP/s dense bf16 ({})", *peak / 1e12, device_name(device))
-                                   : std::string("none (the peak of this device is not known)"));
+    const bool bf16 = c.train.precision == Precision::bf16;
+    fmt::print("  MFU: {}\n", !peak ? std::string("none (the peak of this device is not known)")
+                               : !bf16 ? std::string("none (the known peak is bf16's; this step is fp32)")
+                                       : fmt::format("against {:.0f} TFLOP/s dense bf16 ({})", *peak / 1e12, device_name(device)));
     fmt::print("  {:<18}{:>12}{:>14}{:>12}{:>10}{:>14}\n", "attention", "step (ms)", "tokens/s", "GFLOP/token", "MFU",
                "peak memory");
     std::vector<TrainTiming> timings;
