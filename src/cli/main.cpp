@@ -16,7 +16,8 @@ int main(int argc, char** argv) {
       "  gqe info configs/gqe-250m.yaml\n"
       "  gqe info configs/tiny/gqe.yaml --set model.attention.top_k=2\n"
       "  gqe data encode data/sample/*.jsonl --tokenizer data/sample/tokenizer.model --out data/sample/shards\n"
-      "  gqe bench loader configs/tiny/gqe.yaml\n"
+      "  gqe bench train configs/gqe-250m.yaml          # GQA vs GQE tokens/s and MFU (GPU)\n"
+      "  gqe bench prefill configs/bench/prefill-cpu.yaml --seq-lens 2048,4096,8192\n"
       "Run 'gqe COMMAND --help' for a command's options.");
   app.require_subcommand(1);
   gqe::add_train_command(app, argc, argv);
