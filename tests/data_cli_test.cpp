@@ -66,11 +66,7 @@ TEST_F(DataCli, DecodeGivesTheTextBack) {
 }
 
 TEST_F(DataCli, DamageIsFoundByVerifyWithExitStatus2) {
-  {
-    std::fstream f(path("ds/train_000000.bin"), std::ios::in | std::ios::out | std::ios::binary);
-    f.seekp(300);
-    f.put('\x7f');
-  }
+  test::flip_byte(path("ds/train_000000.bin"), 300);
   const auto shallow = run_command(data_tool("inspect " + path("ds")));
   EXPECT_EQ(shallow.status, 0);  // headers are intact
   const auto deep = run_command(data_tool("inspect " + path("ds") + " --verify"));

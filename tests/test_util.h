@@ -62,6 +62,16 @@ inline std::string user_error_of(const std::function<void()>& f) {
   return "";
 }
 
+// Inverts one byte of a file: damage that is never a no-op, whatever the file held there.
+inline void flip_byte(const std::filesystem::path& file, std::streamoff offset) {
+  std::fstream f(file, std::ios::in | std::ios::out | std::ios::binary);
+  f.seekg(offset);
+  const char byte = static_cast<char>(f.get());
+  f.seekp(offset);
+  f.put(static_cast<char>(~byte));
+  if (!f) throw std::runtime_error("cannot flip byte " + std::to_string(offset) + " of " + file.string());
+}
+
 struct RunResult {
   int status = -1;
   std::string out, err;

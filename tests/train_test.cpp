@@ -218,11 +218,7 @@ TEST(Checkpoint, DamagedOrHalfWrittenCheckpointsAreNeverLoaded) {
   const at::Tensor w = at::randn({64, 64});
   for (int64_t step : {10, 20, 30}) save_checkpoint(run.path(), state_at(step), {{"model.w", w}}, {{"model.w.exp_avg", w}}, 5);
   const fs::path ckpt20 = run.path() / "checkpoints/step_00000020", ckpt30 = run.path() / "checkpoints/step_00000030";
-  {  // a flipped byte in the middle of the newest one's weights
-    std::fstream f(ckpt30 / "model.safetensors", std::ios::in | std::ios::out | std::ios::binary);
-    f.seekp(4000);
-    f.put('\x5a');
-  }
+  test::flip_byte(ckpt30 / "model.safetensors", 4000);  // a flipped byte in the newest one's weights
   fs::resize_file(ckpt20 / "optimizer.safetensors", 100);  // and a truncated file in the one before
   // A save interrupted before its state.json, newest of all.
   fs::create_directories(run.path() / "checkpoints/step_00000040");
