@@ -145,6 +145,13 @@ void add_encode(CLI::App& app, int argc, char** argv) {
   });
 }
 
+// --tokenizer MODEL, or else the tokenizer of --dataset DIR.
+std::string tokenizer_model(const char* command, const std::string& tokenizer, const std::string& dataset) {
+  if (!tokenizer.empty()) return tokenizer;
+  if (dataset.empty()) throw UserError(fmt::format("{}: give --tokenizer MODEL or --dataset DIR", command));
+  return tokenizer_path(dataset, read_manifest(dataset)).string();
+}
+
 nlohmann::ordered_json header_json(const MappedShard& shard) {
   const ShardHeader& h = shard.header();
   return {{"file", shard.path()},
@@ -182,7 +189,7 @@ void add_inspect(CLI::App& app) {
         if (o->verify) stream.verify(all_cores());
       }
       if (o->verify) {
-        const std::string tok = (fs::path(o->path) / m.tokenizer.file).string();
+        const std::string tok = tokenizer_path(o->path, m).string();
         const std::string bytes = read_file(tok);
         if (checksum64(bytes.data(), bytes.size()) != m.tokenizer.fingerprint)
           throw UserError(fmt::format("{}: does not match the manifest's tokenizer fingerprint", tok));
@@ -238,11 +245,7 @@ void add_decode(CLI::App& app) {
         ids.push_back(static_cast<int32_t>(*v));
       }
     }
-    std::string model = o->tokenizer;
-    if (model.empty()) {
-      if (o->dataset.empty()) throw UserError("decode: give --tokenizer MODEL or --dataset DIR");
-      model = (fs::path(o->dataset) / read_manifest(o->dataset).tokenizer.file).string();
-    }
+    const std::string model = tokenizer_model("decode", o->tokenizer, o->dataset);
     // A shard slice may hold several documents: show where each ends.
     const Tokenizer tokenizer(model);
     std::string text;
@@ -275,11 +278,7 @@ void add_encode_eval(CLI::App& app) {
       "  gqe-data encode-eval --task hellaswag --input hellaswag_val.jsonl --dataset data/sample/shards --out data/eval/hellaswag.jsonl\n"
       "  gqe-data encode-eval --task piqa --input valid.jsonl --labels valid-labels.lst --dataset data/sample/shards --out data/eval/piqa.jsonl");
   cmd->callback([o] {
-    std::string model = o->tokenizer;
-    if (model.empty()) {
-      if (o->dataset.empty()) throw UserError("encode-eval: give --tokenizer MODEL or --dataset DIR");
-      model = (fs::path(o->dataset) / read_manifest(o->dataset).tokenizer.file).string();
-    }
+    const std::string model = tokenizer_model("encode-eval", o->tokenizer, o->dataset);
     const EvalTask task = *parse_eval_task(o->task);
     const auto items = read_eval_items(task, o->input, o->labels);
     const EvalSet set = tokenize_eval_items(task, items, Tokenizer(model));

@@ -98,6 +98,10 @@ std::string manifest_json(const Manifest& m) {
   return j.dump(2) + "\n";
 }
 
+std::filesystem::path tokenizer_path(const std::filesystem::path& dataset_dir, const Manifest& manifest) {
+  return dataset_dir / manifest.tokenizer.file;
+}
+
 Manifest read_manifest(const std::filesystem::path& dir) {
   const std::string file = (dir / "manifest.json").string();
   if (!std::filesystem::is_directory(dir)) throw UserError(fmt::format("{}: dataset directory not found", dir.string()));

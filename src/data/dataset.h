@@ -52,6 +52,9 @@ const char* split_name(Split split);
 Manifest read_manifest(const std::filesystem::path& dataset_dir);
 std::string manifest_json(const Manifest& manifest);  // pretty-printed JSON
 
+// The tokenizer model file of a dataset (the manifest names it relative to the directory).
+std::filesystem::path tokenizer_path(const std::filesystem::path& dataset_dir, const Manifest& manifest);
+
 // One split of a dataset, its shards mapped in manifest order.
 class TokenStream {
  public:

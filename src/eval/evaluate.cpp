@@ -134,7 +134,7 @@ void sample(const SampleCommand& command) {
   const Config& c = t.config.config;
   const std::optional<Manifest> manifest = dataset_manifest(c);
   if (!manifest) throw UserError(fmt::format("sample: the run's dataset {} (for its tokenizer) is not there", c.data.dataset));
-  const Tokenizer tokenizer((fs::path(c.data.dataset) / manifest->tokenizer.file).string());
+  const Tokenizer tokenizer(tokenizer_path(c.data.dataset, *manifest).string());
   const DistEnvironment single;
   const at::Device device = rank_device(c.train.device, single, t.config.origin("train.device"));
   Decoder model = load_model(t, device);

@@ -71,8 +71,8 @@ at::Tensor AttentionImpl::routed_slots(const at::Tensor& x, const at::Tensor& k,
     c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
     return route(at::linear(x.to(at::kFloat), router->weight.to(at::kFloat)), G, K);
   }();
-  out.aux = load_balancing_loss(r);
   out.load = expert_load(r);
+  out.aux = load_balancing_loss(r, out.load);
   out.entropy = router_entropy(r);
 
   // Gather the selected experts' queries: head g*K + r attends with KV head g. RoPE commutes with

@@ -22,7 +22,7 @@ RotaryTables rotary_tables(int64_t start, int64_t length, int64_t head_dim, doub
   const at::Tensor inv_freq = at::pow(theta, -at::arange(0, head_dim, 2, f64) / static_cast<double>(head_dim));
   const at::Tensor angles = at::outer(at::arange(start, start + length, f64), inv_freq);
   const at::Tensor cos = angles.cos().to(at::kFloat), sin = angles.sin().to(at::kFloat);
-  return {at::cat({cos, cos}, -1), at::cat({sin, sin}, -1), at::cat({-sin, sin}, -1)};
+  return {at::cat({cos, cos}, -1), at::cat({-sin, sin}, -1)};
 }
 
 namespace {

@@ -20,11 +20,10 @@ class RMSNormImpl : public torch::nn::Module {
 TORCH_MODULE(RMSNorm);
 
 // cos and sin of position * inv_freq, [length, head_dim] in fp32, for positions start..start+length-1,
-// computed on `device`. signed_sin is sin with its first half negated: rotating x is then
+// computed on `device`; the sin table has its first half negated, so that rotating x is
 // x * cos + swap_halves(x) * signed_sin.
 struct RotaryTables {
   at::Tensor cos;
-  at::Tensor sin;
   at::Tensor signed_sin;
 };
 RotaryTables rotary_tables(int64_t start, int64_t length, int64_t head_dim, double theta, at::Device device);

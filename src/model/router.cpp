@@ -24,10 +24,10 @@ at::Tensor expert_load(const Routing& routing) {
   return counts / static_cast<double>(topi.size(0));
 }
 
-at::Tensor load_balancing_loss(const Routing& routing) {
+at::Tensor load_balancing_loss(const Routing& routing, const at::Tensor& load) {
   const int64_t groups = routing.probs.size(-2), experts = routing.probs.size(-1);
   const at::Tensor mean_probs = routing.probs.reshape({-1, groups, experts}).mean(0);  // P[g, m]
-  return (expert_load(routing) * mean_probs).sum(-1).mul(static_cast<double>(experts)).mean();
+  return (load * mean_probs).sum(-1).mul(static_cast<double>(experts)).mean();
 }
 
 at::Tensor router_entropy(const Routing& routing) {

@@ -17,8 +17,9 @@ Routing route(const at::Tensor& logits, int64_t groups, int64_t top_k);
 
 // Switch-style balance loss of one layer: mean over groups of M * sum_m f[g,m] * P[g,m], where f is
 // the fraction of the micro-batch's tokens whose top-k includes expert m (no gradient) and P the
-// mean router probability. 1 for balanced top-1 routing; gradient flows through P only.
-at::Tensor load_balancing_loss(const Routing& routing);
+// mean router probability. 1 for balanced top-1 routing; gradient flows through P only. `load` is
+// expert_load(routing), which the caller keeps too.
+at::Tensor load_balancing_loss(const Routing& routing, const at::Tensor& load);
 
 // f above: [G, M], the fraction of tokens that selected each expert (no gradient).
 at::Tensor expert_load(const Routing& routing);

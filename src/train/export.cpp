@@ -87,7 +87,7 @@ void export_checkpoint(const ExportOptions& o) {
     write_file_atomic(tmp / "config.json", hf_config(config, checkpoint.state, manifest ? &*manifest : nullptr, o.bf16).dump(2) + "\n");
     if (manifest) {
       write_file_atomic(tmp / "tokenizer.model",
-                        read_file(fs::path(config.data.dataset) / manifest->tokenizer.file));
+                        read_file(tokenizer_path(config.data.dataset, *manifest)));
       const ordered_json tok = {{"tokenizer_class", "LlamaTokenizer"}, {"add_bos_token", false}, {"add_eos_token", false},
                                 {"bos_token", "<s>"}, {"eos_token", "</s>"}, {"unk_token", "<unk>"}, {"pad_token", "<pad>"},
                                 {"legacy", true}, {"add_prefix_space", false}, {"model_max_length", config.data.seq_len}};
