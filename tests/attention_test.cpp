@@ -177,7 +177,7 @@ TEST(Router, LoadBalancingLossIsOneForBalancedUniformRouting) {
   r.probs = at::full({1, 4, 2, 2}, 0.5);
   r.topi = at::tensor({0, 1, 1, 0, 0, 1, 1, 0}, at::kLong).view({1, 4, 2, 1});
   r.topv = at::full({1, 4, 2, 1}, 0.5);
-  EXPECT_DOUBLE_EQ(load_balancing_loss(r).item<double>(), 1.0);
+  EXPECT_DOUBLE_EQ(load_balancing_loss(r, expert_load(r)).item<double>(), 1.0);
   EXPECT_TRUE(expert_load(r).equal(at::full({2, 2}, 0.5)));
 }
 
@@ -186,8 +186,8 @@ TEST(Router, LoadBalancingLossExceedsOneWhenEveryTokenPicksTheSameExpert) {
   const Routing r = route(logits, 3, 1);
   EXPECT_TRUE(r.topi.eq(0).all().item<bool>());
   const double p0 = 1.0 / (1.0 + std::exp(-4.0));
-  EXPECT_NEAR(load_balancing_loss(r).item<double>(), 2.0 * p0, 1e-6);  // M * f0 * P0 = 2 * 1 * p0 > 1
-  EXPECT_GT(load_balancing_loss(r).item<double>(), 1.5);
+  EXPECT_NEAR(load_balancing_loss(r, expert_load(r)).item<double>(), 2.0 * p0, 1e-6);  // M * f0 * P0 = 2 * 1 * p0 > 1
+  EXPECT_GT(load_balancing_loss(r, expert_load(r)).item<double>(), 1.5);
 }
 
 TEST(Router, GradientFlowsThroughMeanProbabilityOnly) {
@@ -199,7 +199,7 @@ TEST(Router, GradientFlowsThroughMeanProbabilityOnly) {
   const at::Tensor f = expert_load(r);
   EXPECT_TRUE(f.sum(-1).allclose(at::full({G}, static_cast<double>(K))));  // each token picks K experts
   // d aux / d probs[t, g, m] = M * f[g, m] / (G * tokens), then through the softmax.
-  const auto grad = torch::autograd::grad({load_balancing_loss(r)}, {logits})[0];
+  const auto grad = torch::autograd::grad({load_balancing_loss(r, expert_load(r))}, {logits})[0];
   const at::Tensor dprobs = (M * f / static_cast<double>(G * tokens)).expand({1, tokens, G, M});
   const at::Tensor p = r.probs.detach();
   const at::Tensor expected = p * (dprobs - (dprobs * p).sum(-1, true));

@@ -14,7 +14,7 @@ namespace {
 
 using test::run_command;
 
-std::string gqe(const std::string& args) { return std::string(GQE_BINARY) + " " + args; }
+using test::gqe;
 std::string config(const std::string& name) { return std::string(GQE_SOURCE_DIR) + "/configs/" + name; }
 
 TEST(Bench, TrainMeasuresGqaAndGqeSideBySide) {

@@ -10,7 +10,7 @@ namespace {
 
 using test::run_command;
 
-std::string gqe(const std::string& args) { return std::string(GQE_BINARY) + " " + args; }
+using test::gqe;
 std::string config(const std::string& name) { return std::string(GQE_SOURCE_DIR) + "/configs/" + name; }
 
 int count_lines(const std::string& s) {

@@ -12,7 +12,7 @@ namespace {
 namespace fs = std::filesystem;
 using test::run_command;
 
-std::string data_tool(const std::string& args) { return std::string(GQE_DATA_BINARY) + " " + args; }
+using test::data_tool;
 std::string fixture() { return std::string(GQE_SOURCE_DIR) + "/tests/data/prose.txt"; }
 
 int lines(const std::string& s) { return static_cast<int>(std::count(s.begin(), s.end(), '\n')); }
@@ -43,7 +43,7 @@ TEST_F(DataCli, InspectPrintsHeadersAndManifestsAsJson) {
   EXPECT_NE(dataset.out.find("\"format\": \"gqe-dataset\""), std::string::npos);
   EXPECT_NE(dataset.out.find("\"train\": {"), std::string::npos);
   // gqe data forwards to gqe-data: same answer.
-  const auto forwarded = run_command(std::string(GQE_BINARY) + " data inspect " + path("ds") + " --verify");
+  const auto forwarded = run_command(test::gqe("data inspect " + path("ds") + " --verify"));
   EXPECT_EQ(forwarded.status, 0) << forwarded.err;
   EXPECT_EQ(forwarded.out, dataset.out);
 }

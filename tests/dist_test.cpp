@@ -100,7 +100,7 @@ dist: {timeout_s: 5, check_replicas_every_steps: 1}
   static void TearDownTestSuite() { delete dir_; }
 
   std::string train(const std::string& run, const std::string& extra = "") const {
-    return std::string(GQE_BINARY) + " train " + config_ + " --run-dir " + path(run) + " " + extra;
+    return test::gqe("train " + config_ + " --run-dir " + path(run) + " " + extra);
   }
   std::string path(const std::string& name) const { return (runs_.path() / name).string(); }
 
@@ -183,36 +183,45 @@ std::vector<int> ranks_of(int launcher) {
   return pids;
 }
 
-TEST_F(Distributed, ARankThatDiesFailsTheJobQuicklyWithItsName) {
-  test::Background job("exec " + train("killed", "--nproc 2 --set train.tokens=512000") + " >" + path("killed.out") + " 2>&1");
-  const auto pids = ranks_of(job.pid());
-  ASSERT_EQ(pids.size(), 2u);
-  while (!fs::exists(path("killed") + "/metrics.jsonl")) std::this_thread::sleep_for(std::chrono::milliseconds(5));
+struct Fault {
+  std::vector<int> pids;  // the two ranks
+  int status = -1;        // the job's
+  double seconds = 0;     // from the signal to the job's end
+  std::string out;        // the job's output
+};
+
+// Starts `command` (a 2-rank job writing `run_dir`), waits until it trains, sends `sig` to rank 1
+// and waits for the whole job to end.
+Fault signal_rank_1(const std::string& command, const std::string& run_dir, const std::string& out_file, int sig) {
+  test::Background job("exec " + command + " >" + out_file + " 2>&1");
+  Fault f;
+  f.pids = ranks_of(job.pid());
+  if (f.pids.size() != 2) return f;  // the caller asserts on it; the job is killed here
+  while (!fs::exists(run_dir + "/metrics.jsonl")) std::this_thread::sleep_for(std::chrono::milliseconds(5));
   const auto start = std::chrono::steady_clock::now();
-  ::kill(pids[1], SIGKILL);
-  const int status = job.wait();
-  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-  EXPECT_NE(status, 0);
-  EXPECT_LT(seconds, 5.0 + 5.0);  // dist.timeout_s, then the launcher's grace
-  const std::string out = read_file(path("killed.out"));
-  EXPECT_NE(out.find("gqe: rank 1 (pid " + std::to_string(pids[1]) + ") was killed by signal 9"), std::string::npos) << out;
+  ::kill(f.pids[1], sig);
+  f.status = job.wait();
+  f.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  f.out = read_file(out_file);
+  return f;
+}
+
+TEST_F(Distributed, ARankThatDiesFailsTheJobQuicklyWithItsName) {
+  const Fault f = signal_rank_1(train("killed", "--nproc 2 --set train.tokens=512000"), path("killed"), path("killed.out"), SIGKILL);
+  ASSERT_EQ(f.pids.size(), 2u);
+  EXPECT_NE(f.status, 0);
+  EXPECT_LT(f.seconds, 5.0 + 5.0);  // dist.timeout_s, then the launcher's grace
+  EXPECT_NE(f.out.find("gqe: rank 1 (pid " + std::to_string(f.pids[1]) + ") was killed by signal 9"), std::string::npos) << f.out;
 }
 
 TEST_F(Distributed, ARankThatHangsFailsTheJobWithinTheTimeout) {
-  test::Background job("exec " + train("hung", "--nproc 2 --set train.tokens=512000") + " >" + path("hung.out") + " 2>&1");
-  const auto pids = ranks_of(job.pid());
-  ASSERT_EQ(pids.size(), 2u);
-  while (!fs::exists(path("hung") + "/metrics.jsonl")) std::this_thread::sleep_for(std::chrono::milliseconds(5));
-  const auto start = std::chrono::steady_clock::now();
-  ::kill(pids[1], SIGSTOP);
-  const int status = job.wait();
-  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-  EXPECT_EQ(status, 1);
-  EXPECT_LT(seconds, 5.0 + 5.0 + 5.0);
-  const std::string out = read_file(path("hung.out"));
-  EXPECT_NE(out.find("rank 0: all-reduce failed"), std::string::npos) << out;
-  EXPECT_NE(out.find("gqe: rank 0 (pid " + std::to_string(pids[0]) + ") exited with status 1; stopping the other 1 rank(s)"),
-            std::string::npos) << out;
+  const Fault f = signal_rank_1(train("hung", "--nproc 2 --set train.tokens=512000"), path("hung"), path("hung.out"), SIGSTOP);
+  ASSERT_EQ(f.pids.size(), 2u);
+  EXPECT_EQ(f.status, 1);
+  EXPECT_LT(f.seconds, 5.0 + 5.0 + 5.0);
+  EXPECT_NE(f.out.find("rank 0: all-reduce failed"), std::string::npos) << f.out;
+  EXPECT_NE(f.out.find("gqe: rank 0 (pid " + std::to_string(f.pids[0]) + ") exited with status 1; stopping the other 1 rank(s)"),
+            std::string::npos) << f.out;
 }
 
 TEST_F(Distributed, ShapesThatDoNotSplitOverTheRanksAreRefused) {

@@ -17,6 +17,7 @@ using test::run_command;
 
 std::string fixture(const std::string& name) { return std::string(GQE_SOURCE_DIR) + "/tests/data/eval/" + name; }
 
+using test::gqe;
 using test::metrics_of;
 
 // One trained run (with eval.tasks, so training scores the tasks too) for every test.
@@ -42,12 +43,11 @@ train: {tokens: 5120, global_batch_tokens: 256, micro_batch_size: 4, threads: 1,
         checkpoint: {every_tokens: 2560}}
 eval: {every_tokens: 2560, val_tokens: 256, batch_size: 4, tasks: {piqa: )" + path("piqa.jsonl") + R"(}}
 )");
-    const auto trained = run_command(std::string(GQE_BINARY) + " train " + config + " --run-dir " + path("run"));
+    const auto trained = run_command(gqe("train " + config + " --run-dir " + path("run")));
     ASSERT_EQ(trained.status, 0) << trained.err << trained.out;
   }
   static void TearDownTestSuite() { delete dir_; }
   static std::string path(const std::string& name) { return (dir_->path() / name).string(); }
-  static std::string gqe(const std::string& args) { return std::string(GQE_BINARY) + " " + args; }
   static inline test::TempDir* dir_ = nullptr;
 };
 

@@ -22,6 +22,8 @@
 namespace gqe {
 namespace {
 
+using test::gqe;
+
 namespace fs = std::filesystem;
 using test::run_command;
 
@@ -157,7 +159,6 @@ eval: {every_tokens: 6400, val_tokens: 256, batch_size: 4}
     experiment_ = dir_.write("exp.yaml", "name: small\nbase: base.yaml\nout: " + (dir_.path() / "runs").string() +
                                              "\narms:\n  gqa: {model.attention.type: gqa}\n  gqe: {model.attention.type: gqe}\n");
   }
-  std::string gqe(const std::string& args) const { return std::string(GQE_BINARY) + " " + args; }
   test::TempDir dir_;
   std::string experiment_;
 };

@@ -97,6 +97,12 @@ inline std::vector<nlohmann::json> metrics_of(const std::filesystem::path& run) 
   return lines;
 }
 
+#ifdef GQE_BINARY
+// Command lines for the built tools.
+inline std::string gqe(const std::string& args) { return std::string(GQE_BINARY) + " " + args; }
+inline std::string data_tool(const std::string& args) { return std::string(GQE_DATA_BINARY) + " " + args; }
+#endif
+
 #ifdef GQE_DATA_BINARY
 // The hand-written prose fixture as a dataset in dir/ds (val 25% of its paragraphs), with a
 // 400-piece tokenizer dir/tok.model, made by the real gqe-data.

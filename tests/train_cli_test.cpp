@@ -23,7 +23,7 @@ namespace {
 namespace fs = std::filesystem;
 using test::run_command;
 
-std::string gqe(const std::string& args) { return std::string(GQE_BINARY) + " " + args; }
+using test::gqe;
 
 using test::metrics_of;
 
