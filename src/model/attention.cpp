@@ -85,23 +85,17 @@ at::Tensor AttentionImpl::routed_slots(const at::Tensor& x, const at::Tensor& k,
   const at::Tensor o = causal_attention(q_sel, k, v).transpose(1, 2).reshape({B, T, G, K, head_dim_});
 
   const at::Tensor topv = r.topv.unsqueeze(-1);  // [B, T, G, K, 1]
-  std::vector<at::Tensor> slots;
-  if (attn_.variant == GqeVariant::weighted_concat) {
-    slots.push_back((o * topv).to(o.scalar_type()).reshape({B, T, G * K * head_dim_}));
-  } else {
-    slots.push_back(o.reshape({B, T, G * K * head_dim_}));
-  }
-  if (attn_.variant == GqeVariant::gqe) {
-    // Weights renormalised across all groups (within a group, k = 1 would make them all 1 and cut
-    // the router off from the LM loss).
-    const at::Tensor w = topv / r.topv.sum({2, 3}, /*keepdim=*/true).unsqueeze(-1).clamp_min(1e-9);
-    slots.push_back((o * w).sum({2, 3}).to(o.scalar_type()));
-    // The always-on shared head reads the mean of the groups' keys and values: nothing to cache.
-    const at::Tensor q_sh = apply_rotary(q_shared(x).view({B, T, 1, head_dim_}).transpose(1, 2), rope);
-    const at::Tensor shared = causal_attention(q_sh, k.mean(1, /*keepdim=*/true), v.mean(1, /*keepdim=*/true));
-    slots.push_back(shared.transpose(1, 2).reshape({B, T, head_dim_}));
-  }
-  return at::cat(slots, -1);
+  const at::Tensor hard = (attn_.variant == GqeVariant::weighted_concat ? (o * topv).to(o.scalar_type()) : o)
+                              .reshape({B, T, G * K * head_dim_});
+  if (attn_.variant != GqeVariant::gqe) return hard;
+  // Weights renormalised across all groups (within a group, k = 1 would make them all 1 and cut
+  // the router off from the LM loss).
+  const at::Tensor w = topv / r.topv.sum({2, 3}, /*keepdim=*/true).unsqueeze(-1).clamp_min(1e-9);
+  const at::Tensor weighted = (o * w).sum({2, 3}).to(o.scalar_type());
+  // The always-on shared head reads the mean of the groups' keys and values: nothing to cache.
+  const at::Tensor q_sh = apply_rotary(q_shared(x).view({B, T, 1, head_dim_}).transpose(1, 2), rope);
+  const at::Tensor shared = causal_attention(q_sh, k.mean(1, /*keepdim=*/true), v.mean(1, /*keepdim=*/true));
+  return at::cat({hard, weighted, shared.transpose(1, 2).reshape({B, T, head_dim_})}, -1);
 }
 
 }  // namespace gqe
