@@ -25,6 +25,7 @@ if [[ -n ${GQE_OFFLINE_DEBS:-} ]]; then
   source scripts/offline_deps.sh use "$GQE_OFFLINE_DEBS"
   export GQE_SKIP_APT=1
 fi
+command -v nvidia-smi >/dev/null || { echo "gpu_report.sh: no NVIDIA GPU on this machine (nvidia-smi not found)" >&2; exit 2; }
 say "device"
 run nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv,noheader
 start=$(date +%s)
