@@ -31,6 +31,19 @@ TEST(ModelInfo, RealGqe250mModuleHasTheCountedParameters) {
   EXPECT_EQ(module_params(paper("gqe-250m.yaml").model), 247'890'944);
 }
 
+// With activation checkpointing a layer more costs its fp32 input only (d floats per token), and
+// the activation estimate of gqe-250m more than halves (the logits stay).
+TEST(ModelInfo, ActivationCheckpointingKeepsOneInputPerLayer) {
+  Config c = paper("gqe-250m.yaml");
+  const double plain = describe_model(c).activation_bytes;
+  c.train.activation_checkpointing = true;
+  const double checkpointed = describe_model(c).activation_bytes;
+  c.model.n_layers += 1;
+  const double tokens = static_cast<double>(c.train.micro_batch_size * c.data.seq_len);
+  EXPECT_DOUBLE_EQ(describe_model(c).activation_bytes - checkpointed, tokens * 4.0 * static_cast<double>(c.model.d_model));
+  EXPECT_LT(checkpointed, plain / 2);
+}
+
 TEST(ModelInfo, CountsAgreeWithTheModuleForEveryKind) {
   Config config;
   ModelConfig& c = config.model;

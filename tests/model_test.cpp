@@ -15,20 +15,9 @@
 namespace gqe {
 namespace {
 
+using test::describe;
+using test::every_kind;
 using test::small_config;
-
-std::vector<ModelConfig> every_kind() {
-  return {small_config(AttentionType::gqa),
-          small_config(AttentionType::gqe, GqeVariant::gqe),
-          small_config(AttentionType::gqe, GqeVariant::hard_concat),
-          small_config(AttentionType::gqe, GqeVariant::weighted_concat),
-          small_config(AttentionType::gqe, GqeVariant::gqe, 8, 2, 2)};
-}
-
-std::string describe(const ModelConfig& c) {
-  return std::string(enum_name(c.attention.type)) + "/" + enum_name(c.attention.variant) + "/k" +
-         std::to_string(c.attention.top_k);
-}
 
 TEST(Decoder, LogitsAndGradientsMatchTheReference) {
   for (const ModelConfig& c : every_kind()) {

@@ -6,6 +6,8 @@
 #include <torch/nn/module.h>
 
 #include <cmath>
+#include <string>
+#include <vector>
 
 #include "config/config.h"
 
@@ -26,6 +28,20 @@ inline ModelConfig small_config(AttentionType type, GqeVariant variant = GqeVari
   c.attention.top_k = top_k;
   c.attention.router_init = RouterInit::normal;  // routing that differs between tokens
   return c;
+}
+
+// GQA and every GQE variant, top-1 and top-2.
+inline std::vector<ModelConfig> every_kind() {
+  return {small_config(AttentionType::gqa),
+          small_config(AttentionType::gqe, GqeVariant::gqe),
+          small_config(AttentionType::gqe, GqeVariant::hard_concat),
+          small_config(AttentionType::gqe, GqeVariant::weighted_concat),
+          small_config(AttentionType::gqe, GqeVariant::gqe, 8, 2, 2)};
+}
+
+inline std::string describe(const ModelConfig& c) {
+  return std::string(enum_name(c.attention.type)) + "/" + enum_name(c.attention.variant) + "/k" +
+         std::to_string(c.attention.top_k);
 }
 
 // Matrices ~ normal(0, 1/fan_in), vectors (norm weights) ~ normal(1, 0.1).

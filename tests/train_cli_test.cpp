@@ -159,6 +159,15 @@ TEST_F(Train, ResumeAfterSigtermIsBitwiseExact) {
   EXPECT_EQ(deterministic(path("stopped")), deterministic(path("straight")));
 }
 
+// Recomputing the layers in the backward pass changes memory, not the run.
+TEST_F(Train, ActivationCheckpointingTrainsTheSameRunBitForBit) {
+  ASSERT_EQ(run_command(train("plain", "--set train.tokens=2560")).status, 0);
+  const auto r = run_command(train("recomputed", "--set train.tokens=2560 --set train.activation_checkpointing=true"));
+  ASSERT_EQ(r.status, 0) << r.err;
+  EXPECT_EQ(deterministic(path("recomputed")), deterministic(path("plain")));
+  EXPECT_EQ(deterministic(path("plain")).size(), 11u);  // 10 steps and the evaluation
+}
+
 TEST_F(Train, ResumeAfterKill9LosesOnlyWorkSinceTheCheckpointAndIsExact) {
   const std::string budget = "--set train.tokens=51200";
   ASSERT_EQ(run_command(train("straight", budget)).status, 0);

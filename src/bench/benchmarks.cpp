@@ -113,9 +113,11 @@ TrainTiming bench_train_step(const Config& config, int steps, int warmup, at::De
   const ModelConfig& m = config.model;
   TrainTiming t;
   t.name = m.attention.type == AttentionType::gqa ? "gqa" : std::string("gqe/") + enum_name(m.attention.variant);
+  auto peak = std::make_unique<PeakMemory>(device);  // parameters, optimizer state, activations
   torch::manual_seed(0);
   Decoder model(m);
   model->to(device);
+  model->set_activation_checkpointing(config.train.activation_checkpointing);
   std::vector<std::pair<std::string, at::Tensor>> named;
   for (const auto& p : model->named_parameters()) named.emplace_back(p.key(), p.value());
   AdamW optimizer(named, config.train.optimizer);
@@ -135,14 +137,14 @@ TrainTiming bench_train_step(const Config& config, int steps, int warmup, at::De
     optimizer.step(1e-4);
   };
   for (int i = 0; i < warmup; ++i) step();
-  reset_peak_memory(device);
   t.step_seconds = median_seconds(steps, device, step);
+  t.peak_memory = peak->bytes();
+  peak.reset();  // before the profiler, which takes the same thread-local slot on the CPU
   t.tokens_per_second = static_cast<double>(B * L) / t.step_seconds;
   t.flops_per_token = describe_model(config).train_flops_per_token();
   // Against the bf16 peak: only a bf16 step has one to compare with.
-  if (const auto peak = peak_bf16_flops(device_name(device)); peak && bf16)
-    t.mfu = t.tokens_per_second * t.flops_per_token / *peak;
-  t.peak_memory = peak_memory_bytes(device);
+  if (const auto peak_flops = peak_bf16_flops(device_name(device)); peak_flops && bf16)
+    t.mfu = t.tokens_per_second * t.flops_per_token / *peak_flops;
   if (kernels)
     *kernels = profile_kernels(device, [&] {
       for (int i = 0; i < profile_steps; ++i) step();

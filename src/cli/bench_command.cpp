@@ -191,6 +191,9 @@ void add_bench_train(CLI::App& bench) {
     fmt::print("train step: {}, micro-batch {} x {} tokens, {}, {}, median of {} steps after {}\n", o->config,
                c.train.micro_batch_size, c.data.seq_len, enum_name(c.train.precision), where(device), o->steps, o->warmup);
     fmt::print("  FLOPs per token: 6 x matmul params + 6 x layers x active heads x head_dim x seq_len (causal; see gqe info)\n");
+    if (c.train.activation_checkpointing)
+      fmt::print("  activation checkpointing: each layer recomputed in the backward pass (not counted in the FLOPs, as MFU does)\n");
+    fmt::print("  peak memory: parameters, gradients, AdamW state and activations, tensors only\n");
     const bool bf16 = c.train.precision == Precision::bf16;
     fmt::print("  MFU: {}\n", !peak ? std::string("none (the peak of this device is not known)")
                                : !bf16 ? std::string("none (the known peak is bf16's; this step is fp32)")
@@ -213,7 +216,6 @@ void add_bench_train(CLI::App& bench) {
                       {"peak_memory_bytes", t.peak_memory}});
     }
     fmt::print("  GQE / GQA tokens/s: {:.3f}\n", timings[1].tokens_per_second / timings[0].tokens_per_second);
-    if (device.is_cpu()) fmt::print("  (CPU peak memory is the process's maximum resident set so far)\n");
     for (size_t i = 0; i < timings.size() && o->profile > 0; ++i)
       print_kernels(timings[i].name + " training step", profiles[i], 3, timings[i].step_seconds, o->profile);
     write_report(*o, device, "train", rows);

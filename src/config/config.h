@@ -179,6 +179,7 @@ struct TrainConfig {
   Precision precision = Precision::bf16;
   int64_t threads = 0;                      // CPU intra-op threads; 0 = cores / ranks on this machine
   int64_t max_skipped_steps = 10;           // non-finite steps in a row before giving up
+  bool activation_checkpointing = false;    // keep each layer's input only; recompute the layer in backward
   OptimizerConfig optimizer;
   ScheduleConfig schedule;
   ClipConfig clip;
@@ -193,6 +194,7 @@ struct TrainConfig {
     f("precision", precision);
     f("threads", threads);
     f("max_skipped_steps", max_skipped_steps);
+    f("activation_checkpointing", activation_checkpointing);
     f("optimizer", optimizer);
     f("schedule", schedule);
     f("clip", clip);

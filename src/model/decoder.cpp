@@ -5,6 +5,8 @@
 #include <ATen/ATen.h>
 #include <torch/nn/init.h>
 
+#include "model/activation_checkpoint.h"
+
 namespace gqe {
 
 DecoderLayerImpl::DecoderLayerImpl(const ModelConfig& c) {
@@ -65,6 +67,25 @@ KVCache::KVCache(const ModelConfig& c, int64_t batch, int64_t size, at::TensorOp
                       at::zeros({batch, c.n_kv_heads, size, c.head_dim}, options)});
 }
 
+namespace {
+
+// A layer under activation checkpointing: outputs the new residual stream and, for GQE, the aux loss
+// (both differentiable), then the router statistics.
+at::Tensor checkpointed_layer(const std::shared_ptr<DecoderLayerImpl>& layer, const at::Tensor& h, const RotaryTables& rope, AttentionOutput& attn) {
+  const std::vector<at::Tensor> out = checkpointed(
+      [layer, rope](const at::Tensor& x) {
+        AttentionOutput a;
+        std::vector<at::Tensor> y{layer->forward(x, rope, a)};
+        if (a.aux.defined()) y.insert(y.end(), {a.aux, a.load, a.entropy});
+        return y;
+      },
+      h, layer->parameters(), /*differentiable=*/2);
+  if (out.size() > 1) attn.aux = out[1], attn.load = out[2], attn.entropy = out[3];
+  return out[0];
+}
+
+}  // namespace
+
 DecoderOutput DecoderImpl::forward(const at::Tensor& tokens, KVCache* cache) { return forward_last(tokens, tokens.size(1), cache); }
 
 DecoderOutput DecoderImpl::forward_last(const at::Tensor& tokens, int64_t last_positions, KVCache* cache) {
@@ -76,10 +97,11 @@ DecoderOutput DecoderImpl::forward_last(const at::Tensor& tokens, int64_t last_p
   DecoderOutput out;
   at::Tensor h = model->embed_tokens(tokens);
   std::vector<at::Tensor> aux;
-  size_t index = 0;
-  for (const auto& module : *model->layers) {
+  for (size_t i = 0; i < model->layers->size(); ++i) {
+    const auto layer = model->layers->ptr<DecoderLayerImpl>(i);
     AttentionOutput attn;
-    h = module->as<DecoderLayer>()->forward(h, rope, attn, cache ? &cache->layers[index++] : nullptr, start);
+    if (checkpoint_layers_ && !cache && at::GradMode::is_enabled()) h = checkpointed_layer(layer, h, rope, attn);
+    else h = layer->forward(h, rope, attn, cache ? &cache->layers[i] : nullptr, start);
     if (attn.aux.defined()) {
       aux.push_back(attn.aux);
       out.router.push_back({attn.load, attn.entropy});

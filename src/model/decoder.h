@@ -77,11 +77,16 @@ class DecoderImpl : public torch::nn::Module {
 
   const ModelConfig& config() const { return config_; }
 
+  // Activation checkpointing: with it, a training forward keeps each layer's input only and the
+  // backward pass recomputes the layer (train.activation_checkpointing).
+  void set_activation_checkpointing(bool on) { checkpoint_layers_ = on; }
+
   DecoderBody model{nullptr};
   torch::nn::Linear lm_head{nullptr};  // only when embeddings are not tied
 
  private:
   ModelConfig config_;
+  bool checkpoint_layers_ = false;
 };
 TORCH_MODULE(Decoder);
 

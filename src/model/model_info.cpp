@@ -69,8 +69,12 @@ ModelInfo describe_model(const Config& config) {
       static_cast<double>(6 * d + 2 * (info.active_query_heads + 2 * G) * dh + 2 * info.output_slots * dh + 4 * m.ffn_hidden);
   const double act_bytes = config.train.precision == Precision::bf16 ? 2.0 : 4.0;
   const double tokens = static_cast<double>(config.train.micro_batch_size * config.data.seq_len);
-  info.activation_bytes = tokens * (static_cast<double>(m.n_layers) * per_token_layer * act_bytes +
-                                    8.0 * static_cast<double>(m.vocab_size));
+  // With activation checkpointing a layer keeps only its fp32 input, and one layer at a time holds
+  // the rest while it is recomputed.
+  const double kept_layers = config.train.activation_checkpointing ? 1.0 : static_cast<double>(m.n_layers);
+  const double checkpoints = config.train.activation_checkpointing ? static_cast<double>(m.n_layers * d) * 4.0 : 0.0;
+  info.activation_bytes =
+      tokens * (kept_layers * per_token_layer * act_bytes + checkpoints + 8.0 * static_cast<double>(m.vocab_size));
   return info;
 }
 
@@ -142,8 +146,10 @@ std::string format_model_info(const Config& config, const ModelInfo& info) {
                    config.train.micro_batch_size, config.data.seq_len, enum_name(config.train.precision));
   s += fmt::format("  weights fp32 {}, grads fp32 {}, AdamW moments {}\n", gib(info.weights_bytes),
                    gib(info.grads_bytes), gib(info.optimizer_bytes));
-  s += fmt::format("  activations ~{}  (lower train.micro_batch_size if this does not fit)\n",
-                   gib(info.activation_bytes));
+  s += fmt::format("  activations ~{}  ({})\n", gib(info.activation_bytes),
+                   config.train.activation_checkpointing
+                       ? "train.activation_checkpointing: layer inputs, and one layer recomputed at a time"
+                       : "if this does not fit: train.activation_checkpointing, or a lower train.micro_batch_size");
   s += fmt::format("  total ~{}\n",
                    gib(info.weights_bytes + info.grads_bytes + info.optimizer_bytes + info.activation_bytes));
   return s;

@@ -1,9 +1,11 @@
 #include "train/device_info.h"
 
-#include <sys/resource.h>
-
+#include <atomic>
 #include <utility>
 #include <vector>
+
+#include <c10/core/Allocator.h>
+#include <c10/util/ThreadLocalDebugInfo.h>
 
 #ifdef USE_C10D_NCCL  // defined whenever the torch in use was built with CUDA (and NCCL)
 #include <ATen/cuda/CUDAContext.h>
@@ -29,22 +31,43 @@ std::optional<double> peak_bf16_flops(const std::string& name) {
   return std::nullopt;
 }
 
-double peak_memory_bytes(at::Device device) {
+// The CPU allocator reports each allocation and free to the PROFILER_STATE debug info of the
+// thread that makes it (and ThreadLocalState carries that info to autograd and intra-op threads).
+struct PeakMemory::CpuCounter : c10::MemoryReportingInfoBase {
+  bool memoryProfilingEnabled() const override { return true; }
+  void reportMemoryUsage(void*, int64_t bytes, size_t, size_t, c10::Device device) override {
+    if (!device.is_cpu()) return;
+    const int64_t now = current.fetch_add(bytes) + bytes;
+    for (int64_t seen = peak.load(); now > seen && !peak.compare_exchange_weak(seen, now);) {
+    }
+  }
+  std::atomic<int64_t> current{0}, peak{0};
+  std::optional<c10::DebugInfoGuard> guard;
+};
+
+PeakMemory::PeakMemory(at::Device device) : device_(device) {
 #ifdef USE_C10D_NCCL
   if (device.is_cuda()) {
-    const auto stats = c10::cuda::CUDACachingAllocator::getDeviceStats(device.index() < 0 ? 0 : device.index());
+    c10::cuda::CUDACachingAllocator::resetPeakStats(device.index() < 0 ? 0 : device.index());
+    return;
+  }
+#endif
+  cpu_ = std::make_shared<CpuCounter>();
+  cpu_->guard.emplace(c10::DebugInfoKind::PROFILER_STATE, cpu_);
+}
+
+PeakMemory::~PeakMemory() {
+  if (cpu_) cpu_->guard.reset();
+}
+
+double PeakMemory::bytes() const {
+#ifdef USE_C10D_NCCL
+  if (device_.is_cuda()) {
+    const auto stats = c10::cuda::CUDACachingAllocator::getDeviceStats(device_.index() < 0 ? 0 : device_.index());
     return static_cast<double>(stats.allocated_bytes[static_cast<size_t>(c10::CachingAllocator::StatType::AGGREGATE)].peak);
   }
 #endif
-  rusage usage{};
-  getrusage(RUSAGE_SELF, &usage);
-  return static_cast<double>(usage.ru_maxrss) * 1024.0;
-}
-
-void reset_peak_memory(at::Device device) {
-#ifdef USE_C10D_NCCL
-  if (device.is_cuda()) c10::cuda::CUDACachingAllocator::resetPeakStats(device.index() < 0 ? 0 : device.index());
-#endif
+  return static_cast<double>(cpu_->peak.load());
 }
 
 }  // namespace gqe

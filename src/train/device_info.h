@@ -3,6 +3,7 @@
 // peak memory used.
 #pragma once
 
+#include <memory>
 #include <optional>
 #include <string>
 
@@ -16,9 +17,23 @@ std::string device_name(at::Device device);  // "cpu", or the name CUDA reports 
 // anything not in the table, the CPU included.
 std::optional<double> peak_bf16_flops(const std::string& device_name);
 
-// Peak memory of this process on the device since start (CUDA: the caching allocator's peak; CPU:
-// the maximum resident set), in bytes.
-double peak_memory_bytes(at::Device device);
-void reset_peak_memory(at::Device device);  // CUDA only
+// The peak of the memory held by tensors on a device while this object lives, in bytes. CUDA: the
+// caching allocator's peak (reset at the start). CPU: the peak of the bytes allocated by tensors
+// from the start (freed ones subtracted; what torch.profiler's profile_memory counts), counted on
+// this thread and the threads it hands work to (autograd, intra-op); memory held before the start
+// is not included. One at a time per thread.
+class PeakMemory {
+ public:
+  explicit PeakMemory(at::Device device);
+  ~PeakMemory();
+  PeakMemory(const PeakMemory&) = delete;
+  PeakMemory& operator=(const PeakMemory&) = delete;
+  double bytes() const;
+
+ private:
+  struct CpuCounter;
+  at::Device device_;
+  std::shared_ptr<CpuCounter> cpu_;
+};
 
 }  // namespace gqe

@@ -462,6 +462,7 @@ void Trainer::run() {
   torch::manual_seed(static_cast<uint64_t>(t.seed));
   model_ = Decoder(config_.model);
   model_->to(device_);
+  model_->set_activation_checkpointing(t.activation_checkpointing);
   std::vector<std::pair<std::string, at::Tensor>> named;
   for (const auto& p : model_->named_parameters()) named.emplace_back(p.key(), p.value());
   optimizer_ = std::make_unique<AdamW>(named, t.optimizer);
