@@ -62,13 +62,39 @@ TEST(Bench, PrefillReportsTheSpeedUpOfEachLength) {
     EXPECT_DOUBLE_EQ(row["speedup"].get<double>(), row["gqa_s"].get<double>() / row["gqe_s"].get<double>());
 }
 
+// On a CPU --profile lists ATen ops by self time: every matmul is one aten::mm (7 per GQA layer and
+// the output projection; GQE adds the router and the shared head's query), and nested ops are not
+// counted twice (linear > matmul > mm would put the busy time near 300% of the run's).
+TEST(Bench, CpuProfileListsAtenOpsBySelfTime) {
+  const auto r = run_command(gqe("bench prefill " + config("bench/prefill-cpu.yaml") + " --seq-lens 48 --repeats 3 --profile 40"));
+  ASSERT_EQ(r.status, 0) << r.err;
+  EXPECT_EQ(r.err, "");
+  std::smatch m;
+  const std::regex busy(R"((GQ[AE]) prefill of 48 tokens: CPU busy [0-9.]+ ms per run \(([0-9]+)% of it\), top ATen ops by self time)");
+  std::vector<std::string> seen;
+  for (auto it = std::sregex_iterator(r.out.begin(), r.out.end(), busy); it != std::sregex_iterator(); ++it) {
+    seen.push_back((*it)[1]);
+    EXPECT_LT(std::stoi((*it)[2]), 200) << r.out;
+  }
+  EXPECT_EQ(seen, (std::vector<std::string>{"GQA", "GQE"})) << r.out;
+  ASSERT_TRUE(std::regex_search(r.out, m, std::regex(R"(GQA prefill[^]*?\s(\d+)  aten::mm\n[^]*GQE prefill[^]*?\s(\d+)  aten::mm\n)"))) << r.out;
+  EXPECT_EQ(m[1], "15");
+  EXPECT_EQ(m[2], "19");
+}
+
 TEST(Bench, BadInputIsOneLineAndExitStatus2) {
   const auto length = run_command(gqe("bench prefill " + config("bench/prefill-cpu.yaml") + " --seq-lens 64,x"));
   EXPECT_EQ(length.status, 2);
   EXPECT_EQ(length.err, "gqe: --seq-lens: 'x' is not a length\n");
-  const auto profile = run_command(gqe("bench train " + config("tiny/gqe.yaml") + " --profile 5"));
-  EXPECT_EQ(profile.status, 2);
-  EXPECT_EQ(profile.err, "gqe: --profile lists GPU kernels; " + config("tiny/gqe.yaml") + " runs on cpu\n");
+  for (const std::string& count : {"prefill " + config("bench/prefill-cpu.yaml") + " --repeats 0",
+                                   "train " + config("tiny/gqe.yaml") + " --steps 0",
+                                   "train " + config("tiny/gqe.yaml") + " --warmup -1",
+                                   "loader " + config("tiny/gqe.yaml") + " --micro-batches 0"}) {
+    const auto r = run_command(gqe("bench " + count));
+    EXPECT_EQ(r.status, 2) << count;
+    EXPECT_NE(r.err.find("not in range"), std::string::npos) << r.err;
+    EXPECT_EQ(r.err.find('\n'), r.err.size() - 1) << r.err;
+  }
 }
 
 }  // namespace

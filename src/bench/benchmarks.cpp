@@ -1,5 +1,7 @@
 #include "bench/benchmarks.h"
 
+#include <stdlib.h>
+
 #include <algorithm>
 #include <chrono>
 #include <map>
@@ -41,23 +43,49 @@ template <class F> double median_seconds(int repeats, at::Device device, F&& run
 
 }  // namespace
 
-// Kineto, as torch.profiler in Python.
+// Kineto, as torch.profiler in Python. On the CPU, ATen ops nest (linear > matmul > mm): each gets
+// its self time, its duration less its direct children's on the same thread.
 std::vector<KernelTime> profile_kernels(at::Device device, const std::function<void()>& run) {
   namespace profiler = torch::autograd::profiler;
   using torch::profiler::impl::ActivityType;
   const torch::profiler::impl::ProfilerConfig config(torch::profiler::impl::ProfilerState::KINETO);
-  const std::set<ActivityType> activities{ActivityType::CPU, ActivityType::CUDA};
+  const std::set<ActivityType> activities =
+      device.is_cuda() ? std::set<ActivityType>{ActivityType::CPU, ActivityType::CUDA} : std::set<ActivityType>{ActivityType::CPU};
+  // Without a GPU, Kineto's start-up would log an ERROR about the missing CUDA devices.
+  if (!device.is_cuda()) setenv("KINETO_LOG_LEVEL", "5", /*overwrite=*/0);
   profiler::prepareProfiler(config, activities);
   profiler::enableProfiler(config, activities);
   run();
   synchronize(device);
   const std::unique_ptr<profiler::ProfilerResult> result = profiler::disableProfiler();
+
+  struct Span {
+    uint64_t start, end, thread;
+    std::string name;
+  };
+  std::vector<Span> spans;
+  for (const profiler::KinetoEvent& e : result->events())
+    if (e.deviceType() == device.type() && e.durationNs() > 0)
+      spans.push_back({e.startNs(), e.endNs(), device.is_cuda() ? 0 : e.startThreadId(), e.name()});
+  std::sort(spans.begin(), spans.end(), [](const Span& a, const Span& b) {
+    return std::tie(a.thread, a.start, b.end) < std::tie(b.thread, b.start, a.end);  // parents first
+  });
   std::map<std::string, KernelTime> by_name;
-  for (const profiler::KinetoEvent& e : result->events()) {
-    if (e.deviceType() != c10::DeviceType::CUDA) continue;
-    KernelTime& k = by_name[e.name()];
-    k.name = e.name();
-    k.seconds += static_cast<double>(e.durationNs()) * 1e-9;
+  std::vector<size_t> open;  // the enclosing spans of the current one, innermost last
+  std::vector<double> self(spans.size());
+  for (size_t i = 0; i < spans.size(); ++i) {
+    const Span& s = spans[i];
+    self[i] = static_cast<double>(s.end - s.start) * 1e-9;
+    if (device.is_cpu()) {
+      while (!open.empty() && (spans[open.back()].thread != s.thread || spans[open.back()].end <= s.start)) open.pop_back();
+      if (!open.empty()) self[open.back()] -= self[i];
+      open.push_back(i);
+    }
+  }
+  for (size_t i = 0; i < spans.size(); ++i) {
+    KernelTime& k = by_name[spans[i].name];
+    k.name = spans[i].name;
+    k.seconds += self[i];
     k.calls += 1;
   }
   std::vector<KernelTime> out;

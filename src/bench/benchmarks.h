@@ -19,7 +19,7 @@ namespace gqe {
 ModelConfig as_gqa(ModelConfig config);
 ModelConfig as_gqe(ModelConfig config);
 
-// GPU kernels by name, most time first.
+// GPU kernels (on the CPU: ATen ops, by self time) by name, most time first.
 struct KernelTime {
   std::string name;
   double seconds = 0;  // summed over the profiled runs
@@ -47,7 +47,7 @@ struct TrainTiming {
 // Steady-state training steps of one micro-batch (train.micro_batch_size x data.seq_len random
 // tokens): forward, the loss with the balance term, backward, AdamW. Peak memory counts all the
 // benchmark's tensors: parameters, gradients, optimizer state and activations.
-// With `kernels`, the GPU kernels of `profile_steps` more steps, profiled, go there.
+// With `kernels`, the profile (profile_kernels) of `profile_steps` more steps goes there.
 TrainTiming bench_train_step(const Config& config, int steps, int warmup, at::Device device,
                              std::vector<KernelTime>* kernels = nullptr, int profile_steps = 3);
 

@@ -42,14 +42,14 @@ at::Device setup_device(const LoadedConfig& loaded) {
   return rank_device(c.train.device, DistEnvironment{}, loaded.origin("train.device"));
 }
 
-// The top kernels of a profile: time per run (of `runs`), share of the GPU's busy time.
-void print_kernels(const std::string& title, const std::vector<KernelTime>& kernels, int runs, double run_seconds,
-                   int top) {
+// The top of a profile: time per run (of `runs`), share of the busy time.
+void print_kernels(const std::string& title, at::Device device, const std::vector<KernelTime>& kernels, int runs,
+                   double run_seconds, int top) {
   double total = 0;
   for (const KernelTime& k : kernels) total += k.seconds;
-  fmt::print("\n{}: GPU busy {:.1f} ms per run ({:.0f}% of it), top kernels\n", title, total / runs * 1e3,
-             total / runs / run_seconds * 100);
-  fmt::print("  {:>9} {:>6} {:>6}  {}\n", "ms/run", "share", "calls", "kernel");
+  fmt::print("\n{}: {} busy {:.1f} ms per run ({:.0f}% of it), top {}\n", title, device.is_cuda() ? "GPU" : "CPU",
+             total / runs * 1e3, total / runs / run_seconds * 100, device.is_cuda() ? "kernels" : "ATen ops by self time");
+  fmt::print("  {:>9} {:>6} {:>6}  {}\n", "ms/run", "share", "calls", device.is_cuda() ? "kernel" : "op");
   for (size_t i = 0; i < kernels.size() && i < static_cast<size_t>(top); ++i)
     fmt::print("  {:>9.2f} {:>5.1f}% {:>6}  {}\n", kernels[i].seconds / runs * 1e3, kernels[i].seconds / total * 100,
                kernels[i].calls / runs, kernels[i].name.substr(0, 110));
@@ -59,7 +59,7 @@ std::string where(at::Device device) {
   return device.is_cpu() ? fmt::format("cpu, {} threads", at::get_num_threads()) : device_name(device);
 }
 
-// The benchmarks that can write JSON and profile GPU kernels: prefill and train.
+// The benchmarks that can write JSON and profile: prefill and train.
 struct Reported : Common {
   std::string json;
   int profile = 0;
@@ -67,15 +67,10 @@ struct Reported : Common {
 
 void add_reporting(CLI::App* cmd, Reported& o, const std::string& profiled) {
   cmd->add_option("--json", o.json, "Also write the timings to this file");
-  cmd->add_option("--profile", o.profile, "Then list the GPU kernels taking the most time (this many) " + profiled);
+  cmd->add_option("--profile", o.profile,
+                  "Then list the GPU kernels (on a CPU: ATen ops, by self time) taking the most time (this many) " + profiled);
 }
 
-at::Device reporting_device(const LoadedConfig& loaded, const Reported& o) {
-  const at::Device device = setup_device(loaded);
-  if (o.profile > 0 && !device.is_cuda())
-    throw UserError(fmt::format("--profile lists GPU kernels; {} runs on {}", o.config, device.str()));
-  return device;
-}
 
 void write_report(const Reported& o, at::Device device, const char* key, const nlohmann::ordered_json& rows) {
   if (!o.json.empty())
@@ -88,7 +83,9 @@ void add_bench_loader(CLI::App& bench) {
   auto micro_batches = std::make_shared<uint64_t>(500);
   CLI::App* cmd = bench.add_subcommand("loader", "Tokens/s from the config's shards into micro-batches");
   add_common(cmd, *o);
-  cmd->add_option("--micro-batches", *micro_batches, "Micro-batches timed")->capture_default_str();
+  cmd->add_option("--micro-batches", *micro_batches, "Micro-batches timed")
+      ->check(CLI::Range(uint64_t{1}, uint64_t{1} << 40))
+      ->capture_default_str();
   cmd->footer("Example:\n  gqe bench loader configs/tiny/gqe.yaml --set train.micro_batch_size=32");
   cmd->callback([o, micro_batches] {
     const Config c = load_config(o->config, o->overrides).config;
@@ -133,7 +130,7 @@ void add_bench_prefill(CLI::App& bench) {
       "  gqe bench prefill configs/gqe-250m.yaml --seq-lens 2048,4096,8192,16384,32768,65536,131072");
   cmd->callback([o] {
     const LoadedConfig loaded = load_config(o->config, o->overrides);
-    const at::Device device = reporting_device(loaded, *o);
+    const at::Device device = setup_device(loaded);
     std::vector<int64_t> lengths;
     std::stringstream in(o->lengths);
     for (std::string item; std::getline(in, item, ',');) {
@@ -161,8 +158,8 @@ void add_bench_prefill(CLI::App& bench) {
     }
     if (o->profile > 0 && !timings.empty()) {
       const PrefillTiming& t = timings.back();
-      print_kernels(fmt::format("GQA prefill of {} tokens", t.tokens), t.gqa_kernels, 1, t.gqa_seconds, o->profile);
-      print_kernels(fmt::format("GQE prefill of {} tokens", t.tokens), t.gqe_kernels, 1, t.gqe_seconds, o->profile);
+      print_kernels(fmt::format("GQA prefill of {} tokens", t.tokens), device, t.gqa_kernels, 1, t.gqa_seconds, o->profile);
+      print_kernels(fmt::format("GQE prefill of {} tokens", t.tokens), device, t.gqe_kernels, 1, t.gqe_seconds, o->profile);
     }
     write_report(*o, device, "prefill", rows);
   });
@@ -175,8 +172,10 @@ void add_bench_train(CLI::App& bench) {
   auto o = std::make_shared<Options>();
   CLI::App* cmd = bench.add_subcommand("train", "Steady-state training throughput, MFU and memory of GQA and GQE");
   add_common(cmd, *o);
-  cmd->add_option("--steps", o->steps, "Timed steps (after the warm-up); the median is reported")->capture_default_str();
-  cmd->add_option("--warmup", o->warmup, "Untimed steps first")->capture_default_str();
+  cmd->add_option("--steps", o->steps, "Timed steps (after the warm-up); the median is reported")
+      ->check(CLI::Range(1, 100000))
+      ->capture_default_str();
+  cmd->add_option("--warmup", o->warmup, "Untimed steps first")->check(CLI::Range(0, 100000))->capture_default_str();
   add_reporting(cmd, *o, "over 3 more steps");
   cmd->footer(
       "Examples:\n"
@@ -185,7 +184,7 @@ void add_bench_train(CLI::App& bench) {
       "  gqe bench train configs/gqe-250m.yaml --set train.micro_batch_size=16   # on a GPU: MFU");
   cmd->callback([o] {
     const LoadedConfig loaded = load_config(o->config, o->overrides);
-    const at::Device device = reporting_device(loaded, *o);
+    const at::Device device = setup_device(loaded);
     const Config& c = loaded.config;
     const auto peak = peak_bf16_flops(device_name(device));
     fmt::print("train step: {}, micro-batch {} x {} tokens, {}, {}, median of {} steps after {}\n", o->config,
@@ -217,7 +216,7 @@ void add_bench_train(CLI::App& bench) {
     }
     fmt::print("  GQE / GQA tokens/s: {:.3f}\n", timings[1].tokens_per_second / timings[0].tokens_per_second);
     for (size_t i = 0; i < timings.size() && o->profile > 0; ++i)
-      print_kernels(timings[i].name + " training step", profiles[i], 3, timings[i].step_seconds, o->profile);
+      print_kernels(timings[i].name + " training step", device, profiles[i], 3, timings[i].step_seconds, o->profile);
     write_report(*o, device, "train", rows);
   });
 }
