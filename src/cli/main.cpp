@@ -3,8 +3,10 @@
 
 #include "cli/commands.h"
 #include "cli/run.h"
+#include "common/host_memory.h"
 
 int main(int argc, char** argv) {
+  gqe::keep_freed_host_memory();  // before the first training step's activations
   CLI::App app{"gqe: train and compare small language models with GQA or Grouped Query Experts attention"};
   app.footer(
       "Examples:\n"
