@@ -268,7 +268,11 @@ Trainer::StepResult Trainer::step(double lr, bool want_router_stats) {
   for (uint64_t m = 0; m < loader_->accumulation_steps(); ++m) {
     MicroBatch batch = loader_->next();
     const int64_t rows = static_cast<int64_t>(batch.samples.size());
-    const at::Tensor tokens = at::from_blob(batch.tokens.data(), {rows, L + 1}, at::kLong).to(device_, /*non_blocking=*/false, /*copy=*/true);
+    const at::Tensor host = at::from_blob(batch.tokens.data(), {rows, L + 1}, at::kLong);
+    // On CUDA through pinned memory, without waiting: a pageable copy would stall the host until the
+    // GPU drained the previous micro-step's queue, and the GPU would then idle while the next
+    // kernels are launched. (The pinned block is not reused before the copy has run.)
+    const at::Tensor tokens = device_.is_cuda() ? host.pin_memory().to(device_, /*non_blocking=*/true) : host.clone();
     at::Tensor loss;
     {
       AutocastScope autocast(device_.type(), bf16_);
