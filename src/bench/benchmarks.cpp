@@ -43,8 +43,7 @@ template <class F> double median_seconds(int repeats, at::Device device, F&& run
 
 }  // namespace
 
-// Kineto, as torch.profiler in Python. On the CPU, ATen ops nest (linear > matmul > mm): each gets
-// its self time, its duration less its direct children's on the same thread.
+// Kineto, as torch.profiler in Python.
 std::vector<KernelTime> profile_kernels(at::Device device, const std::function<void()>& run) {
   namespace profiler = torch::autograd::profiler;
   using torch::profiler::impl::ActivityType;
@@ -59,29 +58,28 @@ std::vector<KernelTime> profile_kernels(at::Device device, const std::function<v
   synchronize(device);
   const std::unique_ptr<profiler::ProfilerResult> result = profiler::disableProfiler();
 
-  struct Span {
-    uint64_t start, end, thread;
-    std::string name;
-  };
-  std::vector<Span> spans;
+  std::vector<ProfiledSpan> spans;
   for (const profiler::KinetoEvent& e : result->events())
     if (e.deviceType() == device.type() && e.durationNs() > 0)
-      spans.push_back({e.startNs(), e.endNs(), device.is_cuda() ? 0 : e.startThreadId(), e.name()});
-  std::sort(spans.begin(), spans.end(), [](const Span& a, const Span& b) {
-    return std::tie(a.thread, a.start, b.end) < std::tie(b.thread, b.start, a.end);  // parents first
+      spans.push_back({e.startNs(), e.endNs(), e.startThreadId(), e.name()});
+  return total_by_name(std::move(spans), /*nested=*/device.is_cpu());
+}
+
+std::vector<KernelTime> total_by_name(std::vector<ProfiledSpan> spans, bool nested) {
+  std::sort(spans.begin(), spans.end(), [](const ProfiledSpan& a, const ProfiledSpan& b) {
+    return std::tie(a.thread, a.start_ns, b.end_ns) < std::tie(b.thread, b.start_ns, a.end_ns);  // parents first
   });
-  std::map<std::string, KernelTime> by_name;
-  std::vector<size_t> open;  // the enclosing spans of the current one, innermost last
+  std::vector<size_t> open;  // the spans enclosing the current one, innermost last
   std::vector<double> self(spans.size());
   for (size_t i = 0; i < spans.size(); ++i) {
-    const Span& s = spans[i];
-    self[i] = static_cast<double>(s.end - s.start) * 1e-9;
-    if (device.is_cpu()) {
-      while (!open.empty() && (spans[open.back()].thread != s.thread || spans[open.back()].end <= s.start)) open.pop_back();
-      if (!open.empty()) self[open.back()] -= self[i];
-      open.push_back(i);
-    }
+    const ProfiledSpan& s = spans[i];
+    self[i] = static_cast<double>(s.end_ns - s.start_ns) * 1e-9;
+    if (!nested) continue;
+    while (!open.empty() && (spans[open.back()].thread != s.thread || spans[open.back()].end_ns <= s.start_ns)) open.pop_back();
+    if (!open.empty()) self[open.back()] -= self[i];
+    open.push_back(i);
   }
+  std::map<std::string, KernelTime> by_name;
   for (size_t i = 0; i < spans.size(); ++i) {
     KernelTime& k = by_name[spans[i].name];
     k.name = spans[i].name;

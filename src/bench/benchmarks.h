@@ -27,6 +27,15 @@ struct KernelTime {
 };
 std::vector<KernelTime> profile_kernels(at::Device device, const std::function<void()>& run);
 
+// One profiled event: an op on a CPU thread, or a GPU kernel.
+struct ProfiledSpan {
+  uint64_t start_ns = 0, end_ns = 0, thread = 0;
+  std::string name;
+};
+// Time and calls per name, most time first. `nested` (CPU ops: linear > matmul > mm): a span's time
+// is its self time, its duration less that of the spans directly inside it on the same thread.
+std::vector<KernelTime> total_by_name(std::vector<ProfiledSpan> spans, bool nested);
+
 struct PrefillTiming {
   int64_t tokens = 0;
   double gqa_seconds = 0, gqe_seconds = 0;
