@@ -30,7 +30,7 @@ struct Common {
 };
 
 void add_common(CLI::App* cmd, Common& c) {
-  cmd->add_option("config", c.config, "YAML config")->required();
+  cmd->add_option("config,--config", c.config, "YAML config (positional, or --config as well)")->required();
   cmd->add_option("--set", c.overrides, "Override a config key (repeatable)")->type_name("KEY=VALUE");
 }
 
