@@ -2,7 +2,7 @@
 # The GPU numbers of docs/performance.md in one command, on a machine with an NVIDIA GPU:
 #   0. the tests that need a GPU (CI has none);
 #   1. training throughput, MFU and memory of gqa-250m and gqe-250m at seq 2048 (gqe bench train),
-#      with eager PyTorch (and, with GQE_REPORT_COMPILE=1, torch.compile) on the same step as the bar;
+#      also with activation checkpointing, with eager PyTorch (and, with GQE_REPORT_COMPILE=1, torch.compile) on the same step as the bar;
 #   2. the prefill table, GQA vs GQE, 2k to 128k tokens (gqe bench prefill);
 #   3. 100 steps of configs/tiny/gqe.yaml on the GPU (bf16) and on the CPU (fp32), compared.
 #
@@ -39,6 +39,9 @@ run "${GQE_BUILD_DIR:-build}/model_tests" --gtest_filter='*Cuda*' --gtest_brief=
 
 say "1. training step, seq 2048, bf16 (gqe bench train)"
 run "$gqe" bench train configs/gqe-250m.yaml --steps 20 --warmup 5 --json "$out/bench_train.json" --profile 30
+say "1a. the same with activation checkpointing (memory against the extra forward)"
+run "$gqe" bench train configs/gqe-250m.yaml --steps 10 --warmup 3 --set train.activation_checkpointing=true \
+  --json "$out/bench_train_checkpointing.json"
 # The Python references are context, not the report: their failure does not stop it.
 say "1b. the same step in eager PyTorch"
 run "$python" scripts/bench_eager_pytorch.py configs/gqe-250m.yaml --device cuda --steps 20 --warmup 5 || say "(failed)"
