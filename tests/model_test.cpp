@@ -198,5 +198,26 @@ TEST(Decoder, AuxLossIsTheSumOverLayersAndZeroForGqa) {
   EXPECT_NEAR(out.router[0].entropy.item<double>(), std::log(2.0), 1e-6);
 }
 
+// The balance loss is for training: eval mode (evaluation, generation, prefill) skips it and the
+// router statistics, and computes the same logits.
+TEST(Decoder, EvalModeSkipsTheBalanceLossOnly) {
+  for (const ModelConfig& c : every_kind()) {
+    SCOPED_TRACE(describe(c));
+    torch::manual_seed(13);
+    Decoder model(c);
+    test::randomize(*model);
+    const at::Tensor tokens = at::randint(c.vocab_size, {2, 8});
+    const DecoderOutput training = model->forward(tokens);
+    model->eval();
+    const DecoderOutput eval = model->forward(tokens);
+    EXPECT_TRUE(at::equal(eval.logits, training.logits));
+    EXPECT_TRUE(eval.router.empty());
+    EXPECT_EQ(eval.aux_loss.item<double>(), 0.0);
+    if (c.attention.type == AttentionType::gqe) {
+      EXPECT_GT(training.aux_loss.item<double>(), 0.0);
+    }
+  }
+}
+
 }  // namespace
 }  // namespace gqe

@@ -71,9 +71,14 @@ at::Tensor AttentionImpl::routed_slots(const at::Tensor& x, const at::Tensor& k,
     c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
     return route(at::linear(x.to(at::kFloat), router->weight.to(at::kFloat)), G, K);
   }();
-  out.load = expert_load(r);
-  out.aux = load_balancing_loss(r, out.load);
-  out.entropy = router_entropy(r);
+  // The balance loss and the statistics serve training only. In eval mode (evaluation, generation,
+  // prefill) their ~20 small ops per layer are skipped: at short context they are a good part of
+  // GQE's cost over GQA on a GPU, where each op is a kernel launch.
+  if (is_training()) {
+    out.load = expert_load(r);
+    out.aux = load_balancing_loss(r, out.load);
+    out.entropy = router_entropy(r);
+  }
 
   // Gather the selected experts' queries: head g*K + r attends with KV head g. RoPE commutes with
   // the gather (same rotation for every head at a position), so it runs on the selected heads only.

@@ -14,9 +14,10 @@ namespace gqe {
 
 struct AttentionOutput {
   at::Tensor y;        // [B, T, d]
-  at::Tensor aux;      // GQE: this layer's load-balancing loss (scalar); GQA: undefined
-  at::Tensor load;     // GQE: [G, M] fraction of tokens per expert (no grad)
-  at::Tensor entropy;  // GQE: mean router entropy in nats (no grad)
+  // GQE in training mode (Module::is_training()); undefined for GQA and in eval mode:
+  at::Tensor aux;      // this layer's load-balancing loss (scalar)
+  at::Tensor load;     // [G, M] fraction of tokens per expert (no grad)
+  at::Tensor entropy;  // mean router entropy in nats (no grad)
 };
 
 // One layer's part of a KV cache: post-RoPE keys and values, [B, G, capacity, head_dim], of the

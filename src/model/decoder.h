@@ -30,8 +30,9 @@ struct KVCache {
 
 struct DecoderOutput {
   at::Tensor logits;                 // [B, T, vocab]
-  at::Tensor aux_loss;               // sum over GQE layers of the load-balancing loss (0 for GQA), unscaled
-  std::vector<RouterStats> router;   // one per layer for GQE, empty for GQA
+  // Training mode only (eval mode skips them): 0 and empty for GQA, and for GQE in eval mode.
+  at::Tensor aux_loss;               // sum over GQE layers of the load-balancing loss, unscaled
+  std::vector<RouterStats> router;   // one per layer for GQE
 };
 
 class DecoderLayerImpl : public torch::nn::Module {
