@@ -164,6 +164,7 @@ TEST_F(Train, ActivationCheckpointingTrainsTheSameRunBitForBit) {
   ASSERT_EQ(run_command(train("plain", "--set train.tokens=2560")).status, 0);
   const auto r = run_command(train("recomputed", "--set train.tokens=2560 --set train.activation_checkpointing=true"));
   ASSERT_EQ(r.status, 0) << r.err;
+  EXPECT_NE(r.out.find("2 thread(s), activation checkpointing"), std::string::npos) << r.out;
   EXPECT_EQ(deterministic(path("recomputed")), deterministic(path("plain")));
   EXPECT_EQ(deterministic(path("plain")).size(), 11u);  // 10 steps and the evaluation
 }

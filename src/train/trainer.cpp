@@ -231,11 +231,12 @@ void Trainer::log_start(bool resumed) {
            human(static_cast<double>(train_stream_->size())), state_.samples_per_epoch, config_.data.seq_len,
            human(static_cast<double>(val_stream_->size())));
   log.info("plan: {} steps of {} tokens ({} sequences = {} micro-steps of {}), {} tokens for a budget of {} "
-           "({:.2f} epochs); {} on {}, {} thread(s)",
+           "({:.2f} epochs); {} on {}, {} thread(s){}",
            total_steps_, global_batch_, global_batch_ / config_.data.seq_len, loader_->accumulation_steps(),
            t.micro_batch_size, total_steps_ * global_batch_, t.tokens,
            static_cast<double>(total_steps_ * global_batch_) / static_cast<double>(train_stream_->size()),
-           enum_name(t.precision), device_.str(), at::get_num_threads());
+           enum_name(t.precision), device_.str(), at::get_num_threads(),
+           t.activation_checkpointing ? ", activation checkpointing" : "");
   if (comm_->world() > 1)
     log.info("data parallel: {} ranks ({} local) over {}, from {}; rank r takes samples [r*B/W, (r+1)*B/W) of each "
              "global batch", comm_->world(), env_.local_world, comm_->backend_name(), env_.source);
