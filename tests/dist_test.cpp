@@ -9,6 +9,7 @@
 #include <sstream>
 #include <thread>
 
+#include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
 #include "common/error.h"
@@ -212,6 +213,22 @@ TEST_F(Distributed, ARankThatDiesFailsTheJobQuicklyWithItsName) {
   EXPECT_NE(f.status, 0);
   EXPECT_LT(f.seconds, 5.0 + 5.0);  // dist.timeout_s, then the launcher's grace
   EXPECT_NE(f.out.find("gqe: rank 1 (pid " + std::to_string(f.pids[1]) + ") was killed by signal 9"), std::string::npos) << f.out;
+}
+
+// A signal that reaches one rank only (a scheduler's, not the launcher's) stops them all at the same
+// step: the ranks vote with each step's statistics; the checkpoint saved there resumes exactly.
+TEST_F(Distributed, ASignalToOneRankStopsEveryRankAtTheSameStep) {
+  const std::string budget = "--nproc 2 --set train.tokens=512000";
+  const Fault f = signal_rank_1(train("one", budget), path("one"), path("one.out"), SIGTERM);
+  ASSERT_EQ(f.pids.size(), 2u);
+  EXPECT_EQ(f.status, 0) << f.out;
+  EXPECT_NE(f.out.find("stopped by a signal to another rank at step"), std::string::npos) << f.out;
+  const auto steps = test::metrics_of(path("one"));
+  ASSERT_FALSE(steps.empty());
+  const int last = steps.back()["step"].get<int>();
+  EXPECT_LT(last, 2000);  // 512000 tokens would be 2000 steps
+  EXPECT_NE(f.out.find("stopped by a signal to another rank at step " + std::to_string(last)), std::string::npos) << f.out;
+  EXPECT_NE(f.out.find(fmt::format("saved {}/checkpoints/step_{:08d}", path("one"), last)), std::string::npos) << f.out;
 }
 
 TEST_F(Distributed, ARankThatHangsFailsTheJobWithinTheTimeout) {

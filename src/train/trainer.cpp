@@ -134,13 +134,14 @@ class Trainer {
   struct StepResult {
     double loss = 0, ce = 0, aux = 0, grad_norm = 0, clip_scale = 1;
     bool skipped = false;
+    bool stop = false;  // some rank was asked to stop (the votes travel with the step's statistics)
     std::optional<ordered_json> router;
   };
 
   std::optional<Checkpoint> prepare_run_dir();
   void restore(const Checkpoint& checkpoint);
   void synchronize_start(const std::optional<Checkpoint>& checkpoint);
-  StepResult step(double lr, bool want_router_stats);
+  StepResult step(double lr, bool want_router_stats, bool stop_requested);
   void evaluate(MetricsLog* metrics);
   std::optional<fs::path> save();
   void check_replicas();
@@ -256,7 +257,7 @@ void Trainer::restore(const Checkpoint& c) {
   restore_generators(state_, env_.rank, device_);
 }
 
-Trainer::StepResult Trainer::step(double lr, bool want_router_stats) {
+Trainer::StepResult Trainer::step(double lr, bool want_router_stats, bool stop_requested) {
   const int64_t L = config_.data.seq_len;
   // Each micro-batch's loss is divided by the micro-batches of the whole world, so that the summed
   // all-reduce leaves the mean gradient (with 2 ranks this is bitwise the one-process gradient).
@@ -298,16 +299,22 @@ Trainer::StepResult Trainer::step(double lr, bool want_router_stats) {
   for (const auto& p : model_->parameters())
     if (p.grad().defined()) grads.push_back(p.grad());
   comm_->all_reduce_sum(grads);  // one bucketed all-reduce per optimizer step
-  std::vector<at::Tensor> stats{ce_sum, aux_sum};
+  // Every rank must take the same decision to stop (a signal may reach only some): they vote here.
+  const at::Tensor stop = at::full({}, stop_requested ? 1.0 : 0.0, scalar);
+  std::vector<at::Tensor> stats{ce_sum, aux_sum, stop};
   stats.insert(stats.end(), router_sums.begin(), router_sums.end());
   comm_->all_reduce_sum(stats);
 
   const at::Tensor norm = at::stack(at::_foreach_norm(grads, 2, at::kFloat)).norm();
+  // The one wait for the device in a step: these four numbers, in one copy.
+  const at::Tensor host = at::stack({ce_sum, aux_sum, stop, norm}).to(at::kCPU, at::kDouble);
+  const double* values = host.data_ptr<double>();
   StepResult r;
-  r.ce = ce_sum.item<double>() / parts;
-  r.aux = aux_sum.item<double>() / parts;
+  r.ce = values[0] / parts;
+  r.aux = values[1] / parts;
   r.loss = r.ce + aux_coef * r.aux;
-  r.grad_norm = norm.item<double>();  // the same on every rank: the gradients are
+  r.stop = values[2] > 0;
+  r.grad_norm = values[3];  // the same on every rank: the gradients are
   if (!std::isfinite(r.loss) || !std::isfinite(r.grad_norm)) {
     r.skipped = true;  // the update is skipped; the data is consumed
   } else {
@@ -495,7 +502,7 @@ void Trainer::run() {
     const int64_t tokens_after = tokens_before + global_batch_;
     const bool log_step = (state_.step + 1) % config_.log.every_steps == 0 || tokens_after >= t.tokens;
     const double lr = learning_rate(t, tokens_after);
-    const StepResult r = step(lr, log_step);
+    const StepResult r = step(lr, log_step, signals.received() != 0);
     state_.step += 1;
     state_.tokens = tokens_after;
     state_.loader = loader_->position();
@@ -554,10 +561,7 @@ void Trainer::run() {
     }
     if (comm_->main()) console_->progress(progress, fmt::format("step {}/{}  loss {:.3f}", state_.step, total_steps_, r.loss));
 
-    // Every rank must take the same decision to stop: the signal may have reached only some.
-    at::Tensor stop = at::full({1}, signals.received() ? 1.0 : 0.0, at::TensorOptions().device(device_));
-    comm_->all_reduce_sum({stop});
-    const bool stopping = stop.item<double>() > 0;
+    const bool stopping = r.stop;
 
     const bool done = state_.tokens >= t.tokens;
     if (crossed(tokens_before, state_.tokens, config_.eval.every_tokens) || done) evaluate(metrics ? &*metrics : nullptr);
