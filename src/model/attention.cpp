@@ -82,12 +82,23 @@ at::Tensor AttentionImpl::routed_slots(const at::Tensor& x, const at::Tensor& k,
 
   // Gather the selected experts' queries: head g*K + r attends with KV head g. RoPE commutes with
   // the gather (same rotation for every head at a position), so it runs on the selected heads only.
-  // As whole rows of head_dim: an index_select, not a gather with an index per element.
-  const at::Tensor rows = q_proj(x).view({B * T * G * M, head_dim_});
-  const at::Tensor first = at::arange(B * T * G, r.topi.options()).mul_(M).unsqueeze(1);  // row of expert 0
-  const at::Tensor picked = rows.index_select(0, (first + r.topi.reshape({B * T * G, K})).view(-1));
-  const at::Tensor q_sel = apply_rotary(picked.view({B, T, G * K, head_dim_}).transpose(1, 2), rope);
-  const at::Tensor o = causal_attention(q_sel, k, v).transpose(1, 2).reshape({B, T, G, K, head_dim_});
+  // As whole rows of head_dim: an index_select, not a gather with an index per element. The
+  // shared query comes out of the same matmul as the experts' (one cast of x under autocast, one
+  // gradient for it) and the same gather: token t's expert m of group g is row t*H + g*M + m,
+  // its shared query row t*H + N.
+  const bool has_shared = attn_.variant == GqeVariant::gqe;
+  const int64_t N = n_heads_, H = N + (has_shared ? 1 : 0), S = G * K + (has_shared ? 1 : 0);
+  const at::Tensor rows =
+      (has_shared ? at::linear(x, at::cat({q_proj->weight, q_shared->weight})) : q_proj(x)).view({B * T * H, head_dim_});
+  const auto opts = r.topi.options();
+  at::Tensor index = (at::arange(0, B * T * H, H, opts).view({B * T, 1, 1}) + at::arange(0, G * M, M, opts).view({1, G, 1}) +
+                      r.topi.reshape({B * T, G, K}))
+                         .view({B * T, G * K});
+  if (has_shared) index = at::cat({index, at::arange(N, B * T * H, H, opts).view({B * T, 1})}, 1);
+  const at::Tensor picked = rows.index_select(0, index.view(-1)).view({B, T, S, head_dim_}).transpose(1, 2);
+  // Split, not narrowed: one concatenation in the backward pass.
+  const std::vector<at::Tensor> q = apply_rotary(picked, rope).split_with_sizes({G * K, S - G * K}, 1);
+  const at::Tensor o = causal_attention(q[0], k, v).transpose(1, 2).reshape({B, T, G, K, head_dim_});
 
   const at::Tensor topv = r.topv.unsqueeze(-1);  // [B, T, G, K, 1]
   const at::Tensor hard = (attn_.variant == GqeVariant::weighted_concat ? (o * topv).to(o.scalar_type()) : o)
@@ -98,8 +109,7 @@ at::Tensor AttentionImpl::routed_slots(const at::Tensor& x, const at::Tensor& k,
   const at::Tensor w = topv / r.topv.sum({2, 3}, /*keepdim=*/true).unsqueeze(-1).clamp_min(1e-9);
   const at::Tensor weighted = (o * w).sum({2, 3}).to(o.scalar_type());
   // The always-on shared head reads the mean of the groups' keys and values: nothing to cache.
-  const at::Tensor q_sh = apply_rotary(q_shared(x).view({B, T, 1, head_dim_}).transpose(1, 2), rope);
-  const at::Tensor shared = causal_attention(q_sh, k.mean(1, /*keepdim=*/true), v.mean(1, /*keepdim=*/true));
+  const at::Tensor shared = causal_attention(q[1], k.mean(1, /*keepdim=*/true), v.mean(1, /*keepdim=*/true));
   return at::cat({hard, weighted, shared.transpose(1, 2).reshape({B, T, head_dim_})}, -1);
 }
 
