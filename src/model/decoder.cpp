@@ -71,7 +71,8 @@ namespace {
 
 // A layer under activation checkpointing: outputs the new residual stream and, for GQE, the aux loss
 // (both differentiable), then the router statistics.
-at::Tensor checkpointed_layer(const std::shared_ptr<DecoderLayerImpl>& layer, const at::Tensor& h, const RotaryTables& rope, AttentionOutput& attn) {
+at::Tensor checkpointed_layer(const std::shared_ptr<DecoderLayerImpl>& layer, const at::Tensor& h, const RotaryTables& rope,
+                              AttentionOutput& attn) {
   const std::vector<at::Tensor> out = checkpointed(
       [layer, rope](const at::Tensor& x) {
         AttentionOutput a;
