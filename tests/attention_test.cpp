@@ -5,8 +5,14 @@
 #include <ATen/ATen.h>
 #include <ATen/autocast_mode.h>
 #include <torch/autograd.h>
+#include <torch/csrc/autograd/profiler_kineto.h>
+
+#include <stdlib.h>
 
 #include <cmath>
+#include <set>
+#include <utility>
+#include <vector>
 
 #include "model/attention.h"
 #include "model/layers.h"
@@ -120,6 +126,37 @@ TEST(Attention, TopKEqualToMHoldsEveryHeadsDenseOutput) {
           expect_close(slots[b][t][g][r], dense[b][t][g * M + topi[b][t][g][r].item<int64_t>()], "slot");
   // Every expert appears exactly once per group.
   EXPECT_TRUE(std::get<0>(topi.sort(-1)).equal(at::arange(M).expand_as(topi)));
+}
+
+// The query heads of each attention call of one forward, as the profiler records them: {q heads,
+// kv heads} per call.
+std::vector<std::pair<int64_t, int64_t>> attention_calls(const ModelConfig& c) {
+  namespace profiler = torch::autograd::profiler;
+  Attention attn(c);
+  randomize(*attn);
+  const at::Tensor x = at::randn({2, 7, c.d_model});
+  const RotaryTables rope = rotary_tables(0, 7, c.head_dim, c.rope_theta, at::kCPU);
+  setenv("KINETO_LOG_LEVEL", "5", 0);
+  const torch::profiler::impl::ProfilerConfig config(torch::profiler::impl::ProfilerState::KINETO, /*report_input_shapes=*/true);
+  const std::set<torch::profiler::impl::ActivityType> cpu{torch::profiler::impl::ActivityType::CPU};
+  profiler::prepareProfiler(config, cpu);
+  profiler::enableProfiler(config, cpu);
+  attn->forward(x, rope);
+  std::vector<std::pair<int64_t, int64_t>> calls;
+  const std::unique_ptr<profiler::ProfilerResult> result = profiler::disableProfiler();
+  for (const profiler::KinetoEvent& e : result->events())
+    if (e.name() == "aten::scaled_dot_product_attention") calls.emplace_back(e.shapes()[0][1], e.shapes()[1][1]);
+  return calls;
+}
+
+// What GQE is for: with top-k of M experts only G*k routed query heads (and the shared one, with
+// the groups' mean K/V) attend; the unselected heads are never computed, not computed and masked.
+TEST(Attention, GqeAttendsWithTheSelectedHeadsOnly) {
+  using Calls = std::vector<std::pair<int64_t, int64_t>>;
+  EXPECT_EQ(attention_calls(small_config(AttentionType::gqa, GqeVariant::gqe, 8, 2)), (Calls{{8, 2}}));
+  EXPECT_EQ(attention_calls(small_config(AttentionType::gqe, GqeVariant::gqe, 8, 2, 1)), (Calls{{2, 2}, {1, 1}}));
+  EXPECT_EQ(attention_calls(small_config(AttentionType::gqe, GqeVariant::gqe, 8, 2, 3)), (Calls{{6, 2}, {1, 1}}));
+  EXPECT_EQ(attention_calls(small_config(AttentionType::gqe, GqeVariant::hard_concat, 8, 2, 1)), (Calls{{2, 2}}));
 }
 
 TEST(Attention, RouterGetsLmGradientExceptInHardConcat) {
