@@ -74,7 +74,10 @@ void add_reporting(CLI::App* cmd, Reported& o, const std::string& profiled) {
 
 void write_report(const Reported& o, at::Device device, const char* key, const nlohmann::ordered_json& rows) {
   if (!o.json.empty())
-    write_file_atomic(o.json, nlohmann::ordered_json{{"device", where(device)}, {"config", o.config}, {key, rows}}.dump(2) + "\n");
+    write_file_atomic(o.json, nlohmann::ordered_json{{"device", where(device)}, {"config", o.config}, {"overrides", o.overrides},
+                                                     {key, rows}}
+                                  .dump(2) +
+                                  "\n");
 }
 
 
