@@ -63,9 +63,7 @@ TEST(ActivationCheckpointing, SameLossGradientsAndRouterStatsInFp32AndBf16) {
   for (const ModelConfig& c : test::every_kind()) {
     for (const bool bf16 : {false, true}) {
       SCOPED_TRACE(describe(c) + (bf16 ? " bf16" : " fp32"));
-      torch::manual_seed(5);
-      Decoder model(c);
-      test::randomize(*model);
+      Decoder model = test::random_decoder(c, 5);
       const at::Tensor tokens = at::randint(c.vocab_size, {2, 13});
       const Step plain = train_step(model, tokens, false, bf16);
       const Step recomputed = train_step(model, tokens, true, bf16);
@@ -79,9 +77,7 @@ TEST(ActivationCheckpointing, SameLossGradientsAndRouterStatsInFp32AndBf16) {
 // gives what it gives without checkpointing.
 TEST(ActivationCheckpointing, InferenceIsUnchanged) {
   const ModelConfig c = test::small_config(AttentionType::gqe);
-  torch::manual_seed(6);
-  Decoder model(c);
-  test::randomize(*model);
+  Decoder model = test::random_decoder(c, 6);
   const at::Tensor tokens = at::randint(c.vocab_size, {2, 9});
   at::NoGradGuard no_grad;
   const at::Tensor plain = model->forward(tokens).logits;
@@ -98,9 +94,7 @@ TEST(ActivationCheckpointing, PeakMemoryOfATrainingStepFalls) {
   c.n_layers = 6;
   c.head_dim = 16;
   c.ffn_hidden = 172;
-  torch::manual_seed(7);
-  Decoder model(c);
-  test::randomize(*model);
+  Decoder model = test::random_decoder(c, 7);
   const at::Tensor tokens = at::randint(c.vocab_size, {4, 257});
   const Step plain = train_step(model, tokens, false, false);
   const Step recomputed = train_step(model, tokens, true, false);

@@ -22,9 +22,7 @@ using test::small_config;
 TEST(Decoder, LogitsAndGradientsMatchTheReference) {
   for (const ModelConfig& c : every_kind()) {
     SCOPED_TRACE(describe(c));
-    torch::manual_seed(21);
-    Decoder model(c);
-    test::randomize(*model);
+    Decoder model = test::random_decoder(c, 21);
     const at::Tensor tokens = at::randint(c.vocab_size, {2, 6});
     const at::Tensor logits = model->forward(tokens).logits;
     const at::Tensor ref = test::ref_decoder(*model, tokens);
@@ -49,9 +47,7 @@ TEST(Decoder, LogitsAndGradientsMatchTheReference) {
 TEST(Decoder, ChangingTokenTNeverChangesEarlierLogits) {
   for (const ModelConfig& c : every_kind()) {
     SCOPED_TRACE(describe(c));
-    torch::manual_seed(8);
-    Decoder model(c);
-    test::randomize(*model);
+    Decoder model = test::random_decoder(c, 8);
     torch::NoGradGuard no_grad;
     const int64_t T = 16;
     for (int64_t t : {0, 5, 15}) {
@@ -71,9 +67,7 @@ TEST(Decoder, ChangingTokenTNeverChangesEarlierLogits) {
 TEST(Decoder, EachSequenceIsComputedIndependentlyOfItsBatch) {
   for (const ModelConfig& c : every_kind()) {
     SCOPED_TRACE(describe(c));
-    torch::manual_seed(9);
-    Decoder model(c);
-    test::randomize(*model);
+    Decoder model = test::random_decoder(c, 9);
     torch::NoGradGuard no_grad;
     const at::Tensor tokens = at::randint(c.vocab_size, {3, 10});
     const at::Tensor together = model->forward(tokens).logits;
@@ -87,9 +81,7 @@ TEST(Decoder, EachSequenceIsComputedIndependentlyOfItsBatch) {
 TEST(Decoder, KVCacheDecodingMatchesTheFullForward) {
   for (const ModelConfig& c : every_kind()) {
     SCOPED_TRACE(describe(c));
-    torch::manual_seed(31);
-    Decoder model(c);
-    test::randomize(*model);
+    Decoder model = test::random_decoder(c, 31);
     torch::NoGradGuard no_grad;
     const at::Tensor tokens = at::randint(c.vocab_size, {2, 12});
     const at::Tensor full = model->forward(tokens).logits;
@@ -203,9 +195,7 @@ TEST(Decoder, AuxLossIsTheSumOverLayersAndZeroForGqa) {
 TEST(Decoder, EvalModeSkipsTheBalanceLossOnly) {
   for (const ModelConfig& c : every_kind()) {
     SCOPED_TRACE(describe(c));
-    torch::manual_seed(13);
-    Decoder model(c);
-    test::randomize(*model);
+    Decoder model = test::random_decoder(c, 13);
     const at::Tensor tokens = at::randint(c.vocab_size, {2, 8});
     const DecoderOutput training = model->forward(tokens);
     model->eval();

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "config/config.h"
+#include "model/decoder.h"
 
 namespace gqe::test {
 
@@ -51,6 +52,14 @@ inline void randomize(torch::nn::Module& module) {
     if (p.dim() == 2) p.normal_(0.0, 1.0 / std::sqrt(static_cast<double>(p.size(1))));
     else p.normal_(1.0, 0.1);
   }
+}
+
+// A decoder built and randomized after seeding torch's generator: the same weights for the same seed.
+inline Decoder random_decoder(const ModelConfig& c, uint64_t seed) {
+  torch::manual_seed(seed);
+  Decoder model(c);
+  randomize(*model);
+  return model;
 }
 
 }  // namespace gqe::test
