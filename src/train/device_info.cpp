@@ -8,6 +8,7 @@
 #include <c10/util/ThreadLocalDebugInfo.h>
 
 #ifdef USE_C10D_NCCL  // defined whenever the torch in use was built with CUDA (and NCCL)
+#include <ATen/Context.h>
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDACachingAllocator.h>
 #endif
@@ -48,6 +49,7 @@ struct PeakMemory::CpuCounter : c10::MemoryReportingInfoBase {
 PeakMemory::PeakMemory(at::Device device) : device_(device) {
 #ifdef USE_C10D_NCCL
   if (device.is_cuda()) {
+    at::globalContext().lazyInitDevice(at::kCUDA);  // the allocator knows no device before CUDA starts
     c10::cuda::CUDACachingAllocator::resetPeakStats(device.index() < 0 ? 0 : device.index());
     return;
   }
