@@ -6,6 +6,7 @@
 #include <ATen/autocast_mode.h>
 #include <torch/autograd.h>
 #include <torch/csrc/autograd/profiler_kineto.h>
+#include <torch/cuda.h>
 
 #include <stdlib.h>
 
@@ -274,6 +275,55 @@ TEST(Rope, ScoresDependOnlyOnRelativePosition) {
   };
   EXPECT_NEAR(score(3, 1), score(103, 101), 1e-4);
   EXPECT_GT(std::abs(score(3, 1) - score(1, 3)), 1e-3);
+}
+
+// On a GPU, RoPE and SwiGLU run fused kernels (layers_cuda.cu); they must agree with the CPU path,
+// forward and backward. Runs where a GPU is (scripts/gpu_report.sh); CI has none.
+TEST(Rope, CudaKernelMatchesTheCpuPathInAnyLayout) {
+  if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA device";
+  torch::manual_seed(9);
+  const int64_t B = 2, H = 3, T = 5, dh = 8;
+  for (at::ScalarType dtype : {at::kFloat, at::kBFloat16}) {
+    SCOPED_TRACE(c10::toString(dtype));
+    const double tol = dtype == at::kFloat ? 1e-6 : 2e-2;
+    // Attention's layout: a transposed [B, T, H, dh]; the gradient arrives with a strided last dim.
+    const at::Tensor x = at::randn({B, T, H, dh}).to(dtype).transpose(1, 2);
+    const at::Tensor g = at::randn({B, H, dh, T}).to(dtype).transpose(2, 3);
+    auto run = [&](at::Device device) {
+      const at::Tensor xd = x.to(device).requires_grad_(), gd = g.to(device);
+      const at::Tensor y = apply_rotary(xd, rotary_tables(11, T, dh, 1e4, device));
+      return std::pair{y, torch::autograd::grad({y}, {xd}, {gd})[0]};
+    };
+    const auto [y_cpu, dx_cpu] = run(at::kCPU);
+    const auto [y_gpu, dx_gpu] = run(at::kCUDA);
+    EXPECT_EQ(y_gpu.strides(), x.strides()) << "the output keeps the input's layout";
+    EXPECT_EQ(y_gpu.scalar_type(), dtype);
+    expect_close(y_gpu.cpu().to(at::kFloat), y_cpu.to(at::kFloat), "rope", tol);
+    expect_close(dx_gpu.cpu().to(at::kFloat), dx_cpu.to(at::kFloat), "rope backward", tol);
+  }
+}
+
+TEST(SwiGLU, CudaKernelMatchesTheCpuPath) {
+  if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA device";
+  torch::manual_seed(10);
+  SwiGLU cpu(16, 40);
+  randomize(*cpu);
+  for (at::ScalarType dtype : {at::kFloat, at::kBFloat16}) {
+    SCOPED_TRACE(c10::toString(dtype));
+    SwiGLU gpu(16, 40);
+    for (const auto& p : cpu->named_parameters()) gpu->named_parameters()[p.key()].data().copy_(p.value());
+    cpu->to(dtype);
+    gpu->to(at::kCUDA, dtype);
+    const at::Tensor x = (at::randn({3, 7, 16}) * 2).to(dtype), g = at::randn({3, 7, 16}).to(dtype);
+    const at::Tensor y_cpu = cpu(x), y_gpu = gpu(x.cuda());
+    const auto d_cpu = torch::autograd::grad({y_cpu}, cpu->parameters(), {g});
+    const auto d_gpu = torch::autograd::grad({y_gpu}, gpu->parameters(), {g.cuda()});
+    const double tol = dtype == at::kFloat ? 1e-5 : 3e-2;
+    expect_close(y_gpu.cpu().to(at::kFloat), y_cpu.to(at::kFloat), "swiglu", tol);
+    for (size_t i = 0; i < d_cpu.size(); ++i)
+      expect_close(d_gpu[i].cpu().to(at::kFloat), d_cpu[i].to(at::kFloat), "gradient " + std::to_string(i), tol);
+    cpu->to(at::kFloat);
+  }
 }
 
 TEST(RMSNorm, MatchesTheFormulaAndKeepsTheInputDtype) {

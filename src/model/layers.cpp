@@ -3,6 +3,10 @@
 #include <torch/autograd.h>
 #include <torch/nn/functional/activation.h>
 
+#ifdef GQE_CUDA_KERNELS
+#include "model/layers_cuda.h"
+#endif
+
 namespace gqe {
 
 RMSNormImpl::RMSNormImpl(int64_t dim, double eps) : eps_(eps) {
@@ -32,25 +36,48 @@ at::Tensor swap_halves(const at::Tensor& x) {
   return at::cat({x.narrow(-1, half, half), x.narrow(-1, 0, half)}, -1);
 }
 
-// y = x cos + swap(x) s with s = signed_sin; its adjoint is g cos - swap(g) s (swap(v) s = R v for
-// the rotation-by-90-degrees R, and R^T = -R).
+// x cos + sign swap(x) s with s = signed_sin: sign +1 rotates; -1 is the adjoint, g cos - swap(g) s
+// (swap(v) s = R v for the rotation-by-90-degrees R, and R^T = -R).
+at::Tensor rotate(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& signed_sin, double sign) {
+#ifdef GQE_CUDA_KERNELS
+  if (x.is_cuda() && x.dim() == 4) return rotary_cuda(x, cos, signed_sin, static_cast<float>(sign));
+#endif
+  return at::addcmul(x * cos.to(x.scalar_type()), swap_halves(x), signed_sin.to(x.scalar_type()), sign);
+}
+
 class Rotary : public torch::autograd::Function<Rotary> {
  public:
   static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& x, const at::Tensor& cos,
                             const at::Tensor& signed_sin) {
     ctx->save_for_backward({cos, signed_sin});
-    return at::addcmul(x * cos, swap_halves(x), signed_sin);
+    return rotate(x, cos, signed_sin, 1);
   }
   static torch::autograd::tensor_list backward(torch::autograd::AutogradContext* ctx, torch::autograd::tensor_list g) {
     const auto saved = ctx->get_saved_variables();
-    return {at::addcmul(g[0] * saved[0], swap_halves(g[0]), saved[1], /*value=*/-1), at::Tensor(), at::Tensor()};
+    return {rotate(g[0], saved[0], saved[1], -1), at::Tensor(), at::Tensor()};
   }
 };
+
+#ifdef GQE_CUDA_KERNELS
+// silu(gate) * up in one kernel each way; saves gate and up only (ATen also keeps silu(gate)).
+class SwiGLUProduct : public torch::autograd::Function<SwiGLUProduct> {
+ public:
+  static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& gate, const at::Tensor& up) {
+    ctx->save_for_backward({gate, up});
+    return swiglu_cuda(gate, up);
+  }
+  static torch::autograd::tensor_list backward(torch::autograd::AutogradContext* ctx, torch::autograd::tensor_list g) {
+    const auto saved = ctx->get_saved_variables();
+    auto [dgate, dup] = swiglu_backward_cuda(g[0], saved[0], saved[1]);
+    return {dgate, dup};
+  }
+};
+#endif
 
 }  // namespace
 
 at::Tensor apply_rotary(const at::Tensor& x, const RotaryTables& tables) {
-  return Rotary::apply(x, tables.cos.to(x.scalar_type()), tables.signed_sin.to(x.scalar_type()));
+  return Rotary::apply(x, tables.cos, tables.signed_sin);
 }
 
 SwiGLUImpl::SwiGLUImpl(int64_t dim, int64_t hidden) {
@@ -60,7 +87,11 @@ SwiGLUImpl::SwiGLUImpl(int64_t dim, int64_t hidden) {
 }
 
 at::Tensor SwiGLUImpl::forward(const at::Tensor& x) {
-  return down_proj(at::silu(gate_proj(x)) * up_proj(x));
+  const at::Tensor gate = gate_proj(x), up = up_proj(x);
+#ifdef GQE_CUDA_KERNELS
+  if (gate.is_cuda() && gate.scalar_type() == up.scalar_type()) return down_proj(SwiGLUProduct::apply(gate, up));
+#endif
+  return down_proj(at::silu(gate) * up);
 }
 
 torch::nn::Linear make_linear(int64_t in, int64_t out) {

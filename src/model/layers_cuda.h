@@ -1,0 +1,22 @@
+// Fused CUDA kernels behind apply_rotary and SwiGLU on a GPU (built when the torch in use has
+// CUDA). Each reads its inputs once and writes its outputs once, computing in fp32 whatever the
+// storage dtype; ATen spends three to five elementwise kernels (and casts of the tables) on each.
+#pragma once
+
+#include <utility>
+
+#include <ATen/core/Tensor.h>
+
+namespace gqe {
+
+// x [N0, N1, T, D] in any strides with the last dim contiguous (a transposed [B, T, H, D] view
+// included); cos and signed_sin [T, D] fp32 (RotaryTables). Returns x * cos + sign *
+// swap_halves(x) * signed_sin in x's dtype and layout: sign +1 rotates, -1 is the adjoint.
+at::Tensor rotary_cuda(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& signed_sin, float sign);
+
+// silu(gate) * up, and its backward (d gate, d up) given the output's gradient; all of one dtype.
+at::Tensor swiglu_cuda(const at::Tensor& gate, const at::Tensor& up);
+std::pair<at::Tensor, at::Tensor> swiglu_backward_cuda(const at::Tensor& grad, const at::Tensor& gate,
+                                                       const at::Tensor& up);
+
+}  // namespace gqe
