@@ -17,6 +17,7 @@
 
 #include "model/attention.h"
 #include "model/layers.h"
+#include "model/layers_kernels.h"
 #include "model/router.h"
 #include "model_util.h"
 #include "reference.h"
@@ -275,6 +276,53 @@ TEST(Rope, ScoresDependOnlyOnRelativePosition) {
   };
   EXPECT_NEAR(score(3, 1), score(103, 101), 1e-4);
   EXPECT_GT(std::abs(score(3, 1) - score(1, 3)), 1e-3);
+}
+
+// The fused kernels' bodies (layers_kernels.h), run on the CPU one index at a time, against the
+// ATen path: their arithmetic and indexing are checked here, without a GPU.
+struct HostLoop {
+  template <class F> void operator()(const F& f, int64_t n) const {
+    for (int64_t i = 0; i < n; ++i) f(i);
+  }
+};
+
+TEST(Rope, FusedKernelBodyMatchesTheAtenPathBothWays) {
+  torch::manual_seed(12);
+  const int64_t B = 2, H = 3, T = 5, dh = 8;
+  const RotaryTables tables = rotary_tables(4, T, dh, 1e4, at::kCPU);
+  for (at::ScalarType dtype : {at::kFloat, at::kBFloat16}) {
+    SCOPED_TRACE(c10::toString(dtype));
+    const double tol = dtype == at::kFloat ? 1e-6 : 1e-2;
+    const at::Tensor x = at::randn({B, T, H, dh}).to(dtype).transpose(1, 2).requires_grad_();
+    const at::Tensor y = apply_rotary(x, tables);
+    const at::Tensor fused = kernels::rotary(x.detach(), tables.cos, tables.signed_sin, 1, HostLoop{});
+    EXPECT_EQ(fused.strides(), x.strides()) << "the output keeps the input's layout";
+    expect_close(fused.to(at::kFloat), y.detach().to(at::kFloat), "rotation", tol);
+    // The adjoint, on a gradient whose last dim is strided (copied to contiguous first).
+    const at::Tensor g = at::randn({B, H, dh, T}).to(dtype).transpose(2, 3);
+    const at::Tensor dx = torch::autograd::grad({y}, {x}, {g})[0];
+    const at::Tensor fused_dx = kernels::rotary(g, tables.cos, tables.signed_sin, -1, HostLoop{});
+    expect_close(fused_dx.to(at::kFloat), dx.to(at::kFloat), "adjoint", tol);
+  }
+  EXPECT_THROW(kernels::rotary(at::randn({2, 5, 8}), tables.cos, tables.signed_sin, 1, HostLoop{}), c10::Error);
+  EXPECT_THROW(kernels::rotary(at::randn({1, 1, 4, 8}), tables.cos, tables.signed_sin, 1, HostLoop{}), c10::Error);
+}
+
+TEST(SwiGLU, FusedKernelBodiesMatchTheAtenPath) {
+  torch::manual_seed(13);
+  for (at::ScalarType dtype : {at::kFloat, at::kBFloat16}) {
+    SCOPED_TRACE(c10::toString(dtype));
+    const double tol = dtype == at::kFloat ? 1e-5 : 2e-2;
+    const at::Tensor gate = (at::randn({3, 7, 40}) * 3).to(dtype).requires_grad_(),
+                     up = at::randn({3, 7, 40}).to(dtype).requires_grad_(), dy = at::randn({3, 7, 40}).to(dtype);
+    const at::Tensor y = at::silu(gate) * up;
+    const auto d = torch::autograd::grad({y}, {gate, up}, {dy});
+    expect_close(kernels::swiglu(gate.detach(), up.detach(), HostLoop{}).to(at::kFloat), y.detach().to(at::kFloat),
+                 "forward", tol);
+    const auto [dgate, dup] = kernels::swiglu_backward(dy, gate.detach(), up.detach(), HostLoop{});
+    expect_close(dgate.to(at::kFloat), d[0].to(at::kFloat), "d gate", tol);
+    expect_close(dup.to(at::kFloat), d[1].to(at::kFloat), "d up", tol);
+  }
 }
 
 // On a GPU, RoPE and SwiGLU run fused kernels (layers_cuda.cu); they must agree with the CPU path,

@@ -29,10 +29,11 @@ struct RotaryTables {
 RotaryTables rotary_tables(int64_t start, int64_t length, int64_t head_dim, double theta, at::Device device);
 
 // x: [..., T, head_dim] with the positions of `tables` along dim -2. Its own backward (the inverse
-// rotation of the gradient): three kernels each way and nothing saved but the tables.
+// rotation of the gradient), nothing saved but the tables; on a GPU one fused kernel each way.
 at::Tensor apply_rotary(const at::Tensor& x, const RotaryTables& tables);
 
-// down(silu(gate(x)) * up(x)); names as in Llama's mlp.{gate,up,down}_proj.
+// down(silu(gate(x)) * up(x)); names as in Llama's mlp.{gate,up,down}_proj. On a GPU the product
+// is one fused kernel each way.
 class SwiGLUImpl : public torch::nn::Module {
  public:
   SwiGLUImpl(int64_t dim, int64_t hidden);
