@@ -11,11 +11,14 @@
 #include <stdlib.h>
 
 #include <cmath>
+#include <functional>
 #include <set>
 #include <utility>
 #include <vector>
 
 #include "model/attention.h"
+#include "model/autocast.h"
+#include "model/decoder.h"
 #include "model/layers.h"
 #include "model/layers_kernels.h"
 #include "model/router.h"
@@ -130,24 +133,36 @@ TEST(Attention, TopKEqualToMHoldsEveryHeadsDenseOutput) {
   EXPECT_TRUE(std::get<0>(topi.sort(-1)).equal(at::arange(M).expand_as(topi)));
 }
 
-// The query heads of each attention call of one forward, as the profiler records them: {q heads,
-// kv heads} per call.
-std::vector<std::pair<int64_t, int64_t>> attention_calls(const ModelConfig& c) {
+// The ATen ops that `run` calls, with their inputs' dtypes and shapes, as the profiler records them.
+struct RecordedOp {
+  std::string name;
+  std::vector<std::string> dtypes;
+  std::vector<std::vector<int64_t>> shapes;
+};
+
+std::vector<RecordedOp> recorded_ops(const std::function<void()>& run) {
   namespace profiler = torch::autograd::profiler;
-  Attention attn(c);
-  randomize(*attn);
-  const at::Tensor x = at::randn({2, 7, c.d_model});
-  const RotaryTables rope = rotary_tables(0, 7, c.head_dim, c.rope_theta, at::kCPU);
   setenv("KINETO_LOG_LEVEL", "5", 0);
   const torch::profiler::impl::ProfilerConfig config(torch::profiler::impl::ProfilerState::KINETO, /*report_input_shapes=*/true);
   const std::set<torch::profiler::impl::ActivityType> cpu{torch::profiler::impl::ActivityType::CPU};
   profiler::prepareProfiler(config, cpu);
   profiler::enableProfiler(config, cpu);
-  attn->forward(x, rope);
-  std::vector<std::pair<int64_t, int64_t>> calls;
+  run();
+  std::vector<RecordedOp> ops;
   const std::unique_ptr<profiler::ProfilerResult> result = profiler::disableProfiler();
-  for (const profiler::KinetoEvent& e : result->events())
-    if (e.name() == "aten::scaled_dot_product_attention") calls.emplace_back(e.shapes()[0][1], e.shapes()[1][1]);
+  for (const profiler::KinetoEvent& e : result->events()) ops.push_back({e.name(), e.dtypes().vec(), e.shapes().vec()});
+  return ops;
+}
+
+// The query heads of each attention call of one forward: {q heads, kv heads} per call.
+std::vector<std::pair<int64_t, int64_t>> attention_calls(const ModelConfig& c) {
+  Attention attn(c);
+  randomize(*attn);
+  const at::Tensor x = at::randn({2, 7, c.d_model});
+  const RotaryTables rope = rotary_tables(0, 7, c.head_dim, c.rope_theta, at::kCPU);
+  std::vector<std::pair<int64_t, int64_t>> calls;
+  for (const RecordedOp& op : recorded_ops([&] { attn->forward(x, rope); }))
+    if (op.name == "aten::scaled_dot_product_attention") calls.emplace_back(op.shapes[0][1], op.shapes[1][1]);
   return calls;
 }
 
@@ -208,6 +223,36 @@ TEST(Attention, RouterRunsInFp32UnderBf16Autocast) {
   EXPECT_NEAR(mixed.entropy.item<double>(), fp32.entropy.item<double>(), 1e-6);
   EXPECT_NEAR(mixed.aux.item<double>(), fp32.aux.item<double>(), 1e-6);
   EXPECT_LE((mixed.y.to(at::kFloat) - fp32.y).abs().max().item<double>(), 0.05);  // bf16-level agreement
+}
+
+// Under autocast the normed residual stream is cast to bf16 once for the attention's projections
+// and once for the MLP's, not once per projection (five per layer), whose gradients would then
+// come back as five fp32 casts and four fp32 adds.
+TEST(Decoder, UnderAutocastEachNormedInputIsCastOnce) {
+  for (AttentionType type : {AttentionType::gqa, AttentionType::gqe}) {
+    SCOPED_TRACE(enum_name(type));
+    const ModelConfig c = small_config(type);
+    Decoder model = test::random_decoder(c, 14);
+    const at::Tensor tokens = at::randint(c.vocab_size, {2, 7});
+    const at::Tensor fp32 = model->forward(tokens).logits;
+    at::Tensor mixed;
+    const auto ops = recorded_ops([&] {
+      AutocastScope autocast(at::kCPU, true);
+      mixed = model->forward(tokens).logits;
+    });
+    int64_t casts = 0;  // from fp32 (the CPU's residual adds also cast their bf16 operand up)
+    for (const RecordedOp& op : ops)
+      casts += op.name == "aten::_to_copy" && op.dtypes.at(0) == "float" &&
+               op.shapes.at(0) == std::vector<int64_t>{2, 7, c.d_model};
+    EXPECT_EQ(casts, 2 * c.n_layers + 1) << "two per layer and the final norm's, for the output projection";
+    EXPECT_EQ(mixed.scalar_type(), at::kBFloat16);
+    EXPECT_LE((mixed.to(at::kFloat) - fp32).abs().max().item<double>(), 0.05 * std::max(1.0, fp32.abs().max().item<double>()));
+    // The gradients still reach the embedding through the bf16 casts, at bf16 precision.
+    const at::Tensor w = model->model->embed_tokens->weight;
+    const at::Tensor g32 = torch::autograd::grad({fp32.square().mean()}, {w})[0];
+    const at::Tensor g16 = torch::autograd::grad({mixed.to(at::kFloat).square().mean()}, {w})[0];
+    EXPECT_LE((g16 - g32).abs().max().item<double>(), 0.05 * g32.abs().max().item<double>());
+  }
 }
 
 TEST(Router, LoadBalancingLossIsOneForBalancedUniformRouting) {

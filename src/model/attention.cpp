@@ -3,6 +3,7 @@
 #include <ATen/ATen.h>
 #include <c10/core/impl/LocalDispatchKeySet.h>
 
+#include "model/autocast.h"
 #include "model/router.h"
 
 namespace gqe {
@@ -43,8 +44,9 @@ AttentionImpl::AttentionImpl(const ModelConfig& c)
 
 AttentionOutput AttentionImpl::forward(const at::Tensor& x, const RotaryTables& rope, LayerKV* cache, int64_t start) {
   const int64_t B = x.size(0), T = x.size(1);
-  at::Tensor k = apply_rotary(k_proj(x).view({B, T, n_kv_heads_, head_dim_}).transpose(1, 2), rope);
-  at::Tensor v = v_proj(x).view({B, T, n_kv_heads_, head_dim_}).transpose(1, 2);
+  const at::Tensor xc = autocast_input(x);  // one cast for the q, k and v projections
+  at::Tensor k = apply_rotary(k_proj(xc).view({B, T, n_kv_heads_, head_dim_}).transpose(1, 2), rope);
+  at::Tensor v = v_proj(xc).view({B, T, n_kv_heads_, head_dim_}).transpose(1, 2);
   if (cache) {
     cache->k.narrow(2, start, T).copy_(k);
     cache->v.narrow(2, start, T).copy_(v);
@@ -53,16 +55,16 @@ AttentionOutput AttentionImpl::forward(const at::Tensor& x, const RotaryTables& 
   }
   AttentionOutput out;
   if (attn_.type == AttentionType::gqa) {
-    const at::Tensor q = apply_rotary(q_proj(x).view({B, T, n_heads_, head_dim_}).transpose(1, 2), rope);
+    const at::Tensor q = apply_rotary(q_proj(xc).view({B, T, n_heads_, head_dim_}).transpose(1, 2), rope);
     out.y = o_proj(causal_attention(q, k, v).transpose(1, 2).reshape({B, T, n_heads_ * head_dim_}));
   } else {
-    out.y = o_proj(routed_slots(x, k, v, rope, out));
+    out.y = o_proj(routed_slots(x, xc, k, v, rope, out));
   }
   return out;
 }
 
 // GQE forward steps 3-6: route, attend with the selected query heads only, build the o_proj input.
-at::Tensor AttentionImpl::routed_slots(const at::Tensor& x, const at::Tensor& k, const at::Tensor& v,
+at::Tensor AttentionImpl::routed_slots(const at::Tensor& x, const at::Tensor& xc, const at::Tensor& k, const at::Tensor& v,
                                        const RotaryTables& rope, AttentionOutput& out) {
   const int64_t B = x.size(0), T = x.size(1), G = n_kv_heads_, M = n_heads_ / n_kv_heads_, K = attn_.top_k;
   // Router in fp32, under autocast too (which would run the linear in bf16): its logits, softmax
@@ -89,7 +91,7 @@ at::Tensor AttentionImpl::routed_slots(const at::Tensor& x, const at::Tensor& k,
   const bool has_shared = attn_.variant == GqeVariant::gqe;
   const int64_t N = n_heads_, H = N + (has_shared ? 1 : 0), S = G * K + (has_shared ? 1 : 0);
   const at::Tensor rows =
-      (has_shared ? at::linear(x, at::cat({q_proj->weight, q_shared->weight})) : q_proj(x)).view({B * T * H, head_dim_});
+      (has_shared ? at::linear(xc, at::cat({q_proj->weight, q_shared->weight})) : q_proj(xc)).view({B * T * H, head_dim_});
   const auto opts = r.topi.options();
   at::Tensor index = (at::arange(0, B * T * H, H, opts).view({B * T, 1, 1}) + at::arange(0, G * M, M, opts).view({1, G, 1}) +
                       r.topi.reshape({B * T, G, K}))

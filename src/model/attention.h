@@ -41,8 +41,9 @@ class AttentionImpl : public torch::nn::Module {
   torch::nn::Linear router{nullptr}, q_shared{nullptr};  // GQE only
 
  private:
-  at::Tensor routed_slots(const at::Tensor& x, const at::Tensor& k, const at::Tensor& v, const RotaryTables& rope,
-                          AttentionOutput& out);
+  // x as the layer gets it (the router reads it in fp32); xc as the projections read it.
+  at::Tensor routed_slots(const at::Tensor& x, const at::Tensor& xc, const at::Tensor& k, const at::Tensor& v,
+                          const RotaryTables& rope, AttentionOutput& out);
 
   AttentionConfig attn_;
   int64_t n_heads_, n_kv_heads_, head_dim_;

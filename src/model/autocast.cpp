@@ -20,4 +20,10 @@ AutocastScope::~AutocastScope() {
   at::autocast::set_autocast_dtype(device_, previous_dtype_);
 }
 
+at::Tensor autocast_input(const at::Tensor& x) {
+  const c10::DeviceType device = x.device().type();
+  if (x.scalar_type() != at::kFloat || !at::autocast::is_autocast_enabled(device)) return x;
+  return x.to(at::autocast::get_autocast_dtype(device));
+}
+
 }  // namespace gqe

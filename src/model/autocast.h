@@ -2,6 +2,7 @@
 // scope's lifetime, its cast cache cleared when the outermost scope ends.
 #pragma once
 
+#include <ATen/core/Tensor.h>
 #include <c10/core/DeviceType.h>
 #include <c10/core/ScalarType.h>
 
@@ -19,5 +20,10 @@ class AutocastScope {
   bool enabled_, previous_ = false;
   c10::ScalarType previous_dtype_ = c10::ScalarType::BFloat16;
 };
+
+// x in the autocast dtype when autocast is on for x's device and x is fp32; else x itself. For an
+// activation that several linear layers read (the normed residual stream): autocast would cast it
+// once per layer, and in the backward pass cast each layer's gradient back and add them in fp32.
+at::Tensor autocast_input(const at::Tensor& x);
 
 }  // namespace gqe

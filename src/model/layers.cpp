@@ -3,6 +3,8 @@
 #include <torch/autograd.h>
 #include <torch/nn/functional/activation.h>
 
+#include "model/autocast.h"
+
 #ifdef GQE_CUDA_KERNELS
 #include "model/layers_cuda.h"
 #endif
@@ -87,7 +89,8 @@ SwiGLUImpl::SwiGLUImpl(int64_t dim, int64_t hidden) {
 }
 
 at::Tensor SwiGLUImpl::forward(const at::Tensor& x) {
-  const at::Tensor gate = gate_proj(x), up = up_proj(x);
+  const at::Tensor xc = autocast_input(x);  // one cast for both projections
+  const at::Tensor gate = gate_proj(xc), up = up_proj(xc);
 #ifdef GQE_CUDA_KERNELS
   if (gate.is_cuda() && gate.scalar_type() == up.scalar_type()) return down_proj(SwiGLUProduct::apply(gate, up));
 #endif
