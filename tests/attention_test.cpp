@@ -290,6 +290,14 @@ TEST(Router, GradientFlowsThroughMeanProbabilityOnly) {
   expect_close(grad.view({1, tokens, G, M}), expected, "aux gradient", 1e-6);
 }
 
+TEST(Router, ExpertLoadCountsEveryPickOfEveryToken) {
+  // 3 tokens, 2 groups of 4 experts, top-2: group 0 picks {0,1}, {0,2}, {3,0}; group 1 {1,2} each time.
+  const at::Tensor topi = at::tensor({0, 1, 1, 2, 0, 2, 1, 2, 3, 0, 1, 2}, at::kLong).view({1, 3, 2, 2});
+  const Routing r{at::full({1, 3, 2, 4}, 0.25), at::full({1, 3, 2, 2}, 0.25), topi};
+  const at::Tensor expected = at::tensor({3.0f, 1.0f, 1.0f, 1.0f, 0.0f, 3.0f, 3.0f, 0.0f}).view({2, 4}) / 3.0;
+  EXPECT_TRUE(expert_load(r).equal(expected)) << expert_load(r);
+}
+
 TEST(Router, TopKIsSortedAndEntropyIsMaximalWhenUniform) {
   const Routing r = route(at::zeros({2, 3, 8}), 2, 2);
   EXPECT_NEAR(router_entropy(r).item<double>(), std::log(4.0), 1e-6);

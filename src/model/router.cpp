@@ -16,12 +16,12 @@ Routing route(const at::Tensor& logits, int64_t groups, int64_t top_k) {
 
 at::Tensor expert_load(const Routing& routing) {
   const int64_t groups = routing.probs.size(-2), experts = routing.probs.size(-1);
-  const at::Tensor topi = routing.topi.reshape({-1, groups, routing.topi.size(-1)});
-  // count[g, m] = number of (token, rank) pairs that picked m: each token picks a distinct set.
-  at::Tensor counts = at::zeros({groups, experts}, routing.probs.options());
-  counts.scatter_add_(1, topi.transpose(0, 1).reshape({groups, -1}),
-                      at::ones({groups, topi.size(0) * topi.size(2)}, counts.options()));
-  return counts / static_cast<double>(topi.size(0));
+  const at::Tensor topi = routing.topi.reshape({-1, groups, routing.topi.size(-1)});  // [N, G, k]
+  // count[g, m] = number of (token, rank) pairs that picked m: each token picks a distinct set. A
+  // comparison and a sum rather than a scatter_add, whose atomic adds on a GPU all land on the same
+  // G*M counters (0.2 ms per layer at 32K tokens on an H100).
+  const at::Tensor picked = topi.unsqueeze(-1) == at::arange(experts, topi.options());  // [N, G, k, M]
+  return picked.sum(at::IntArrayRef{0, 2}, /*keepdim=*/false, routing.probs.scalar_type()) / static_cast<double>(topi.size(0));
 }
 
 at::Tensor load_balancing_loss(const Routing& routing, const at::Tensor& load) {
