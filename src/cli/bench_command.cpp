@@ -71,7 +71,6 @@ void add_reporting(CLI::App* cmd, Reported& o, const std::string& profiled) {
                   "Then list the GPU kernels (on a CPU: ATen ops, by self time) taking the most time (this many) " + profiled);
 }
 
-
 void write_report(const Reported& o, at::Device device, const char* key, const nlohmann::ordered_json& rows) {
   if (!o.json.empty())
     write_file_atomic(o.json, nlohmann::ordered_json{{"device", where(device)}, {"config", o.config}, {"overrides", o.overrides},
@@ -79,7 +78,6 @@ void write_report(const Reported& o, at::Device device, const char* key, const n
                                   .dump(2) +
                                   "\n");
 }
-
 
 void add_bench_loader(CLI::App& bench) {
   auto o = std::make_shared<Common>();

@@ -92,7 +92,7 @@ at::Tensor SwiGLUImpl::forward(const at::Tensor& x) {
   const at::Tensor xc = autocast_input(x);  // one cast for both projections
   const at::Tensor gate = gate_proj(xc), up = up_proj(xc);
 #ifdef GQE_CUDA_KERNELS
-  if (gate.is_cuda() && gate.scalar_type() == up.scalar_type()) return down_proj(SwiGLUProduct::apply(gate, up));
+  if (gate.is_cuda()) return down_proj(SwiGLUProduct::apply(gate, up));
 #endif
   return down_proj(at::silu(gate) * up);
 }
