@@ -225,10 +225,11 @@ TEST(Attention, RouterRunsInFp32UnderBf16Autocast) {
   EXPECT_LE((mixed.y.to(at::kFloat) - fp32.y).abs().max().item<double>(), 0.05);  // bf16-level agreement
 }
 
-// Under autocast the normed residual stream is cast to bf16 once for the attention's projections
-// and once for the MLP's, not once per projection (five per layer), whose gradients would then
-// come back as five fp32 casts and four fp32 adds.
-TEST(Decoder, UnderAutocastEachNormedInputIsCastOnce) {
+// Under autocast the norms write the projections' bf16 inputs themselves (add_and_norm): no fp32
+// normed activation is cast, except GQE's attention input, which its fp32 router reads too and
+// which is cast once for the q, k and v projections. (Autocast alone casts once per projection,
+// five per layer, and their gradients come back as five fp32 casts and four fp32 adds.)
+TEST(Decoder, UnderAutocastTheNormsWriteTheMatmulsBf16Inputs) {
   for (AttentionType type : {AttentionType::gqa, AttentionType::gqe}) {
     SCOPED_TRACE(enum_name(type));
     const ModelConfig c = small_config(type);
@@ -240,11 +241,11 @@ TEST(Decoder, UnderAutocastEachNormedInputIsCastOnce) {
       AutocastScope autocast(at::kCPU, true);
       mixed = model->forward(tokens).logits;
     });
-    int64_t casts = 0;  // from fp32 (the CPU's residual adds also cast their bf16 operand up)
+    int64_t casts = 0;  // from fp32
     for (const RecordedOp& op : ops)
       casts += op.name == "aten::_to_copy" && op.dtypes.at(0) == "float" &&
                op.shapes.at(0) == std::vector<int64_t>{2, 7, c.d_model};
-    EXPECT_EQ(casts, 2 * c.n_layers + 1) << "two per layer and the final norm's, for the output projection";
+    EXPECT_EQ(casts, type == AttentionType::gqe ? c.n_layers : 0);
     EXPECT_EQ(mixed.scalar_type(), at::kBFloat16);
     EXPECT_LE((mixed.to(at::kFloat) - fp32).abs().max().item<double>(), 0.05 * std::max(1.0, fp32.abs().max().item<double>()));
     // The gradients still reach the embedding through the bf16 casts, at bf16 precision.
@@ -378,6 +379,92 @@ TEST(SwiGLU, FusedKernelBodiesMatchTheAtenPath) {
   }
 }
 
+// The unfused computation add_and_norm replaces: (x + delta, RMSNorm(x + delta) cast to out).
+std::pair<at::Tensor, at::Tensor> add_and_norm_by_aten(const at::Tensor& x, const at::Tensor& delta, const at::Tensor& w,
+                                                       at::ScalarType out) {
+  const at::Tensor sum = delta.defined() ? x + delta : x;
+  return {sum, at::rms_norm(sum, {sum.size(-1)}, w, 1e-5).to(out)};
+}
+
+TEST(RMSNorm, FusedAddAndNormBodiesMatchTheAtenPathOnAnyNumberOfLanes) {
+  torch::manual_seed(15);
+  const int64_t d = 40;
+  const at::Tensor w = at::rand({d}) + 0.5;
+  for (at::ScalarType out : {at::kFloat, at::kBFloat16})
+    for (bool with_delta : {true, false})
+      for (int64_t lanes : {1, 3, 64}) {  // 64 lanes for 40 columns: some lanes have none
+        SCOPED_TRACE(std::string(c10::toString(out)) + (with_delta ? " with delta, lanes " : " no delta, lanes ") +
+                     std::to_string(lanes));
+        const double tol = out == at::kFloat ? 1e-5 : 1e-2;
+        const at::Tensor x = (at::randn({3, 5, d}) * 2).requires_grad_(), wg = w.clone().requires_grad_();
+        const at::Tensor delta = with_delta ? at::randn({3, 5, d}).to(out).requires_grad_() : at::Tensor();
+        const auto [sum, normed] = add_and_norm_by_aten(x, delta, wg, out);
+        const kernels::HostRows launch{lanes};
+        const kernels::ResidualNorm r = kernels::residual_rms_norm(x.detach(), with_delta ? delta.detach() : delta, w,
+                                                                   1e-5, out, launch);
+        EXPECT_EQ(r.normed.scalar_type(), out);
+        expect_close(r.normed.to(at::kFloat), normed.detach().to(at::kFloat), "normed", tol);
+        if (with_delta) expect_close(r.sum, sum.detach(), "sum");
+        expect_close(r.rstd, at::rsqrt(sum.detach().square().mean(-1) + 1e-5), "rstd");
+        // Backward, with a gradient reaching the sum directly too (the residual stream's).
+        const at::Tensor dy = at::randn({3, 5, d}).to(out), dsum = at::randn({3, 5, d});
+        std::vector<at::Tensor> inputs{x, wg};
+        if (with_delta) inputs.push_back(delta);
+        const auto expected = torch::autograd::grad({normed, sum}, inputs, {dy, with_delta ? dsum : at::zeros_like(dsum)});
+        const kernels::ResidualNormGrad g = kernels::residual_rms_norm_backward(
+            dy, with_delta ? dsum : at::Tensor(), with_delta ? r.sum : x.detach(), w, r.rstd, with_delta, launch);
+        expect_close(g.x, expected[0], "d x", tol);
+        expect_close(g.weight, expected[1], "d weight", tol);
+        if (with_delta) {
+          EXPECT_EQ(g.delta.scalar_type(), out);
+          expect_close(g.delta.to(at::kFloat), expected[2].to(at::kFloat), "d delta", tol);
+        }
+      }
+  EXPECT_THROW(kernels::residual_rms_norm(at::randn({2, d}).to(at::kBFloat16), at::Tensor(), w, 1e-5, at::kFloat,
+                                          kernels::HostRows{}),
+               c10::Error);  // the residual stream must be fp32
+  EXPECT_THROW(kernels::residual_rms_norm(at::randn({2, d + 1}), at::Tensor(), w, 1e-5, at::kFloat, kernels::HostRows{}),
+               c10::Error);
+  EXPECT_THROW(kernels::residual_rms_norm(at::randn({2, d}), at::randn({2, d}), w, 1e-5, at::kBFloat16, kernels::HostRows{}),
+               c10::Error);  // delta in the output's dtype
+}
+
+// add_and_norm as the decoder uses it: gradients through both outputs to x, delta and the weight,
+// in fp32 and under autocast (bf16 normed output and delta).
+TEST(RMSNorm, AddAndNormGradientsMatchTheUnfusedComputation) {
+  torch::manual_seed(16);
+  RMSNorm norm(24, 1e-5);
+  randomize(*norm);
+  for (bool autocast : {false, true}) {
+    SCOPED_TRACE(autocast ? "autocast" : "fp32");
+    const at::ScalarType out = autocast ? at::kBFloat16 : at::kFloat;
+    const double tol = autocast ? 2e-2 : 1e-5;
+    const at::Tensor x = at::randn({2, 6, 24}).requires_grad_(), delta = at::randn({2, 6, 24}).to(out).requires_grad_();
+    const at::Tensor a = at::randn({2, 6, 24}), b = at::randn({2, 6, 24});
+    NormedSum fused, alone;
+    {
+      AutocastScope scope(at::kCPU, autocast);
+      fused = norm->add_and_norm(x, delta);
+      alone = norm->add_and_norm(x, at::Tensor());
+    }
+    EXPECT_EQ(fused.normed.scalar_type(), out);
+    EXPECT_TRUE(alone.sum.is_same(x)) << "without a delta the stream passes through";
+    const auto [sum, normed] = add_and_norm_by_aten(x, delta, norm->weight, out);
+    const auto [unused, normed_alone] = add_and_norm_by_aten(x, at::Tensor(), norm->weight, out);
+    expect_close(fused.sum, sum, "sum");
+    expect_close(fused.normed.to(at::kFloat), normed.to(at::kFloat), "normed", tol);
+    expect_close(alone.normed.to(at::kFloat), normed_alone.to(at::kFloat), "normed without delta", tol);
+    auto loss = [&](const NormedSum& with, const NormedSum& without) {
+      return (with.sum * a).sum() + (with.normed.to(at::kFloat) * b).sum() + (without.normed.to(at::kFloat) * a).sum();
+    };
+    const std::vector<at::Tensor> inputs{x, delta, norm->weight};
+    const auto got = torch::autograd::grad({loss(fused, alone)}, inputs);
+    const auto want = torch::autograd::grad({loss({sum, normed}, {x, normed_alone})}, inputs);
+    for (size_t i = 0; i < inputs.size(); ++i)
+      expect_close(got[i].to(at::kFloat), want[i].to(at::kFloat), "gradient " + std::to_string(i), tol);
+  }
+}
+
 // On a GPU, RoPE and SwiGLU run fused kernels (layers_cuda.cu); they must agree with the CPU path,
 // forward and backward. Runs where a GPU is (scripts/gpu_report.sh); CI has none.
 TEST(Rope, CudaKernelMatchesTheCpuPathInAnyLayout) {
@@ -425,6 +512,33 @@ TEST(SwiGLU, CudaKernelMatchesTheCpuPath) {
       expect_close(d_gpu[i].cpu().to(at::kFloat), d_cpu[i].to(at::kFloat), "gradient " + std::to_string(i), tol);
     cpu->to(at::kFloat);
   }
+}
+
+// The row kernels' GPU launcher: blocks of 128 and 256 threads, more rows than blocks (the
+// backward's grid-stride loop and its per-block weight gradients), against the CPU.
+TEST(RMSNorm, CudaAddAndNormMatchesTheCpu) {
+  if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA device";
+  torch::manual_seed(17);
+  for (int64_t d : {40, 1024})
+    for (at::ScalarType out : {at::kFloat, at::kBFloat16}) {
+      SCOPED_TRACE(std::to_string(d) + " " + c10::toString(out));
+      const double tol = out == at::kFloat ? 1e-5 : 2e-2;
+      const at::Tensor x = at::randn({3000, d}), delta = at::randn({3000, d}).to(out), w = at::rand({d}) + 0.5;
+      const at::Tensor dy = at::randn({3000, d}).to(out), dsum = at::randn({3000, d});
+      auto run = [&](at::Device device) {
+        RMSNorm norm(d, 1e-5);
+        norm->weight.data().copy_(w);
+        norm->to(device);
+        const at::Tensor xd = x.to(device).requires_grad_(), dd = delta.to(device).requires_grad_();
+        const NormedSum r = norm->add_and_norm(xd, dd);
+        const auto g = torch::autograd::grad({r.normed, r.sum}, {xd, dd, norm->weight}, {dy.to(device), dsum.to(device)});
+        return std::vector<at::Tensor>{r.sum.cpu(), r.normed.cpu().to(at::kFloat), g[0].cpu(), g[1].cpu().to(at::kFloat),
+                                       g[2].cpu()};
+      };
+      const auto cpu = run(at::kCPU), gpu = run(at::kCUDA);
+      const char* names[] = {"sum", "normed", "d x", "d delta", "d weight"};
+      for (size_t i = 0; i < cpu.size(); ++i) expect_close(gpu[i], cpu[i], names[i], tol);
+    }
 }
 
 TEST(RMSNorm, MatchesTheFormulaAndKeepsTheInputDtype) {

@@ -18,9 +18,11 @@ DecoderLayerImpl::DecoderLayerImpl(const ModelConfig& c) {
 
 at::Tensor DecoderLayerImpl::forward(const at::Tensor& h, const RotaryTables& rope, AttentionOutput& attn, LayerKV* cache,
                                      int64_t start) {
-  attn = self_attn->forward(input_layernorm(h), rope, cache, start);
-  const at::Tensor mid = h + attn.y;
-  return mid + mlp(post_attention_layernorm(mid));
+  // GQE's router reads the normed input in fp32; the projections read it in autocast's dtype.
+  attn = self_attn->forward(self_attn->router ? input_layernorm(h) : input_layernorm->add_and_norm(h, {}).normed, rope,
+                            cache, start);
+  const NormedSum mid = post_attention_layernorm->add_and_norm(h, attn.y);
+  return mid.sum + mlp(mid.normed);
 }
 
 DecoderBodyImpl::DecoderBodyImpl(const ModelConfig& c) {
@@ -110,7 +112,7 @@ DecoderOutput DecoderImpl::forward_last(const at::Tensor& tokens, int64_t last_p
   }
   if (cache) cache->length += T;
   if (last_positions < T) h = h.narrow(1, T - last_positions, last_positions);
-  h = model->norm(h);
+  h = model->norm->add_and_norm(h, {}).normed;
   out.logits = lm_head ? lm_head(h) : at::linear(h, model->embed_tokens->weight);
   out.aux_loss = aux.empty() ? at::zeros({}, h.options().dtype(at::kFloat)) : at::stack(aux).sum();
   return out;

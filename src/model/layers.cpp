@@ -3,7 +3,10 @@
 #include <torch/autograd.h>
 #include <torch/nn/functional/activation.h>
 
+#include <ATen/autocast_mode.h>
+
 #include "model/autocast.h"
+#include "model/layers_kernels.h"
 
 #ifdef GQE_CUDA_KERNELS
 #include "model/layers_cuda.h"
@@ -19,6 +22,76 @@ at::Tensor RMSNormImpl::forward(const at::Tensor& x) {
   // ATen's rms_norm is one fused kernel forward and one backward on CUDA (six of ours otherwise);
   // it accumulates in fp32 whatever the input dtype.
   return at::rms_norm(x, {x.size(-1)}, weight.to(x.scalar_type()), eps_);
+}
+
+namespace {
+
+kernels::ResidualNorm residual_rms_norm(const at::Tensor& x, const at::Tensor& delta, const at::Tensor& weight, double eps,
+                                        at::ScalarType out) {
+#ifdef GQE_CUDA_KERNELS
+  if (x.is_cuda()) return residual_rms_norm_cuda(x, delta, weight, eps, out);
+#endif
+  return kernels::residual_rms_norm(x, delta, weight, eps, out, kernels::HostRows{});
+}
+
+kernels::ResidualNormGrad residual_rms_norm_backward(const at::Tensor& dy, const at::Tensor& dsum, const at::Tensor& h,
+                                                     const at::Tensor& weight, const at::Tensor& rstd, bool grad_delta) {
+#ifdef GQE_CUDA_KERNELS
+  if (h.is_cuda()) return residual_rms_norm_backward_cuda(dy, dsum, h, weight, rstd, grad_delta);
+#endif
+  return kernels::residual_rms_norm_backward(dy, dsum, h, weight, rstd, grad_delta, kernels::HostRows{});
+}
+
+// (sum, normed) = (x + delta, RMSNorm(x + delta)); saves sum, the weight and the rows' rstd.
+class AddRMSNorm : public torch::autograd::Function<AddRMSNorm> {
+ public:
+  static torch::autograd::variable_list forward(torch::autograd::AutogradContext* ctx, const at::Tensor& x,
+                                                const at::Tensor& delta, const at::Tensor& weight, double eps,
+                                                at::ScalarType out) {
+    const kernels::ResidualNorm r = residual_rms_norm(x, delta, weight, eps, out);
+    ctx->save_for_backward({r.sum, weight, r.rstd});
+    return {r.sum, r.normed};
+  }
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx, torch::autograd::variable_list g) {
+    const auto saved = ctx->get_saved_variables();
+    const kernels::ResidualNormGrad d =
+        residual_rms_norm_backward(g[1], g[0], saved[0], saved[1], saved[2], ctx->needs_input_grad(1));
+    return {d.x, d.delta, d.weight, at::Tensor(), at::Tensor()};
+  }
+};
+
+// RMSNorm(x) in `out`, by the same kernels without the add.
+class CastRMSNorm : public torch::autograd::Function<CastRMSNorm> {
+ public:
+  static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& x, const at::Tensor& weight,
+                            double eps, at::ScalarType out) {
+    const kernels::ResidualNorm r = residual_rms_norm(x, at::Tensor(), weight, eps, out);
+    ctx->save_for_backward({x, weight, r.rstd});
+    return r.normed;
+  }
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx, torch::autograd::variable_list g) {
+    const auto saved = ctx->get_saved_variables();
+    const kernels::ResidualNormGrad d =
+        residual_rms_norm_backward(g[0], at::Tensor(), saved[0], saved[1], saved[2], /*grad_delta=*/false);
+    return {d.x, d.weight, at::Tensor(), at::Tensor()};
+  }
+};
+
+}  // namespace
+
+NormedSum RMSNormImpl::add_and_norm(const at::Tensor& x, const at::Tensor& delta) {
+  const c10::DeviceType device = x.device().type();
+  const at::ScalarType out = x.scalar_type() == at::kFloat && at::autocast::is_autocast_enabled(device)
+                                 ? at::autocast::get_autocast_dtype(device)
+                                 : x.scalar_type();
+  if (x.scalar_type() == at::kFloat && weight.scalar_type() == at::kFloat &&
+      (!delta.defined() || delta.scalar_type() == out)) {
+    if (!delta.defined()) return {x, CastRMSNorm::apply(x, weight, eps_, out)};
+    const auto y = AddRMSNorm::apply(x, delta, weight, eps_, out);
+    return {y[0], y[1]};
+  }
+  const at::Tensor sum = delta.defined() ? x + delta : x;
+  return {sum, autocast_input(forward(sum))};
 }
 
 RotaryTables rotary_tables(int64_t start, int64_t length, int64_t head_dim, double theta, at::Device device) {

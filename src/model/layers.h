@@ -7,10 +7,22 @@
 
 namespace gqe {
 
+// The residual stream after a sublayer's output is added, and the next sublayer's normed input.
+struct NormedSum {
+  at::Tensor sum;
+  at::Tensor normed;
+};
+
 class RMSNormImpl : public torch::nn::Module {
  public:
   RMSNormImpl(int64_t dim, double eps);
+  // RMSNorm(x) in x's dtype.
   at::Tensor forward(const at::Tensor& x);
+  // sum = x + delta (no delta: x itself) and RMSNorm(sum) in the dtype the next matmuls read: under
+  // autocast its bf16, otherwise x's. One fused kernel each way for an fp32 stream (the add, the
+  // norm and the cast forward; the norm's backward, the add of the stream's gradient and its cast
+  // for delta backward), where ATen takes three to four kernels and fp32 round trips each way.
+  NormedSum add_and_norm(const at::Tensor& x, const at::Tensor& delta);
 
   at::Tensor weight;
 

@@ -1,4 +1,4 @@
-// Fused CUDA kernels behind apply_rotary and SwiGLU on a GPU (built when the torch in use has
+// Fused CUDA kernels behind apply_rotary, SwiGLU and RMSNorm's add_and_norm on a GPU (built when the torch in use has
 // CUDA). Each reads its inputs once and writes its outputs once, computing in fp32 whatever the
 // storage dtype; ATen spends three to five elementwise kernels (and casts of the tables) on each.
 // Their bodies are in layers_kernels.h, where the tests run them on the CPU too.
@@ -7,6 +7,8 @@
 #include <utility>
 
 #include <ATen/core/Tensor.h>
+
+#include "model/layers_kernels.h"
 
 namespace gqe {
 
@@ -19,5 +21,12 @@ at::Tensor rotary_cuda(const at::Tensor& x, const at::Tensor& cos, const at::Ten
 at::Tensor swiglu_cuda(const at::Tensor& gate, const at::Tensor& up);
 std::pair<at::Tensor, at::Tensor> swiglu_backward_cuda(const at::Tensor& grad, const at::Tensor& gate,
                                                        const at::Tensor& up);
+
+// x + delta (fp32 + T; delta may be undefined) and RMSNorm of it in `out` (T) in one pass, and the
+// backward in one pass plus a sum of the blocks' weight gradients (kernels::residual_rms_norm).
+kernels::ResidualNorm residual_rms_norm_cuda(const at::Tensor& x, const at::Tensor& delta, const at::Tensor& weight,
+                                             double eps, at::ScalarType out);
+kernels::ResidualNormGrad residual_rms_norm_backward_cuda(const at::Tensor& dy, const at::Tensor& dsum, const at::Tensor& h,
+                                                          const at::Tensor& weight, const at::Tensor& rstd, bool grad_delta);
 
 }  // namespace gqe

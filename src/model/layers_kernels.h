@@ -1,17 +1,24 @@
-// The bodies of the fused RoPE and SwiGLU kernels (layers_cuda.cu): functors of one element index,
-// and the drivers that check the tensors, allocate the outputs and hand the functors to a launcher.
-// layers_cuda.cu launches them on the GPU; the tests run the same code on the CPU with a plain
-// loop, so CI (which has no GPU) checks their arithmetic and indexing against the ATen path. Only
-// the launcher itself (CudaLaunch in layers_cuda.cu) needs a GPU to be checked.
+// The bodies of the fused RoPE, SwiGLU and residual-add + RMSNorm kernels (layers_cuda.cu), and
+// the drivers that check the tensors, allocate the outputs and hand the bodies to a launcher.
+// Elementwise bodies are functors of one element index; row bodies (RMSNorm) are functors of a
+// row and a lane (below). layers_cuda.cu launches them on the GPU; the tests run the same code on
+// the CPU with plain loops, so CI (which has no GPU) checks their arithmetic and indexing against
+// the ATen path. Only the launchers themselves (layers_cuda.cu) need a GPU to be checked.
 #pragma once
 
 #include <cmath>
+#include <algorithm>
 #include <cstdint>
 #include <utility>
 
 #include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
 #include <ATen/ops/empty_like.h>
+#include <ATen/ops/sum.h>
+#include <ATen/ops/zeros.h>
+#include <ATen/ops/zeros_like.h>
 #include <c10/util/Exception.h>
 
 #ifdef __CUDACC__
@@ -129,6 +136,162 @@ std::pair<at::Tensor, at::Tensor> swiglu_backward(const at::Tensor& grad_in, con
            gate.numel());
   });
   return {dgate, dup};
+}
+
+// Row kernels. For each row a launcher runs partial(row, lane, lanes) on every lane, sums the
+// partials, then finish(row, lane, lanes, total, acc) on every lane; lane l handles the columns l,
+// l + lanes, ... (a GPU block's threads, coalesced). acc is a [d] accumulator private to the rows
+// that one launcher block runs (null when the kernel needs none); each lane touches only its own
+// columns of it, so it needs no atomics.
+
+// sum = x + delta (fp32; no delta: sum is x itself, not written) and y = RMSNorm(sum) * weight,
+// computed in fp32 and stored as T; rstd = 1 / sqrt(mean(sum^2) + eps) per row, for the backward.
+template <class T>
+struct ResidualNormForward {
+  const float* x;
+  const T* delta;  // may be null
+  float* sum;      // null when delta is
+  const float* weight;
+  T* y;
+  float* rstd;
+  int64_t d;
+  float eps;
+
+  GQE_HOST_DEVICE float partial(int64_t row, int64_t lane, int64_t lanes) const {
+    float s = 0.f;
+    for (int64_t j = lane; j < d; j += lanes) {
+      const int64_t i = row * d + j;
+      float v = x[i];
+      if (delta) sum[i] = v = v + static_cast<float>(delta[i]);
+      s += v * v;
+    }
+    return s;
+  }
+  GQE_HOST_DEVICE void finish(int64_t row, int64_t lane, int64_t lanes, float total, float* /*acc*/) const {
+    const float r = 1.f / sqrtf(total / static_cast<float>(d) + eps);
+    if (lane == 0) rstd[row] = r;
+    const float* h = delta ? sum : x;  // this lane's own columns, just written
+    for (int64_t j = lane; j < d; j += lanes) y[row * d + j] = static_cast<T>(h[row * d + j] * r * weight[j]);
+  }
+};
+
+// The backward of ResidualNormForward: with g = dy * weight, y = weight * h * r and r =
+// (mean(h^2) + eps)^-1/2, dh = r g - h r^3 (g . h) / d, plus dsum (the gradient that reached sum
+// directly, if any). dx = dh in fp32, ddelta = dh as T, d weight += dy h r into acc.
+template <class T>
+struct ResidualNormBackward {
+  const T* dy;
+  const float* dsum;  // may be null
+  const float* h;
+  const float* weight;
+  const float* rstd;
+  float* dx;
+  T* ddelta;  // may be null
+  int64_t d;
+
+  GQE_HOST_DEVICE float partial(int64_t row, int64_t lane, int64_t lanes) const {
+    float s = 0.f;
+    for (int64_t j = lane; j < d; j += lanes) s += static_cast<float>(dy[row * d + j]) * weight[j] * h[row * d + j];
+    return s;
+  }
+  GQE_HOST_DEVICE void finish(int64_t row, int64_t lane, int64_t lanes, float total, float* acc) const {
+    const float r = rstd[row], c = total * r * r * r / static_cast<float>(d);
+    for (int64_t j = lane; j < d; j += lanes) {
+      const int64_t i = row * d + j;
+      const float g = static_cast<float>(dy[i]);
+      float v = g * weight[j] * r - h[i] * c;
+      if (dsum) v += dsum[i];
+      dx[i] = v;
+      if (ddelta) ddelta[i] = static_cast<T>(v);
+      acc[j] += g * h[i] * r;
+    }
+  }
+};
+
+// Runs a row kernel on the CPU: blocks of rows in parallel, each row's lanes one after another.
+// The number of blocks depends on the rows only, so the weight gradient's summation order does
+// not change with the thread count. (The tests also run it with lanes > 1, as a GPU block would.)
+struct HostRows {
+  int64_t lanes = 1;
+
+  template <class F>
+  at::Tensor operator()(const F& f, int64_t rows, int64_t d, bool accumulate) const {
+    const int64_t blocks = std::min<int64_t>(rows, 64);
+    at::Tensor acc = accumulate ? at::zeros({blocks, d}, at::kFloat) : at::Tensor();
+    float* acc_data = accumulate ? acc.data_ptr<float>() : nullptr;
+    at::parallel_for(0, blocks, 1, [&](int64_t b0, int64_t b1) {
+      for (int64_t b = b0; b < b1; ++b)
+        for (int64_t row = rows * b / blocks; row < rows * (b + 1) / blocks; ++row) {
+          float total = 0.f;
+          for (int64_t l = 0; l < lanes; ++l) total += f.partial(row, l, lanes);
+          for (int64_t l = 0; l < lanes; ++l) f.finish(row, l, lanes, total, acc_data ? acc_data + b * d : nullptr);
+        }
+    });
+    return acc;
+  }
+};
+
+struct ResidualNorm {
+  at::Tensor sum;     // x + delta, fp32 (undefined without delta)
+  at::Tensor normed;  // RMSNorm(sum) * weight, in the requested dtype
+  at::Tensor rstd;    // fp32, one per row
+};
+
+// launch(body, rows, d, accumulate) runs a row kernel and, when accumulate, returns the blocks'
+// accumulators as [blocks, d] fp32.
+template <class Launch>
+ResidualNorm residual_rms_norm(const at::Tensor& x_in, const at::Tensor& delta_in, const at::Tensor& weight, double eps,
+                               at::ScalarType out, Launch&& launch) {
+  const int64_t d = weight.numel();
+  TORCH_CHECK(x_in.scalar_type() == at::kFloat && weight.scalar_type() == at::kFloat && weight.dim() == 1 &&
+                  weight.is_contiguous() && x_in.dim() >= 1 && x_in.size(-1) == d &&
+                  (!delta_in.defined() || (delta_in.sizes() == x_in.sizes() && delta_in.scalar_type() == out)),
+              "residual_rms_norm: fp32 x [..., d], fp32 weight [d] and a delta shaped as x in the output dtype expected");
+  const at::Tensor x = x_in.contiguous(), delta = delta_in.defined() ? delta_in.contiguous() : delta_in;
+  ResidualNorm r{delta.defined() ? at::empty_like(x) : at::Tensor(), at::empty(x.sizes(), x.options().dtype(out)),
+                 at::empty(x.sizes().slice(0, x.dim() - 1), x.options())};
+  const int64_t rows = d == 0 ? 0 : x.numel() / d;
+  if (rows == 0) return r;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, out, "gqe_residual_rms_norm", [&] {
+    launch(ResidualNormForward<scalar_t>{x.const_data_ptr<float>(),
+                                         delta.defined() ? delta.const_data_ptr<scalar_t>() : nullptr,
+                                         delta.defined() ? r.sum.data_ptr<float>() : nullptr, weight.const_data_ptr<float>(),
+                                         r.normed.data_ptr<scalar_t>(), r.rstd.data_ptr<float>(), d, static_cast<float>(eps)},
+           rows, d, /*accumulate=*/false);
+  });
+  return r;
+}
+
+struct ResidualNormGrad {
+  at::Tensor x;       // fp32
+  at::Tensor delta;   // the same values in dy's dtype (undefined unless asked for)
+  at::Tensor weight;  // fp32 [d]
+};
+
+// h: the tensor that was normed (sum, or x without delta); dsum may be undefined.
+template <class Launch>
+ResidualNormGrad residual_rms_norm_backward(const at::Tensor& dy_in, const at::Tensor& dsum_in, const at::Tensor& h_in,
+                                            const at::Tensor& weight, const at::Tensor& rstd, bool grad_delta,
+                                            Launch&& launch) {
+  const int64_t d = weight.numel();
+  TORCH_CHECK(h_in.scalar_type() == at::kFloat && weight.scalar_type() == at::kFloat && weight.is_contiguous() &&
+                  dy_in.sizes() == h_in.sizes() && h_in.size(-1) == d && rstd.is_contiguous() &&
+                  rstd.numel() * d == h_in.numel() &&
+                  (!dsum_in.defined() || (dsum_in.sizes() == h_in.sizes() && dsum_in.scalar_type() == at::kFloat)),
+              "residual_rms_norm_backward: dy, h [..., d] (fp32), fp32 weight [d] and rstd per row expected");
+  const at::Tensor dy = dy_in.contiguous(), h = h_in.contiguous(), dsum = dsum_in.defined() ? dsum_in.contiguous() : dsum_in;
+  ResidualNormGrad g{at::empty_like(h), grad_delta ? at::empty_like(dy) : at::Tensor(), at::zeros_like(weight)};
+  const int64_t rows = d == 0 ? 0 : h.numel() / d;
+  if (rows == 0) return g;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, dy.scalar_type(), "gqe_residual_rms_norm_backward", [&] {
+    const at::Tensor partials = launch(
+        ResidualNormBackward<scalar_t>{dy.const_data_ptr<scalar_t>(), dsum.defined() ? dsum.const_data_ptr<float>() : nullptr,
+                                       h.const_data_ptr<float>(), weight.const_data_ptr<float>(), rstd.const_data_ptr<float>(),
+                                       g.x.data_ptr<float>(), grad_delta ? g.delta.data_ptr<scalar_t>() : nullptr, d},
+        rows, d, /*accumulate=*/true);
+    g.weight = partials.sum(0);
+  });
+  return g;
 }
 
 }  // namespace gqe::kernels
