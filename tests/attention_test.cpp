@@ -225,10 +225,10 @@ TEST(Attention, RouterRunsInFp32UnderBf16Autocast) {
   EXPECT_LE((mixed.y.to(at::kFloat) - fp32.y).abs().max().item<double>(), 0.05);  // bf16-level agreement
 }
 
-// Under autocast the norms write the projections' bf16 inputs themselves (add_and_norm): no fp32
-// normed activation is cast, except GQE's attention input, which its fp32 router reads too and
-// which is cast once for the q, k and v projections. (Autocast alone casts once per projection,
-// five per layer, and their gradients come back as five fp32 casts and four fp32 adds.)
+// Under autocast the norms write the projections' bf16 inputs themselves (add_and_norm), and for
+// GQE's router an fp32 copy in the same pass: no normed activation is cast. (Autocast alone casts
+// once per projection, five per layer, and their gradients come back as five fp32 casts and four
+// fp32 adds.)
 TEST(Decoder, UnderAutocastTheNormsWriteTheMatmulsBf16Inputs) {
   for (AttentionType type : {AttentionType::gqa, AttentionType::gqe}) {
     SCOPED_TRACE(enum_name(type));
@@ -245,7 +245,7 @@ TEST(Decoder, UnderAutocastTheNormsWriteTheMatmulsBf16Inputs) {
     for (const RecordedOp& op : ops)
       casts += op.name == "aten::_to_copy" && op.dtypes.at(0) == "float" &&
                op.shapes.at(0) == std::vector<int64_t>{2, 7, c.d_model};
-    EXPECT_EQ(casts, type == AttentionType::gqe ? c.n_layers : 0);
+    EXPECT_EQ(casts, 0);
     EXPECT_EQ(mixed.scalar_type(), at::kBFloat16);
     EXPECT_LE((mixed.to(at::kFloat) - fp32).abs().max().item<double>(), 0.05 * std::max(1.0, fp32.abs().max().item<double>()));
     // The gradients still reach the embedding through the bf16 casts, at bf16 precision.
@@ -393,26 +393,33 @@ TEST(RMSNorm, FusedAddAndNormBodiesMatchTheAtenPathOnAnyNumberOfLanes) {
   for (at::ScalarType out : {at::kFloat, at::kBFloat16})
     for (bool with_delta : {true, false})
       for (int64_t lanes : {1, 3, 64}) {  // 64 lanes for 40 columns: some lanes have none
+        const bool fp32_copy = lanes != 3;
         SCOPED_TRACE(std::string(c10::toString(out)) + (with_delta ? " with delta, lanes " : " no delta, lanes ") +
-                     std::to_string(lanes));
+                     std::to_string(lanes) + (fp32_copy ? ", fp32 copy" : ""));
         const double tol = out == at::kFloat ? 1e-5 : 1e-2;
         const at::Tensor x = (at::randn({3, 5, d}) * 2).requires_grad_(), wg = w.clone().requires_grad_();
         const at::Tensor delta = with_delta ? at::randn({3, 5, d}).to(out).requires_grad_() : at::Tensor();
         const auto [sum, normed] = add_and_norm_by_aten(x, delta, wg, out);
         const kernels::HostRows launch{lanes};
         const kernels::ResidualNorm r = kernels::residual_rms_norm(x.detach(), with_delta ? delta.detach() : delta, w,
-                                                                   1e-5, out, launch);
+                                                                   1e-5, out, fp32_copy, launch);
         EXPECT_EQ(r.normed.scalar_type(), out);
         expect_close(r.normed.to(at::kFloat), normed.detach().to(at::kFloat), "normed", tol);
+        const at::Tensor normed32 = at::rms_norm(sum, {d}, wg, 1e-5);
+        if (fp32_copy) expect_close(r.normed_fp32, normed32.detach(), "fp32 copy");
         if (with_delta) expect_close(r.sum, sum.detach(), "sum");
         expect_close(r.rstd, at::rsqrt(sum.detach().square().mean(-1) + 1e-5), "rstd");
-        // Backward, with a gradient reaching the sum directly too (the residual stream's).
-        const at::Tensor dy = at::randn({3, 5, d}).to(out), dsum = at::randn({3, 5, d});
+        // Backward, with a gradient reaching the sum directly too (the residual stream's) and one
+        // reaching the fp32 copy.
+        const at::Tensor dy = at::randn({3, 5, d}).to(out), dsum = at::randn({3, 5, d}), dy32 = at::randn({3, 5, d});
         std::vector<at::Tensor> inputs{x, wg};
         if (with_delta) inputs.push_back(delta);
-        const auto expected = torch::autograd::grad({normed, sum}, inputs, {dy, with_delta ? dsum : at::zeros_like(dsum)});
+        const auto expected = torch::autograd::grad(
+            {normed, sum, normed32}, inputs,
+            {dy, with_delta ? dsum : at::zeros_like(dsum), fp32_copy ? dy32 : at::zeros_like(dy32)});
         const kernels::ResidualNormGrad g = kernels::residual_rms_norm_backward(
-            dy, with_delta ? dsum : at::Tensor(), with_delta ? r.sum : x.detach(), w, r.rstd, with_delta, launch);
+            dy, fp32_copy ? dy32 : at::Tensor(), with_delta ? dsum : at::Tensor(), with_delta ? r.sum : x.detach(), w, r.rstd,
+            with_delta, launch);
         expect_close(g.x, expected[0], "d x", tol);
         expect_close(g.weight, expected[1], "d weight", tol);
         if (with_delta) {
@@ -420,13 +427,14 @@ TEST(RMSNorm, FusedAddAndNormBodiesMatchTheAtenPathOnAnyNumberOfLanes) {
           expect_close(g.delta.to(at::kFloat), expected[2].to(at::kFloat), "d delta", tol);
         }
       }
-  EXPECT_THROW(kernels::residual_rms_norm(at::randn({2, d}).to(at::kBFloat16), at::Tensor(), w, 1e-5, at::kFloat,
+  EXPECT_THROW(kernels::residual_rms_norm(at::randn({2, d}).to(at::kBFloat16), at::Tensor(), w, 1e-5, at::kFloat, false,
                                           kernels::HostRows{}),
                c10::Error);  // the residual stream must be fp32
-  EXPECT_THROW(kernels::residual_rms_norm(at::randn({2, d + 1}), at::Tensor(), w, 1e-5, at::kFloat, kernels::HostRows{}),
+  EXPECT_THROW(kernels::residual_rms_norm(at::randn({2, d + 1}), at::Tensor(), w, 1e-5, at::kFloat, false, kernels::HostRows{}),
                c10::Error);
-  EXPECT_THROW(kernels::residual_rms_norm(at::randn({2, d}), at::randn({2, d}), w, 1e-5, at::kBFloat16, kernels::HostRows{}),
-               c10::Error);  // delta in the output's dtype
+  EXPECT_THROW(
+      kernels::residual_rms_norm(at::randn({2, d}), at::randn({2, d}), w, 1e-5, at::kBFloat16, false, kernels::HostRows{}),
+      c10::Error);  // delta in the output's dtype
 }
 
 // add_and_norm as the decoder uses it: gradients through both outputs to x, delta and the weight,
@@ -445,21 +453,25 @@ TEST(RMSNorm, AddAndNormGradientsMatchTheUnfusedComputation) {
     {
       AutocastScope scope(at::kCPU, autocast);
       fused = norm->add_and_norm(x, delta);
-      alone = norm->add_and_norm(x, at::Tensor());
+      alone = norm->add_and_norm(x, at::Tensor(), /*fp32_copy=*/true);
     }
     EXPECT_EQ(fused.normed.scalar_type(), out);
+    EXPECT_EQ(alone.normed_fp32.scalar_type(), at::kFloat);
     EXPECT_TRUE(alone.sum.is_same(x)) << "without a delta the stream passes through";
     const auto [sum, normed] = add_and_norm_by_aten(x, delta, norm->weight, out);
     const auto [unused, normed_alone] = add_and_norm_by_aten(x, at::Tensor(), norm->weight, out);
     expect_close(fused.sum, sum, "sum");
     expect_close(fused.normed.to(at::kFloat), normed.to(at::kFloat), "normed", tol);
     expect_close(alone.normed.to(at::kFloat), normed_alone.to(at::kFloat), "normed without delta", tol);
+    const at::Tensor normed32 = at::rms_norm(x, {24}, norm->weight, 1e-5);
+    expect_close(alone.normed_fp32, normed32, "fp32 copy");
     auto loss = [&](const NormedSum& with, const NormedSum& without) {
-      return (with.sum * a).sum() + (with.normed.to(at::kFloat) * b).sum() + (without.normed.to(at::kFloat) * a).sum();
+      return (with.sum * a).sum() + (with.normed.to(at::kFloat) * b).sum() + (without.normed.to(at::kFloat) * a).sum() +
+             (without.normed_fp32 * b).sum();
     };
     const std::vector<at::Tensor> inputs{x, delta, norm->weight};
     const auto got = torch::autograd::grad({loss(fused, alone)}, inputs);
-    const auto want = torch::autograd::grad({loss({sum, normed}, {x, normed_alone})}, inputs);
+    const auto want = torch::autograd::grad({loss({sum, normed, {}}, {x, normed_alone, normed32})}, inputs);
     for (size_t i = 0; i < inputs.size(); ++i)
       expect_close(got[i].to(at::kFloat), want[i].to(at::kFloat), "gradient " + std::to_string(i), tol);
   }
@@ -524,19 +536,20 @@ TEST(RMSNorm, CudaAddAndNormMatchesTheCpu) {
       SCOPED_TRACE(std::to_string(d) + " " + c10::toString(out));
       const double tol = out == at::kFloat ? 1e-5 : 2e-2;
       const at::Tensor x = at::randn({3000, d}), delta = at::randn({3000, d}).to(out), w = at::rand({d}) + 0.5;
-      const at::Tensor dy = at::randn({3000, d}).to(out), dsum = at::randn({3000, d});
+      const at::Tensor dy = at::randn({3000, d}).to(out), dsum = at::randn({3000, d}), dy32 = at::randn({3000, d});
       auto run = [&](at::Device device) {
         RMSNorm norm(d, 1e-5);
         norm->weight.data().copy_(w);
         norm->to(device);
         const at::Tensor xd = x.to(device).requires_grad_(), dd = delta.to(device).requires_grad_();
-        const NormedSum r = norm->add_and_norm(xd, dd);
-        const auto g = torch::autograd::grad({r.normed, r.sum}, {xd, dd, norm->weight}, {dy.to(device), dsum.to(device)});
-        return std::vector<at::Tensor>{r.sum.cpu(), r.normed.cpu().to(at::kFloat), g[0].cpu(), g[1].cpu().to(at::kFloat),
-                                       g[2].cpu()};
+        const NormedSum r = norm->add_and_norm(xd, dd, /*fp32_copy=*/true);
+        const auto g = torch::autograd::grad({r.normed, r.sum, r.normed_fp32}, {xd, dd, norm->weight},
+                                             {dy.to(device), dsum.to(device), dy32.to(device)});
+        return std::vector<at::Tensor>{r.sum.cpu(), r.normed.cpu().to(at::kFloat), r.normed_fp32.cpu(), g[0].cpu(),
+                                       g[1].cpu().to(at::kFloat), g[2].cpu()};
       };
       const auto cpu = run(at::kCPU), gpu = run(at::kCUDA);
-      const char* names[] = {"sum", "normed", "d x", "d delta", "d weight"};
+      const char* names[] = {"sum", "normed", "fp32 copy", "d x", "d delta", "d weight"};
       for (size_t i = 0; i < cpu.size(); ++i) expect_close(gpu[i], cpu[i], names[i], tol);
     }
 }

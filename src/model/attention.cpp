@@ -60,7 +60,8 @@ AttentionImpl::AttentionImpl(const ModelConfig& c)
   }
 }
 
-AttentionOutput AttentionImpl::forward(const at::Tensor& x, const RotaryTables& rope, LayerKV* cache, int64_t start) {
+AttentionOutput AttentionImpl::forward(const at::Tensor& x, const RotaryTables& rope, LayerKV* cache, int64_t start,
+                                       const at::Tensor& router_x) {
   const int64_t B = x.size(0), T = x.size(1);
   const at::Tensor xc = autocast_input(x);  // one cast for the q, k and v projections
   at::Tensor k = apply_rotary(k_proj(xc).view({B, T, n_kv_heads_, head_dim_}).transpose(1, 2), rope);
@@ -76,7 +77,7 @@ AttentionOutput AttentionImpl::forward(const at::Tensor& x, const RotaryTables& 
     const at::Tensor q = apply_rotary(q_proj(xc).view({B, T, n_heads_, head_dim_}).transpose(1, 2), rope);
     out.y = o_proj(causal_attention(q, k, v).transpose(1, 2).reshape({B, T, n_heads_ * head_dim_}));
   } else {
-    out.y = o_proj(routed_slots(x, xc, k, v, rope, out));
+    out.y = o_proj(routed_slots(router_x.defined() ? router_x : x, xc, k, v, rope, out));
   }
   return out;
 }

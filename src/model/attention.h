@@ -31,8 +31,10 @@ class AttentionImpl : public torch::nn::Module {
   explicit AttentionImpl(const ModelConfig& config);
   // x: [B, T, d] at positions start..start+T-1 (the positions of `rope`). With a cache, this
   // step's keys and values are stored at those positions and the queries attend to all of
-  // [0, start + T); without one, start must be 0.
-  AttentionOutput forward(const at::Tensor& x, const RotaryTables& rope, LayerKV* cache = nullptr, int64_t start = 0);
+  // [0, start + T); without one, start must be 0. GQE's router reads router_x, x in fp32 where x
+  // is bf16 (RMSNorm writes both at once); by default x itself.
+  AttentionOutput forward(const at::Tensor& x, const RotaryTables& rope, LayerKV* cache = nullptr, int64_t start = 0,
+                          const at::Tensor& router_x = {});
 
   // Number of head-sized slots o_proj reads: N (GQA); k*G, +2 for the `gqe` variant.
   static int64_t output_slots(const ModelConfig& config);
@@ -41,7 +43,7 @@ class AttentionImpl : public torch::nn::Module {
   torch::nn::Linear router{nullptr}, q_shared{nullptr};  // GQE only
 
  private:
-  // x as the layer gets it (the router reads it in fp32); xc as the projections read it.
+  // x as the router reads it (in fp32); xc as the projections read it.
   at::Tensor routed_slots(const at::Tensor& x, const at::Tensor& xc, const at::Tensor& k, const at::Tensor& v,
                           const RotaryTables& rope, AttentionOutput& out);
 

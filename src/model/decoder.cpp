@@ -19,8 +19,8 @@ DecoderLayerImpl::DecoderLayerImpl(const ModelConfig& c) {
 at::Tensor DecoderLayerImpl::forward(const at::Tensor& h, const RotaryTables& rope, AttentionOutput& attn, LayerKV* cache,
                                      int64_t start) {
   // GQE's router reads the normed input in fp32; the projections read it in autocast's dtype.
-  attn = self_attn->forward(self_attn->router ? input_layernorm(h) : input_layernorm->add_and_norm(h, {}).normed, rope,
-                            cache, start);
+  const NormedSum in = input_layernorm->add_and_norm(h, {}, /*fp32_copy=*/static_cast<bool>(self_attn->router));
+  attn = self_attn->forward(in.normed, rope, cache, start, in.normed_fp32);
   const NormedSum mid = post_attention_layernorm->add_and_norm(h, attn.y);
   return mid.sum + mlp(mid.normed);
 }

@@ -27,71 +27,83 @@ at::Tensor RMSNormImpl::forward(const at::Tensor& x) {
 namespace {
 
 kernels::ResidualNorm residual_rms_norm(const at::Tensor& x, const at::Tensor& delta, const at::Tensor& weight, double eps,
-                                        at::ScalarType out) {
+                                        at::ScalarType out, bool fp32_copy) {
 #ifdef GQE_CUDA_KERNELS
-  if (x.is_cuda()) return residual_rms_norm_cuda(x, delta, weight, eps, out);
+  if (x.is_cuda()) return residual_rms_norm_cuda(x, delta, weight, eps, out, fp32_copy);
 #endif
-  return kernels::residual_rms_norm(x, delta, weight, eps, out, kernels::HostRows{});
+  return kernels::residual_rms_norm(x, delta, weight, eps, out, fp32_copy, kernels::HostRows{});
 }
 
-kernels::ResidualNormGrad residual_rms_norm_backward(const at::Tensor& dy, const at::Tensor& dsum, const at::Tensor& h,
-                                                     const at::Tensor& weight, const at::Tensor& rstd, bool grad_delta) {
+kernels::ResidualNormGrad residual_rms_norm_backward(const at::Tensor& dy, const at::Tensor& dy32, const at::Tensor& dsum,
+                                                     const at::Tensor& h, const at::Tensor& weight, const at::Tensor& rstd,
+                                                     bool grad_delta) {
 #ifdef GQE_CUDA_KERNELS
-  if (h.is_cuda()) return residual_rms_norm_backward_cuda(dy, dsum, h, weight, rstd, grad_delta);
+  if (h.is_cuda()) return residual_rms_norm_backward_cuda(dy, dy32, dsum, h, weight, rstd, grad_delta);
 #endif
-  return kernels::residual_rms_norm_backward(dy, dsum, h, weight, rstd, grad_delta, kernels::HostRows{});
+  return kernels::residual_rms_norm_backward(dy, dy32, dsum, h, weight, rstd, grad_delta, kernels::HostRows{});
 }
 
-// (sum, normed) = (x + delta, RMSNorm(x + delta)); saves sum, the weight and the rows' rstd.
+// (sum, normed[, normed in fp32]) = (x + delta, RMSNorm(x + delta)...); saves sum, the weight
+// and the rows' rstd.
 class AddRMSNorm : public torch::autograd::Function<AddRMSNorm> {
  public:
   static torch::autograd::variable_list forward(torch::autograd::AutogradContext* ctx, const at::Tensor& x,
                                                 const at::Tensor& delta, const at::Tensor& weight, double eps,
-                                                at::ScalarType out) {
-    const kernels::ResidualNorm r = residual_rms_norm(x, delta, weight, eps, out);
+                                                at::ScalarType out, bool fp32_copy) {
+    const kernels::ResidualNorm r = residual_rms_norm(x, delta, weight, eps, out, fp32_copy);
     ctx->save_for_backward({r.sum, weight, r.rstd});
+    if (fp32_copy) return {r.sum, r.normed, r.normed_fp32};
     return {r.sum, r.normed};
   }
   static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx, torch::autograd::variable_list g) {
     const auto saved = ctx->get_saved_variables();
-    const kernels::ResidualNormGrad d =
-        residual_rms_norm_backward(g[1], g[0], saved[0], saved[1], saved[2], ctx->needs_input_grad(1));
-    return {d.x, d.delta, d.weight, at::Tensor(), at::Tensor()};
+    const kernels::ResidualNormGrad d = residual_rms_norm_backward(g[1], g.size() > 2 ? g[2] : at::Tensor(), g[0], saved[0],
+                                                                   saved[1], saved[2], ctx->needs_input_grad(1));
+    return {d.x, d.delta, d.weight, at::Tensor(), at::Tensor(), at::Tensor()};
   }
 };
 
-// RMSNorm(x) in `out`, by the same kernels without the add.
+// (normed[, normed in fp32]) = RMSNorm(x), by the same kernels without the add.
 class CastRMSNorm : public torch::autograd::Function<CastRMSNorm> {
  public:
-  static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& x, const at::Tensor& weight,
-                            double eps, at::ScalarType out) {
-    const kernels::ResidualNorm r = residual_rms_norm(x, at::Tensor(), weight, eps, out);
+  static torch::autograd::variable_list forward(torch::autograd::AutogradContext* ctx, const at::Tensor& x,
+                                                const at::Tensor& weight, double eps, at::ScalarType out, bool fp32_copy) {
+    const kernels::ResidualNorm r = residual_rms_norm(x, at::Tensor(), weight, eps, out, fp32_copy);
     ctx->save_for_backward({x, weight, r.rstd});
-    return r.normed;
+    if (fp32_copy) return {r.normed, r.normed_fp32};
+    return {r.normed};
   }
   static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx, torch::autograd::variable_list g) {
     const auto saved = ctx->get_saved_variables();
-    const kernels::ResidualNormGrad d =
-        residual_rms_norm_backward(g[0], at::Tensor(), saved[0], saved[1], saved[2], /*grad_delta=*/false);
-    return {d.x, d.weight, at::Tensor(), at::Tensor()};
+    const kernels::ResidualNormGrad d = residual_rms_norm_backward(g[0], g.size() > 1 ? g[1] : at::Tensor(), at::Tensor(),
+                                                                   saved[0], saved[1], saved[2], /*grad_delta=*/false);
+    return {d.x, d.weight, at::Tensor(), at::Tensor(), at::Tensor()};
   }
 };
 
 }  // namespace
 
-NormedSum RMSNormImpl::add_and_norm(const at::Tensor& x, const at::Tensor& delta) {
+NormedSum RMSNormImpl::add_and_norm(const at::Tensor& x, const at::Tensor& delta, bool fp32_copy) {
   const c10::DeviceType device = x.device().type();
   const at::ScalarType out = x.scalar_type() == at::kFloat && at::autocast::is_autocast_enabled(device)
                                  ? at::autocast::get_autocast_dtype(device)
                                  : x.scalar_type();
+  const bool copy = fp32_copy && out != at::kFloat;  // else normed is the fp32 copy
+  NormedSum r;
   if (x.scalar_type() == at::kFloat && weight.scalar_type() == at::kFloat &&
       (!delta.defined() || delta.scalar_type() == out)) {
-    if (!delta.defined()) return {x, CastRMSNorm::apply(x, weight, eps_, out)};
-    const auto y = AddRMSNorm::apply(x, delta, weight, eps_, out);
-    return {y[0], y[1]};
+    const auto y = delta.defined() ? AddRMSNorm::apply(x, delta, weight, eps_, out, copy)
+                                   : CastRMSNorm::apply(x, weight, eps_, out, copy);
+    const size_t n = delta.defined() ? 1 : 0;  // y: [sum,] normed[, fp32 copy]
+    r = {delta.defined() ? y[0] : x, y[n], copy ? y[n + 1] : at::Tensor()};
+  } else {
+    r.sum = delta.defined() ? x + delta : x;
+    const at::Tensor normed = forward(r.sum);
+    r.normed = autocast_input(normed);
+    if (copy) r.normed_fp32 = normed.to(at::kFloat);
   }
-  const at::Tensor sum = delta.defined() ? x + delta : x;
-  return {sum, autocast_input(forward(sum))};
+  if (fp32_copy && !copy) r.normed_fp32 = r.normed;
+  return r;
 }
 
 RotaryTables rotary_tables(int64_t start, int64_t length, int64_t head_dim, double theta, at::Device device) {

@@ -11,6 +11,7 @@ namespace gqe {
 struct NormedSum {
   at::Tensor sum;
   at::Tensor normed;
+  at::Tensor normed_fp32;  // when asked for: the same in fp32 (GQE's router reads it)
 };
 
 class RMSNormImpl : public torch::nn::Module {
@@ -19,10 +20,11 @@ class RMSNormImpl : public torch::nn::Module {
   // RMSNorm(x) in x's dtype.
   at::Tensor forward(const at::Tensor& x);
   // sum = x + delta (no delta: x itself) and RMSNorm(sum) in the dtype the next matmuls read: under
-  // autocast its bf16, otherwise x's. One fused kernel each way for an fp32 stream (the add, the
-  // norm and the cast forward; the norm's backward, the add of the stream's gradient and its cast
-  // for delta backward), where ATen takes three to four kernels and fp32 round trips each way.
-  NormedSum add_and_norm(const at::Tensor& x, const at::Tensor& delta);
+  // autocast its bf16, otherwise x's; with fp32_copy, in fp32 as well. One fused kernel each way for
+  // an fp32 stream (the add, the norm and the cast forward; the norm's backward, the add of the
+  // stream's and the copies' gradients and delta's cast backward), where ATen takes three to four
+  // kernels and fp32 round trips each way.
+  NormedSum add_and_norm(const at::Tensor& x, const at::Tensor& delta, bool fp32_copy = false);
 
   at::Tensor weight;
 

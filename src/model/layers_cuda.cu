@@ -83,15 +83,16 @@ struct CudaRows {
 }  // namespace
 
 kernels::ResidualNorm residual_rms_norm_cuda(const at::Tensor& x, const at::Tensor& delta, const at::Tensor& weight,
-                                             double eps, at::ScalarType out) {
+                                             double eps, at::ScalarType out, bool fp32_copy) {
   const c10::cuda::CUDAGuard guard(x.device());
-  return kernels::residual_rms_norm(x, delta, weight, eps, out, CudaRows{});
+  return kernels::residual_rms_norm(x, delta, weight, eps, out, fp32_copy, CudaRows{});
 }
 
-kernels::ResidualNormGrad residual_rms_norm_backward_cuda(const at::Tensor& dy, const at::Tensor& dsum, const at::Tensor& h,
-                                                          const at::Tensor& weight, const at::Tensor& rstd, bool grad_delta) {
+kernels::ResidualNormGrad residual_rms_norm_backward_cuda(const at::Tensor& dy, const at::Tensor& dy32, const at::Tensor& dsum,
+                                                          const at::Tensor& h, const at::Tensor& weight, const at::Tensor& rstd,
+                                                          bool grad_delta) {
   const c10::cuda::CUDAGuard guard(h.device());
-  return kernels::residual_rms_norm_backward(dy, dsum, h, weight, rstd, grad_delta, CudaRows{});
+  return kernels::residual_rms_norm_backward(dy, dy32, dsum, h, weight, rstd, grad_delta, CudaRows{});
 }
 
 at::Tensor rotary_cuda(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& signed_sin, float sign) {

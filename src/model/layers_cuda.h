@@ -22,11 +22,13 @@ at::Tensor swiglu_cuda(const at::Tensor& gate, const at::Tensor& up);
 std::pair<at::Tensor, at::Tensor> swiglu_backward_cuda(const at::Tensor& grad, const at::Tensor& gate,
                                                        const at::Tensor& up);
 
-// x + delta (fp32 + T; delta may be undefined) and RMSNorm of it in `out` (T) in one pass, and the
-// backward in one pass plus a sum of the blocks' weight gradients (kernels::residual_rms_norm).
+// x + delta (fp32 + T; delta may be undefined) and RMSNorm of it in `out` (T, and fp32 too if
+// asked) in one pass, and the backward in one pass plus a sum of the blocks' weight gradients
+// (kernels::residual_rms_norm).
 kernels::ResidualNorm residual_rms_norm_cuda(const at::Tensor& x, const at::Tensor& delta, const at::Tensor& weight,
-                                             double eps, at::ScalarType out);
-kernels::ResidualNormGrad residual_rms_norm_backward_cuda(const at::Tensor& dy, const at::Tensor& dsum, const at::Tensor& h,
-                                                          const at::Tensor& weight, const at::Tensor& rstd, bool grad_delta);
+                                             double eps, at::ScalarType out, bool fp32_copy);
+kernels::ResidualNormGrad residual_rms_norm_backward_cuda(const at::Tensor& dy, const at::Tensor& dy32, const at::Tensor& dsum,
+                                                          const at::Tensor& h, const at::Tensor& weight, const at::Tensor& rstd,
+                                                          bool grad_delta);
 
 }  // namespace gqe

@@ -145,7 +145,8 @@ std::pair<at::Tensor, at::Tensor> swiglu_backward(const at::Tensor& grad_in, con
 // columns of it, so it needs no atomics.
 
 // sum = x + delta (fp32; no delta: sum is x itself, not written) and y = RMSNorm(sum) * weight,
-// computed in fp32 and stored as T; rstd = 1 / sqrt(mean(sum^2) + eps) per row, for the backward.
+// computed in fp32 and stored as T, and also as fp32 in y32 if asked; rstd = 1 / sqrt(mean(sum^2) +
+// eps) per row, for the backward.
 template <class T>
 struct ResidualNormForward {
   const float* x;
@@ -153,6 +154,7 @@ struct ResidualNormForward {
   float* sum;      // null when delta is
   const float* weight;
   T* y;
+  float* y32;  // may be null
   float* rstd;
   int64_t d;
   float eps;
@@ -171,16 +173,22 @@ struct ResidualNormForward {
     const float r = 1.f / sqrtf(total / static_cast<float>(d) + eps);
     if (lane == 0) rstd[row] = r;
     const float* h = delta ? sum : x;  // this lane's own columns, just written
-    for (int64_t j = lane; j < d; j += lanes) y[row * d + j] = static_cast<T>(h[row * d + j] * r * weight[j]);
+    for (int64_t j = lane; j < d; j += lanes) {
+      const float v = h[row * d + j] * r * weight[j];
+      y[row * d + j] = static_cast<T>(v);
+      if (y32) y32[row * d + j] = v;
+    }
   }
 };
 
-// The backward of ResidualNormForward: with g = dy * weight, y = weight * h * r and r =
-// (mean(h^2) + eps)^-1/2, dh = r g - h r^3 (g . h) / d, plus dsum (the gradient that reached sum
-// directly, if any). dx = dh in fp32, ddelta = dh as T, d weight += dy h r into acc.
+// The backward of ResidualNormForward: with dy the sum of y's and y32's gradients, g = dy * weight,
+// y = weight * h * r and r = (mean(h^2) + eps)^-1/2, dh = r g - h r^3 (g . h) / d, plus dsum (the
+// gradient that reached sum directly, if any). dx = dh in fp32, ddelta = dh as T, d weight += dy h r
+// into acc.
 template <class T>
 struct ResidualNormBackward {
   const T* dy;
+  const float* dy32;  // may be null
   const float* dsum;  // may be null
   const float* h;
   const float* weight;
@@ -191,14 +199,15 @@ struct ResidualNormBackward {
 
   GQE_HOST_DEVICE float partial(int64_t row, int64_t lane, int64_t lanes) const {
     float s = 0.f;
-    for (int64_t j = lane; j < d; j += lanes) s += static_cast<float>(dy[row * d + j]) * weight[j] * h[row * d + j];
+    for (int64_t j = lane; j < d; j += lanes) s += grad(row * d + j) * weight[j] * h[row * d + j];
     return s;
   }
+  GQE_HOST_DEVICE float grad(int64_t i) const { return static_cast<float>(dy[i]) + (dy32 ? dy32[i] : 0.f); }
   GQE_HOST_DEVICE void finish(int64_t row, int64_t lane, int64_t lanes, float total, float* acc) const {
     const float r = rstd[row], c = total * r * r * r / static_cast<float>(d);
     for (int64_t j = lane; j < d; j += lanes) {
       const int64_t i = row * d + j;
-      const float g = static_cast<float>(dy[i]);
+      const float g = grad(i);
       float v = g * weight[j] * r - h[i] * c;
       if (dsum) v += dsum[i];
       dx[i] = v;
@@ -232,16 +241,17 @@ struct HostRows {
 };
 
 struct ResidualNorm {
-  at::Tensor sum;     // x + delta, fp32 (undefined without delta)
-  at::Tensor normed;  // RMSNorm(sum) * weight, in the requested dtype
-  at::Tensor rstd;    // fp32, one per row
+  at::Tensor sum;          // x + delta, fp32 (undefined without delta)
+  at::Tensor normed;       // RMSNorm(sum) * weight, in the requested dtype
+  at::Tensor normed_fp32;  // the same in fp32, if asked for
+  at::Tensor rstd;         // fp32, one per row
 };
 
 // launch(body, rows, d, accumulate) runs a row kernel and, when accumulate, returns the blocks'
 // accumulators as [blocks, d] fp32.
 template <class Launch>
 ResidualNorm residual_rms_norm(const at::Tensor& x_in, const at::Tensor& delta_in, const at::Tensor& weight, double eps,
-                               at::ScalarType out, Launch&& launch) {
+                               at::ScalarType out, bool fp32_copy, Launch&& launch) {
   const int64_t d = weight.numel();
   TORCH_CHECK(x_in.scalar_type() == at::kFloat && weight.scalar_type() == at::kFloat && weight.dim() == 1 &&
                   weight.is_contiguous() && x_in.dim() >= 1 && x_in.size(-1) == d &&
@@ -249,14 +259,15 @@ ResidualNorm residual_rms_norm(const at::Tensor& x_in, const at::Tensor& delta_i
               "residual_rms_norm: fp32 x [..., d], fp32 weight [d] and a delta shaped as x in the output dtype expected");
   const at::Tensor x = x_in.contiguous(), delta = delta_in.defined() ? delta_in.contiguous() : delta_in;
   ResidualNorm r{delta.defined() ? at::empty_like(x) : at::Tensor(), at::empty(x.sizes(), x.options().dtype(out)),
-                 at::empty(x.sizes().slice(0, x.dim() - 1), x.options())};
+                 fp32_copy ? at::empty_like(x) : at::Tensor(), at::empty(x.sizes().slice(0, x.dim() - 1), x.options())};
   const int64_t rows = d == 0 ? 0 : x.numel() / d;
   if (rows == 0) return r;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, out, "gqe_residual_rms_norm", [&] {
     launch(ResidualNormForward<scalar_t>{x.const_data_ptr<float>(),
                                          delta.defined() ? delta.const_data_ptr<scalar_t>() : nullptr,
                                          delta.defined() ? r.sum.data_ptr<float>() : nullptr, weight.const_data_ptr<float>(),
-                                         r.normed.data_ptr<scalar_t>(), r.rstd.data_ptr<float>(), d, static_cast<float>(eps)},
+                                         r.normed.data_ptr<scalar_t>(), fp32_copy ? r.normed_fp32.data_ptr<float>() : nullptr,
+                                         r.rstd.data_ptr<float>(), d, static_cast<float>(eps)},
            rows, d, /*accumulate=*/false);
   });
   return r;
@@ -268,24 +279,29 @@ struct ResidualNormGrad {
   at::Tensor weight;  // fp32 [d]
 };
 
-// h: the tensor that was normed (sum, or x without delta); dsum may be undefined.
+// h: the tensor that was normed (sum, or x without delta); dy32 (the fp32 copy's gradient) and dsum
+// may be undefined.
 template <class Launch>
-ResidualNormGrad residual_rms_norm_backward(const at::Tensor& dy_in, const at::Tensor& dsum_in, const at::Tensor& h_in,
+ResidualNormGrad residual_rms_norm_backward(const at::Tensor& dy_in, const at::Tensor& dy32_in, const at::Tensor& dsum_in,
+                                            const at::Tensor& h_in,
                                             const at::Tensor& weight, const at::Tensor& rstd, bool grad_delta,
                                             Launch&& launch) {
   const int64_t d = weight.numel();
   TORCH_CHECK(h_in.scalar_type() == at::kFloat && weight.scalar_type() == at::kFloat && weight.is_contiguous() &&
                   dy_in.sizes() == h_in.sizes() && h_in.size(-1) == d && rstd.is_contiguous() &&
                   rstd.numel() * d == h_in.numel() &&
-                  (!dsum_in.defined() || (dsum_in.sizes() == h_in.sizes() && dsum_in.scalar_type() == at::kFloat)),
+                  (!dsum_in.defined() || (dsum_in.sizes() == h_in.sizes() && dsum_in.scalar_type() == at::kFloat)) &&
+                  (!dy32_in.defined() || (dy32_in.sizes() == h_in.sizes() && dy32_in.scalar_type() == at::kFloat)),
               "residual_rms_norm_backward: dy, h [..., d] (fp32), fp32 weight [d] and rstd per row expected");
-  const at::Tensor dy = dy_in.contiguous(), h = h_in.contiguous(), dsum = dsum_in.defined() ? dsum_in.contiguous() : dsum_in;
+  const at::Tensor dy = dy_in.contiguous(), h = h_in.contiguous(), dsum = dsum_in.defined() ? dsum_in.contiguous() : dsum_in,
+                   dy32 = dy32_in.defined() ? dy32_in.contiguous() : dy32_in;
   ResidualNormGrad g{at::empty_like(h), grad_delta ? at::empty_like(dy) : at::Tensor(), at::zeros_like(weight)};
   const int64_t rows = d == 0 ? 0 : h.numel() / d;
   if (rows == 0) return g;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, dy.scalar_type(), "gqe_residual_rms_norm_backward", [&] {
     const at::Tensor partials = launch(
-        ResidualNormBackward<scalar_t>{dy.const_data_ptr<scalar_t>(), dsum.defined() ? dsum.const_data_ptr<float>() : nullptr,
+        ResidualNormBackward<scalar_t>{dy.const_data_ptr<scalar_t>(), dy32.defined() ? dy32.const_data_ptr<float>() : nullptr,
+                                       dsum.defined() ? dsum.const_data_ptr<float>() : nullptr,
                                        h.const_data_ptr<float>(), weight.const_data_ptr<float>(), rstd.const_data_ptr<float>(),
                                        g.x.data_ptr<float>(), grad_delta ? g.delta.data_ptr<scalar_t>() : nullptr, d},
         rows, d, /*accumulate=*/true);
