@@ -226,7 +226,8 @@ TEST(Attention, RouterRunsInFp32UnderBf16Autocast) {
 }
 
 // Under autocast the norms write the projections' bf16 inputs themselves (add_and_norm), and for
-// GQE's router an fp32 copy in the same pass: no normed activation is cast. (Autocast alone casts
+// GQE's router an fp32 copy in the same pass: no normed activation is cast, and the residual adds
+// happen in the same kernels. (Autocast alone casts
 // once per projection, five per layer, and their gradients come back as five fp32 casts and four
 // fp32 adds.)
 TEST(Decoder, UnderAutocastTheNormsWriteTheMatmulsBf16Inputs) {
@@ -241,11 +242,14 @@ TEST(Decoder, UnderAutocastTheNormsWriteTheMatmulsBf16Inputs) {
       AutocastScope autocast(at::kCPU, true);
       mixed = model->forward(tokens).logits;
     });
-    int64_t casts = 0;  // from fp32
-    for (const RecordedOp& op : ops)
-      casts += op.name == "aten::_to_copy" && op.dtypes.at(0) == "float" &&
-               op.shapes.at(0) == std::vector<int64_t>{2, 7, c.d_model};
+    int64_t casts = 0, adds = 0;  // casts from fp32; adds to the residual stream
+    for (const RecordedOp& op : ops) {
+      const bool activation = !op.shapes.empty() && op.shapes.at(0) == std::vector<int64_t>{2, 7, c.d_model};
+      casts += activation && op.name == "aten::_to_copy" && op.dtypes.at(0) == "float";
+      adds += activation && op.name == "aten::add";
+    }
     EXPECT_EQ(casts, 0);
+    EXPECT_EQ(adds, 0) << "every residual add is fused with the RMSNorm after it";
     EXPECT_EQ(mixed.scalar_type(), at::kBFloat16);
     EXPECT_LE((mixed.to(at::kFloat) - fp32).abs().max().item<double>(), 0.05 * std::max(1.0, fp32.abs().max().item<double>()));
     // The gradients still reach the embedding through the bf16 casts, at bf16 precision.

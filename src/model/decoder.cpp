@@ -16,13 +16,13 @@ DecoderLayerImpl::DecoderLayerImpl(const ModelConfig& c) {
   mlp = register_module("mlp", SwiGLU(c.d_model, c.ffn_hidden));
 }
 
-at::Tensor DecoderLayerImpl::forward(const at::Tensor& h, const RotaryTables& rope, AttentionOutput& attn, LayerKV* cache,
-                                     int64_t start) {
+ResidualStream DecoderLayerImpl::forward(const ResidualStream& in, const RotaryTables& rope, AttentionOutput& attn,
+                                         LayerKV* cache, int64_t start) {
   // GQE's router reads the normed input in fp32; the projections read it in autocast's dtype.
-  const NormedSum in = input_layernorm->add_and_norm(h, {}, /*fp32_copy=*/static_cast<bool>(self_attn->router));
-  attn = self_attn->forward(in.normed, rope, cache, start, in.normed_fp32);
-  const NormedSum mid = post_attention_layernorm->add_and_norm(h, attn.y);
-  return mid.sum + mlp(mid.normed);
+  const NormedSum x = input_layernorm->add_and_norm(in.h, in.pending, /*fp32_copy=*/static_cast<bool>(self_attn->router));
+  attn = self_attn->forward(x.normed, rope, cache, start, x.normed_fp32);
+  const NormedSum mid = post_attention_layernorm->add_and_norm(x.sum, attn.y);
+  return {mid.sum, mlp(mid.normed)};
 }
 
 DecoderBodyImpl::DecoderBodyImpl(const ModelConfig& c) {
@@ -72,13 +72,16 @@ KVCache::KVCache(const ModelConfig& c, int64_t batch, int64_t size, at::TensorOp
 namespace {
 
 // A layer under activation checkpointing: outputs the new residual stream and, for GQE, the aux loss
-// (both differentiable), then the router statistics.
+// (both differentiable), then the router statistics. The stream goes in and out with nothing
+// pending (the MLP output added by the layer, as two tensors would be saved for each layer
+// otherwise); the sum is bitwise the one the next norm's fused add would make.
 at::Tensor checkpointed_layer(const std::shared_ptr<DecoderLayerImpl>& layer, const at::Tensor& h, const RotaryTables& rope,
                               AttentionOutput& attn) {
   const std::vector<at::Tensor> out = checkpointed(
       [layer, rope](const at::Tensor& x) {
         AttentionOutput a;
-        std::vector<at::Tensor> y{layer->forward(x, rope, a)};
+        const ResidualStream s = layer->forward({x, {}}, rope, a);
+        std::vector<at::Tensor> y{s.h + s.pending};
         if (a.aux.defined()) y.insert(y.end(), {a.aux, a.load, a.entropy});
         return y;
       },
@@ -98,21 +101,23 @@ DecoderOutput DecoderImpl::forward_last(const at::Tensor& tokens, int64_t last_p
                                 std::to_string(cache->capacity));
   const RotaryTables rope = rotary_tables(start, T, config_.head_dim, config_.rope_theta, tokens.device());
   DecoderOutput out;
-  at::Tensor h = model->embed_tokens(tokens);
+  ResidualStream s{model->embed_tokens(tokens), {}};
   std::vector<at::Tensor> aux;
   for (size_t i = 0; i < model->layers->size(); ++i) {
     const auto layer = model->layers->ptr<DecoderLayerImpl>(i);
     AttentionOutput attn;
-    if (checkpoint_layers_ && !cache && at::GradMode::is_enabled()) h = checkpointed_layer(layer, h, rope, attn);
-    else h = layer->forward(h, rope, attn, cache ? &cache->layers[i] : nullptr, start);
+    if (checkpoint_layers_ && !cache && at::GradMode::is_enabled()) s = {checkpointed_layer(layer, s.h, rope, attn), {}};
+    else s = layer->forward(s, rope, attn, cache ? &cache->layers[i] : nullptr, start);
     if (attn.aux.defined()) {
       aux.push_back(attn.aux);
       out.router.push_back({attn.load, attn.entropy});
     }
   }
   if (cache) cache->length += T;
-  if (last_positions < T) h = h.narrow(1, T - last_positions, last_positions);
-  h = model->norm->add_and_norm(h, {}).normed;
+  if (last_positions < T)
+    for (at::Tensor* t : {&s.h, &s.pending})
+      if (t->defined()) *t = t->narrow(1, T - last_positions, last_positions);
+  const at::Tensor h = model->norm->add_and_norm(s.h, s.pending).normed;
   out.logits = lm_head ? lm_head(h) : at::linear(h, model->embed_tokens->weight);
   out.aux_loss = aux.empty() ? at::zeros({}, h.options().dtype(at::kFloat)) : at::stack(aux).sum();
   return out;

@@ -35,12 +35,20 @@ struct DecoderOutput {
   std::vector<RouterStats> router;   // one per layer for GQE
 };
 
+// The residual stream as h + pending: the last sublayer's output (undefined: none) is added by the
+// next RMSNorm, in the same kernel (RMSNorm::add_and_norm).
+struct ResidualStream {
+  at::Tensor h;        // fp32
+  at::Tensor pending;  // in the sublayers' dtype (bf16 under autocast)
+};
+
 class DecoderLayerImpl : public torch::nn::Module {
  public:
   explicit DecoderLayerImpl(const ModelConfig& config);
-  // Returns the new residual stream; fills `attn` with the attention's aux outputs.
-  at::Tensor forward(const at::Tensor& h, const RotaryTables& rope, AttentionOutput& attn, LayerKV* cache = nullptr,
-                     int64_t start = 0);
+  // Returns the new residual stream, its MLP output pending; fills `attn` with the attention's aux
+  // outputs.
+  ResidualStream forward(const ResidualStream& in, const RotaryTables& rope, AttentionOutput& attn, LayerKV* cache = nullptr,
+                         int64_t start = 0);
 
   RMSNorm input_layernorm{nullptr};
   Attention self_attn{nullptr};
