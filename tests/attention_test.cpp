@@ -338,12 +338,6 @@ TEST(Rope, ScoresDependOnlyOnRelativePosition) {
 
 // The fused kernels' bodies (layers_kernels.h), run on the CPU one index at a time, against the
 // ATen path: their arithmetic and indexing are checked here, without a GPU.
-struct HostLoop {
-  template <class F> void operator()(const F& f, int64_t n) const {
-    for (int64_t i = 0; i < n; ++i) f(i);
-  }
-};
-
 TEST(Rope, FusedKernelBodyMatchesTheAtenPathBothWays) {
   torch::manual_seed(12);
   const int64_t B = 2, H = 3, T = 5, dh = 8;
@@ -353,17 +347,17 @@ TEST(Rope, FusedKernelBodyMatchesTheAtenPathBothWays) {
     const double tol = dtype == at::kFloat ? 1e-6 : 1e-2;
     const at::Tensor x = at::randn({B, T, H, dh}).to(dtype).transpose(1, 2).requires_grad_();
     const at::Tensor y = apply_rotary(x, tables);
-    const at::Tensor fused = kernels::rotary(x.detach(), tables.cos, tables.signed_sin, 1, HostLoop{});
+    const at::Tensor fused = kernels::rotary(x.detach(), tables.cos, tables.signed_sin, 1, kernels::HostLaunch{});
     EXPECT_EQ(fused.strides(), x.strides()) << "the output keeps the input's layout";
     expect_close(fused.to(at::kFloat), y.detach().to(at::kFloat), "rotation", tol);
     // The adjoint, on a gradient whose last dim is strided (copied to contiguous first).
     const at::Tensor g = at::randn({B, H, dh, T}).to(dtype).transpose(2, 3);
     const at::Tensor dx = torch::autograd::grad({y}, {x}, {g})[0];
-    const at::Tensor fused_dx = kernels::rotary(g, tables.cos, tables.signed_sin, -1, HostLoop{});
+    const at::Tensor fused_dx = kernels::rotary(g, tables.cos, tables.signed_sin, -1, kernels::HostLaunch{});
     expect_close(fused_dx.to(at::kFloat), dx.to(at::kFloat), "adjoint", tol);
   }
-  EXPECT_THROW(kernels::rotary(at::randn({2, 5, 8}), tables.cos, tables.signed_sin, 1, HostLoop{}), c10::Error);
-  EXPECT_THROW(kernels::rotary(at::randn({1, 1, 4, 8}), tables.cos, tables.signed_sin, 1, HostLoop{}), c10::Error);
+  EXPECT_THROW(kernels::rotary(at::randn({2, 5, 8}), tables.cos, tables.signed_sin, 1, kernels::HostLaunch{}), c10::Error);
+  EXPECT_THROW(kernels::rotary(at::randn({1, 1, 4, 8}), tables.cos, tables.signed_sin, 1, kernels::HostLaunch{}), c10::Error);
 }
 
 TEST(SwiGLU, FusedKernelBodiesMatchTheAtenPath) {
@@ -375,12 +369,49 @@ TEST(SwiGLU, FusedKernelBodiesMatchTheAtenPath) {
                      up = at::randn({3, 7, 40}).to(dtype).requires_grad_(), dy = at::randn({3, 7, 40}).to(dtype);
     const at::Tensor y = at::silu(gate) * up;
     const auto d = torch::autograd::grad({y}, {gate, up}, {dy});
-    expect_close(kernels::swiglu(gate.detach(), up.detach(), HostLoop{}).to(at::kFloat), y.detach().to(at::kFloat),
+    expect_close(kernels::swiglu(gate.detach(), up.detach(), kernels::HostLaunch{}).to(at::kFloat), y.detach().to(at::kFloat),
                  "forward", tol);
-    const auto [dgate, dup] = kernels::swiglu_backward(dy, gate.detach(), up.detach(), HostLoop{});
+    const auto [dgate, dup] = kernels::swiglu_backward(dy, gate.detach(), up.detach(), kernels::HostLaunch{});
     expect_close(dgate.to(at::kFloat), d[0].to(at::kFloat), "d gate", tol);
     expect_close(dup.to(at::kFloat), d[1].to(at::kFloat), "d up", tol);
   }
+}
+
+// The GQE variant's o_proj input as ATen computes it: routed slots, weighted sum, shared slot.
+at::Tensor gqe_slots_by_aten(const at::Tensor& o, const at::Tensor& shared, const at::Tensor& w) {
+  const at::Tensor routed = o.transpose(1, 2);  // [B, T, S, dh]
+  const at::Tensor weighted = (routed * w.unsqueeze(-1)).sum(2, /*keepdim=*/true).to(o.scalar_type());
+  return at::cat({routed, weighted, shared.transpose(1, 2)}, 2).flatten(2);
+}
+
+TEST(GqeSlots, FusedKernelBodiesMatchTheAtenPathInSdpaLayouts) {
+  torch::manual_seed(18);
+  const int64_t B = 2, S = 3, T = 5, dh = 8;
+  for (at::ScalarType dtype : {at::kFloat, at::kBFloat16})
+    for (bool token_major : {true, false}) {  // o stored [B, T, S, dh] (as SDPA writes it) or [B, S, T, dh]
+      SCOPED_TRACE(std::string(c10::toString(dtype)) + (token_major ? " token-major" : " head-major"));
+      const double tol = dtype == at::kFloat ? 1e-5 : 2e-2;
+      const at::Tensor o = (token_major ? at::randn({B, T, S, dh}).transpose(1, 2) : at::randn({B, S, T, dh}))
+                               .to(dtype)
+                               .requires_grad_();
+      const at::Tensor shared = at::randn({B, T, 1, dh}).to(dtype).transpose(1, 2).requires_grad_();
+      const at::Tensor w = at::rand({B, T, S}).requires_grad_();
+      const at::Tensor y = gqe_slots_by_aten(o, shared, w);
+      const at::Tensor fused = kernels::gqe_slots(o.detach(), shared.detach(), w.detach(), kernels::HostLaunch{});
+      expect_close(fused.to(at::kFloat), y.detach().to(at::kFloat), "slots", tol);
+      const at::Tensor dy = at::randn(y.sizes()).to(dtype);
+      const auto want = torch::autograd::grad({y}, {o, shared, w}, {dy});
+      const kernels::GqeSlotsGrad got = kernels::gqe_slots_backward(dy, o.detach(), w.detach(), kernels::HostLaunch{});
+      EXPECT_EQ(got.o.strides(), o.strides()) << "d o in o's layout, as SDPA's backward reads it";
+      expect_close(got.o.to(at::kFloat), want[0].to(at::kFloat), "d o", tol);
+      expect_close(got.shared.to(at::kFloat), want[1].to(at::kFloat), "d shared", tol);
+      expect_close(got.w, want[2], "d w", tol);
+    }
+  EXPECT_THROW(kernels::gqe_slots(at::randn({B, S, T, dh}), at::randn({B, 2, T, dh}), at::rand({B, T, S}), kernels::HostLaunch{}),
+               c10::Error);  // one shared head
+  EXPECT_THROW(kernels::gqe_slots(at::randn({B, S, T, dh}), at::randn({B, 1, T, dh}), at::rand({B, T, S + 1}),
+                                  kernels::HostLaunch{}),
+               c10::Error);
 }
 
 // The unfused computation add_and_norm replaces: (x + delta, RMSNorm(x + delta) cast to out).

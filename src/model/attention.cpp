@@ -7,6 +7,10 @@
 #include "model/autocast.h"
 #include "model/router.h"
 
+#ifdef GQE_CUDA_KERNELS
+#include "model/layers_cuda.h"
+#endif
+
 namespace gqe {
 namespace {
 
@@ -39,6 +43,26 @@ class SelectDistinctRows : public torch::autograd::Function<SelectDistinctRows> 
     return {grad.index_copy_(0, index, g[0]), at::Tensor()};
   }
 };
+
+#ifdef GQE_CUDA_KERNELS
+// The GQE variant's o_proj input [B, T, (S + 2) dh] from the S routed heads' outputs o [B, S, T, dh],
+// their weights w [B, T, S] and the shared head's output [B, 1, T, dh], by one kernel each way on
+// a GPU (kernels::gqe_slots). ATen takes a copy of o to the token-major layout, a product and a
+// sum in fp32, a cast and a concatenation forward, and about as many kernels back.
+class GqeSlots : public torch::autograd::Function<GqeSlots> {
+ public:
+  static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& o, const at::Tensor& shared,
+                            const at::Tensor& w) {
+    ctx->save_for_backward({o, w});
+    return gqe_slots_cuda(o, shared, w);
+  }
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx, torch::autograd::variable_list g) {
+    const auto saved = ctx->get_saved_variables();
+    const kernels::GqeSlotsGrad d = gqe_slots_backward_cuda(g[0], saved[0], saved[1]);
+    return {d.o, d.shared, d.w};
+  }
+};
+#endif
 
 }  // namespace
 
@@ -119,19 +143,25 @@ at::Tensor AttentionImpl::routed_slots(const at::Tensor& x, const at::Tensor& xc
   const at::Tensor picked = SelectDistinctRows::apply(rows, index.view(-1)).view({B, T, S, head_dim_}).transpose(1, 2);
   // Split, not narrowed: one concatenation in the backward pass.
   const std::vector<at::Tensor> q = apply_rotary(picked, rope).split_with_sizes({G * K, S - G * K}, 1);
-  const at::Tensor o = causal_attention(q[0], k, v).transpose(1, 2).reshape({B, T, G, K, head_dim_});
-
-  const at::Tensor topv = r.topv.unsqueeze(-1);  // [B, T, G, K, 1]
-  const at::Tensor hard = (attn_.variant == GqeVariant::weighted_concat ? (o * topv).to(o.scalar_type()) : o)
-                              .reshape({B, T, G * K * head_dim_});
-  if (attn_.variant != GqeVariant::gqe) return hard;
-  // Weights renormalised across all groups (within a group, k = 1 would make them all 1 and cut
-  // the router off from the LM loss).
-  const at::Tensor w = topv / r.topv.sum({2, 3}, /*keepdim=*/true).unsqueeze(-1).clamp_min(1e-9);
-  const at::Tensor weighted = (o * w).sum({2, 3}).to(o.scalar_type());
-  // The always-on shared head reads the mean of the groups' keys and values: nothing to cache.
-  const at::Tensor shared = causal_attention(q[1], k.mean(1, /*keepdim=*/true), v.mean(1, /*keepdim=*/true));
-  return at::cat({hard, weighted, shared.transpose(1, 2).reshape({B, T, head_dim_})}, -1);
+  const at::Tensor o = causal_attention(q[0], k, v);  // [B, G*K, T, dh]
+  if (attn_.variant == GqeVariant::gqe) {
+    // Weights renormalised across all groups (within a group, k = 1 would make them all 1 and cut
+    // the router off from the LM loss).
+    const at::Tensor w = r.topv / r.topv.sum({2, 3}, /*keepdim=*/true).clamp_min(1e-9);
+    // The always-on shared head reads the mean of the groups' keys and values: nothing to cache.
+    const at::Tensor shared = causal_attention(q[1], k.mean(1, /*keepdim=*/true), v.mean(1, /*keepdim=*/true));
+#ifdef GQE_CUDA_KERNELS
+    if (o.is_cuda()) return GqeSlots::apply(o, shared, w.view({B, T, G * K}));
+#endif
+    // On the CPU, ATen's vectorised ops beat the kernel's body run one index at a time (8k prefill
+    // of configs/bench/prefill-cpu.yaml: 650 against 617 ms).
+    const at::Tensor routed = o.transpose(1, 2);  // [B, T, G*K, dh]
+    const at::Tensor weighted = (routed * w.view({B, T, G * K, 1})).sum(2, /*keepdim=*/true).to(o.scalar_type());
+    return at::cat({routed, weighted, shared.transpose(1, 2)}, 2).view({B, T, (G * K + 2) * head_dim_});
+  }
+  const at::Tensor slots = o.transpose(1, 2).reshape({B, T, G, K, head_dim_});
+  if (attn_.variant == GqeVariant::hard_concat) return slots.reshape({B, T, G * K * head_dim_});
+  return (slots * r.topv.unsqueeze(-1)).to(o.scalar_type()).reshape({B, T, G * K * head_dim_});  // weighted_concat
 }
 
 }  // namespace gqe

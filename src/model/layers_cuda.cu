@@ -95,6 +95,16 @@ kernels::ResidualNormGrad residual_rms_norm_backward_cuda(const at::Tensor& dy, 
   return kernels::residual_rms_norm_backward(dy, dy32, dsum, h, weight, rstd, grad_delta, CudaRows{});
 }
 
+at::Tensor gqe_slots_cuda(const at::Tensor& o, const at::Tensor& shared, const at::Tensor& w) {
+  const c10::cuda::CUDAGuard guard(o.device());
+  return kernels::gqe_slots(o, shared, w, CudaLaunch{});
+}
+
+kernels::GqeSlotsGrad gqe_slots_backward_cuda(const at::Tensor& dy, const at::Tensor& o, const at::Tensor& w) {
+  const c10::cuda::CUDAGuard guard(o.device());
+  return kernels::gqe_slots_backward(dy, o, w, CudaLaunch{});
+}
+
 at::Tensor rotary_cuda(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& signed_sin, float sign) {
   const c10::cuda::CUDAGuard guard(x.device());
   return kernels::rotary(x, cos, signed_sin, sign, CudaLaunch{});

@@ -1,5 +1,5 @@
-// Fused CUDA kernels behind apply_rotary, SwiGLU and RMSNorm's add_and_norm on a GPU (built when the torch in use has
-// CUDA). Each reads its inputs once and writes its outputs once, computing in fp32 whatever the
+// Fused CUDA kernels behind apply_rotary, SwiGLU, RMSNorm's add_and_norm and GQE's output slots on
+// a GPU (built when the torch in use has CUDA). Each reads its inputs once and writes its outputs once, computing in fp32 whatever the
 // storage dtype; ATen spends three to five elementwise kernels (and casts of the tables) on each.
 // Their bodies are in layers_kernels.h, where the tests run them on the CPU too.
 #pragma once
@@ -30,5 +30,10 @@ kernels::ResidualNorm residual_rms_norm_cuda(const at::Tensor& x, const at::Tens
 kernels::ResidualNormGrad residual_rms_norm_backward_cuda(const at::Tensor& dy, const at::Tensor& dy32, const at::Tensor& dsum,
                                                           const at::Tensor& h, const at::Tensor& weight, const at::Tensor& rstd,
                                                           bool grad_delta);
+
+// The GQE variant's o_proj input from the routed and shared heads' outputs, and its backward
+// (kernels::gqe_slots).
+at::Tensor gqe_slots_cuda(const at::Tensor& o, const at::Tensor& shared, const at::Tensor& w);
+kernels::GqeSlotsGrad gqe_slots_backward_cuda(const at::Tensor& dy, const at::Tensor& o, const at::Tensor& w);
 
 }  // namespace gqe

@@ -1,4 +1,5 @@
-// The bodies of the fused RoPE, SwiGLU and residual-add + RMSNorm kernels (layers_cuda.cu), and
+// The bodies of the fused RoPE, SwiGLU, residual-add + RMSNorm and GQE output-slot kernels
+// (layers_cuda.cu), and
 // the drivers that check the tensors, allocate the outputs and hand the bodies to a launcher.
 // Elementwise bodies are functors of one element index; row bodies (RMSNorm) are functors of a
 // row and a lane (below). layers_cuda.cu launches them on the GPU; the tests run the same code on
@@ -85,6 +86,80 @@ struct SwiGLUBackward {
   }
 };
 
+// The o_proj input of the GQE variant, y [B*T, S + 2, dh]: for token n = b*T + t, slot s < S copies
+// the routed head's attention output o[b, s, t, :]; slot S is their weighted sum, sum_s w[n, s]
+// o[b, s, t, :] in fp32; slot S + 1 copies the shared head's shared[b, 0, t, :]. o and shared are
+// [B, heads, T, dh] in any strides with a contiguous last dim (SDPA's output layout).
+template <class T>
+struct GqeSlotsForward {
+  const T* o;
+  const T* shared;
+  const float* w;
+  T* y;
+  int64_t o_stride[3], shared_stride[3];
+  int64_t len, slots, dh;
+
+  GQE_HOST_DEVICE void operator()(int64_t e) const {
+    const int64_t j = e % dh, r = e / dh, s = r % (slots + 2), n = r / (slots + 2), t = n % len, b = n / len;
+    const T* ot = o + b * o_stride[0] + t * o_stride[2] + j;
+    if (s < slots) {
+      y[e] = ot[s * o_stride[1]];
+    } else if (s == slots) {
+      float acc = 0.f;
+      for (int64_t k = 0; k < slots; ++k) acc += w[n * slots + k] * static_cast<float>(ot[k * o_stride[1]]);
+      y[e] = static_cast<T>(acc);
+    } else {
+      y[e] = shared[b * shared_stride[0] + t * shared_stride[2] + j];
+    }
+  }
+};
+
+// d o[b, s, t, j] = dy[n, s, j] + w[n, s] dy[n, S, j], one element of o each, written in d_o's strides.
+template <class T>
+struct GqeSlotsBackwardO {
+  const T* dy;
+  const float* w;
+  T* d_o;
+  int64_t d_o_stride[3];
+  int64_t len, slots, dh;
+
+  GQE_HOST_DEVICE void operator()(int64_t e) const {
+    const int64_t j = e % dh, r = e / dh, t = r % len, bs = r / len, s = bs % slots, b = bs / slots, n = b * len + t;
+    const T* row = dy + n * (slots + 2) * dh;
+    d_o[b * d_o_stride[0] + s * d_o_stride[1] + t * d_o_stride[2] + j] =
+        static_cast<T>(static_cast<float>(row[s * dh + j]) + w[n * slots + s] * static_cast<float>(row[slots * dh + j]));
+  }
+};
+
+// d w[n, s] = dy[n, S, :] . o[b, s, t, :], one (token, slot) each.
+template <class T>
+struct GqeSlotsBackwardW {
+  const T* dy;
+  const T* o;
+  float* d_w;
+  int64_t o_stride[3];
+  int64_t len, slots, dh;
+
+  GQE_HOST_DEVICE void operator()(int64_t i) const {
+    const int64_t s = i % slots, n = i / slots, t = n % len, b = n / len;
+    const T* g = dy + (n * (slots + 2) + slots) * dh;
+    const T* os = o + b * o_stride[0] + s * o_stride[1] + t * o_stride[2];
+    float acc = 0.f;
+    for (int64_t j = 0; j < dh; ++j) acc += static_cast<float>(g[j]) * static_cast<float>(os[j]);
+    d_w[i] = acc;
+  }
+};
+
+// Runs an elementwise kernel on the CPU, ranges of indices in parallel.
+struct HostLaunch {
+  template <class F>
+  void operator()(const F& f, int64_t n) const {
+    at::parallel_for(0, n, 1 << 14, [&](int64_t begin, int64_t end) {
+      for (int64_t i = begin; i < end; ++i) f(i);
+    });
+  }
+};
+
 // launch(functor, n) runs functor(i) for every i in [0, n).
 template <class Launch>
 at::Tensor rotary(const at::Tensor& x_in, const at::Tensor& cos, const at::Tensor& signed_sin, float sign, Launch&& launch) {
@@ -136,6 +211,56 @@ std::pair<at::Tensor, at::Tensor> swiglu_backward(const at::Tensor& grad_in, con
            gate.numel());
   });
   return {dgate, dup};
+}
+
+// o [B, S, T, dh] and shared [B, 1, T, dh] of one dtype, w [B, T, S] fp32 -> y [B, T, (S + 2) dh].
+template <class Launch>
+at::Tensor gqe_slots(const at::Tensor& o_in, const at::Tensor& shared_in, const at::Tensor& w_in, Launch&& launch) {
+  TORCH_CHECK(o_in.dim() == 4 && shared_in.dim() == 4 && shared_in.size(1) == 1 && shared_in.size(0) == o_in.size(0) &&
+                  shared_in.size(2) == o_in.size(2) && shared_in.size(3) == o_in.size(3) &&
+                  shared_in.scalar_type() == o_in.scalar_type() && w_in.scalar_type() == at::kFloat &&
+                  w_in.numel() == o_in.size(0) * o_in.size(1) * o_in.size(2),
+              "gqe_slots: o [B, S, T, dh], shared [B, 1, T, dh] of o's dtype and fp32 weights [B, T, S] expected");
+  const at::Tensor o = o_in.stride(3) == 1 ? o_in : o_in.contiguous(),
+                   shared = shared_in.stride(3) == 1 ? shared_in : shared_in.contiguous(), w = w_in.contiguous();
+  const int64_t B = o.size(0), S = o.size(1), T = o.size(2), dh = o.size(3);
+  at::Tensor y = at::empty({B, T, (S + 2) * dh}, o.options());
+  if (y.numel() == 0) return y;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, o.scalar_type(), "gqe_slots", [&] {
+    launch(GqeSlotsForward<scalar_t>{o.const_data_ptr<scalar_t>(), shared.const_data_ptr<scalar_t>(),
+                                     w.const_data_ptr<float>(), y.data_ptr<scalar_t>(), {o.stride(0), o.stride(1), o.stride(2)},
+                                     {shared.stride(0), shared.stride(1), shared.stride(2)}, T, S, dh},
+           y.numel());
+  });
+  return y;
+}
+
+struct GqeSlotsGrad {
+  at::Tensor o;       // in o's layout where it is dense
+  at::Tensor shared;  // a view of dy
+  at::Tensor w;       // fp32 [B, T, S]
+};
+
+template <class Launch>
+GqeSlotsGrad gqe_slots_backward(const at::Tensor& dy_in, const at::Tensor& o_in, const at::Tensor& w_in, Launch&& launch) {
+  TORCH_CHECK(o_in.dim() == 4 && w_in.scalar_type() == at::kFloat && w_in.numel() == o_in.size(0) * o_in.size(1) * o_in.size(2) &&
+                  dy_in.numel() == o_in.size(0) * o_in.size(2) * (o_in.size(1) + 2) * o_in.size(3),
+              "gqe_slots_backward: dy [B, T, (S + 2) dh], o [B, S, T, dh] and fp32 weights [B, T, S] expected");
+  const at::Tensor o = o_in.stride(3) == 1 ? o_in : o_in.contiguous(), w = w_in.contiguous(),
+                   dy = dy_in.to(o.scalar_type()).contiguous();
+  const int64_t B = o.size(0), S = o.size(1), T = o.size(2), dh = o.size(3);
+  GqeSlotsGrad g{at::empty_like(o), dy.view({B, T, S + 2, dh}).narrow(2, S + 1, 1).transpose(1, 2),
+                 at::empty({B, T, S}, w.options())};
+  if (o.numel() == 0) return g;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, o.scalar_type(), "gqe_slots_backward", [&] {
+    launch(GqeSlotsBackwardO<scalar_t>{dy.const_data_ptr<scalar_t>(), w.const_data_ptr<float>(), g.o.data_ptr<scalar_t>(),
+                                       {g.o.stride(0), g.o.stride(1), g.o.stride(2)}, T, S, dh},
+           o.numel());
+    launch(GqeSlotsBackwardW<scalar_t>{dy.const_data_ptr<scalar_t>(), o.const_data_ptr<scalar_t>(), g.w.data_ptr<float>(),
+                                       {o.stride(0), o.stride(1), o.stride(2)}, T, S, dh},
+           B * T * S);
+  });
+  return g;
 }
 
 // Row kernels. For each row a launcher runs partial(row, lane, lanes) on every lane, sums the
