@@ -9,6 +9,7 @@
 #include <cmath>
 #include <set>
 
+#include "model/autocast.h"
 #include "model/cross_entropy.h"
 #include "model/decoder.h"
 #include "model_util.h"
@@ -46,31 +47,38 @@ TEST(Decoder, LogitsAndGradientsMatchTheReference) {
   }
 }
 
-// The whole forward and backward on a GPU (fused RoPE, SwiGLU and loss kernels, cuDNN/flash
-// attention, GQE's gather) against the CPU, in fp32. Runs where a GPU is; CI has none.
+// The whole forward and backward on a GPU (fused RoPE, SwiGLU, residual-norm, GQE-slot and loss
+// kernels, cuDNN/flash attention, GQE's gather) against the CPU, in fp32 and under bf16 autocast on
+// both. Runs where a GPU is; CI has none.
 TEST(Decoder, CudaLogitsAndGradientsMatchTheCpu) {
   if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA device";
-  for (const ModelConfig& c : every_kind()) {
-    SCOPED_TRACE(describe(c));
-    Decoder cpu = test::random_decoder(c, 22), gpu = test::random_decoder(c, 22);
-    gpu->to(at::kCUDA);
-    const at::Tensor tokens = at::randint(c.vocab_size, {2, 11});
-    const at::Tensor targets = at::randint(c.vocab_size, {22});
-    auto grads = [&](Decoder& model, const at::Tensor& logits, const at::Tensor& t) {
-      const at::Tensor loss = token_cross_entropy(logits.view({22, -1}), t);
-      return torch::autograd::grad({loss}, model->parameters(), {}, false, false, true);
-    };
-    const at::Tensor logits_cpu = cpu->forward(tokens).logits, logits_gpu = gpu->forward(tokens.cuda()).logits;
-    auto scale = [](const at::Tensor& t) { return std::max(1.0, t.abs().max().item<double>()); };
-    EXPECT_LE((logits_gpu.cpu() - logits_cpu).abs().max().item<double>(), 1e-4 * scale(logits_cpu));
-    const auto g_cpu = grads(cpu, logits_cpu, targets), g_gpu = grads(gpu, logits_gpu, targets.cuda());
-    for (size_t i = 0; i < g_cpu.size(); ++i) {
-      ASSERT_EQ(g_cpu[i].defined(), g_gpu[i].defined()) << i;
-      if (g_cpu[i].defined()) {
-        EXPECT_LE((g_gpu[i].cpu() - g_cpu[i]).abs().max().item<double>(), 1e-4 * scale(g_cpu[i])) << i;
+  for (bool bf16 : {false, true})
+    for (const ModelConfig& c : every_kind()) {
+      SCOPED_TRACE(describe(c) + (bf16 ? " bf16 autocast" : " fp32"));
+      const double tol = bf16 ? 3e-2 : 1e-4;
+      Decoder cpu = test::random_decoder(c, 22), gpu = test::random_decoder(c, 22);
+      gpu->to(at::kCUDA);
+      const at::Tensor tokens = at::randint(c.vocab_size, {2, 11});
+      const at::Tensor targets = at::randint(c.vocab_size, {22});
+      auto forward = [&](Decoder& model, const at::Tensor& t) {
+        AutocastScope autocast(t.device().type(), bf16);
+        return model->forward(t).logits.to(at::kFloat);
+      };
+      auto grads = [&](Decoder& model, const at::Tensor& logits, const at::Tensor& t) {
+        const at::Tensor loss = token_cross_entropy(logits.view({22, -1}), t);
+        return torch::autograd::grad({loss}, model->parameters(), {}, false, false, true);
+      };
+      const at::Tensor logits_cpu = forward(cpu, tokens), logits_gpu = forward(gpu, tokens.cuda());
+      auto scale = [](const at::Tensor& t) { return std::max(1.0, t.abs().max().item<double>()); };
+      EXPECT_LE((logits_gpu.cpu() - logits_cpu).abs().max().item<double>(), tol * scale(logits_cpu));
+      const auto g_cpu = grads(cpu, logits_cpu, targets), g_gpu = grads(gpu, logits_gpu, targets.cuda());
+      for (size_t i = 0; i < g_cpu.size(); ++i) {
+        ASSERT_EQ(g_cpu[i].defined(), g_gpu[i].defined()) << i;
+        if (g_cpu[i].defined()) {
+          EXPECT_LE((g_gpu[i].cpu() - g_cpu[i]).abs().max().item<double>(), tol * scale(g_cpu[i])) << i;
+        }
       }
     }
-  }
 }
 
 TEST(Decoder, ChangingTokenTNeverChangesEarlierLogits) {
