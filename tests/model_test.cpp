@@ -55,7 +55,7 @@ TEST(Decoder, CudaLogitsAndGradientsMatchTheCpu) {
   for (bool bf16 : {false, true})
     for (const ModelConfig& c : every_kind()) {
       SCOPED_TRACE(describe(c) + (bf16 ? " bf16 autocast" : " fp32"));
-      const double tol = bf16 ? 3e-2 : 1e-4;
+      const double tol = bf16 ? 5e-2 : 1e-4;  // bf16: as Decoder.UnderAutocastTheNormsWriteTheMatmulsBf16Inputs
       Decoder cpu = test::random_decoder(c, 22), gpu = test::random_decoder(c, 22);
       gpu->to(at::kCUDA);
       const at::Tensor tokens = at::randint(c.vocab_size, {2, 11});
