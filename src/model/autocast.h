@@ -22,8 +22,9 @@ class AutocastScope {
 };
 
 // x in the autocast dtype when autocast is on for x's device and x is fp32; else x itself. For an
-// activation that several linear layers read (the normed residual stream): autocast would cast it
-// once per layer, and in the backward pass cast each layer's gradient back and add them in fp32.
+// activation that several linear layers read: autocast would cast it once per layer, and in the
+// backward pass cast each layer's gradient back and add them in fp32. (In the decoder the norms
+// already write it in bf16, RMSNorm::add_and_norm; this serves layers given an fp32 input.)
 at::Tensor autocast_input(const at::Tensor& x);
 
 }  // namespace gqe

@@ -92,10 +92,13 @@ NormedSum RMSNormImpl::add_and_norm(const at::Tensor& x, const at::Tensor& delta
   NormedSum r;
   if (x.scalar_type() == at::kFloat && weight.scalar_type() == at::kFloat &&
       (!delta.defined() || delta.scalar_type() == out)) {
-    const auto y = delta.defined() ? AddRMSNorm::apply(x, delta, weight, eps_, out, copy)
-                                   : CastRMSNorm::apply(x, weight, eps_, out, copy);
-    const size_t n = delta.defined() ? 1 : 0;  // y: [sum,] normed[, fp32 copy]
-    r = {delta.defined() ? y[0] : x, y[n], copy ? y[n + 1] : at::Tensor()};
+    if (delta.defined()) {
+      const auto y = AddRMSNorm::apply(x, delta, weight, eps_, out, copy);
+      r = {y[0], y[1], copy ? y[2] : at::Tensor()};
+    } else {
+      const auto y = CastRMSNorm::apply(x, weight, eps_, out, copy);
+      r = {x, y[0], copy ? y[1] : at::Tensor()};
+    }
   } else {
     r.sum = delta.defined() ? x + delta : x;
     const at::Tensor normed = forward(r.sum);

@@ -20,7 +20,7 @@ class RMSNormImpl : public torch::nn::Module {
   // RMSNorm(x) in x's dtype.
   at::Tensor forward(const at::Tensor& x);
   // sum = x + delta (no delta: x itself) and RMSNorm(sum) in the dtype the next matmuls read: under
-  // autocast its bf16, otherwise x's; with fp32_copy, in fp32 as well. One fused kernel each way for
+  // autocast, autocast's dtype (bf16), otherwise x's; with fp32_copy, in fp32 as well. One fused kernel each way for
   // an fp32 stream (the add, the norm and the cast forward; the norm's backward, the add of the
   // stream's and the copies' gradients and delta's cast backward), where ATen takes three to four
   // kernels and fp32 round trips each way.

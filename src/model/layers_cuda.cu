@@ -74,7 +74,7 @@ struct CudaRows {
     at::Tensor acc = accumulate ? at::empty({blocks, d}, at::TensorOptions().dtype(at::kFloat).device(at::kCUDA))
                                 : at::Tensor();
     for_each_row<<<blocks, threads, shared, at::cuda::getCurrentCUDAStream()>>>(
-        f, rows, d, accumulate ? acc.data_ptr<float>() : nullptr);
+        f, rows, d, kernels::mutable_data_or_null<float>(acc));
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     return acc;
   }

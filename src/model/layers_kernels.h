@@ -1,14 +1,13 @@
 // The bodies of the fused RoPE, SwiGLU, residual-add + RMSNorm and GQE output-slot kernels
-// (layers_cuda.cu), and
-// the drivers that check the tensors, allocate the outputs and hand the bodies to a launcher.
-// Elementwise bodies are functors of one element index; row bodies (RMSNorm) are functors of a
+// (layers_cuda.cu), and the drivers that check the tensors, allocate the outputs and hand the
+// bodies to a launcher. Elementwise bodies are functors of one element index; row bodies (RMSNorm) are functors of a
 // row and a lane (below). layers_cuda.cu launches them on the GPU; the tests run the same code on
 // the CPU with plain loops, so CI (which has no GPU) checks their arithmetic and indexing against
 // the ATen path. Only the launchers themselves (layers_cuda.cu) need a GPU to be checked.
 #pragma once
 
-#include <cmath>
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <utility>
 
@@ -29,6 +28,19 @@
 #endif
 
 namespace gqe::kernels {
+
+// The drivers' handling of optional tensors and of layouts the bodies read through strides.
+inline at::Tensor contiguous_if_defined(const at::Tensor& t) { return t.defined() ? t.contiguous() : t; }
+template <class T>
+const T* data_or_null(const at::Tensor& t) {
+  return t.defined() ? t.const_data_ptr<T>() : nullptr;
+}
+template <class T>
+T* mutable_data_or_null(const at::Tensor& t) {
+  return t.defined() ? t.data_ptr<T>() : nullptr;
+}
+// t itself where its last dim is contiguous (any strides elsewhere), else a contiguous copy.
+inline at::Tensor last_dim_contiguous(const at::Tensor& t) { return t.stride(-1) == 1 ? t : t.contiguous(); }
 
 // y = x cos + sign swap_halves(x) signed_sin for pair p = (row, i), which covers columns i and
 // i + D/2 of one row (both outputs need both inputs). x and y are [N0, N1, T, D] with their own
@@ -168,7 +180,7 @@ at::Tensor rotary(const at::Tensor& x_in, const at::Tensor& cos, const at::Tenso
                   cos.dim() == 2 && cos.sizes() == signed_sin.sizes() && cos.size(0) == x_in.size(2) &&
                   cos.size(1) == x_in.size(3),
               "rotary: x [N0, N1, T, D] and fp32 tables [T, D] expected");
-  const at::Tensor x = x_in.stride(3) == 1 ? x_in : x_in.contiguous();
+  const at::Tensor x = last_dim_contiguous(x_in);
   at::Tensor y = at::empty_like(x);  // x's layout where it is dense, else contiguous
   const int64_t pairs = x.numel() / 2;
   if (pairs == 0) return y;
@@ -221,8 +233,7 @@ at::Tensor gqe_slots(const at::Tensor& o_in, const at::Tensor& shared_in, const 
                   shared_in.scalar_type() == o_in.scalar_type() && w_in.scalar_type() == at::kFloat &&
                   w_in.numel() == o_in.size(0) * o_in.size(1) * o_in.size(2),
               "gqe_slots: o [B, S, T, dh], shared [B, 1, T, dh] of o's dtype and fp32 weights [B, T, S] expected");
-  const at::Tensor o = o_in.stride(3) == 1 ? o_in : o_in.contiguous(),
-                   shared = shared_in.stride(3) == 1 ? shared_in : shared_in.contiguous(), w = w_in.contiguous();
+  const at::Tensor o = last_dim_contiguous(o_in), shared = last_dim_contiguous(shared_in), w = w_in.contiguous();
   const int64_t B = o.size(0), S = o.size(1), T = o.size(2), dh = o.size(3);
   at::Tensor y = at::empty({B, T, (S + 2) * dh}, o.options());
   if (y.numel() == 0) return y;
@@ -246,8 +257,7 @@ GqeSlotsGrad gqe_slots_backward(const at::Tensor& dy_in, const at::Tensor& o_in,
   TORCH_CHECK(o_in.dim() == 4 && w_in.scalar_type() == at::kFloat && w_in.numel() == o_in.size(0) * o_in.size(1) * o_in.size(2) &&
                   dy_in.numel() == o_in.size(0) * o_in.size(2) * (o_in.size(1) + 2) * o_in.size(3),
               "gqe_slots_backward: dy [B, T, (S + 2) dh], o [B, S, T, dh] and fp32 weights [B, T, S] expected");
-  const at::Tensor o = o_in.stride(3) == 1 ? o_in : o_in.contiguous(), w = w_in.contiguous(),
-                   dy = dy_in.to(o.scalar_type()).contiguous();
+  const at::Tensor o = last_dim_contiguous(o_in), w = w_in.contiguous(), dy = dy_in.to(o.scalar_type()).contiguous();
   const int64_t B = o.size(0), S = o.size(1), T = o.size(2), dh = o.size(3);
   GqeSlotsGrad g{at::empty_like(o), dy.view({B, T, S + 2, dh}).narrow(2, S + 1, 1).transpose(1, 2),
                  at::empty({B, T, S}, w.options())};
@@ -352,7 +362,7 @@ struct HostRows {
   at::Tensor operator()(const F& f, int64_t rows, int64_t d, bool accumulate) const {
     const int64_t blocks = std::min<int64_t>(rows, 64);
     at::Tensor acc = accumulate ? at::zeros({blocks, d}, at::kFloat) : at::Tensor();
-    float* acc_data = accumulate ? acc.data_ptr<float>() : nullptr;
+    float* acc_data = mutable_data_or_null<float>(acc);
     at::parallel_for(0, blocks, 1, [&](int64_t b0, int64_t b1) {
       for (int64_t b = b0; b < b1; ++b)
         for (int64_t row = rows * b / blocks; row < rows * (b + 1) / blocks; ++row) {
@@ -382,16 +392,15 @@ ResidualNorm residual_rms_norm(const at::Tensor& x_in, const at::Tensor& delta_i
                   weight.is_contiguous() && x_in.dim() >= 1 && x_in.size(-1) == d &&
                   (!delta_in.defined() || (delta_in.sizes() == x_in.sizes() && delta_in.scalar_type() == out)),
               "residual_rms_norm: fp32 x [..., d], fp32 weight [d] and a delta shaped as x in the output dtype expected");
-  const at::Tensor x = x_in.contiguous(), delta = delta_in.defined() ? delta_in.contiguous() : delta_in;
+  const at::Tensor x = x_in.contiguous(), delta = contiguous_if_defined(delta_in);
   ResidualNorm r{delta.defined() ? at::empty_like(x) : at::Tensor(), at::empty(x.sizes(), x.options().dtype(out)),
                  fp32_copy ? at::empty_like(x) : at::Tensor(), at::empty(x.sizes().slice(0, x.dim() - 1), x.options())};
   const int64_t rows = d == 0 ? 0 : x.numel() / d;
   if (rows == 0) return r;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, out, "gqe_residual_rms_norm", [&] {
-    launch(ResidualNormForward<scalar_t>{x.const_data_ptr<float>(),
-                                         delta.defined() ? delta.const_data_ptr<scalar_t>() : nullptr,
-                                         delta.defined() ? r.sum.data_ptr<float>() : nullptr, weight.const_data_ptr<float>(),
-                                         r.normed.data_ptr<scalar_t>(), fp32_copy ? r.normed_fp32.data_ptr<float>() : nullptr,
+    launch(ResidualNormForward<scalar_t>{x.const_data_ptr<float>(), data_or_null<scalar_t>(delta),
+                                         mutable_data_or_null<float>(r.sum), weight.const_data_ptr<float>(),
+                                         r.normed.data_ptr<scalar_t>(), mutable_data_or_null<float>(r.normed_fp32),
                                          r.rstd.data_ptr<float>(), d, static_cast<float>(eps)},
            rows, d, /*accumulate=*/false);
   });
@@ -408,9 +417,8 @@ struct ResidualNormGrad {
 // may be undefined.
 template <class Launch>
 ResidualNormGrad residual_rms_norm_backward(const at::Tensor& dy_in, const at::Tensor& dy32_in, const at::Tensor& dsum_in,
-                                            const at::Tensor& h_in,
-                                            const at::Tensor& weight, const at::Tensor& rstd, bool grad_delta,
-                                            Launch&& launch) {
+                                            const at::Tensor& h_in, const at::Tensor& weight, const at::Tensor& rstd,
+                                            bool grad_delta, Launch&& launch) {
   const int64_t d = weight.numel();
   TORCH_CHECK(h_in.scalar_type() == at::kFloat && weight.scalar_type() == at::kFloat && weight.is_contiguous() &&
                   dy_in.sizes() == h_in.sizes() && h_in.size(-1) == d && rstd.is_contiguous() &&
@@ -418,17 +426,16 @@ ResidualNormGrad residual_rms_norm_backward(const at::Tensor& dy_in, const at::T
                   (!dsum_in.defined() || (dsum_in.sizes() == h_in.sizes() && dsum_in.scalar_type() == at::kFloat)) &&
                   (!dy32_in.defined() || (dy32_in.sizes() == h_in.sizes() && dy32_in.scalar_type() == at::kFloat)),
               "residual_rms_norm_backward: dy, h [..., d] (fp32), fp32 weight [d] and rstd per row expected");
-  const at::Tensor dy = dy_in.contiguous(), h = h_in.contiguous(), dsum = dsum_in.defined() ? dsum_in.contiguous() : dsum_in,
-                   dy32 = dy32_in.defined() ? dy32_in.contiguous() : dy32_in;
+  const at::Tensor dy = dy_in.contiguous(), h = h_in.contiguous(), dsum = contiguous_if_defined(dsum_in),
+                   dy32 = contiguous_if_defined(dy32_in);
   ResidualNormGrad g{at::empty_like(h), grad_delta ? at::empty_like(dy) : at::Tensor(), at::zeros_like(weight)};
   const int64_t rows = d == 0 ? 0 : h.numel() / d;
   if (rows == 0) return g;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, dy.scalar_type(), "gqe_residual_rms_norm_backward", [&] {
     const at::Tensor partials = launch(
-        ResidualNormBackward<scalar_t>{dy.const_data_ptr<scalar_t>(), dy32.defined() ? dy32.const_data_ptr<float>() : nullptr,
-                                       dsum.defined() ? dsum.const_data_ptr<float>() : nullptr,
+        ResidualNormBackward<scalar_t>{dy.const_data_ptr<scalar_t>(), data_or_null<float>(dy32), data_or_null<float>(dsum),
                                        h.const_data_ptr<float>(), weight.const_data_ptr<float>(), rstd.const_data_ptr<float>(),
-                                       g.x.data_ptr<float>(), grad_delta ? g.delta.data_ptr<scalar_t>() : nullptr, d},
+                                       g.x.data_ptr<float>(), mutable_data_or_null<scalar_t>(g.delta), d},
         rows, d, /*accumulate=*/true);
     g.weight = partials.sum(0);
   });
