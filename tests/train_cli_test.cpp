@@ -159,6 +159,16 @@ TEST_F(Train, ResumeAfterSigtermIsBitwiseExact) {
   EXPECT_EQ(deterministic(path("stopped")), deterministic(path("straight")));
 }
 
+// The host reads a step's numbers after it has launched the next step, except where a checkpoint
+// (or an evaluation) needs them at once: a checkpoint every step reads every step at once.
+TEST_F(Train, ReadingEachStepLateLogsWhatReadingItAtOnceLogs) {
+  ASSERT_EQ(run_command(train("late", "--set train.tokens=2560")).status, 0);
+  const auto r = run_command(train("at_once", "--set train.tokens=2560 --set train.checkpoint.every_tokens=256"));
+  ASSERT_EQ(r.status, 0) << r.err;
+  EXPECT_EQ(deterministic(path("at_once")), deterministic(path("late")));
+  EXPECT_EQ(deterministic(path("late")).size(), 11u);  // 10 steps and the evaluation
+}
+
 // Recomputing the layers in the backward pass changes memory, not the run.
 TEST_F(Train, ActivationCheckpointingTrainsTheSameRunBitForBit) {
   ASSERT_EQ(run_command(train("plain", "--set train.tokens=2560")).status, 0);

@@ -7,6 +7,7 @@
 #include <cmath>
 #include <filesystem>
 #include <fstream>
+#include <limits>
 
 #include "common/files.h"
 #include "test_util.h"
@@ -67,39 +68,85 @@ ClipConfig zclip() {
   return c;
 }
 
+// One decision, read back: the clipping factor and the threshold.
+std::pair<double, double> decide(GradClipper& clipper, double norm, bool counts = true) {
+  const GradClipper::Decision d = clipper.decide(at::scalar_tensor(norm, at::kDouble), at::scalar_tensor(counts));
+  return {d.scale.item<double>(), d.threshold.item<double>()};
+}
+
 TEST(Clipping, ZClipPassesOrdinaryStepsAndClipsAPlantedSpike) {
-  GradClipper clipper(zclip());
+  GradClipper clipper(zclip(), at::kCPU);
   // Warmup: norms around 2 with some spread.
-  for (int i = 0; i < 25; ++i) EXPECT_EQ(clipper.decide(2.0 + 0.1 * std::sin(i)).scale, 1.0);
-  ASSERT_TRUE(clipper.state().initialized);
-  for (int i = 0; i < 50; ++i) EXPECT_EQ(clipper.decide(2.0 + 0.1 * std::sin(i + 25)).scale, 1.0) << i;
-  const double mean = clipper.state().mean, std = std::sqrt(clipper.state().var);
+  std::vector<double> warmup;
+  for (int i = 0; i < 25; ++i) {
+    warmup.push_back(2.0 + 0.1 * std::sin(i));
+    EXPECT_EQ(decide(clipper, warmup.back()).first, 1.0);
+    ASSERT_EQ(clipper.state().initialized, i == 24);
+  }
+  double mean = 0, var = 0;  // the EMAs start from the warmup's mean and population variance
+  for (double x : warmup) mean += x / 25;
+  for (double x : warmup) var += (x - mean) * (x - mean) / 25;
+  EXPECT_NEAR(clipper.state().mean, mean, 1e-12);
+  EXPECT_NEAR(clipper.state().var, var, 1e-12);
+  for (int i = 0; i < 50; ++i) {
+    const double x = 2.0 + 0.1 * std::sin(i + 25);
+    EXPECT_EQ(decide(clipper, x).first, 1.0) << i;
+    mean = 0.97 * mean + 0.03 * x;
+    var = 0.97 * var + 0.03 * (x - mean) * (x - mean);
+  }
+  EXPECT_NEAR(clipper.state().mean, mean, 1e-12);
+  EXPECT_NEAR(clipper.state().var, var, 1e-12);
+  const double std = std::sqrt(var);
   const double spike = 20.0;
   const double z = (spike - mean) / (std + 1e-6);
-  const ClipDecision d = clipper.decide(spike);
+  const auto [scale, threshold] = decide(clipper, spike);
   const double expected = mean + 2.5 * 2.5 * std / z;  // mean + z_thr * std / (z / z_thr)
-  EXPECT_NEAR(d.threshold, expected, 1e-9);
-  EXPECT_NEAR(d.scale, expected / (spike + 1e-6), 1e-12);
-  EXPECT_LT(d.threshold, mean + 2.5 * std);  // pulled in below the detection bound
+  EXPECT_NEAR(threshold, expected, 1e-9);
+  EXPECT_NEAR(scale, expected / (spike + 1e-6), 1e-12);
+  EXPECT_LT(threshold, mean + 2.5 * std);  // pulled in below the detection bound
   // The EMA saw the threshold, not the spike.
   EXPECT_NEAR(clipper.state().mean, 0.97 * mean + 0.03 * expected, 1e-12);
-  EXPECT_EQ(clipper.decide(2.0).scale, 1.0);  // and the next ordinary step passes
+  EXPECT_EQ(decide(clipper, 2.0).first, 1.0);  // and the next ordinary step passes
+}
+
+TEST(Clipping, ASkippedStepLeavesTheStateAloneAndTheStateSurvivesACheckpoint) {
+  GradClipper clipper(zclip(), at::kCPU);
+  for (int i = 0; i < 10; ++i) decide(clipper, 2.0 + 0.1 * i);
+  decide(clipper, std::nan(""), /*counts=*/false);  // a non-finite step: not a warmup norm
+  ClipState mid = clipper.state();
+  ASSERT_EQ(mid.warmup_norms.size(), 10u);
+  EXPECT_EQ(mid.warmup_norms[9], 2.9);
+  // Restored mid-warmup into a fresh clipper, both go on identically, through the warmup's end.
+  GradClipper resumed(zclip(), at::kCPU);
+  resumed.restore(mid);
+  for (int i = 0; i < 40; ++i) {
+    const double x = 2.0 + 0.3 * std::cos(i);
+    EXPECT_EQ(decide(clipper, x), decide(resumed, x)) << i;
+  }
+  const ClipState after = clipper.state();
+  ASSERT_TRUE(after.initialized);
+  EXPECT_TRUE(after.warmup_norms.empty());
+  decide(clipper, std::numeric_limits<double>::infinity(), /*counts=*/false);
+  EXPECT_EQ(clipper.state().mean, after.mean);
+  EXPECT_EQ(clipper.state().var, after.var);
 }
 
 TEST(Clipping, MaxNormCapsDuringWarmupAndAfter) {
   ClipConfig c = zclip();
   c.max_norm = 1.0;
-  GradClipper clipper(c);
-  EXPECT_NEAR(clipper.decide(4.0).scale, 1.0 / (4.0 + 1e-6), 1e-12);  // warmup: plain global-norm clipping
+  GradClipper clipper(c, at::kCPU);
+  EXPECT_NEAR(decide(clipper, 4.0).first, 1.0 / (4.0 + 1e-6), 1e-12);  // warmup: plain global-norm clipping
   ClipConfig plain;
   plain.kind = ClipKind::norm;
   plain.max_norm = 0.5;
-  GradClipper norm(plain);
-  EXPECT_EQ(norm.decide(0.4).scale, 1.0);
-  EXPECT_NEAR(norm.decide(2.0).threshold, 0.5, 1e-12);
+  GradClipper norm(plain, at::kCPU);
+  EXPECT_EQ(decide(norm, 0.4).first, 1.0);
+  EXPECT_NEAR(decide(norm, 2.0).first, 0.5 / (2.0 + 1e-6), 1e-12);
+  EXPECT_NEAR(decide(norm, 2.0).second, 0.5, 1e-12);
   ClipConfig none;
   none.kind = ClipKind::none;
-  EXPECT_EQ(GradClipper(none).decide(1e9).scale, 1.0);
+  GradClipper off(none, at::kCPU);
+  EXPECT_EQ(decide(off, 1e9).first, 1.0);
 }
 
 TEST(AdamW, MatchesTheFormulaWithDecayOnMatricesOnly) {
@@ -134,7 +181,32 @@ TEST(AdamW, MatchesTheFormulaWithDecayOnMatricesOnly) {
   EXPECT_TRUE(w.allclose(rw, 1e-6, 1e-7));
   EXPECT_TRUE(b.allclose(rb, 1e-6, 1e-7));
   EXPECT_TRUE(e.allclose(re, 1e-6, 1e-7));
-  EXPECT_EQ(opt.steps(), 4);
+}
+
+// The clipping factor and the skip travel to the kernel as tensors, never read by the host.
+TEST(AdamW, ASkippedStepChangesNothingAndTheFactorScalesTheGradients) {
+  torch::manual_seed(5);
+  const at::Tensor w0 = at::randn({4, 3}), g1 = at::randn({4, 3}), g2 = at::randn({4, 3});
+  OptimizerConfig c;
+  c.weight_decay = 0.1;
+  at::Tensor a = w0.clone().requires_grad_(), b = w0.clone().requires_grad_();
+  AdamW skipping({{"w", a}}, c), plain({{"w", b}}, c);
+  a.mutable_grad() = g1.clone();
+  skipping.step(1e-2, at::scalar_tensor(1.0, at::kDouble), at::scalar_tensor(false));
+  const at::Tensor after_one = a.detach().clone();
+  a.mutable_grad() = at::full({4, 3}, std::nan(""));
+  skipping.step(1e-2, at::scalar_tensor(std::nan(""), at::kDouble), at::scalar_tensor(true));
+  EXPECT_TRUE(a.equal(after_one));  // no update, no decay
+  a.mutable_grad() = g2.clone();
+  skipping.step(1e-2, at::scalar_tensor(0.25, at::kDouble), at::scalar_tensor(false));
+
+  b.mutable_grad() = g1.clone();
+  plain.step(1e-2);
+  b.mutable_grad() = g2 * 0.25;
+  plain.step(1e-2);
+  // Bitwise: the skipped step did not count for bias correction, and dividing by 4 is exact.
+  EXPECT_TRUE(a.equal(b));
+  EXPECT_TRUE(skipping.state().at("w.exp_avg_sq").equal(plain.state().at("w.exp_avg_sq")));
 }
 
 TEST(AdamW, StateRoundTripsAndParametersWithoutGradientsAreLeftAlone) {

@@ -1,5 +1,7 @@
 #include "train/adamw.h"
 
+#include <optional>
+
 #include <ATen/ATen.h>
 #include <fmt/format.h>
 
@@ -28,8 +30,11 @@ void AdamW::zero_grad() {
       if (p.grad().defined()) p.mutable_grad().zero_();
 }
 
-void AdamW::step(double lr) {
-  ++steps_;
+void AdamW::step(double lr, const at::Tensor& grad_factor, const at::Tensor& skip) {
+  // ATen's kernel divides the gradients by grad_scale and returns at once where found_inf is 1.
+  std::optional<at::Tensor> divisor, found_inf;
+  if (grad_factor.defined()) divisor = grad_factor.reciprocal().to(at::kFloat);
+  if (skip.defined()) found_inf = skip.ne(0).to(at::kFloat);
   for (Group& g : groups_) {
     // Parameters without a gradient this step are left alone, decay included (as in PyTorch).
     std::vector<at::Tensor> params, grads, exp_avg, exp_avg_sq, step;
@@ -42,9 +47,12 @@ void AdamW::step(double lr) {
       step.push_back(g.step[i]);
     }
     if (params.empty()) continue;
-    at::_foreach_add_(step, 1.0);  // the kernel reads the incremented step for bias correction
+    // The kernel reads the incremented count for bias correction; a skipped step does not count.
+    if (found_inf) at::_foreach_add_(step, 1.0 - *found_inf);
+    else at::_foreach_add_(step, 1.0);
     at::_fused_adamw_(params, grads, exp_avg, exp_avg_sq, /*max_exp_avg_sqs=*/{}, step, lr, config_.beta1,
-                      config_.beta2, g.weight_decay, config_.eps, /*amsgrad=*/false, /*maximize=*/false);
+                      config_.beta2, g.weight_decay, config_.eps, /*amsgrad=*/false, /*maximize=*/false, divisor,
+                      found_inf);
   }
 }
 
@@ -62,7 +70,6 @@ void AdamW::set_steps(int64_t steps) {
   at::NoGradGuard no_grad;
   for (Group& g : groups_)
     for (at::Tensor& step : g.step) step.fill_(static_cast<double>(steps));
-  steps_ = steps;
 }
 
 void AdamW::load_state(const std::map<std::string, at::Tensor>& tensors, int64_t steps, const std::string& where) {

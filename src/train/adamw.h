@@ -21,16 +21,18 @@ class AdamW {
   AdamW(const std::vector<std::pair<std::string, at::Tensor>>& named, const OptimizerConfig& config);
 
   void zero_grad();
-  // One update with learning rate `lr`.
-  void step(double lr);
-  int64_t steps() const { return steps_; }
+  // One update with learning rate `lr`. Optional 0-dim tensors on the parameters' device, so that
+  // the host need not read them: `grad_factor` multiplies every gradient first (clipping, fused
+  // into the update), and a nonzero `skip` makes the step leave everything as it was.
+  void step(double lr, const at::Tensor& grad_factor = {}, const at::Tensor& skip = {});
 
   // "<param>.exp_avg" / "<param>.exp_avg_sq" -> tensor, for checkpoints.
   std::map<std::string, at::Tensor> state() const;
-  // The step count, for moments that arrived by other means (a broadcast from rank 0).
+  // The count of updates made (steps not skipped), for moments that arrived by other means (a
+  // broadcast from rank 0).
   void set_steps(int64_t steps);
-  // Restores moments and the step count (a parameter's own count may lag when it had no gradient
-  // for some steps; restored as the global count). Throws UserError naming a bad entry.
+  // Restores moments and the update count (a parameter's own count may lag when it had no
+  // gradient for some steps; restored as the global count). Throws UserError naming a bad entry.
   void load_state(const std::map<std::string, at::Tensor>& tensors, int64_t steps, const std::string& where);
 
   // Parameter names in each group, for the log.
@@ -45,7 +47,6 @@ class AdamW {
   };
   Group groups_[2];  // decayed, not decayed
   OptimizerConfig config_;
-  int64_t steps_ = 0;
 };
 
 }  // namespace gqe

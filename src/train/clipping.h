@@ -1,39 +1,45 @@
-// Gradient clipping decisions (docs/training.md): none, a global-norm threshold, or ZClip
-// (Kumar et al. 2025): z-score of the gradient norm against EMAs of its mean and variance.
-// Decides the scale to apply to the gradients; the state is part of every checkpoint. No torch.
+// Gradient clipping (docs/training.md): none, a global-norm threshold, or ZClip (Kumar et al.
+// 2025): z-score of the gradient norm against EMAs of its mean and variance. The decision is
+// made on the norm's device, in fp64 tensors, so that a training step never waits for the
+// device to learn it; the state is part of every checkpoint.
 #pragma once
 
 #include <cstdint>
 #include <vector>
 
+#include <ATen/Tensor.h>
+
 #include "config/config.h"
 
 namespace gqe {
 
+// The state as a checkpoint stores it.
 struct ClipState {
   bool initialized = false;           // zclip: warmup done, EMAs valid
   double mean = 0, var = 0;           // zclip: EMA of the norm and of its squared deviation
   std::vector<double> warmup_norms;   // zclip: norms seen during warmup
 };
 
-struct ClipDecision {
-  double scale = 1.0;      // multiply every gradient by this (1: untouched)
-  double threshold = 0.0;  // the norm clipped to, when scale < 1
-};
-
 class GradClipper {
  public:
-  explicit GradClipper(const ClipConfig& config) : config_(config) {}
+  GradClipper(const ClipConfig& config, at::Device device);
 
-  // The decision for a step whose (finite) global gradient norm is `norm`; updates the state.
-  ClipDecision decide(double norm);
+  // The factor for a step's gradients (0-dim fp64 on the norm's device; 1: untouched) from its
+  // global gradient norm, and the threshold clipped to where the factor is < 1. `counts` (0-dim
+  // bool): whether the step is taken; a skipped step's norm leaves the state alone.
+  struct Decision {
+    at::Tensor scale, threshold;
+  };
+  Decision decide(const at::Tensor& norm, const at::Tensor& counts);
 
-  const ClipState& state() const { return state_; }
-  void restore(const ClipState& state) { state_ = state; }
+  // Reading the state waits for the device (a checkpoint does).
+  ClipState state() const;
+  void restore(const ClipState& state);
 
  private:
   ClipConfig config_;
-  ClipState state_;
+  // zclip: initialized (0/1), mean, var, warmup norms seen; then the warmup norms themselves.
+  at::Tensor flags_, warmup_;
 };
 
 }  // namespace gqe

@@ -11,6 +11,8 @@
 #include <thread>
 
 #include <ATen/ATen.h>
+#include <c10/core/Event.h>
+#include <c10/core/impl/VirtualGuardImpl.h>
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 #include <torch/utils.h>
@@ -131,6 +133,18 @@ class Trainer {
   void run();
 
  private:
+  // A step queued on the device whose numbers the host has not read yet. The host launches the
+  // next step before it reads them, so that it never waits for the device mid-run (on a CPU the
+  // work is done when launch() returns).
+  struct LaunchedStep {
+    int64_t step = 0, tokens = 0;
+    double lr = 0;
+    bool log = false;                  // a log step: it carries the router statistics
+    at::Tensor numbers;                // fp64: ce, aux, stop, norm, clip scale, skipped, then per layer load, entropy
+    std::optional<c10::Event> copied;  // CUDA: `numbers` has arrived in host memory
+    std::vector<int64_t> load_shape;   // the router load's [G, M]
+    std::chrono::steady_clock::time_point done_at;  // when the device finished it (as the host saw it)
+  };
   struct StepResult {
     double loss = 0, ce = 0, aux = 0, grad_norm = 0, clip_scale = 1;
     bool skipped = false;
@@ -141,7 +155,8 @@ class Trainer {
   std::optional<Checkpoint> prepare_run_dir();
   void restore(const Checkpoint& checkpoint);
   void synchronize_start(const std::optional<Checkpoint>& checkpoint);
-  StepResult step(double lr, bool want_router_stats, bool stop_requested);
+  LaunchedStep launch(double lr, bool want_router_stats, bool stop_requested);
+  StepResult read(LaunchedStep& launched);
   void evaluate(MetricsLog* metrics);
   std::optional<fs::path> save();
   void check_replicas();
@@ -164,7 +179,7 @@ class Trainer {
   Decoder model_{nullptr};
   std::unique_ptr<AdamW> optimizer_;
   std::vector<EvalSet> eval_sets_;  // eval.tasks, scored with each evaluation
-  GradClipper clipper_;
+  std::optional<GradClipper> clipper_;  // on the device, made once it is known
   TrainerState state_;
   int64_t total_steps_ = 0, global_batch_ = 0;
   // MFU: training FLOPs per token (gqe info's formula) over the world's dense bf16 peak; no peak
@@ -178,7 +193,7 @@ class Trainer {
 };
 
 Trainer::Trainer(const LoadedConfig& loaded, const TrainOptions& options)
-    : loaded_(loaded), config_(loaded_.config), options_(options), clipper_(loaded_.config.train.clip) {
+    : loaded_(loaded), config_(loaded_.config), options_(options) {
   run_dir_ = options.run_dir.empty() ? fs::path(config_.log.dir) / config_.log.name : options.run_dir;
   env_ = read_dist_environment();
   // Rank 0 speaks for the job; the others only report problems.
@@ -251,13 +266,13 @@ void Trainer::restore(const Checkpoint& c) {
     throw UserError(fmt::format("{}: made on other data than {} (its data position would not mean the same samples)",
                                 c.dir.string(), config_.data.dataset));
   load_model_weights(*model_, c.model, c.dir.string());
-  optimizer_->load_state(c.optimizer, c.state.step, c.dir.string());
+  optimizer_->load_state(c.optimizer, c.state.step - c.state.skipped_steps, c.dir.string());
   state_ = c.state;
-  clipper_.restore(state_.clip);
+  clipper_->restore(state_.clip);
   restore_generators(state_, env_.rank, device_);
 }
 
-Trainer::StepResult Trainer::step(double lr, bool want_router_stats, bool stop_requested) {
+Trainer::LaunchedStep Trainer::launch(double lr, bool want_router_stats, bool stop_requested) {
   const int64_t L = config_.data.seq_len;
   // Each micro-batch's loss is divided by the micro-batches of the whole world, so that the summed
   // all-reduce leaves the mean gradient (with 2 ranks this is bitwise the one-process gradient).
@@ -305,35 +320,65 @@ Trainer::StepResult Trainer::step(double lr, bool want_router_stats, bool stop_r
   stats.insert(stats.end(), router_sums.begin(), router_sums.end());
   comm_->all_reduce_sum(stats);
 
-  const at::Tensor norm = at::stack(at::_foreach_norm(grads, 2, at::kFloat)).norm();
-  // The one wait for the device in a step: these four numbers, in one copy.
-  const at::Tensor host = at::stack({ce_sum, aux_sum, stop, norm}).to(at::kCPU, at::kDouble);
-  const double* values = host.data_ptr<double>();
+  // The decisions that need the step's numbers are made on the device: a non-finite loss or
+  // gradient norm skips the update (the data is consumed), and the clipping factor goes into
+  // the optimizer's kernel. Nothing here waits for the device.
+  const at::Tensor norm = at::stack(at::_foreach_norm(grads, 2, at::kFloat)).norm().to(at::kDouble);
+  const at::Tensor loss = ce_sum.to(at::kDouble) / parts + aux_coef * (aux_sum.to(at::kDouble) / parts);
+  const at::Tensor skip = loss.isfinite().logical_and(norm.isfinite()).logical_not();
+  const GradClipper::Decision clip = clipper_->decide(norm, skip.logical_not());
+  optimizer_->step(lr, clip.scale, skip);
+
+  LaunchedStep launched;
+  launched.lr = lr;
+  std::vector<at::Tensor> numbers{ce_sum.to(at::kDouble).reshape(1), aux_sum.to(at::kDouble).reshape(1),
+                                  stop.to(at::kDouble).reshape(1), norm.reshape(1), clip.scale.reshape(1),
+                                  skip.to(at::kDouble).reshape(1)};
+  for (const at::Tensor& r : router_sums) numbers.push_back(r.to(at::kDouble).flatten());
+  if (!router_sums.empty()) launched.load_shape = router_sums[0].sizes().vec();
+  const at::Tensor all = at::cat(numbers);
+  if (device_.is_cuda()) {
+    // Into pinned memory without waiting; read() waits for this event, a step later.
+    launched.numbers = at::empty(all.sizes(), all.options().device(at::kCPU).pinned_memory(true));
+    launched.numbers.copy_(all, /*non_blocking=*/true);
+    launched.copied.emplace(device_.type());
+    launched.copied->record(c10::impl::VirtualGuardImpl(device_.type()).getStream(device_));
+  } else {
+    launched.numbers = all;
+    launched.done_at = std::chrono::steady_clock::now();
+  }
+  return launched;
+}
+
+Trainer::StepResult Trainer::read(LaunchedStep& launched) {
+  if (launched.copied) {
+    launched.copied->synchronize();
+    launched.done_at = std::chrono::steady_clock::now();
+  }
+  const double parts = static_cast<double>(loader_->accumulation_steps()) * static_cast<double>(comm_->world());
+  const double aux_coef = config_.model.attention.type == AttentionType::gqe ? config_.model.attention.aux_coef : 0.0;
+  const double* values = launched.numbers.data_ptr<double>();
   StepResult r;
   r.ce = values[0] / parts;
   r.aux = values[1] / parts;
   r.loss = r.ce + aux_coef * r.aux;
   r.stop = values[2] > 0;
   r.grad_norm = values[3];  // the same on every rank: the gradients are
-  if (!std::isfinite(r.loss) || !std::isfinite(r.grad_norm)) {
-    r.skipped = true;  // the update is skipped; the data is consumed
-  } else {
-    const ClipDecision clip = clipper_.decide(r.grad_norm);
-    r.clip_scale = clip.scale;
-    if (clip.scale < 1.0) at::_foreach_mul_(grads, clip.scale);
-    optimizer_->step(lr);
-  }
-  if (!router_sums.empty()) {
+  r.skipped = values[5] > 0;
+  r.clip_scale = r.skipped ? 1.0 : values[4];
+  if (!launched.load_shape.empty()) {
+    const int64_t groups = launched.load_shape[0], experts = launched.load_shape[1];
+    const auto layers = (launched.numbers.numel() - 6) / (groups * experts + 1);
     ordered_json load = ordered_json::array(), entropy = ordered_json::array();
-    for (size_t l = 0; l < router_sums.size() / 2; ++l) {
-      const at::Tensor mean_load = (router_sums[2 * l] / parts).to(at::kCPU, at::kDouble).contiguous();
-      std::vector<std::vector<double>> groups;
-      for (int64_t g = 0; g < mean_load.size(0); ++g) {
-        const at::Tensor row = mean_load[g];
-        groups.emplace_back(row.data_ptr<double>(), row.data_ptr<double>() + row.numel());
+    const double* layer = values + 6;
+    for (int64_t l = 0; l < layers; ++l, layer += groups * experts + 1) {
+      std::vector<std::vector<double>> rows;
+      for (int64_t g = 0; g < groups; ++g) {
+        rows.emplace_back();
+        for (int64_t e = 0; e < experts; ++e) rows.back().push_back(layer[g * experts + e] / parts);
       }
-      load.push_back(groups);
-      entropy.push_back(router_sums[2 * l + 1].item<double>() / parts);
+      load.push_back(rows);
+      entropy.push_back(layer[groups * experts] / parts);
     }
     r.router = ordered_json{{"load", load}, {"entropy", entropy}};
   }
@@ -364,7 +409,7 @@ void Trainer::evaluate(MetricsLog* metrics) {
 }
 
 std::optional<fs::path> Trainer::save() {
-  state_.clip = clipper_.state();
+  state_.clip = clipper_->state();
   state_.cpu_rng = comm_->all_gather(generator_state(at::kCPU));
   state_.cuda_rng = device_.is_cuda() ? comm_->all_gather(generator_state(device_)) : std::vector<std::string>{};
   if (!comm_->main()) return std::nullopt;  // the replicas are identical: rank 0 writes
@@ -398,7 +443,7 @@ void Trainer::synchronize_start(const std::optional<Checkpoint>& checkpoint) {
     if (start.rfind("error:", 0) == 0) throw UserError(start.substr(6));
     if (start != "fresh") {
       state_ = parse_trainer_state(start);
-      clipper_.restore(state_.clip);
+      clipper_->restore(state_.clip);
       restore_generators(state_, env_.rank, device_);
     }
   }
@@ -406,7 +451,7 @@ void Trainer::synchronize_start(const std::optional<Checkpoint>& checkpoint) {
   for (const auto& p : model_->parameters()) tensors.push_back(p.detach());
   for (const auto& [name, t] : optimizer_->state()) tensors.push_back(t);
   comm_->broadcast(tensors);
-  optimizer_->set_steps(state_.step);
+  optimizer_->set_steps(state_.step - state_.skipped_steps);  // skipped steps made no update
 }
 
 void Trainer::run() {
@@ -475,6 +520,7 @@ void Trainer::run() {
   model_ = Decoder(config_.model);
   model_->to(device_);
   model_->set_activation_checkpointing(t.activation_checkpointing);
+  clipper_.emplace(t.clip, device_);
   std::vector<std::pair<std::string, at::Tensor>> named;
   for (const auto& p : model_->named_parameters()) named.emplace_back(p.key(), p.value());
   optimizer_ = std::make_unique<AdamW>(named, t.optimizer);
@@ -493,40 +539,38 @@ void Trainer::run() {
   const double elapsed_before = state_.elapsed_s;
   auto elapsed = [&] { return elapsed_before + std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count(); };
   auto crossed = [](int64_t before, int64_t after, int64_t every) { return every > 0 && before / every != after / every; };
-  double interval_start = elapsed();
+  double interval_seconds = 0;  // of the steps since the last log line
   int64_t interval_tokens = 0;
 
-  while (state_.tokens < t.tokens) {
-    const auto step_start = std::chrono::steady_clock::now();
-    const int64_t tokens_before = state_.tokens;
-    const int64_t tokens_after = tokens_before + global_batch_;
-    const bool log_step = (state_.step + 1) % config_.log.every_steps == 0 || tokens_after >= t.tokens;
-    const double lr = learning_rate(t, tokens_after);
-    const StepResult r = step(lr, log_step, signals.received() != 0);
-    state_.step += 1;
-    state_.tokens = tokens_after;
-    state_.loader = loader_->position();
+  // A step's numbers are read after the next step is launched (see LaunchedStep); finish() does
+  // what needs them: the skip count, the metrics and the log. A step's time runs from the previous
+  // step's end, as the host saw it, to its own; evaluations and checkpoints are not step time.
+  auto last_done = std::chrono::steady_clock::now();
+  auto finish = [&](LaunchedStep& s) {
+    const StepResult r = read(s);
+    const double step_seconds = std::chrono::duration<double>(s.done_at - last_done).count();
+    last_done = s.done_at;
+    interval_seconds += step_seconds;
     interval_tokens += global_batch_;
+    state_.elapsed_s = elapsed();
     if (r.skipped) {
       state_.skipped_steps += 1;
       state_.skipped_in_a_row += 1;
       if (comm_->main())
-        log.warn("step {}: non-finite {} ({}); update skipped ({} in a row)", state_.step,
+        log.warn("step {}: non-finite {} ({}); update skipped ({} in a row)", s.step,
                  std::isfinite(r.loss) ? "gradient norm" : "loss", std::isfinite(r.loss) ? r.grad_norm : r.loss,
                  state_.skipped_in_a_row);
     } else {
       state_.skipped_in_a_row = 0;
     }
-    const double step_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - step_start).count();
-    state_.elapsed_s = elapsed();
 
     if (metrics) {
-      ordered_json line = {{"step", state_.step},
-                           {"tokens", state_.tokens},
+      ordered_json line = {{"step", s.step},
+                           {"tokens", s.tokens},
                            {"loss", r.loss},
                            {"ce_loss", r.ce},
                            {"aux_loss", r.aux},
-                           {"lr", lr},
+                           {"lr", s.lr},
                            {"grad_norm", r.grad_norm},
                            {"clip_scale", r.clip_scale},
                            {"skipped", r.skipped},
@@ -541,33 +585,55 @@ void Trainer::run() {
       const auto last = comm_->main() ? load_latest_checkpoint(run_dir_, [](const std::string&) {}) : std::nullopt;
       throw std::runtime_error(fmt::format(
           "{} non-finite steps in a row (through step {}): training diverged; the last good checkpoint is {}",
-          state_.skipped_in_a_row, state_.step, last ? last->dir.string() : "none (no checkpoint was saved)"));
+          state_.skipped_in_a_row, s.step, last ? last->dir.string() : "none (no checkpoint was saved)"));
     }
+
+    if (s.log) {
+      const double rate = static_cast<double>(interval_tokens) / std::max(interval_seconds, 1e-9);
+      const auto interval_mfu = mfu(rate);
+      log.info("step {}/{} | tokens {}/{} | loss {:.4f} | aux {:.4f} | lr {:.2e} | grad {:.3f}{} | {} tok/s{} | ETA {}",
+               s.step, total_steps_, human(static_cast<double>(s.tokens)), human(static_cast<double>(t.tokens)),
+               r.loss, r.aux, s.lr, r.grad_norm, r.clip_scale < 1 ? fmt::format(" (clipped x{:.2f})", r.clip_scale) : "",
+               human(rate), interval_mfu ? fmt::format(" | MFU {:.1f}%", *interval_mfu * 100) : "",
+               duration(static_cast<double>(t.tokens - s.tokens) / std::max(rate, 1e-9)));
+      interval_seconds = 0;
+      interval_tokens = 0;
+    }
+    const double progress = static_cast<double>(s.tokens) / static_cast<double>(t.tokens);
+    if (comm_->main()) console_->progress(progress, fmt::format("step {}/{}  loss {:.3f}", s.step, total_steps_, r.loss));
+    return r.stop;
+  };
+
+  std::optional<LaunchedStep> in_flight;
+  while (state_.tokens < t.tokens) {
+    const int64_t tokens_before = state_.tokens;
+    const int64_t tokens_after = tokens_before + global_batch_;
+    const bool log_step = (state_.step + 1) % config_.log.every_steps == 0 || tokens_after >= t.tokens;
+    const double lr = learning_rate(t, tokens_after);
+    LaunchedStep launched = launch(lr, log_step, signals.received() != 0);
+    state_.step += 1;
+    state_.tokens = tokens_after;
+    state_.loader = loader_->position();
+    launched.step = state_.step;
+    launched.tokens = state_.tokens;
+    launched.log = log_step;
+    bool stopping = in_flight && finish(*in_flight);
+    in_flight = std::move(launched);
     if (config_.dist.check_replicas_every_steps > 0 && state_.step % config_.dist.check_replicas_every_steps == 0)
       check_replicas();
 
-    const double progress = static_cast<double>(state_.tokens) / static_cast<double>(t.tokens);
-    if (log_step) {
-      const double seconds = state_.elapsed_s - interval_start;
-      const double rate = static_cast<double>(interval_tokens) / std::max(seconds, 1e-9);
-      const auto interval_mfu = mfu(rate);
-      log.info("step {}/{} | tokens {}/{} | loss {:.4f} | aux {:.4f} | lr {:.2e} | grad {:.3f}{} | {} tok/s{} | ETA {}",
-               state_.step, total_steps_, human(static_cast<double>(state_.tokens)), human(static_cast<double>(t.tokens)),
-               r.loss, r.aux, lr, r.grad_norm, r.clip_scale < 1 ? fmt::format(" (clipped x{:.2f})", r.clip_scale) : "",
-               human(rate), interval_mfu ? fmt::format(" | MFU {:.1f}%", *interval_mfu * 100) : "",
-               duration(static_cast<double>(t.tokens - state_.tokens) / std::max(rate, 1e-9)));
-      interval_start = state_.elapsed_s;
-      interval_tokens = 0;
-    }
-    if (comm_->main()) console_->progress(progress, fmt::format("step {}/{}  loss {:.3f}", state_.step, total_steps_, r.loss));
-
-    const bool stopping = r.stop;
-
     const bool done = state_.tokens >= t.tokens;
-    if (crossed(tokens_before, state_.tokens, config_.eval.every_tokens) || done) evaluate(metrics ? &*metrics : nullptr);
-    if (crossed(tokens_before, state_.tokens, t.checkpoint.every_tokens) || done || stopping) {
+    const bool eval = crossed(tokens_before, state_.tokens, config_.eval.every_tokens) || done;
+    const bool checkpoint_now = crossed(tokens_before, state_.tokens, t.checkpoint.every_tokens) || done;
+    if (!(eval || checkpoint_now || stopping)) continue;
+    // Evaluation and checkpoints see this step's state and come after its log line.
+    stopping = finish(*in_flight) || stopping;
+    in_flight.reset();
+    if (eval) evaluate(metrics ? &*metrics : nullptr);
+    if (checkpoint_now || stopping) {
       if (const auto saved = save()) log.info("saved {}", saved->string());
     }
+    last_done = std::chrono::steady_clock::now();  // the evaluation and the save are not step time
     if (stopping && !done) {
       console_->clear_progress();
       comm_->barrier();
