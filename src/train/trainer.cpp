@@ -156,6 +156,14 @@ class Trainer {
   void restore(const Checkpoint& checkpoint);
   void synchronize_start(const std::optional<Checkpoint>& checkpoint);
   LaunchedStep launch(double lr, bool want_router_stats, bool stop_requested);
+  // Each micro-batch's loss is divided by the micro-batches of the whole world, so that the summed
+  // all-reduce leaves the mean gradient (with 2 ranks this is bitwise the one-process gradient).
+  double micro_batches() const {
+    return static_cast<double>(loader_->accumulation_steps()) * static_cast<double>(comm_->world());
+  }
+  double aux_weight() const {
+    return config_.model.attention.type == AttentionType::gqe ? config_.model.attention.aux_coef : 0.0;
+  }
   StepResult read(LaunchedStep& launched);
   void evaluate(MetricsLog* metrics);
   std::optional<fs::path> save();
@@ -274,10 +282,7 @@ void Trainer::restore(const Checkpoint& c) {
 
 Trainer::LaunchedStep Trainer::launch(double lr, bool want_router_stats, bool stop_requested) {
   const int64_t L = config_.data.seq_len;
-  // Each micro-batch's loss is divided by the micro-batches of the whole world, so that the summed
-  // all-reduce leaves the mean gradient (with 2 ranks this is bitwise the one-process gradient).
-  const double parts = static_cast<double>(loader_->accumulation_steps()) * static_cast<double>(comm_->world());
-  const double aux_coef = config_.model.attention.type == AttentionType::gqe ? config_.model.attention.aux_coef : 0.0;
+  const double parts = micro_batches(), aux_coef = aux_weight();
   optimizer_->zero_grad();
   const auto scalar = at::TensorOptions().device(device_).dtype(at::kFloat);
   at::Tensor ce_sum = at::zeros({}, scalar), aux_sum = at::zeros({}, scalar);
@@ -355,8 +360,7 @@ Trainer::StepResult Trainer::read(LaunchedStep& launched) {
     launched.copied->synchronize();
     launched.done_at = std::chrono::steady_clock::now();
   }
-  const double parts = static_cast<double>(loader_->accumulation_steps()) * static_cast<double>(comm_->world());
-  const double aux_coef = config_.model.attention.type == AttentionType::gqe ? config_.model.attention.aux_coef : 0.0;
+  const double parts = micro_batches(), aux_coef = aux_weight();
   const double* values = launched.numbers.data_ptr<double>();
   StepResult r;
   r.ce = values[0] / parts;
