@@ -20,13 +20,16 @@ RunLock::RunLock(const std::filesystem::path& run_dir) {
   if (fd_ < 0) throw std::system_error(errno, std::generic_category(), "cannot open " + file);
   if (::flock(fd_, LOCK_EX | LOCK_NB) != 0) {
     char pid[32] = {};
-    ::pread(fd_, pid, sizeof pid - 1, 0);
+    const ssize_t n = ::pread(fd_, pid, sizeof pid - 1, 0);
     ::close(fd_);
     fd_ = -1;
-    throw UserError(fmt::format("{}: is being trained by another process (pid {})", run_dir.string(), std::string(pid)));
+    throw UserError(fmt::format("{}: is being trained by another process (pid {})", run_dir.string(),
+                                n > 0 ? std::string(pid, static_cast<size_t>(n)) : std::string("unknown")));
   }
   const std::string me = std::to_string(::getpid());
-  if (::ftruncate(fd_, 0) == 0) ::pwrite(fd_, me.data(), me.size(), 0);
+  // Who holds the lock, for the message above; a failed write only makes that message vaguer.
+  [[maybe_unused]] const bool noted =
+      ::ftruncate(fd_, 0) == 0 && ::pwrite(fd_, me.data(), me.size(), 0) == static_cast<ssize_t>(me.size());
 }
 
 RunLock::~RunLock() {
