@@ -7,6 +7,7 @@
 #   docker run --gpus all gqe scripts/gpu_report.sh     # the numbers of docs/performance.md
 #
 # Not built in our CI (no Docker engine there); keep it in step with scripts/setup.sh.
+# scripts/check_image_userland.sh replays these steps in an Ubuntu 24.04 chroot instead.
 ARG CUDA_IMAGE=nvidia/cuda:13.0.0-devel-ubuntu24.04
 FROM ${CUDA_IMAGE}
 

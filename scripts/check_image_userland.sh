@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# Replays the Dockerfile's build where there is no Docker engine: an Ubuntu 24.04 chroot (the
+# image's base, by debootstrap) with this machine's CUDA toolkit bound in at /usr/local/cuda, the
+# Dockerfile's packages, then scripts/setup.sh as the Dockerfile runs it, then `gqe info`; with
+# --tests the whole test suite too. Needs root, debootstrap and network; about 15 minutes on 2 cores
+# (30 with --tests). It checks the userland (packages, compiler, libraries, nvcc as host compiler),
+# not the CUDA base image itself.
+#
+#   sudo scripts/check_image_userland.sh [DIR] [--tests]   # DIR: where the chroot lives (kept for reuse)
+set -euo pipefail
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+dir=/var/tmp/gqe-noble
+tests=0
+for a in "$@"; do
+  case $a in
+    --tests) tests=1 ;;
+    *) dir=$a ;;
+  esac
+done
+say() { printf '[image] %s\n' "$*"; }
+
+if [[ ! -x $dir/usr/bin/apt-get ]]; then
+  say "debootstrap Ubuntu 24.04 into $dir"
+  # Debian's debootstrap may not know noble by name; gutsy's script serves every Ubuntu release.
+  debootstrap --variant=minbase --no-check-gpg --components=main,universe noble "$dir" \
+    http://archive.ubuntu.com/ubuntu /usr/share/debootstrap/scripts/gutsy
+fi
+cp /etc/resolv.conf "$dir/etc/resolv.conf"
+cp /etc/ssl/certs/ca-certificates.crt "$dir/etc/ssl/certs/ca-certificates.crt" 2>/dev/null || true  # proxies' CAs
+mounted=()
+bind() { mkdir -p "$dir$2"; mount "${@:3}" "$1" "$dir$2"; mounted=("$dir$2" "${mounted[@]}"); }
+cleanup() { for m in "${mounted[@]}"; do umount -l "$m" || true; done; }
+trap cleanup EXIT
+bind /proc /proc --rbind
+bind /sys /sys --rbind
+bind /dev /dev --rbind
+[[ -d /usr/local/cuda ]] && bind /usr/local/cuda /usr/local/cuda --bind -o ro
+
+say "copying the working tree to $dir/gqe"
+rm -rf "$dir/gqe"
+mkdir -p "$dir/gqe"
+(cd "$root" && git ls-files -co --exclude-standard -z | xargs -0 cp --parents -t "$dir/gqe")
+
+# The Dockerfile's RUN lines, in order (this environment kept: a proxy's settings for pip among it).
+chroot "$dir" env PATH=/usr/local/cuda/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/root DEBIAN_FRONTEND=noninteractive \
+  bash -euo pipefail -c "
+    apt-get update -qq && apt-get install -y -qq --no-install-recommends python3 python3-venv ca-certificates >/dev/null
+    cd /gqe
+    GQE_VENV=/opt/gqe-venv GQE_TARGETS='gqe gqe-data' scripts/setup.sh
+    build/gqe info configs/gqe-250m.yaml | head -3
+    if (( $tests )); then GQE_VENV=/opt/gqe-venv scripts/test.sh; fi"
+say "done: the Dockerfile's steps build gqe on Ubuntu 24.04"
