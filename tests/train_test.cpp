@@ -17,6 +17,7 @@
 #include "train/metrics.h"
 #include "train/safetensors.h"
 #include "train/schedule.h"
+#include "train/update.h"
 
 namespace gqe {
 namespace {
@@ -207,6 +208,30 @@ TEST(AdamW, ASkippedStepChangesNothingAndTheFactorScalesTheGradients) {
   // Bitwise: the skipped step did not count for bias correction, and dividing by 4 is exact.
   EXPECT_TRUE(a.equal(b));
   EXPECT_TRUE(skipping.state().at("w.exp_avg_sq").equal(plain.state().at("w.exp_avg_sq")));
+}
+
+// The update of gqe train (and gqe bench train): norm, skip and clipping factor stay tensors.
+TEST(Update, ClipsByTheGlobalNormAndSkipsANonFiniteLoss) {
+  at::Tensor a = at::zeros({2}).requires_grad_(), b = at::zeros({1}).requires_grad_();
+  OptimizerConfig c;
+  c.weight_decay = 0;
+  AdamW optimizer({{"a", a}, {"b", b}}, c);
+  ClipConfig norm_clip;
+  norm_clip.kind = ClipKind::norm;
+  norm_clip.max_norm = 1.0;
+  GradClipper clipper(norm_clip, at::kCPU);
+  a.mutable_grad() = at::tensor({3.0f, 0.0f});
+  b.mutable_grad() = at::tensor({4.0f});
+  const Update u = clip_and_step(optimizer, clipper, {a.grad(), b.grad()}, at::scalar_tensor(2.5f), 0.1);
+  EXPECT_DOUBLE_EQ(u.norm.item<double>(), 5.0);  // over all the gradients together
+  EXPECT_FALSE(u.skip.item<bool>());
+  EXPECT_DOUBLE_EQ(u.scale.item<double>(), 1.0 / (5.0 + 1e-6));
+  EXPECT_NEAR(a[0].item<double>(), -0.1, 1e-6);  // Adam's first step moves each weight by lr
+  EXPECT_NEAR(b[0].item<double>(), -0.1, 1e-6);
+  const at::Tensor before = a.detach().clone();
+  const Update nan = clip_and_step(optimizer, clipper, {a.grad(), b.grad()}, at::scalar_tensor(std::nanf("")), 0.1);
+  EXPECT_TRUE(nan.skip.item<bool>());
+  EXPECT_TRUE(a.equal(before));
 }
 
 TEST(AdamW, StateRoundTripsAndParametersWithoutGradientsAreLeftAlone) {

@@ -18,6 +18,7 @@
 #include "model/model_info.h"
 #include "train/adamw.h"
 #include "train/device_info.h"
+#include "train/update.h"
 
 namespace gqe {
 namespace {
@@ -147,6 +148,7 @@ TrainTiming bench_train_step(const Config& config, int steps, int warmup, at::De
   std::vector<std::pair<std::string, at::Tensor>> named;
   for (const auto& p : model->named_parameters()) named.emplace_back(p.key(), p.value());
   AdamW optimizer(named, config.train.optimizer);
+  GradClipper clipper(config.train.clip, device);
   const int64_t B = config.train.micro_batch_size, L = config.data.seq_len;
   const at::Tensor tokens = at::randint(m.vocab_size, {B, L + 1}, at::TensorOptions().dtype(at::kLong)).to(device);
   const bool bf16 = config.train.precision == Precision::bf16;
@@ -160,7 +162,10 @@ TrainTiming bench_train_step(const Config& config, int steps, int warmup, at::De
       loss = token_cross_entropy(out.logits, tokens.slice(1, 1)) + aux_coef * out.aux_loss;
     }
     loss.backward();
-    optimizer.step(1e-4);
+    std::vector<at::Tensor> grads;
+    for (const auto& p : model->parameters())
+      if (p.grad().defined()) grads.push_back(p.grad());
+    clip_and_step(optimizer, clipper, grads, loss.detach(), 1e-4);  // as gqe train's: norm, clipping, AdamW
   };
   for (int i = 0; i < warmup; ++i) step();
   t.step_seconds = median_seconds(steps, device, step);

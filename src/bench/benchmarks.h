@@ -54,8 +54,9 @@ struct TrainTiming {
 };
 
 // Steady-state training steps of one micro-batch (train.micro_batch_size x data.seq_len random
-// tokens): forward, the loss with the balance term, backward, AdamW. Peak memory counts all the
-// benchmark's tensors: parameters, gradients, optimizer state and activations.
+// tokens): forward, the loss with the balance term, backward, and gqe train's update
+// (clip_and_step). Peak memory counts all the benchmark's tensors: parameters, gradients,
+// optimizer state and activations.
 // With `kernels`, the profile (profile_kernels) of `profile_steps` more steps goes there.
 TrainTiming bench_train_step(const Config& config, int steps, int warmup, at::Device device,
                              std::vector<KernelTime>* kernels = nullptr, int profile_steps = 3);

@@ -38,6 +38,7 @@
 #include "train/console.h"
 #include "train/metrics.h"
 #include "train/schedule.h"
+#include "train/update.h"
 
 namespace fs = std::filesystem;
 using nlohmann::ordered_json;
@@ -328,17 +329,14 @@ Trainer::LaunchedStep Trainer::launch(double lr, bool want_router_stats, bool st
   // The decisions that need the step's numbers are made on the device: a non-finite loss or
   // gradient norm skips the update (the data is consumed), and the clipping factor goes into
   // the optimizer's kernel. Nothing here waits for the device.
-  const at::Tensor norm = at::stack(at::_foreach_norm(grads, 2, at::kFloat)).norm().to(at::kDouble);
   const at::Tensor loss = ce_sum.to(at::kDouble) / parts + aux_coef * (aux_sum.to(at::kDouble) / parts);
-  const at::Tensor skip = loss.isfinite().logical_and(norm.isfinite()).logical_not();
-  const GradClipper::Decision clip = clipper_->decide(norm, skip.logical_not());
-  optimizer_->step(lr, clip.scale, skip);
+  const Update update = clip_and_step(*optimizer_, *clipper_, grads, loss, lr);
 
   LaunchedStep launched;
   launched.lr = lr;
   std::vector<at::Tensor> numbers{ce_sum.to(at::kDouble).reshape(1), aux_sum.to(at::kDouble).reshape(1),
-                                  stop.to(at::kDouble).reshape(1), norm.reshape(1), clip.scale.reshape(1),
-                                  skip.to(at::kDouble).reshape(1)};
+                                  stop.to(at::kDouble).reshape(1), update.norm.reshape(1), update.scale.reshape(1),
+                                  update.skip.to(at::kDouble).reshape(1)};
   for (const at::Tensor& r : router_sums) numbers.push_back(r.to(at::kDouble).flatten());
   if (!router_sums.empty()) launched.load_shape = router_sums[0].sizes().vec();
   const at::Tensor all = at::cat(numbers);
