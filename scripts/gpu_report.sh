@@ -32,7 +32,8 @@ start=$(date +%s)
 GQE_TARGETS=${GQE_TARGETS:-"gqe gqe-data model_tests"} scripts/setup.sh >"$out/build.log" 2>&1 || { tail -30 "$out/build.log"; exit 1; }
 say "built in $(($(date +%s) - start)) s"
 gqe=${GQE_BUILD_DIR:-build}/gqe
-python=${GQE_VENV:-.venv}/bin/python
+source scripts/lib.sh
+python=$(gqe_venv)/bin/python
 
 say "0. the CUDA kernels against the CPU path"
 run "${GQE_BUILD_DIR:-build}/model_tests" --gtest_filter='*Cuda*' --gtest_brief=1

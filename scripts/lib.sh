@@ -1,5 +1,9 @@
-# Shared by the scripts (source it): installs the named Debian packages that are missing, as root or
-# through sudo. Prints what it installs.
+# Shared by the scripts (source it).
+
+# The Python venv with torch that scripts/setup.sh makes and uses: $GQE_VENV, or .venv in the repository.
+gqe_venv() { printf '%s' "${GQE_VENV:-$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/.venv}"; }
+
+# Installs the named Debian packages that are missing, as root or through sudo. Prints what it installs.
 install_missing_debs() {
   local missing=() p sudo=""
   for p in "$@"; do

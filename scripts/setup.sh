@@ -17,7 +17,8 @@ set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$root"
-venv=${GQE_VENV:-$root/.venv}
+source "$root/scripts/lib.sh"
+venv=$(gqe_venv)
 build_dir=${GQE_BUILD_DIR:-$root/build}
 build_type=${GQE_BUILD_TYPE:-Release}
 torch_version=2.11.0
@@ -30,7 +31,6 @@ debs=(build-essential cmake ninja-build ccache pkg-config python3-venv
       libsentencepiece-dev sentencepiece libgtest-dev
       libgloo-dev)  # declarations only: ProcessGroupGloo.hpp includes them, libtorch holds the code
 if [[ ${GQE_SKIP_APT:-0} != 1 ]]; then
-  source "$root/scripts/lib.sh"
   install_missing_debs "${debs[@]}"
 fi
 

@@ -33,8 +33,12 @@ void AdamW::zero_grad() {
 void AdamW::step(double lr, const at::Tensor& grad_factor, const at::Tensor& skip) {
   // ATen's kernel divides the gradients by grad_scale and returns at once where found_inf is 1.
   std::optional<at::Tensor> divisor, found_inf;
+  at::Tensor counted;  // 1, or 0 for a skipped step
   if (grad_factor.defined()) divisor = grad_factor.reciprocal().to(at::kFloat);
-  if (skip.defined()) found_inf = skip.ne(0).to(at::kFloat);
+  if (skip.defined()) {
+    found_inf = skip.ne(0).to(at::kFloat);
+    counted = 1.0 - *found_inf;
+  }
   for (Group& g : groups_) {
     // Parameters without a gradient this step are left alone, decay included (as in PyTorch).
     std::vector<at::Tensor> params, grads, exp_avg, exp_avg_sq, step;
@@ -48,7 +52,7 @@ void AdamW::step(double lr, const at::Tensor& grad_factor, const at::Tensor& ski
     }
     if (params.empty()) continue;
     // The kernel reads the incremented count for bias correction; a skipped step does not count.
-    if (found_inf) at::_foreach_add_(step, 1.0 - *found_inf);
+    if (counted.defined()) at::_foreach_add_(step, counted);
     else at::_foreach_add_(step, 1.0);
     at::_fused_adamw_(params, grads, exp_avg, exp_avg_sq, /*max_exp_avg_sqs=*/{}, step, lr, config_.beta1,
                       config_.beta2, g.weight_decay, config_.eps, /*amsgrad=*/false, /*maximize=*/false, divisor,
