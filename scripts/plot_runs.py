@@ -6,6 +6,7 @@ Writes loss.png, loss_delta.png, lr.png and, for each GQE run, router_<run>.png;
 """
 import json
 import math
+import os
 import pathlib
 import sys
 
@@ -21,15 +22,31 @@ def xy(points):
     return a[:, 0], a[:, 1]
 
 
+def save(fig, path, dpi, written):
+    """A PNG is whole or absent: drawn to PATH.tmp, fsynced, renamed. A failed write (full disk)
+    exits with status 3 and one line, which gqe compare reports as a failure, not a skip."""
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        with open(tmp, "wb") as f:
+            fig.savefig(f, dpi=dpi, format="png")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        print(f"{path}: cannot write ({e.strerror})", file=sys.stderr)
+        sys.exit(3)
+    plt.close(fig)
+    written.append(path)
+
+
 def finish(fig, ax, path, log_x, written):
     if log_x:
         ax.set_xscale("log")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    written.append(path)
+    save(fig, path, 120, written)
 
 
 def main():
@@ -116,10 +133,7 @@ def main():
         fig.suptitle(f"{run['name']}: share of each group's tokens taken by its busiest expert "
                      f"(dashed: balanced, dotted: collapsed)", fontsize=10)
         fig.tight_layout()
-        path = out / f"router_{run['name']}.png"
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        written.append(path)
+        save(fig, out / f"router_{run['name']}.png", 110, written)
 
     for path in written:
         print(f"plot: {path}")

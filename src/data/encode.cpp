@@ -153,14 +153,12 @@ EncodeSummary encode_dataset(const EncodeOptions& o) {
     throw UserError(fmt::format("--val-fraction must be in [0, 1), got {}", o.val_fraction));
   if (o.shard_tokens == 0) throw UserError("--shard-tokens must be > 0");
 
-  fs::path out = fs::path(o.out_dir).lexically_normal();
-  if (!out.has_filename()) out = out.parent_path();  // "dir/" -> "dir"
-  const fs::path partial = out.string() + ".partial";
-  if (fs::exists(out) && !fs::is_directory(out)) throw UserError(fmt::format("{}: exists and is not a directory", o.out_dir));
+  const fs::path out = fs::path(o.out_dir);
+  check_output_path(out, "--out", /*directory=*/true);
   if (fs::exists(out) && !fs::is_empty(out) && !o.overwrite)
     throw UserError(fmt::format("{}: already exists (use --overwrite to replace it)", o.out_dir));
-  remove_tree(partial);  // left by an interrupted run
-  fs::create_directories(partial);
+  StagedDir staged(out);  // DIR.partial until the manifest is written
+  const fs::path& partial = staged.path();
 
   EncodeSummary summary;
   const int workers = o.threads > 0 ? o.threads : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
@@ -277,18 +275,9 @@ EncodeSummary encode_dataset(const EncodeOptions& o) {
     summary.val_shards = m.val.shards.size();
     write_file_atomic(partial / "tokenizer.model", tokenizer.model_bytes());
     write_file_atomic(partial / "manifest.json", manifest_json(m));
-    fsync_path(partial);
-
-    // Swap the finished dataset into place.
-    const fs::path old = out.string() + ".old";
-    remove_tree(old);
-    if (fs::exists(out)) fs::rename(out, old);
-    fs::rename(partial, out);
-    remove_tree(old);
-    fsync_path(out.parent_path().empty() ? fs::path(".") : out.parent_path());
+    staged.commit();  // swaps the finished dataset into place
   } catch (...) {
     if (read_thread.joinable()) stop_threads();
-    remove_tree(partial);
     throw;
   }
   summary.seconds = progress.seconds();

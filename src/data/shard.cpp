@@ -83,19 +83,14 @@ struct ShardWriter::HashState {
 };
 
 ShardWriter::ShardWriter(std::string path, const ShardHeader& prototype)
-    : path_(std::move(path)), header_(prototype), hash_(std::make_unique<HashState>()) {
+    : path_(std::move(path)), header_(prototype), file_(path_), hash_(std::make_unique<HashState>()) {
   header_.token_count = header_.document_count = header_.payload_checksum = 0;
-  file_ = std::fopen(path_.c_str(), "wb");
-  if (!file_) throw std::system_error(errno, std::generic_category(), "cannot create " + path_);
-  const std::string placeholder(kShardHeaderBytes, '\0');
-  std::fwrite(placeholder.data(), 1, placeholder.size(), file_);
+  file_.write(std::string(kShardHeaderBytes, '\0'));  // the header, once the counts are known
   XXH3_64bits_reset(hash_->state);
   buffer_.reserve(1 << 20);
 }
 
-ShardWriter::~ShardWriter() {
-  if (file_) std::fclose(file_);  // abandoned: the caller removes the file
-}
+ShardWriter::~ShardWriter() = default;
 
 void ShardWriter::put(uint32_t token) {
   char bytes[4];
@@ -106,8 +101,7 @@ void ShardWriter::put(uint32_t token) {
 
 void ShardWriter::flush_buffer() {
   XXH3_64bits_update(hash_->state, buffer_.data(), buffer_.size());
-  if (std::fwrite(buffer_.data(), 1, buffer_.size(), file_) != buffer_.size())
-    throw std::system_error(errno, std::generic_category(), "write " + path_);
+  file_.write(buffer_);
   buffer_.clear();
 }
 
@@ -121,12 +115,8 @@ void ShardWriter::add_document(std::span<const int32_t> tokens) {
 ShardHeader ShardWriter::finish() {
   flush_buffer();
   header_.payload_checksum = XXH3_64bits_digest(hash_->state);
-  const std::string head = encode_header(header_);
-  if (std::fseek(file_, 0, SEEK_SET) != 0 || std::fwrite(head.data(), 1, head.size(), file_) != head.size() ||
-      std::fflush(file_) != 0 || ::fsync(::fileno(file_)) != 0)
-    throw std::system_error(errno, std::generic_category(), "write " + path_);
-  std::fclose(file_);
-  file_ = nullptr;
+  file_.write_at(0, encode_header(header_));
+  file_.close();
   return header_;
 }
 

@@ -4,12 +4,12 @@
 #pragma once
 
 #include <cstdint>
-#include <cstdio>
 #include <memory>
 #include <span>
 #include <string>
 
 #include "common/checksum.h"
+#include "common/files.h"
 
 namespace gqe {
 
@@ -47,7 +47,8 @@ class ShardWriter {
   // Appends the document's tokens and the EOS id.
   void add_document(std::span<const int32_t> tokens);
   uint64_t tokens() const { return header_.token_count; }
-  // Writes the final header and fsyncs; returns the header written.
+  // Writes the final header and fsyncs; returns the header written. (Shards are written inside
+  // the dataset's StagedDir: an abandoned writer leaves its file to that.)
   ShardHeader finish();
 
  private:
@@ -56,7 +57,7 @@ class ShardWriter {
 
   std::string path_;
   ShardHeader header_;
-  std::FILE* file_ = nullptr;
+  OutFile file_;
   struct HashState;
   std::unique_ptr<HashState> hash_;
   std::string buffer_;

@@ -277,7 +277,7 @@ void compare_runs(const CompareOptions& o) {
   const std::string markdown = comparison_markdown(c);
   fmt::print("{}", markdown);
   if (o.out.empty()) return;
-  fs::create_directories(o.out);
+  make_directories(o.out);
   write_file_atomic(o.out / "comparison.md", markdown);
   write_file_atomic(o.out / "comparison.csv", comparison_csv(c));
   write_file_atomic(o.out / "plot_data.json", plot_data(c, o.log_x).dump() + "\n");
@@ -292,6 +292,8 @@ void compare_runs(const CompareOptions& o) {
   char buffer[512];
   while (pipe && std::fgets(buffer, sizeof buffer, pipe)) output += buffer;
   const int status = pipe ? ::pclose(pipe) : -1;
+  if (status != -1 && WIFEXITED(status) && WEXITSTATUS(status) == 3)  // the script could not write a PNG
+    throw std::runtime_error(output.substr(0, output.find('\n')));
   if (status != 0) {
     fmt::print(stderr, "gqe: plots skipped ({}): {}", command, output.empty() ? "could not run\n" : output);
     return;

@@ -66,11 +66,11 @@ std::vector<std::pair<int64_t, fs::path>> checkpoint_dirs(const fs::path& run_di
   if (!fs::is_directory(root)) return dirs;
   for (const auto& e : fs::directory_iterator(root)) {
     const std::string name = e.path().filename().string();
-    if (!e.is_directory() || name.rfind("step_", 0) != 0) continue;
-    try {
-      dirs.emplace_back(std::stoll(name.substr(5)), e.path());
-    } catch (const std::exception&) {
-    }
+    const std::string digits = name.rfind("step_", 0) == 0 ? name.substr(5) : "";
+    if (!e.is_directory() || digits.empty() || digits.size() > 18 ||
+        !std::all_of(digits.begin(), digits.end(), [](char c) { return c >= '0' && c <= '9'; }))
+      continue;  // not ours, or a save's leftover (.step_N.tmp, step_N.old)
+    dirs.emplace_back(std::stoll(digits), e.path());
   }
   std::sort(dirs.begin(), dirs.end(), [](const auto& a, const auto& b) { return a.first > b.first; });
   return dirs;
@@ -113,30 +113,31 @@ fs::path save_checkpoint(const fs::path& run_dir, const TrainerState& state,
                          const std::map<std::string, at::Tensor>& optimizer, int64_t keep) {
   const fs::path root = run_dir / "checkpoints";
   const fs::path final_dir = root / checkpoint_name(state.step);
-  const fs::path tmp = root / fmt::format(".{}.tmp", checkpoint_name(state.step));
-  fs::create_directories(root);
-  remove_tree(tmp);
-  fs::create_directories(tmp);
-
-  write_safetensors(tmp / kFiles[0], model, {{"format", "pt"}});
-  write_safetensors(tmp / kFiles[1], {optimizer.begin(), optimizer.end()}, {{"format", "pt"}});
-  ordered_json j = state_json(state);
-  for (const char* name : kFiles) {
-    fsync_path(tmp / name);
-    j["files"][name] = {{"bytes", fs::file_size(tmp / name)}, {"xxh3", hex64(file_checksum(tmp / name))}};
+  {
+    // Built under .step_N.tmp, which a failure removes; state.json last: its presence marks completeness.
+    StagedDir staged(final_dir, root / fmt::format(".{}.tmp", checkpoint_name(state.step)));
+    const fs::path& tmp = staged.path();
+    write_safetensors(tmp / kFiles[0], model, {{"format", "pt"}});
+    write_safetensors(tmp / kFiles[1], {optimizer.begin(), optimizer.end()}, {{"format", "pt"}});
+    ordered_json j = state_json(state);
+    for (const char* name : kFiles)
+      j["files"][name] = {{"bytes", fs::file_size(tmp / name)}, {"xxh3", hex64(file_checksum(tmp / name))}};
+    write_file_atomic(tmp / "state.json", j.dump(2) + "\n");
+    staged.commit();
   }
-  write_file_atomic(tmp / "state.json", j.dump(2) + "\n");  // last: its presence marks completeness
-  fsync_path(tmp);
-  remove_tree(final_dir);
-  fs::rename(tmp, final_dir);
-  fsync_path(root);
-  write_file_atomic(root / "latest", checkpoint_name(state.step) + "\n");
+  try {
+    write_file_atomic(root / "latest", checkpoint_name(state.step) + "\n");
+  } catch (const IoError&) {
+    // `latest` must name the newest checkpoint (gqe experiment reads it): without it, this one goes.
+    remove_tree(final_dir);
+    throw;
+  }
 
   // Keep the newest `keep`; drop leftovers of interrupted saves.
   const auto dirs = checkpoint_dirs(run_dir);
   for (size_t i = static_cast<size_t>(std::max<int64_t>(keep, 1)); i < dirs.size(); ++i) remove_tree(dirs[i].second);
   for (const auto& e : fs::directory_iterator(root))
-    if (e.path().filename().string().ends_with(".tmp") && e.path() != tmp) remove_tree(e.path());
+    if (e.path().filename().string().ends_with(".tmp") || e.path().filename().string().ends_with(".old")) remove_tree(e.path());
   return final_dir;
 }
 

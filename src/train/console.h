@@ -13,12 +13,16 @@
 namespace gqe {
 
 class ProgressSink;
+class LogFileSink;
 
 class Console {
  public:
   explicit Console(LogLevel level);
-  // From now on, also append to this file.
+  // From now on, also append to this file (a line that cannot be written throws IoError from the
+  // logging call).
   void add_log_file(const std::filesystem::path& file);
+  // Makes the log file's lines durable (with each checkpoint).
+  void sync_log_file();
   ~Console();
   spdlog::logger& log() { return *logger_; }
   // The bar: fraction done and a short status; no-op unless stdout is a terminal.
@@ -27,6 +31,7 @@ class Console {
 
  private:
   std::shared_ptr<ProgressSink> console_;
+  std::shared_ptr<LogFileSink> file_;
   std::shared_ptr<spdlog::logger> logger_;
 };
 

@@ -77,29 +77,21 @@ void export_checkpoint(const ExportOptions& o) {
   if (!config.data.dataset.empty() && fs::exists(fs::path(config.data.dataset) / "manifest.json"))
     manifest = read_manifest(config.data.dataset);
 
-  const fs::path tmp = o.out.string() + ".partial";
-  remove_tree(tmp);
-  fs::create_directories(tmp);
-  try {
-    std::vector<std::pair<std::string, at::Tensor>> tensors;
-    for (const auto& [name, t] : checkpoint.model) tensors.emplace_back(name, o.bf16 ? t.to(at::kBFloat16) : t);
-    write_safetensors(tmp / "model.safetensors", tensors, {{"format", "pt"}});
-    write_file_atomic(tmp / "config.json", hf_config(config, checkpoint.state, manifest ? &*manifest : nullptr, o.bf16).dump(2) + "\n");
-    if (manifest) {
-      write_file_atomic(tmp / "tokenizer.model",
-                        read_file(tokenizer_path(config.data.dataset, *manifest)));
-      const ordered_json tok = {{"tokenizer_class", "LlamaTokenizer"}, {"add_bos_token", false}, {"add_eos_token", false},
-                                {"bos_token", "<s>"}, {"eos_token", "</s>"}, {"unk_token", "<unk>"}, {"pad_token", "<pad>"},
-                                {"legacy", true}, {"add_prefix_space", false}, {"model_max_length", config.data.seq_len}};
-      write_file_atomic(tmp / "tokenizer_config.json", tok.dump(2) + "\n");
-    }
-    write_file_atomic(tmp / "gqe_config.yaml", to_yaml(config));
-    remove_tree(o.out);
-    fs::rename(tmp, o.out);
-  } catch (...) {
-    remove_tree(tmp);
-    throw;
+  StagedDir staged(o.out);  // o.out.partial until everything is written
+  const fs::path& tmp = staged.path();
+  std::vector<std::pair<std::string, at::Tensor>> tensors;
+  for (const auto& [name, t] : checkpoint.model) tensors.emplace_back(name, o.bf16 ? t.to(at::kBFloat16) : t);
+  write_safetensors(tmp / "model.safetensors", tensors, {{"format", "pt"}});
+  write_file_atomic(tmp / "config.json", hf_config(config, checkpoint.state, manifest ? &*manifest : nullptr, o.bf16).dump(2) + "\n");
+  if (manifest) {
+    write_file_atomic(tmp / "tokenizer.model", read_file(tokenizer_path(config.data.dataset, *manifest)));
+    const ordered_json tok = {{"tokenizer_class", "LlamaTokenizer"}, {"add_bos_token", false}, {"add_eos_token", false},
+                              {"bos_token", "<s>"}, {"eos_token", "</s>"}, {"unk_token", "<unk>"}, {"pad_token", "<pad>"},
+                              {"legacy", true}, {"add_prefix_space", false}, {"model_max_length", config.data.seq_len}};
+    write_file_atomic(tmp / "tokenizer_config.json", tok.dump(2) + "\n");
   }
+  write_file_atomic(tmp / "gqe_config.yaml", to_yaml(config));
+  staged.commit();
 }
 
 }  // namespace gqe

@@ -4,10 +4,7 @@
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
-#include <cerrno>
 #include <cstring>
-#include <fstream>
-#include <system_error>
 
 #include "common/error.h"
 #include "common/files.h"
@@ -42,15 +39,12 @@ void write_safetensors(const std::filesystem::path& path, const std::vector<std:
   }
   std::string text = header.dump();
   text.append((8 - text.size() % 8) % 8, ' ');  // the data starts 8-byte aligned
-  std::ofstream out(path, std::ios::binary | std::ios::trunc);
-  if (!out) throw std::system_error(errno, std::generic_category(), "cannot write " + path.string());
+  OutFile out(path);
   const uint64_t length = text.size();
-  out.write(reinterpret_cast<const char*>(&length), 8);
-  out.write(text.data(), static_cast<std::streamsize>(text.size()));
-  for (const at::Tensor& t : data)
-    out.write(static_cast<const char*>(t.data_ptr()), static_cast<std::streamsize>(t.numel() * t.element_size()));
-  out.flush();
-  if (!out) throw std::system_error(errno, std::generic_category(), "cannot write " + path.string());
+  out.write(&length, 8);
+  out.write(text);
+  for (const at::Tensor& t : data) out.write(t.data_ptr(), static_cast<size_t>(t.numel() * t.element_size()));
+  out.close();
 }
 
 std::map<std::string, at::Tensor> read_safetensors(const std::filesystem::path& path) {

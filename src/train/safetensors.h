@@ -14,6 +14,7 @@
 namespace gqe {
 
 // Writes the tensors (copied to CPU, contiguous) in the given order; metadata goes to "__metadata__".
+// The file is written in place and fsynced: callers build it inside a StagedDir (common/files.h).
 void write_safetensors(const std::filesystem::path& path, const std::vector<std::pair<std::string, at::Tensor>>& tensors,
                        const std::map<std::string, std::string>& metadata = {});
 
