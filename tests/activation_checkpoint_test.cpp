@@ -10,7 +10,7 @@
 #include "model/cross_entropy.h"
 #include "model/decoder.h"
 #include "model_util.h"
-#include "train/device_info.h"
+#include "dist/device_info.h"
 
 namespace gqe {
 namespace {

@@ -2,7 +2,7 @@
 // and refuse to guess for anything it does not know.
 #include <gtest/gtest.h>
 
-#include "train/device_info.h"
+#include "dist/device_info.h"
 
 namespace gqe {
 namespace {

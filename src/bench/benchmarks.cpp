@@ -17,7 +17,7 @@
 #include "model/decoder.h"
 #include "model/model_info.h"
 #include "train/adamw.h"
-#include "train/device_info.h"
+#include "dist/device_info.h"
 #include "train/update.h"
 
 namespace gqe {

@@ -1,4 +1,5 @@
 // gqe info CONFIG: parameter counts, heads, FLOPs per token and memory of the config's model.
+#include <ATen/Context.h>
 #include <CLI/CLI.hpp>
 #include <fmt/format.h>
 
@@ -8,6 +9,8 @@
 
 #include "cli/commands.h"
 #include "config/config_loader.h"
+#include "dist/communicator.h"
+#include "dist/device_info.h"
 #include "model/model_info.h"
 
 namespace gqe {
@@ -28,7 +31,16 @@ void add_info_command(CLI::App& app) {
       "  gqe info configs/gqe-250m.yaml --set model.attention.top_k=2 --set data.seq_len=4096");
   cmd->callback([opts] {
     const LoadedConfig loaded = load_config(opts->config, opts->overrides);
-    fmt::print("{}\n{}", opts->config, format_model_info(loaded.config, describe_model(loaded.config)));
+    const ModelInfo info = describe_model(loaded.config);
+    fmt::print("{}\n{}", opts->config, format_model_info(loaded.config, info));
+    // The verdict gqe train reaches on this machine, for one process on the config's device.
+    const bool cuda_here = at::hasCUDA() && at::getNumGPUs() > 0;
+    if (loaded.config.train.device == DeviceKind::cuda && !cuda_here) {
+      fmt::print("  memory on cuda: no CUDA device here, not checked\n");
+      return;
+    }
+    const at::Device device = rank_device(loaded.config.train.device, DistEnvironment{}, loaded.origin("train.device"));
+    fmt::print("  {}\n", memory_verdict(info, device_name(device), available_memory(device)).text);
   });
 }
 

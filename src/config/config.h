@@ -216,9 +216,11 @@ struct EvalConfig {
   }
 };
 
+constexpr int64_t kMaxTimeoutSeconds = 86400;
+
 struct DistConfig {
   DistBackend backend = DistBackend::auto_;  // auto: NCCL on CUDA, Gloo on CPU
-  int64_t timeout_s = 600;                   // collectives and rendezvous
+  int64_t timeout_s = 600;                   // how long a rank waits for the others (docs/distributed.md)
   int64_t bucket_mb = 25;                    // gradient all-reduce bucket size
   int64_t check_replicas_every_steps = 0;    // compare parameter hashes across ranks (0: never)
 

@@ -7,6 +7,7 @@
 #include <cmath>
 #include <filesystem>
 #include <fstream>
+#include <limits>
 #include <optional>
 #include <set>
 #include <sstream>
@@ -14,6 +15,7 @@
 #include <fmt/format.h>
 
 #include "common/error.h"
+#include "model/model_info.h"
 
 namespace fs = std::filesystem;
 
@@ -67,6 +69,7 @@ void check_tree(const YAML::Node& node, const std::string& file, const std::stri
 }
 
 YAML::Node parse_file(const std::string& file) {
+  if (fs::is_directory(file)) throw UserError(fmt::format("{}: is a directory, not a config file", file));
   std::ifstream in(file);
   if (!in) throw UserError(fmt::format("{}: cannot open config file ({})", file,
                                        fs::exists(file) ? "permission denied" : "no such file"));
@@ -74,7 +77,11 @@ YAML::Node parse_file(const std::string& file) {
   text << in.rdbuf();
   YAML::Node root;
   try {
-    root = YAML::Load(text.str());
+    const std::vector<YAML::Node> documents = YAML::LoadAll(text.str());
+    if (documents.size() > 1)
+      throw UserError(fmt::format("{}:{}: a second YAML document ('---'): a config is one document", file,
+                                  documents[1].Mark().is_null() ? 1 : documents[1].Mark().line + 1));
+    if (!documents.empty()) root = documents.front();
   } catch (const YAML::Exception& e) {
     throw UserError(fmt::format("{}:{}:{}: invalid YAML: {}", file, e.mark.line + 1, e.mark.column + 1, e.msg));
   }
@@ -187,6 +194,26 @@ void apply_override(YAML::Node tree, const std::string& assignment, Origins& ori
 
 // --- typed reading -----------------------------------------------------------------------------
 
+bool valid_utf8(const std::string& s) {
+  for (size_t i = 0; i < s.size();) {
+    const auto c = static_cast<unsigned char>(s[i]);
+    const size_t n = c < 0x80 ? 1 : (c >> 5) == 0x6 ? 2 : (c >> 4) == 0xE ? 3 : (c >> 3) == 0x1E ? 4 : 0;
+    if (n == 0 || i + n > s.size()) return false;
+    uint32_t cp = n == 1 ? c : c & (0x7F >> n);
+    for (size_t k = 1; k < n; ++k) {
+      const auto cc = static_cast<unsigned char>(s[i + k]);
+      if ((cc >> 6) != 0x2) return false;
+      cp = (cp << 6) | (cc & 0x3F);
+    }
+    // Overlong forms, UTF-16 surrogates and code points past U+10FFFF are not UTF-8.
+    if ((n == 2 && cp < 0x80) || (n == 3 && cp < 0x800) || (n == 4 && cp < 0x10000) || cp > 0x10FFFF ||
+        (cp >= 0xD800 && cp <= 0xDFFF))
+      return false;
+    i += n;
+  }
+  return true;
+}
+
 std::string describe(const YAML::Node& node) {
   if (node.IsMap()) return "a mapping";
   if (node.IsSequence()) return "a list";
@@ -249,13 +276,20 @@ class Reader {
     else fail(path, fmt::format("expected true or false, got '{}'", s));
   }
   void read(const std::string& path, const YAML::Node& n, std::string& v) const {
-    v = n.IsNull() ? std::string() : scalar(path, n, "a string");
+    v = n.IsNull() ? std::string() : text(path, n);
   }
   void read(const std::string& path, const YAML::Node& n, std::map<std::string, std::string>& v) const {
     v.clear();
     if (n.IsNull()) return;
     if (!n.IsMap()) fail(path, fmt::format("expected a mapping of name: value, got {}", describe(n)));
-    for (const auto& kv : n) v[kv.first.Scalar()] = scalar(join(path, kv.first.Scalar()), kv.second, "a string");
+    for (const auto& kv : n) v[text(path, kv.first)] = text(join(path, kv.first.Scalar()), kv.second);
+  }
+  // A string value: text, so that it can name files and appear in logs and JSON.
+  std::string text(const std::string& path, const YAML::Node& n) const {
+    const std::string s = scalar(path, n, "a string");
+    if (!valid_utf8(s)) fail(path, "is not valid UTF-8 text");
+    if (s.find('\0') != std::string::npos) fail(path, "holds a NUL character");
+    return s;
   }
   template <class E>
     requires std::is_enum_v<E>
@@ -540,12 +574,28 @@ void validate(const LoadedConfig& loaded) {
   check.positive(c.eval.batch_size, "eval.batch_size");
 
   check.positive(c.dist.timeout_s, "dist.timeout_s");
+  // c10d adds the timeout to a clock in nanoseconds: past ~292 years that overflows, and a job
+  // that waits a day for one of its ranks is hung anyway.
+  check.require(c.dist.timeout_s <= kMaxTimeoutSeconds, "dist.timeout_s",
+                fmt::format("must be at most {} (a day), got {}", kMaxTimeoutSeconds, c.dist.timeout_s));
   check.positive(c.dist.bucket_mb, "dist.bucket_mb");
   check.non_negative(c.dist.check_replicas_every_steps, "dist.check_replicas_every_steps");
 
   check.positive(c.log.every_steps, "log.every_steps");
   check.require(c.log.name.find('/') == std::string::npos, "log.name",
                 fmt::format("'{}' must be a plain name without '/' (use log.dir for the parent folder)", c.log.name));
+  check.require(!c.log.name.empty() && c.log.name != "." && c.log.name != "..", "log.name",
+                fmt::format("'{}' is not a name for a run directory inside log.dir", c.log.name));
+
+  // Last, when every size is positive: the counts of the model must fit 64 bits.
+  check.require(m.vocab_size <= std::numeric_limits<int32_t>::max(), "model.vocab_size",
+                fmt::format("must be at most {} (token ids are 32-bit), got {}", std::numeric_limits<int32_t>::max(),
+                            m.vocab_size));
+  try {
+    describe_model(c);
+  } catch (const SizeOverflow& e) {
+    check.require(false, e.key, e.what());
+  }
 }
 
 LoadedConfig load_config(const std::string& path, const std::vector<std::string>& overrides) {

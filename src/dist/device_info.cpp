@@ -1,4 +1,4 @@
-#include "train/device_info.h"
+#include "dist/device_info.h"
 
 #include <atomic>
 #include <utility>
@@ -11,7 +11,13 @@
 #include <ATen/Context.h>
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDACachingAllocator.h>
+#include <c10/cuda/CUDAGuard.h>
 #endif
+
+#include <fmt/format.h>
+
+#include "common/error.h"
+#include "common/host_memory.h"
 
 namespace gqe {
 
@@ -20,6 +26,28 @@ std::string device_name(at::Device device) {
   if (device.is_cuda()) return at::cuda::getDeviceProperties(device.index() < 0 ? 0 : device.index())->name;
 #endif
   return device.str();
+}
+
+std::optional<double> available_memory(at::Device device) {
+#ifdef USE_C10D_NCCL
+  if (device.is_cuda()) {
+    at::globalContext().lazyInitDevice(at::kCUDA);
+    const c10::cuda::CUDAGuard guard(device.index() < 0 ? 0 : device.index());
+    size_t free = 0, total = 0;
+    if (cudaMemGetInfo(&free, &total) != cudaSuccess) return std::nullopt;
+    return static_cast<double>(free);
+  }
+#endif
+  if (device.is_cpu()) return host_memory_available();
+  return std::nullopt;
+}
+
+void require_memory(at::Device device, double min_bytes, const std::string& what) {
+  const std::optional<double> available = available_memory(device);
+  if (!available || min_bytes <= *available) return;
+  constexpr double kGiB = 1024.0 * 1024.0 * 1024.0;
+  throw UserError(fmt::format("{} would take at least {:.2f} GiB of memory, but {} has {:.2f} GiB available", what, min_bytes / kGiB,
+                              device_name(device), *available / kGiB));
 }
 
 std::optional<double> peak_bf16_flops(const std::string& name) {

@@ -17,6 +17,15 @@ std::string device_name(at::Device device);  // "cpu", or the name CUDA reports 
 // anything not in the table, the CPU included.
 std::optional<double> peak_bf16_flops(const std::string& device_name);
 
+// Bytes a new allocation on the device can still get: on the CPU the host's (host_memory_available),
+// on a GPU what the driver reports free. Nothing if it cannot be told.
+std::optional<double> available_memory(at::Device device);
+
+// Refuses what certainly cannot fit before anything is allocated: throws UserError "{what} would
+// take at least X GiB of memory, but DEVICE has Y GiB available" when min_bytes is more than the
+// device has. `what` names the option or key that asks for it ("--max-tokens N: the KV cache").
+void require_memory(at::Device device, double min_bytes, const std::string& what);
+
 // The peak of the memory held by tensors on a device while this object lives, in bytes. CUDA: the
 // caching allocator's peak (reset at the start). CPU: the peak of the bytes allocated by tensors
 // from the start (freed ones subtracted; what torch.profiler's profile_memory counts), counted on

@@ -1,14 +1,24 @@
 // Accounting of a model config without building it: parameter counts per part, attention heads,
 // FLOPs per token (with the convention spelled out), and a training memory estimate. `gqe info`
-// prints it; tests check the counts against the real module. No torch here.
+// prints it; tests check the counts against the real module; config validation runs it to refuse
+// sizes whose counts overflow. No torch here (it is part of the config library).
 #pragma once
 
 #include <cstdint>
+#include <optional>
+#include <stdexcept>
 #include <string>
 
 #include "config/config.h"
 
 namespace gqe {
+
+// A count of the config's model (parameters, the logits of a batch) that overflows 64 bits.
+// `key` names the size most out of proportion, the one to blame.
+struct SizeOverflow : std::runtime_error {
+  SizeOverflow(std::string key, int64_t value);
+  std::string key;
+};
 
 struct LayerParams {
   int64_t q_proj = 0, k_proj = 0, v_proj = 0, o_proj = 0, router = 0, q_shared = 0;
@@ -48,9 +58,30 @@ struct ModelInfo {
   // Training memory per rank, bytes (estimate): fp32 weights + fp32 grads + AdamW's two moments,
   // plus activations of one micro-batch.
   double weights_bytes = 0, grads_bytes = 0, optimizer_bytes = 0, activation_bytes = 0;
+  // What training certainly holds: the weights, gradients and moments, and of one micro-batch's
+  // activations at least the logits and one input per layer. More than the device's memory: the
+  // run cannot fit. (The estimate above counts everything and is an estimate.)
+  double min_activation_bytes = 0;
+  double state_bytes() const { return weights_bytes + grads_bytes + optimizer_bytes; }
+  double min_training_bytes() const { return state_bytes() + min_activation_bytes; }
+  double training_bytes() const { return state_bytes() + activation_bytes; }
 };
 
+// Throws SizeOverflow when a count does not fit 64 bits.
 ModelInfo describe_model(const Config& config);
+
+// What a forward pass over one sequence of `tokens` certainly holds: the fp32 weights, and the
+// residual stream, the normed input, q, k and v of a layer for every token (fp32).
+double min_prefill_bytes(const Config& config, int64_t tokens);
+
+// Whether a need of memory fits what a device has, as `gqe info` and `gqe train` report it.
+struct MemoryVerdict {
+  bool fits = true;      // the certain need fits
+  bool estimate_fits = true;
+  std::string text;      // one line: the device, what is available, the verdict
+};
+// `available`: bytes the device has free (nothing: unknown), shared by `ranks` processes.
+MemoryVerdict memory_verdict(const ModelInfo& info, const std::string& device, std::optional<double> available, int ranks = 1);
 
 // The text `gqe info` prints.
 std::string format_model_info(const Config& config, const ModelInfo& info);
