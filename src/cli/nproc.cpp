@@ -11,7 +11,7 @@
 
 namespace gqe {
 
-bool launch_if_requested(int nproc, int argc, char** argv, std::chrono::seconds grace) {
+bool launch_if_requested(int nproc, int argc, char** argv) {
   if (nproc <= 1) return false;
   if (std::getenv("RANK"))
     throw UserError("--nproc: this process is already a rank of a launched job (RANK is set); drop --nproc");
@@ -24,7 +24,7 @@ bool launch_if_requested(int nproc, int argc, char** argv, std::chrono::seconds 
     }
     if (a.rfind("--nproc=", 0) != 0) args.push_back(a);
   }
-  const int status = launch_local_ranks(nproc, args, grace);
+  const int status = launch_local_ranks(nproc, args);
   if (status != 0) std::exit(status);  // the failing rank said why
   return true;
 }

@@ -13,6 +13,7 @@
 #include <cstdlib>
 
 #include "common/error.h"
+#include "dist/watchdog.h"
 
 namespace gqe {
 
@@ -21,6 +22,7 @@ struct Communicator::Impl {
   c10::intrusive_ptr<c10d::Backend> group;
   std::string backend;
   std::chrono::milliseconds timeout{0};
+  std::unique_ptr<Watchdog> watchdog;  // distributed jobs only
 };
 
 namespace {
@@ -29,6 +31,24 @@ std::string first_line(const std::string& s) { return s.substr(0, s.find('\n'));
 
 bool loopback(const std::string& addr) { return addr == "localhost" || addr.rfind("127.", 0) == 0; }
 
+// The job's store at MASTER_ADDR:MASTER_PORT: served by rank 0 (`serve`) unless torchrun's agent
+// already serves it, where every rank is a client and keys are namespaced by restart attempt (as
+// PyTorch's own rendezvous does).
+c10::intrusive_ptr<c10d::Store> connect_store(const DistEnvironment& env, std::chrono::milliseconds timeout, bool serve) {
+  const char* agent = std::getenv("TORCHELASTIC_USE_AGENT_STORE");
+  const bool agent_store = agent && std::string(agent) == "True";
+  c10d::TCPStoreOptions so;
+  so.port = static_cast<uint16_t>(env.master_port);
+  so.isServer = serve && !agent_store;
+  so.numWorkers = static_cast<size_t>(env.world);
+  so.waitWorkers = !agent_store;  // clients count themselves in, the server waits for all
+  so.timeout = timeout;
+  c10::intrusive_ptr<c10d::Store> store = c10::make_intrusive<c10d::TCPStore>(env.master_addr, so);
+  if (!agent_store) return store;
+  const char* attempt = std::getenv("TORCHELASTIC_RESTART_COUNT");
+  return c10::make_intrusive<c10d::PrefixStore>(fmt::format("gqe/attempt_{}", attempt ? attempt : "0"), store);
+}
+
 }  // namespace
 
 at::Device rank_device(DeviceKind kind, const DistEnvironment& env, const std::string& origin) {
@@ -36,6 +56,9 @@ at::Device rank_device(DeviceKind kind, const DistEnvironment& env, const std::s
   if (kind == DeviceKind::cuda && !available)
     throw UserError(fmt::format("{}: train.device is cuda, but no CUDA device is available", origin));
   if (kind == DeviceKind::cpu || !available) return at::Device(at::kCPU);
+  if (static_cast<size_t>(env.local_rank) >= at::getNumGPUs())
+    throw UserError(fmt::format("{}: train.device: local rank {} of {} has no GPU of its own ({} here)", origin,
+                                env.local_rank, env.local_world, at::getNumGPUs()));
   return at::Device(at::kCUDA, static_cast<c10::DeviceIndex>(env.local_rank));
 }
 
@@ -48,21 +71,7 @@ Communicator::Communicator(const DistEnvironment& env, DistBackend backend, at::
   if (nccl && !device.is_cuda())
     throw UserError("dist.backend is nccl, but training runs on the CPU (use gloo or auto)");
   try {
-    // Under torchrun the agent already serves the store at MASTER_PORT: every rank is a client,
-    // and keys are namespaced by restart attempt (as PyTorch's own rendezvous does).
-    const char* agent = std::getenv("TORCHELASTIC_USE_AGENT_STORE");
-    const bool agent_store = agent && std::string(agent) == "True";
-    c10d::TCPStoreOptions so;
-    so.port = static_cast<uint16_t>(env.master_port);
-    so.isServer = env.rank == 0 && !agent_store;
-    so.numWorkers = static_cast<size_t>(env.world);
-    so.waitWorkers = !agent_store;
-    so.timeout = impl_->timeout;
-    impl_->store = c10::make_intrusive<c10d::TCPStore>(env.master_addr, so);
-    if (agent_store) {
-      const char* attempt = std::getenv("TORCHELASTIC_RESTART_COUNT");
-      impl_->store = c10::make_intrusive<c10d::PrefixStore>(fmt::format("gqe/attempt_{}", attempt ? attempt : "0"), impl_->store);
-    }
+    impl_->store = connect_store(env, impl_->timeout, env.rank == 0);
     if (nccl) {
 #ifdef USE_C10D_NCCL
       c10::impl::getDeviceGuardImpl(c10::DeviceType::CUDA)->setDevice(device);
@@ -84,6 +93,8 @@ Communicator::Communicator(const DistEnvironment& env, DistBackend backend, at::
       impl_->group = c10::make_intrusive<c10d::ProcessGroupGloo>(impl_->store, env.rank, env.world, options);
       impl_->backend = "gloo";
     }
+    impl_->watchdog = std::make_unique<Watchdog>(connect_store(env, impl_->timeout, false), env.rank, env.world,
+                                                 impl_->timeout, fmt::format("{}:{}", env.master_addr, env.master_port));
   } catch (const UserError&) {
     throw;
   } catch (const std::exception& e) {
@@ -96,21 +107,25 @@ Communicator::~Communicator() = default;
 
 std::string Communicator::backend_name() const { return env_.distributed() ? impl_->backend : "none (one process)"; }
 
-namespace {
-
-template <class F> void guarded(int rank, const char* what, F&& f) {
+template <class F> void Communicator::guarded(const char* what, F&& f) {
   try {
+    if (!impl_->watchdog) return f();
+    const Watchdog::Waiting waiting = impl_->watchdog->waiting(what);  // a backstop to the backend's timeout
     f();
   } catch (const std::exception& e) {
-    throw std::runtime_error(fmt::format("rank {}: {} failed (another rank died or hangs?): {}", rank, what, first_line(e.what())));
+    throw std::runtime_error(fmt::format("rank {}: {} failed (another rank died or hangs?): {}", env_.rank, what, first_line(e.what())));
   }
 }
 
-}  // namespace
+void Communicator::finish() {
+  if (!env_.distributed()) return;
+  impl_->watchdog->stop();
+  guarded("barrier", [&] { impl_->group->barrier()->wait(); });
+}
 
 void Communicator::all_reduce_sum(const std::vector<at::Tensor>& tensors) {
   if (!env_.distributed() || tensors.empty()) return;
-  guarded(env_.rank, "all-reduce", [&] {
+  guarded("all-reduce", [&] {
     // Buckets of one dtype, filled in order.
     size_t begin = 0;
     while (begin < tensors.size()) {
@@ -138,7 +153,7 @@ void Communicator::all_reduce_sum(const std::vector<at::Tensor>& tensors) {
 
 void Communicator::broadcast(const std::vector<at::Tensor>& tensors) {
   if (!env_.distributed()) return;
-  guarded(env_.rank, "broadcast", [&] {
+  guarded("broadcast", [&] {
     for (const at::Tensor& t : tensors) {
       std::vector<at::Tensor> one{t};
       impl_->group->broadcast(one)->wait();
@@ -149,7 +164,7 @@ void Communicator::broadcast(const std::vector<at::Tensor>& tensors) {
 std::vector<std::string> Communicator::all_gather(const std::string& value) {
   if (!env_.distributed()) return {value};
   std::vector<std::string> out;
-  guarded(env_.rank, "all-gather", [&] {
+  guarded("all-gather", [&] {
     const std::string prefix = fmt::format("gqe/gather/{}/", sequence_++);
     impl_->store->set(prefix + std::to_string(env_.rank), std::vector<uint8_t>(value.begin(), value.end()));
     for (int r = 0; r < env_.world; ++r) {
@@ -162,12 +177,12 @@ std::vector<std::string> Communicator::all_gather(const std::string& value) {
 
 void Communicator::publish(const std::string& key, const std::string& value) {
   if (!env_.distributed()) return;
-  guarded(env_.rank, "publish", [&] { impl_->store->set("gqe/" + key, std::vector<uint8_t>(value.begin(), value.end())); });
+  guarded("publish", [&] { impl_->store->set("gqe/" + key, std::vector<uint8_t>(value.begin(), value.end())); });
 }
 
 std::string Communicator::receive(const std::string& key) {
   std::string value;
-  guarded(env_.rank, "receive", [&] {
+  guarded("receive", [&] {
     const auto bytes = impl_->store->get("gqe/" + key);
     value.assign(bytes.begin(), bytes.end());
   });
@@ -176,7 +191,7 @@ std::string Communicator::receive(const std::string& key) {
 
 void Communicator::barrier() {
   if (!env_.distributed()) return;
-  guarded(env_.rank, "barrier", [&] { impl_->group->barrier()->wait(); });
+  guarded("barrier", [&] { impl_->group->barrier()->wait(); });
 }
 
 }  // namespace gqe

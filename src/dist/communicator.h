@@ -45,8 +45,13 @@ class Communicator {
   void publish(const std::string& key, const std::string& value);
   std::string receive(const std::string& key);
   void barrier();
+  // The job's last collective: stops the watchdog (dist/watchdog.h), then waits for every rank.
+  // Call it when the work is done; a rank that ends without it looks failed to the others.
+  void finish();
 
  private:
+  template <class F> void guarded(const char* what, F&& f);
+
   struct Impl;
   DistEnvironment env_;
   std::unique_ptr<Impl> impl_;

@@ -42,7 +42,7 @@ std::string describe(int status) {
 
 }  // namespace
 
-int launch_local_ranks(int nproc, const std::vector<std::string>& args, std::chrono::seconds grace) {
+int launch_local_ranks(int nproc, const std::vector<std::string>& args) {
   const std::string self = std::filesystem::read_symlink("/proc/self/exe").string();
   const int port = free_port();
   const pid_t launcher = ::getpid();
@@ -96,8 +96,8 @@ int launch_local_ranks(int nproc, const std::vector<std::string>& args, std::chr
           if (running > 0)
             fmt::print(stderr, "gqe: rank {} (pid {}) {}; stopping the other {} rank(s)\n", r, done, describe(status), running);
           for (pid_t pid : pids)
-            if (pid > 0) ::kill(pid, SIGTERM);
-          kill_at = std::chrono::steady_clock::now() + grace;
+            if (pid > 0) ::kill(pid, SIGTERM), ::kill(pid, SIGCONT);  // a stopped rank takes SIGTERM once it runs
+          kill_at = std::chrono::steady_clock::now() + kStopGrace;
         }
       }
       continue;

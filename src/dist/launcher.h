@@ -1,8 +1,9 @@
 // The built-in launcher for one node (`gqe train CONFIG --nproc N`): starts N copies of this
 // program as ranks 0..N-1 with torchrun's environment (RANK, WORLD_SIZE, LOCAL_RANK,
 // LOCAL_WORLD_SIZE, MASTER_ADDR=127.0.0.1 and a free MASTER_PORT), forwards SIGINT/SIGTERM to
-// them, and when one fails stops the others (SIGTERM, then SIGKILL after `grace`) and fails the
-// job with that rank's exit status. A rank whose launcher dies gets SIGTERM.
+// them, and when one fails stops the others (SIGTERM and SIGCONT, then SIGKILL after kStopGrace:
+// a stopped rank or one stuck in a collective ends too) and fails the job with that rank's exit
+// status. A rank whose launcher dies gets SIGTERM.
 #pragma once
 
 #include <chrono>
@@ -13,6 +14,10 @@ namespace gqe {
 
 // args: the command line to run in every rank (args[0] is ignored: this program runs). Returns
 // the job's exit status.
-int launch_local_ranks(int nproc, const std::vector<std::string>& args, std::chrono::seconds grace);
+int launch_local_ranks(int nproc, const std::vector<std::string>& args);
+
+// How long the other ranks get to end by themselves once one has failed. They cannot save
+// anything then (saving takes every rank), so it is short.
+constexpr std::chrono::seconds kStopGrace{5};
 
 }  // namespace gqe

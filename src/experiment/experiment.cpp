@@ -152,7 +152,7 @@ RunStatus run_status(const ExperimentRun& run) {
 
 void run_experiment(const Experiment& e, int nproc) {
   const std::vector<ExperimentRun> runs = experiment_runs(e);
-  fs::create_directories(e.out);
+  make_directories(e.out);
   for (const ExperimentRun& run : runs) {
     const std::string label = e.seeds.size() == 1 ? run.arm : fmt::format("{} (seed {})", run.arm, run.seed);
     const RunStatus status = run_status(run);
@@ -168,7 +168,7 @@ void run_experiment(const Experiment& e, int nproc) {
     std::fflush(stdout);
     std::vector<std::string> args{"gqe", "train", e.base, "--run-dir", run.run_dir.string()};
     for (const auto& o : run.overrides) args.insert(args.end(), {"--set", o});
-    const int code = launch_local_ranks(nproc, args, std::chrono::seconds(run.config.config.dist.timeout_s));
+    const int code = launch_local_ranks(nproc, args);
     if (code != 0)
       throw std::runtime_error(fmt::format("arm {} failed (exit status {}); once fixed, the same command continues it", label, code));
     if (run_status(run).state != RunState::finished) {
@@ -184,7 +184,7 @@ void run_experiment(const Experiment& e, int nproc) {
     for (const auto& [name, path] : e.eval_tasks) tasks += (tasks.empty() ? "" : ",") + name + "=" + path;
     if (!tasks.empty()) args.insert(args.end(), {"--tasks", tasks});
     if (!e.eval_val && tasks.empty()) continue;
-    const int code = launch_local_ranks(nproc, args, std::chrono::seconds(run.config.config.dist.timeout_s));
+    const int code = launch_local_ranks(nproc, args);
     if (code != 0) throw std::runtime_error(fmt::format("evaluating {} failed (exit status {})", run.run_dir.string(), code));
   }
   CompareOptions compare;
