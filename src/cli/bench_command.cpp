@@ -3,6 +3,7 @@
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
+#include <algorithm>
 #include <memory>
 #include <sstream>
 #include <string>
@@ -12,6 +13,7 @@
 #include <ATen/Parallel.h>
 
 #include "bench/benchmarks.h"
+#include "cli/checks.h"
 #include "cli/commands.h"
 #include "common/error.h"
 #include "common/files.h"
@@ -19,7 +21,7 @@
 #include "data/dataset.h"
 #include "dist/communicator.h"
 #include "model/model_info.h"
-#include "train/device_info.h"
+#include "dist/device_info.h"
 
 namespace gqe {
 namespace {
@@ -66,9 +68,12 @@ struct Reported : Common {
 };
 
 void add_reporting(CLI::App* cmd, Reported& o, const std::string& profiled) {
-  cmd->add_option("--json", o.json, "Also write the timings to this file");
+  cmd->add_option("--json", o.json, "Also write the timings to this file")->each([](const std::string& file) {
+    check_output_path(file, "--json", /*directory=*/false);  // before the benchmark, not after it
+  });
   cmd->add_option("--profile", o.profile,
-                  "Then list the GPU kernels (on a CPU: ATen ops, by self time) taking the most time (this many) " + profiled);
+                  "Then list the GPU kernels (on a CPU: ATen ops, by self time) taking the most time (this many) " + profiled)
+      ->check(whole_at_least(0, 100000));
 }
 
 void write_report(const Reported& o, at::Device device, const char* key, const nlohmann::ordered_json& rows) {
@@ -139,6 +144,9 @@ void add_bench_prefill(CLI::App& bench) {
       if (!v || *v < 2) throw UserError(fmt::format("--seq-lens: '{}' is not a length", item));
       lengths.push_back(*v);
     }
+    if (lengths.empty()) throw UserError("--seq-lens: no length given");
+    const int64_t longest = *std::max_element(lengths.begin(), lengths.end());
+    require_memory(device, min_prefill_bytes(loaded.config, longest), fmt::format("--seq-lens {}: a prefill of {} tokens", longest, longest));
     const ModelConfig gqe = as_gqe(loaded.config.model);
     Config c = loaded.config;
     c.model = gqe;
@@ -187,6 +195,12 @@ void add_bench_train(CLI::App& bench) {
     const LoadedConfig loaded = load_config(o->config, o->overrides);
     const at::Device device = setup_device(loaded);
     const Config& c = loaded.config;
+    for (const ModelConfig& m : {as_gqa(c.model), as_gqe(c.model)}) {  // before anything is allocated
+      Config variant = c;
+      variant.model = m;
+      const MemoryVerdict memory = memory_verdict(describe_model(variant), device_name(device), available_memory(device));
+      if (!memory.fits) throw UserError(fmt::format("{}: {} cannot train here: {}", o->config, enum_name(m.attention.type), memory.text));
+    }
     const auto peak = peak_bf16_flops(device_name(device));
     fmt::print("train step: {}, micro-batch {} x {} tokens, {}, {}, median of {} steps after {}\n", o->config,
                c.train.micro_batch_size, c.data.seq_len, enum_name(c.train.precision), where(device), o->steps, o->warmup);

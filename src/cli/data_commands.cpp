@@ -10,6 +10,7 @@
 #include <sstream>
 #include <thread>
 
+#include "cli/checks.h"
 #include "cli/commands.h"
 #include "common/error.h"
 #include "common/files.h"
@@ -79,14 +80,15 @@ void add_train_tokenizer(CLI::App& app) {
   vocab->excludes(config);
   cmd->add_option("--max-sentences", o->max_sentences, "Lines sampled for training when the input has more")
       ->capture_default_str();
-  cmd->add_option("--seed", o->seed, "Seed of the sampling")->capture_default_str();
-  cmd->add_option("--threads", o->threads, "Training threads")->capture_default_str();
+  cmd->add_option("--seed", o->seed, "Seed of the sampling")->check(whole_at_least(0))->capture_default_str();
+  cmd->add_option("--threads", o->threads, "Training threads")->check(whole_at_least(1, 4096))->capture_default_str();
   add_input_flags(cmd, o->input);
   cmd->footer(
       "Examples:\n"
       "  gqe-data train-tokenizer data/sample/*.jsonl --vocab-size 4096 --out data/sample/tokenizer\n"
       "  gqe-data train-tokenizer corpus/ --config configs/gqa-250m.yaml --out data/tok50k");
   cmd->callback([o] {
+    check_output_path(o->out + ".model", "--out", /*directory=*/false);  // before the training, not after it
     TokenizerTraining t;
     t.files = expand_inputs(o->inputs);
     t.input = o->input.options();
@@ -121,9 +123,12 @@ void add_encode(CLI::App& app, int argc, char** argv) {
   cmd->add_option("--shard-tokens", o->shard_tokens, "Tokens per shard (a shard closes at a document boundary)")
       ->capture_default_str();
   cmd->add_option("--val-fraction", o->encode.val_fraction, "Fraction of documents held out for validation (seeded)")
+      ->check(number_in(0, 1, false, /*max_open=*/true))
       ->capture_default_str();
-  cmd->add_option("--seed", o->encode.seed, "Seed of the train/val split")->capture_default_str();
-  cmd->add_option("--threads", o->encode.threads, "Encoding threads (0: all cores)")->capture_default_str();
+  cmd->add_option("--seed", o->encode.seed, "Seed of the train/val split")->check(whole_at_least(0))->capture_default_str();
+  cmd->add_option("--threads", o->encode.threads, "Encoding threads (0: all cores)")
+      ->check(whole_at_least(0, 4096))
+      ->capture_default_str();
   cmd->add_flag("--overwrite", o->encode.overwrite, "Replace an existing dataset directory (after success only)");
   cmd->add_flag("--quiet", o->quiet, "No progress line");
   add_input_flags(cmd, o->input);
@@ -217,8 +222,8 @@ void add_decode(CLI::App& app) {
   auto* ds = cmd->add_option("--dataset", o->dataset, "Use the tokenizer of this dataset");
   tok->excludes(ds);
   cmd->add_option("--shard", o->shard, "Decode tokens of this shard (its dataset's tokenizer unless given)");
-  cmd->add_option("--start", o->start, "First token of the shard slice")->capture_default_str();
-  cmd->add_option("--count", o->count, "Tokens of the shard slice (0: to the end)")->capture_default_str();
+  cmd->add_option("--start", o->start, "First token of the shard slice")->check(whole_at_least(0))->capture_default_str();
+  cmd->add_option("--count", o->count, "Tokens of the shard slice (0: to the end)")->check(whole_at_least(0))->capture_default_str();
   cmd->footer(
       "Examples:\n"
       "  gqe-data decode --dataset data/sample/shards 464 1022 2\n"
@@ -278,6 +283,7 @@ void add_encode_eval(CLI::App& app) {
       "  gqe-data encode-eval --task hellaswag --input hellaswag_val.jsonl --dataset data/sample/shards --out data/eval/hellaswag.jsonl\n"
       "  gqe-data encode-eval --task piqa --input valid.jsonl --labels valid-labels.lst --dataset data/sample/shards --out data/eval/piqa.jsonl");
   cmd->callback([o] {
+    check_output_path(o->out, "--out", /*directory=*/false);
     const std::string model = tokenizer_model("encode-eval", o->tokenizer, o->dataset);
     const EvalTask task = *parse_eval_task(o->task);
     const auto items = read_eval_items(task, o->input, o->labels);

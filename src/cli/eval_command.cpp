@@ -5,6 +5,7 @@
 #include <sstream>
 #include <string>
 
+#include "cli/checks.h"
 #include "cli/commands.h"
 #include "cli/nproc.h"
 #include "common/error.h"
@@ -47,7 +48,8 @@ void add_eval_commands(CLI::App& app, int argc, char** argv) {
   eval->add_option("--tasks", e->tasks, "Eval sets from gqe-data encode-eval: hellaswag=FILE,arc_easy=FILE,piqa=FILE")
       ->type_name("NAME=FILE,...");
   eval->add_flag("--val", e->val, "Validation loss and perplexity over the run's val split");
-  eval->add_option("--batch-size", e->batch_size, "Sequences per forward pass (default: eval.batch_size)");
+  eval->add_option("--batch-size", e->batch_size, "Sequences per forward pass (default: eval.batch_size)")
+      ->check(whole_at_least(1));
   add_nproc_option(eval, e->nproc);
   eval->footer(
       "Examples:\n"
@@ -60,21 +62,29 @@ void add_eval_commands(CLI::App& app, int argc, char** argv) {
     o.tasks = parse_tasks(e->tasks);
     o.val = e->val;
     o.batch_size = e->batch_size;
-    if (!launch_if_requested(e->nproc, argc, argv, std::chrono::seconds(600))) evaluate(o);
+    if (!launch_if_requested(e->nproc, argc, argv)) evaluate(o);
   });
 
   auto s = std::make_shared<SampleCommand>();
   CLI::App* sample_cmd = app.add_subcommand("sample", "Generate text from a run's newest (or a given) checkpoint");
   sample_cmd->add_option("target", s->target, "Run directory, or a checkpoint directory")->required();
   sample_cmd->add_option("--prompt", s->prompt, "Text to continue")->required();
-  sample_cmd->add_option("--max-tokens", s->sampling.max_tokens, "Tokens to generate")->capture_default_str();
-  sample_cmd->add_option("--temperature", s->sampling.temperature, "0: greedy")->capture_default_str();
-  sample_cmd->add_option("--top-k", s->sampling.top_k, "Sample among the k most likely tokens (0: all)")->capture_default_str();
-  sample_cmd->add_option("--top-p", s->sampling.top_p, "Sample among the most likely tokens up to this probability")
-      ->check(CLI::Range(0.0, 1.0))
+  sample_cmd->add_option("--max-tokens", s->sampling.max_tokens, "Tokens to generate")
+      ->check(whole_at_least(1, int64_t{1} << 31))
       ->capture_default_str();
-  sample_cmd->add_option("--seed", s->sampling.seed, "Seed of the sampling")->capture_default_str();
-  sample_cmd->add_option("--num-samples", s->num_samples, "Independent samples")->capture_default_str();
+  sample_cmd->add_option("--temperature", s->sampling.temperature, "0: greedy")
+      ->check(number_in(0, 1e6))
+      ->capture_default_str();
+  sample_cmd->add_option("--top-k", s->sampling.top_k, "Sample among the k most likely tokens (0: all)")
+      ->check(whole_at_least(0))
+      ->capture_default_str();
+  sample_cmd->add_option("--top-p", s->sampling.top_p, "Sample among the most likely tokens up to this probability")
+      ->check(number_in(0, 1, /*min_open=*/true))
+      ->capture_default_str();
+  sample_cmd->add_option("--seed", s->sampling.seed, "Seed of the sampling")->check(whole_at_least(0))->capture_default_str();
+  sample_cmd->add_option("--num-samples", s->num_samples, "Independent samples")
+      ->check(whole_at_least(1, 1 << 20))
+      ->capture_default_str();
   sample_cmd->footer(
       "Examples:\n"
       "  gqe sample runs/gqe --prompt \"Now the serpent was\" --temperature 0\n"

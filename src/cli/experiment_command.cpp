@@ -5,8 +5,10 @@
 #include <string>
 #include <vector>
 
+#include "cli/checks.h"
 #include "cli/commands.h"
 #include "cli/nproc.h"
+#include "common/files.h"
 #include "experiment/compare.h"
 #include "experiment/experiment.h"
 
@@ -38,7 +40,7 @@ void add_experiment_commands(CLI::App& app) {
   CLI::App* compare_cmd = app.add_subcommand("compare", "Runs side by side at matched token counts; tables and plots");
   compare_cmd->add_option("runs", *runs, "Run directories; the first is the baseline")->required();
   compare_cmd->add_option("--out", *out, "Write comparison.md, comparison.csv and PNG plots here");
-  compare_cmd->add_option("--ema", o->ema, "Smoothing of the train loss (weight on the past)")->check(CLI::Range(0.0, 0.999))->capture_default_str();
+  compare_cmd->add_option("--ema", o->ema, "Smoothing of the train loss (weight on the past)")->check(number_in(0, 0.999))->capture_default_str();
   compare_cmd->add_flag("--log-x", o->log_x, "Plots with a logarithmic token axis");
   compare_cmd->add_flag("--no-plots", *no_plots, "Tables only");
   compare_cmd->footer(
@@ -48,6 +50,7 @@ void add_experiment_commands(CLI::App& app) {
   compare_cmd->callback([o, runs, no_plots, out] {
     o->runs.assign(runs->begin(), runs->end());
     o->out = *out;
+    if (!out->empty()) check_output_path(*out, "--out", /*directory=*/true);
     o->plots = !*no_plots;
     compare_runs(*o);
   });

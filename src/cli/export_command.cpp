@@ -6,6 +6,7 @@
 #include <string>
 
 #include "cli/commands.h"
+#include "common/files.h"
 #include "train/export.h"
 
 namespace gqe {
@@ -24,6 +25,7 @@ void add_export_command(CLI::App& app) {
       "  gqe export runs/gqa/checkpoints/step_00000244 --out exports/gqa\n"
       "  python -c \"import transformers as t; t.AutoModelForCausalLM.from_pretrained('exports/gqa')\"  # GQA");
   cmd->callback([o] {
+    check_output_path(o->out, "--out", /*directory=*/true);
     export_checkpoint({o->checkpoint, o->out, o->dtype == "bf16"});
     fmt::print("wrote {}: model.safetensors, config.json, tokenizer\n", o->out);
   });

@@ -10,6 +10,7 @@
 #include "common/error.h"
 #include "config/config_loader.h"
 #include "cli/nproc.h"
+#include "dist/communicator.h"
 #include "train/trainer.h"
 
 namespace gqe {
@@ -38,7 +39,14 @@ void add_train_command(CLI::App& app, int argc, char** argv) {
   cmd->callback([o, run_dir, nproc, argc, argv] {
     o->run_dir = *run_dir;
     const LoadedConfig config = load_config(o->config_file, o->overrides);  // bad input fails before any rank starts
-    if (!launch_if_requested(*nproc, argc, argv, std::chrono::seconds(config.config.dist.timeout_s))) train(config, *o);
+    if (*nproc > 1) {
+      DistEnvironment last;  // the last local rank: its device must exist too
+      last.rank = last.local_rank = *nproc - 1;
+      last.world = last.local_world = *nproc;
+      const at::Device device = rank_device(config.config.train.device, last, config.origin("train.device"));
+      check_training_input(config, *nproc, device, device.is_cpu() ? *nproc : 1);
+    }
+    if (!launch_if_requested(*nproc, argc, argv)) train(config, *o);
   });
 }
 

@@ -24,6 +24,13 @@ uint64_t SampleOrder::sample_at(uint64_t position) {
 
 uint64_t samples_per_epoch(uint64_t tokens, uint64_t seq_len) { return tokens > seq_len ? (tokens - 1) / seq_len : 0; }
 
+void check_batch_split(uint64_t global_batch, int world, uint64_t micro_batch) {
+  const uint64_t per_rank = global_batch / static_cast<uint64_t>(world);
+  if (global_batch % static_cast<uint64_t>(world) != 0 || per_rank % micro_batch != 0)
+    throw UserError(fmt::format("a global batch of {} sequences does not split into {} ranks x micro-batches of {}",
+                                global_batch, world, micro_batch));
+}
+
 TrainLoader::TrainLoader(std::shared_ptr<const TokenStream> stream, const LoaderOptions& o, LoaderPosition start)
     : stream_(std::move(stream)),
       opts_(o),
@@ -34,11 +41,8 @@ TrainLoader::TrainLoader(std::shared_ptr<const TokenStream> stream, const Loader
   if (samples_per_epoch_ == 0)
     throw UserError(fmt::format("the train split has {} tokens, fewer than one sample of seq_len + 1 = {}",
                                 stream_->size(), o.seq_len + 1));
-  const uint64_t per_rank = o.global_batch / static_cast<uint64_t>(o.world);
-  if (o.global_batch % static_cast<uint64_t>(o.world) != 0 || per_rank % o.micro_batch != 0)
-    throw UserError(fmt::format("a global batch of {} sequences does not split into {} ranks x micro-batches of {}",
-                                o.global_batch, o.world, o.micro_batch));
-  accumulation_ = per_rank / o.micro_batch;
+  check_batch_split(o.global_batch, o.world, o.micro_batch);
+  accumulation_ = o.global_batch / static_cast<uint64_t>(o.world) / o.micro_batch;
   if (start.cursor >= samples_per_epoch_)
     throw UserError(fmt::format("loader position: cursor {} is past the {} samples of an epoch", start.cursor,
                                 samples_per_epoch_));

@@ -64,6 +64,10 @@ struct MicroBatch {
   uint64_t micro_step = 0;       // 0 .. accumulation_steps - 1
 };
 
+// Throws UserError unless a global batch of `global_batch` sequences splits into `world` equal
+// rank slices of whole micro-batches.
+void check_batch_split(uint64_t global_batch, int world, uint64_t micro_batch);
+
 class TrainLoader {
  public:
   // Starts at `start`, which must be at a global batch boundary. Throws UserError when the stream

@@ -12,8 +12,10 @@
 #include "data/dataset.h"
 #include "data/tokenizer.h"
 #include "dist/communicator.h"
+#include "dist/device_info.h"
 #include "eval/scoring.h"
 #include "model/decoder.h"
+#include "model/model_info.h"
 #include "train/checkpoint.h"
 
 namespace fs = std::filesystem;
@@ -90,6 +92,11 @@ void evaluate(const EvalOptions& o) {
     sets.push_back(std::move(set));
   }
 
+  // What an evaluation certainly holds: the weights and one batch's logits.
+  const double logits = static_cast<double>(batch) * static_cast<double>(c.data.seq_len) * static_cast<double>(c.model.vocab_size) *
+                        (bf16 ? 2.0 : 4.0);
+  require_memory(device, describe_model(c).weights_bytes + logits,
+                 fmt::format("{} {}: the model and the logits of a batch", o.batch_size > 0 ? "--batch-size" : "eval.batch_size", batch));
   Decoder model = load_model(t, device);
   std::optional<double> val;
   if (o.val) {
@@ -101,6 +108,7 @@ void evaluate(const EvalOptions& o) {
   }
   std::vector<TaskScore> scores;
   for (const EvalSet& set : sets) scores.push_back(score_eval_set(*model, set, batch, c.data.seq_len, bf16, comm));
+  comm.finish();
   if (!comm.main()) return;
 
   fmt::print("{} (step {}, {} tokens)\n", t.checkpoint.dir.string(), t.checkpoint.state.step, t.checkpoint.state.tokens);
@@ -121,12 +129,7 @@ void evaluate(const EvalOptions& o) {
   report["checkpoint"] = t.checkpoint.dir.string();
   write_file_atomic(t.run_dir / "eval.json", report.dump(2) + "\n");
   // Appended in one write: a training run may be appending to the same file.
-  std::FILE* metrics = std::fopen((t.run_dir / "metrics.jsonl").c_str(), "a");
-  if (metrics) {
-    const std::string text = line.dump() + "\n";
-    std::fwrite(text.data(), 1, text.size(), metrics);
-    std::fclose(metrics);
-  }
+  AppendFile(t.run_dir / "metrics.jsonl", /*truncate=*/false).append(line.dump() + "\n");
 }
 
 void sample(const SampleCommand& command) {
@@ -137,10 +140,18 @@ void sample(const SampleCommand& command) {
   const Tokenizer tokenizer(tokenizer_path(c.data.dataset, *manifest).string());
   const DistEnvironment single;
   const at::Device device = rank_device(c.train.device, single, t.config.origin("train.device"));
-  Decoder model = load_model(t, device);
   std::vector<int32_t> prompt{tokenizer.eos_id()};  // a document starts after an EOS
   const auto ids = tokenizer.encode(command.prompt);
   prompt.insert(prompt.end(), ids.begin(), ids.end());
+  const int64_t positions = static_cast<int64_t>(prompt.size()) + command.sampling.max_tokens;
+  const ModelInfo info = describe_model(c);
+  require_memory(device, info.weights_bytes + 4.0 * static_cast<double>(info.kv_cache_values_per_token) * static_cast<double>(positions),
+                 fmt::format("--max-tokens {}: the model and a KV cache of {} positions", command.sampling.max_tokens, positions));
+  if (positions > c.data.seq_len)
+    fmt::print(stderr, "gqe: warning: the prompt ({} tokens) and --max-tokens {} reach {} positions, past the {} the model was "
+               "trained on (data.seq_len): what it writes beyond them is extrapolation\n",
+               prompt.size(), command.sampling.max_tokens, positions, c.data.seq_len);
+  Decoder model = load_model(t, device);
   for (int i = 0; i < command.num_samples; ++i) {
     SampleOptions options = command.sampling;
     options.seed += static_cast<uint64_t>(i);

@@ -24,6 +24,7 @@
 #include "data/dataset.h"
 #include "data/loader.h"
 #include "dist/communicator.h"
+#include "dist/device_info.h"
 #include "dist/environment.h"
 #include "eval/scoring.h"
 #include "eval/tasks.h"
@@ -34,7 +35,6 @@
 #include "train/adamw.h"
 #include "train/checkpoint.h"
 #include "train/clipping.h"
-#include "train/device_info.h"
 #include "train/console.h"
 #include "train/metrics.h"
 #include "train/schedule.h"
@@ -166,9 +166,11 @@ class Trainer {
     return config_.model.attention.type == AttentionType::gqe ? config_.model.attention.aux_coef : 0.0;
   }
   StepResult read(LaunchedStep& launched);
-  void evaluate(MetricsLog* metrics);
+  void evaluate();
   std::optional<fs::path> save();
   void check_replicas();
+  void train_to_budget();
+  std::string continue_command() const;  // the command line that resumes this run
   void log_start(bool resumed);
 
   LoadedConfig loaded_;
@@ -189,6 +191,7 @@ class Trainer {
   std::unique_ptr<AdamW> optimizer_;
   std::vector<EvalSet> eval_sets_;  // eval.tasks, scored with each evaluation
   std::optional<GradClipper> clipper_;  // on the device, made once it is known
+  std::optional<MetricsLog> metrics_;   // rank 0's
   TrainerState state_;
   int64_t total_steps_ = 0, global_batch_ = 0;
   // MFU: training FLOPs per token (gqe info's formula) over the world's dense bf16 peak; no peak
@@ -215,7 +218,7 @@ std::optional<Checkpoint> Trainer::prepare_run_dir() {
   if (options_.resume == "never" && exists)
     throw UserError(fmt::format("{}: already holds a run (use --resume auto to continue it, or another --run-dir)",
                                 run_dir_.string()));
-  fs::create_directories(run_dir_);
+  make_directories(run_dir_);
   lock_ = std::make_unique<RunLock>(run_dir_);  // one trainer per run directory
   console_->add_log_file(run_dir_ / "train.log");
 
@@ -387,7 +390,7 @@ Trainer::StepResult Trainer::read(LaunchedStep& launched) {
   return r;
 }
 
-void Trainer::evaluate(MetricsLog* metrics) {
+void Trainer::evaluate() {
   const std::optional<double> val =
       validation_loss(*model_, val_stream_, config_.data.seq_len, static_cast<uint64_t>(config_.eval.val_tokens / config_.data.seq_len),
                       config_.eval.batch_size, bf16_, *comm_);
@@ -403,10 +406,10 @@ void Trainer::evaluate(MetricsLog* metrics) {
   for (const TaskScore& t : scores)
     summary += fmt::format("{}{} acc {:.4f} acc_norm {:.4f}", summary.empty() ? "" : "; ", t.task, t.acc, t.acc_norm);
   console_->log().info("step {}: {}", state_.step, summary);
-  if (metrics) {
+  if (metrics_) {
     ordered_json line = {{"step", state_.step}, {"tokens", state_.tokens}};
     line.update(evaluation_json(val, scores));
-    metrics->write(line);
+    metrics_->write(line);
   }
 }
 
@@ -415,6 +418,9 @@ std::optional<fs::path> Trainer::save() {
   state_.cpu_rng = comm_->all_gather(generator_state(at::kCPU));
   state_.cuda_rng = device_.is_cuda() ? comm_->all_gather(generator_state(device_)) : std::vector<std::string>{};
   if (!comm_->main()) return std::nullopt;  // the replicas are identical: rank 0 writes
+  // The logs first: what a checkpoint covers is on disk before the checkpoint is.
+  metrics_->sync();
+  console_->sync_log_file();
   std::vector<std::pair<std::string, at::Tensor>> weights;
   for (const auto& p : model_->named_parameters()) weights.emplace_back(p.key(), p.value());
   return save_checkpoint(run_dir_, state_, weights, optimizer_->state(), config_.train.checkpoint.keep);
@@ -456,7 +462,28 @@ void Trainer::synchronize_start(const std::optional<Checkpoint>& checkpoint) {
   optimizer_->set_steps(state_.step - state_.skipped_steps);  // skipped steps made no update
 }
 
+std::string Trainer::continue_command() const {
+  return fmt::format("gqe train {}{} --run-dir {}", options_.config_file,
+                     options_.overrides.empty() ? "" : " --set " + fmt::format("{}", fmt::join(options_.overrides, " --set ")),
+                     run_dir_.string());
+}
+
 void Trainer::run() {
+  try {
+    train_to_budget();
+  } catch (const IoError& e) {
+    // A full disk or an I/O error: what was written before stays valid (every file is whole), so
+    // the user needs to know where the run will pick up once there is room again.
+    if (!metrics_) throw;  // before the run directory was set up, or not rank 0
+    const std::optional<TrainerState> last = peek_latest_state(run_dir_);
+    throw IoError(fmt::format("{}; the run stopped: once the file system takes writes again, {} continues from {}",
+                              e.what(), continue_command(),
+                              last ? fmt::format("step {} (its newest checkpoint)", last->step) : std::string("the start")),
+                  e.error);
+  }
+}
+
+void Trainer::train_to_budget() {
   const TrainConfig& t = config_.train;
   StopSignals signals;
   auto& log = console_->log();
@@ -468,20 +495,10 @@ void Trainer::run() {
   const int cores = static_cast<int>(std::thread::hardware_concurrency());
   at::set_num_threads(t.threads > 0 ? static_cast<int>(t.threads) : std::max(1, cores / env_.local_world));
 
-  if (config_.data.dataset.empty()) throw UserError(fmt::format("{}: data.dataset is not set", loaded_.origin("data.dataset")));
-  manifest_ = read_manifest(config_.data.dataset);
-  if (manifest_.tokenizer.vocab_size > static_cast<uint64_t>(config_.model.vocab_size))
-    throw UserError(fmt::format("{}: model.vocab_size is {}, but the tokenizer of {} has {} ids",
-                                loaded_.origin("model.vocab_size"), config_.model.vocab_size, config_.data.dataset,
-                                manifest_.tokenizer.vocab_size));
-  for (const auto& [name, file] : config_.eval.tasks) {
-    EvalSet set = read_eval_set(file);
-    if (set.task != name) throw UserError(fmt::format("{}: eval.tasks.{}: {} holds the task {}", loaded_.origin("eval.tasks"), name, file, set.task));
-    if (set.tokenizer_fingerprint != manifest_.tokenizer.fingerprint)
-      throw UserError(fmt::format("{}: eval.tasks.{}: {} was tokenized with another tokenizer than {}",
-                                  loaded_.origin("eval.tasks"), name, file, config_.data.dataset));
-    eval_sets_.push_back(std::move(set));
-  }
+  TrainingInput input = check_training_input(loaded_, env_.world, device_, device_.is_cpu() ? env_.local_world : 1);
+  manifest_ = std::move(input.manifest);
+  eval_sets_ = std::move(input.eval_sets);
+  if (!input.memory.estimate_fits && env_.rank == 0) log.warn("{}", input.memory.text);
   train_stream_ = std::make_shared<const TokenStream>(config_.data.dataset, manifest_, Split::train);
   val_stream_ = std::make_shared<const TokenStream>(config_.data.dataset, manifest_, Split::val);
   global_batch_ = t.global_batch_tokens;
@@ -532,9 +549,9 @@ void Trainer::run() {
   }
   synchronize_start(checkpoint);
   if (state_.step > 0) loader_ = std::make_unique<TrainLoader>(train_stream_, lo, state_.loader);
-  std::optional<MetricsLog> metrics;
   if (comm_->main())
-    metrics.emplace(run_dir_ / "metrics.jsonl", checkpoint ? std::optional<int64_t>(state_.step) : std::nullopt);
+    metrics_.emplace(run_dir_ / "metrics.jsonl", checkpoint ? std::optional<int64_t>(state_.step) : std::nullopt,
+                     [&](const std::string& w) { log.warn("{}", w); });
   log_start(checkpoint.has_value());
 
   const auto started = std::chrono::steady_clock::now();
@@ -566,7 +583,7 @@ void Trainer::run() {
       state_.skipped_in_a_row = 0;
     }
 
-    if (metrics) {
+    if (metrics_) {
       ordered_json line = {{"step", s.step},
                            {"tokens", s.tokens},
                            {"loss", r.loss},
@@ -580,7 +597,7 @@ void Trainer::run() {
                            {"elapsed_s", state_.elapsed_s}};
       if (const auto m = mfu(static_cast<double>(global_batch_) / step_seconds)) line["mfu"] = *m;
       if (r.router) line["router"] = *r.router;
-      metrics->write(line);
+      metrics_->write(line);
     }
 
     if (state_.skipped_in_a_row >= t.max_skipped_steps) {
@@ -631,29 +648,52 @@ void Trainer::run() {
     // Evaluation and checkpoints see this step's state and come after its log line.
     stopping = finish(*in_flight) || stopping;
     in_flight.reset();
-    if (eval) evaluate(metrics ? &*metrics : nullptr);
+    if (eval) evaluate();
     if (checkpoint_now || stopping) {
       if (const auto saved = save()) log.info("saved {}", saved->string());
     }
     last_done = std::chrono::steady_clock::now();  // the evaluation and the save are not step time
     if (stopping && !done) {
       console_->clear_progress();
-      comm_->barrier();
-      log.info("stopped by {} at step {}; continue with: gqe train {}{} --run-dir {}",
+      comm_->finish();
+      log.info("stopped by {} at step {}; continue with: {}",
                signals.received() == SIGINT ? "SIGINT" : signals.received() == SIGTERM ? "SIGTERM" : "a signal to another rank",
-               state_.step, options_.config_file,
-               options_.overrides.empty() ? "" : " --set " + fmt::format("{}", fmt::join(options_.overrides, " --set ")),
-               run_dir_.string());
+               state_.step, continue_command());
       return;
     }
   }
   console_->clear_progress();
-  comm_->barrier();
+  comm_->finish();
   log.info("done: {} steps, {} tokens (budget {}) in {}, {} skipped steps", state_.step, state_.tokens, t.tokens,
            duration(state_.elapsed_s), state_.skipped_steps);
 }
 
 }  // namespace
+
+TrainingInput check_training_input(const LoadedConfig& loaded, int world, at::Device device, int ranks_on_device) {
+  const Config& c = loaded.config;
+  TrainingInput in;
+  if (c.data.dataset.empty()) throw UserError(fmt::format("{}: data.dataset is not set", loaded.origin("data.dataset")));
+  in.manifest = read_manifest(c.data.dataset);
+  if (in.manifest.tokenizer.vocab_size > static_cast<uint64_t>(c.model.vocab_size))
+    throw UserError(fmt::format("{}: model.vocab_size is {}, but the tokenizer of {} has {} ids",
+                                loaded.origin("model.vocab_size"), c.model.vocab_size, c.data.dataset,
+                                in.manifest.tokenizer.vocab_size));
+  for (const auto& [name, file] : c.eval.tasks) {
+    EvalSet set = read_eval_set(file);
+    if (set.task != name) throw UserError(fmt::format("{}: eval.tasks.{}: {} holds the task {}", loaded.origin("eval.tasks"), name, file, set.task));
+    if (set.tokenizer_fingerprint != in.manifest.tokenizer.fingerprint)
+      throw UserError(fmt::format("{}: eval.tasks.{}: {} was tokenized with another tokenizer than {}",
+                                  loaded.origin("eval.tasks"), name, file, c.data.dataset));
+    in.eval_sets.push_back(std::move(set));
+  }
+  check_batch_split(static_cast<uint64_t>(c.train.global_batch_tokens / c.data.seq_len), world,
+                    static_cast<uint64_t>(c.train.micro_batch_size));
+  in.memory = memory_verdict(describe_model(c), device_name(device), available_memory(device), ranks_on_device);
+  if (!in.memory.fits)
+    throw UserError(fmt::format("{}: the model cannot train here: {}", loaded.file, in.memory.text));
+  return in;
+}
 
 void train(const LoadedConfig& config, const TrainOptions& options) { Trainer(config, options).run(); }
 
