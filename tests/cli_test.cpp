@@ -32,6 +32,18 @@ TEST(Cli, InfoPrintsThePaperParameterCounts) {
   EXPECT_NE(gqe_run.out.find("convention:"), std::string::npos);  // the FLOPs formula is stated
 }
 
+// gqe info ends with the verdict gqe train would reach on this machine.
+TEST(Cli, InfoSaysWhetherTheModelFitsHere) {
+  const auto fits = run_command(gqe("info " + config("tiny/gqe.yaml")));
+  ASSERT_EQ(fits.status, 0) << fits.err;
+  EXPECT_NE(fits.out.find("  memory on cpu: "), std::string::npos) << fits.out;
+  EXPECT_NE(fits.out.find(" GiB available: fits (estimate 0.33 GiB)\n"), std::string::npos) << fits.out;
+  const auto huge = run_command(gqe("info " + config("tiny/gqe.yaml") + " --set model.d_model=100000 --set model.n_layers=100000"));
+  ASSERT_EQ(huge.status, 0) << huge.err;
+  EXPECT_NE(huge.out.find(" GiB available: does not fit: the weights, gradients, AdamW moments, logits and layer inputs alone "
+                          "need "), std::string::npos) << huge.out;
+}
+
 TEST(Cli, InfoTakesOverrides) {
   const auto r = run_command(gqe("info " + config("gqe-250m.yaml") + " --set model.attention.top_k=2"));
   ASSERT_EQ(r.status, 0) << r.err;

@@ -186,6 +186,48 @@ TEST(Config, InconsistentValuesAreRefusedWithTheKeyAndFile) {
   EXPECT_NO_THROW(load_config(f, {"model.attention.top_k=3"}));
 }
 
+// Sizes whose counts overflow 64 bits are a config error naming the size to blame, not undefined
+// behaviour or an allocator's message (the memory a model needs is checked where it would run).
+TEST(Config, SizesThatOverflowAreRefusedNamingTheKey) {
+  TempDir dir;
+  const std::string f = dir.write("base.yaml", kBase);
+  EXPECT_EQ(error_loading(f, {"model.n_layers=9223372036854775807"}),
+            "--set: model.n_layers: 9223372036854775807 is too large: the model's counts overflow 64 bits");
+  EXPECT_EQ(error_loading(f, {"model.d_model=4611686018427387904"}),
+            "--set: model.d_model: 4611686018427387904 is too large: the model's counts overflow 64 bits");
+  EXPECT_EQ(error_loading(f, {"model.head_dim=4000000000", "model.n_heads=4000000000", "model.n_kv_heads=1"}),
+            "--set: model.n_heads: 4000000000 is too large: the model's counts overflow 64 bits");
+  EXPECT_EQ(error_loading(f, {"model.vocab_size=9223372036854775807"}),
+            "--set: model.vocab_size: must be at most 2147483647 (token ids are 32-bit), got 9223372036854775807");
+  // The logits of a micro-batch are one tensor: its element count must fit too.
+  EXPECT_EQ(error_loading(f, {"data.seq_len=4294967296", "train.global_batch_tokens=17179869184",
+                              "train.tokens=17179869184", "model.vocab_size=2147483647"}),
+            "--set: data.seq_len: 4294967296 is too large: the model's counts overflow 64 bits");
+  EXPECT_EQ(error_loading(f, {"dist.timeout_s=99999999999"}), "--set: dist.timeout_s: must be at most 86400 (a day), got 99999999999");
+  EXPECT_EQ(error_loading(f, {"dist.timeout_s=1e10"}), "--set: dist.timeout_s: must be at most 86400 (a day), got 10000000000");
+  EXPECT_NO_THROW(load_config(f, {"dist.timeout_s=86400"}));
+}
+
+// What used to be accepted silently: a directory read as an empty config (the 250M defaults), a
+// second YAML document ignored, a run name that leaves log.dir, text that is not UTF-8.
+TEST(Config, QuietlyWrongInputIsRefused) {
+  TempDir dir;
+  const std::string f = dir.write("base.yaml", kBase);
+  EXPECT_EQ(error_loading(dir.path().string()), dir.path().string() + ": is a directory, not a config file");
+  const std::string inherits_dir = dir.write("child.yaml", "inherit: " + dir.path().string() + "\n");
+  EXPECT_EQ(error_loading(inherits_dir), dir.path().string() + ": is a directory, not a config file");
+  const std::string two = dir.write("two.yaml", std::string(kBase) + "---\ntrain:\n  tokens: 1\n");
+  EXPECT_EQ(error_loading(two), two + ":19: a second YAML document ('---'): a config is one document");
+  for (const std::string name : {"..", "."})
+    EXPECT_EQ(error_loading(f, {"log.name=" + name}), "--set: log.name: '" + name + "' is not a name for a run directory inside log.dir");
+  EXPECT_EQ(error_loading(f, {"log.name=\xff\xfe"}), "--set log.name: the value is not UTF-8 text");
+  const std::string latin1 = dir.write("latin1.yaml", std::string(kBase) + "log:\n  name: caf\xe9\n");
+  EXPECT_EQ(error_loading(latin1), latin1 + ":19: not UTF-8 text");
+  EXPECT_EQ(load_config(f, {"log.name=caf\xc3\xa9"}).config.log.name, "caf\xc3\xa9");  // UTF-8 is fine
+  // An empty name is the config file's stem, as when it is not set.
+  EXPECT_EQ(load_config(f, {"log.name="}).config.log.name, "base");
+}
+
 TEST(Config, FileErrorsAreOneLineWithLocation) {
   TempDir dir;
   EXPECT_EQ(error_loading((dir.path() / "missing.yaml").string()),

@@ -134,5 +134,68 @@ TEST_F(EvalCli, BadInputIsOneLine) {
   EXPECT_FALSE(fs::exists(path("x.jsonl")));
 }
 
+// Every command's options are checked before any work: a bad value is one line naming the option,
+// exit status 2, and nothing written. (These used to reach a library: "probability tensor contains
+// either inf, nan or element < 0", "filesystem error: cannot rename", an 800 GB allocation, or ran.)
+TEST_F(EvalCli, EveryBadOptionIsOneLineNamingItWithExitStatus2) {
+  const std::string run = path("run"), ckpt = path("run") + "/checkpoints/step_00000020", file = path("run") + "/config.yaml";
+  const std::string config = std::string(GQE_SOURCE_DIR) + "/configs/tiny/gqe.yaml", data = GQE_DATA_BINARY;
+  const std::string prose = std::string(GQE_SOURCE_DIR) + "/tests/data/prose.txt", tok = path("ds") + "/tokenizer.model";
+  const std::string sample = "sample " + run + " --prompt Once ";
+  const std::vector<std::pair<std::string, std::string>> cases = {
+      {gqe(sample + "--top-p 0"), "gqe: --top-p: must be in (0, 1], got 0"},
+      {gqe(sample + "--top-p 1.5"), "gqe: --top-p: must be in (0, 1], got 1.5"},
+      {gqe(sample + "--top-p nan"), "gqe: --top-p: expected a number, got 'nan'"},
+      {gqe(sample + "--max-tokens -1"), "gqe: --max-tokens: must be at least 1, got -1"},
+      {gqe(sample + "--max-tokens 0"), "gqe: --max-tokens: must be at least 1, got 0"},
+      {gqe(sample + "--max-tokens 99999999999"), "gqe: --max-tokens: must be at most 2147483648, got 99999999999"},
+      {gqe(sample + "--num-samples -1"), "gqe: --num-samples: must be at least 1, got -1"},
+      {gqe(sample + "--top-k -1"), "gqe: --top-k: must be at least 0, got -1"},
+      {gqe(sample + "--temperature -1"), "gqe: --temperature: must be in [0, 1000000], got -1"},
+      {gqe(sample + "--temperature inf"), "gqe: --temperature: expected a number, got 'inf'"},
+      {gqe(sample + "--seed -1"), "gqe: --seed: must be at least 0, got -1"},
+      {gqe("eval " + run + " --val --batch-size 0"), "gqe: --batch-size: must be at least 1, got 0"},
+      {gqe("export " + ckpt + " --out ''"), "gqe: --out: empty path"},
+      {gqe("export " + ckpt + " --out " + file), "gqe: --out " + file + ": exists and is not a directory"},
+      {gqe("export " + ckpt + " --out " + file + "/hf"), "gqe: --out " + file + "/hf: " + file + " is not a directory"},
+      {gqe("compare " + run + " --out " + file), "gqe: --out " + file + ": exists and is not a directory"},
+      {gqe("compare " + run + " --ema nan"), "gqe: --ema: expected a number, got 'nan'"},
+      {gqe("bench train " + config + " --json /nonexistent-dir/b.json"), "gqe: --json /nonexistent-dir/b.json: /nonexistent-dir does not exist"},
+      {gqe("bench train " + config + " --json " + run), "gqe: --json " + run + ": is a directory"},
+      {gqe("bench train " + config + " --profile -1"), "gqe: --profile: must be at least 0, got -1"},
+      {gqe("bench prefill " + config + " --seq-lens 99999999999"), "gqe: --seq-lens 99999999999: a prefill of 99999999999 tokens would take at least "},
+      {gqe("info " + run), "gqe: " + run + ": is a directory, not a config file"},
+      {gqe("train " + config + " --set dist.timeout_s=1e10"), "gqe: --set: dist.timeout_s: must be at most 86400 (a day), got 10000000000"},
+      {gqe("train " + config + " --set log.name=.."), "gqe: --set: log.name: '..' is not a name for a run directory inside log.dir"},
+      {data + " encode " + prose + " --tokenizer " + tok + " --out " + path("x") + " --val-fraction nan", "gqe-data: --val-fraction: expected a number, got 'nan'"},
+      {data + " encode " + prose + " --tokenizer " + tok + " --out " + path("x") + " --val-fraction 1", "gqe-data: --val-fraction: must be in [0, 1), got 1"},
+      {data + " encode " + prose + " --tokenizer " + tok + " --out " + path("x") + " --threads -3", "gqe-data: --threads: must be at least 0, got -3"},
+      {data + " encode " + prose + " --tokenizer " + tok + " --out " + file, "gqe-data: --out " + file + ": exists and is not a directory"},
+      {data + " decode --shard " + path("ds") + "/train_000000.bin --start -1", "gqe-data: --start: must be at least 0, got -1"},
+      {data + " train-tokenizer " + prose + " --vocab-size 400 --out /nonexistent-dir/tok", "gqe-data: --out /nonexistent-dir/tok.model: /nonexistent-dir does not exist"},
+      {data + " encode-eval --task piqa --input " + fixture("piqa.jsonl") + " --tokenizer " + tok + " --out " + run, "gqe-data: --out " + run + ": is a directory"},
+  };
+  for (const auto& [command, expected] : cases) {
+    const auto r = run_command(command);
+    EXPECT_EQ(r.status, 2) << command << "\n" << r.err;
+    EXPECT_EQ(r.err.rfind(expected, 0), 0u) << command << "\n" << r.err;
+    EXPECT_EQ(std::count(r.err.begin(), r.err.end(), '\n'), 1) << command << "\n" << r.err;
+    EXPECT_EQ(r.out, "") << command;
+  }
+  EXPECT_FALSE(fs::exists(path("x")));
+  EXPECT_FALSE(fs::exists(file + "/hf"));
+}
+
+// Sampling past the positions the model was trained on works, and says so.
+TEST_F(EvalCli, SamplingPastTheTrainedContextWarns) {
+  const auto r = run_command(gqe("sample " + path("run") + " --prompt Once --temperature 0 --max-tokens 40"));
+  ASSERT_EQ(r.status, 0) << r.err;
+  EXPECT_NE(r.err.find("gqe: warning: the prompt (5 tokens) and --max-tokens 40 reach 45 positions, past the 32 the model "
+                       "was trained on (data.seq_len)"),
+            std::string::npos) << r.err;
+  const auto within = run_command(gqe("sample " + path("run") + " --prompt Once --temperature 0 --max-tokens 20"));
+  EXPECT_EQ(within.err, "");
+}
+
 }  // namespace
 }  // namespace gqe

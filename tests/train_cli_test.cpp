@@ -246,6 +246,13 @@ TEST_F(Train, BadInputIsOneLineAndLeavesNoRunBehind) {
   const auto cuda = run_command(train("x", "--set train.device=cuda"));
   EXPECT_EQ(cuda.status, 2);
   EXPECT_NE(cuda.err.find("train.device is cuda, but no CUDA device is available"), std::string::npos);
+  // A model that cannot fit is refused before anything is allocated (it used to reach the
+  // allocator: "DefaultCPUAllocator: can't allocate memory").
+  const auto huge = run_command(train("x", "--set model.d_model=100000 --set model.n_layers=100000"));
+  EXPECT_EQ(huge.status, 2);
+  EXPECT_EQ(huge.err.rfind("gqe: " + config_ + ": the model cannot train here: memory on cpu: ", 0), 0u) << huge.err;
+  EXPECT_NE(huge.err.find(" GiB available: does not fit: the weights, gradients, AdamW moments, logits and layer inputs "
+                          "alone need "), std::string::npos) << huge.err;
   EXPECT_FALSE(fs::exists(path("x")));
 }
 

@@ -3,8 +3,10 @@
 #include <gtest/gtest.h>
 
 #include <ATen/ATen.h>
+#include <sys/resource.h>
 
 #include <cmath>
+#include <csignal>
 #include <filesystem>
 #include <fstream>
 #include <limits>
@@ -351,6 +353,38 @@ TEST(Metrics, ResumeDropsLinesPastTheCheckpointAndATornLine) {
   EXPECT_EQ(read_file(file),
             "{\"step\":1,\"loss\":1.0}\n{\"step\":2,\"loss\":0.5}\n{\"step\":3,\"loss\":0.3333333333333333}\n"
             "{\"step\":4,\"loss\":0.25}\n{\"step\":4,\"val_loss\":0.5}\n{\"step\":5,\"loss\":0.2}\n");
+}
+
+// A line torn in the middle of the file (by an older gqe on a full disk, or a disk that lost a
+// write) costs only that line: the lines after it, up to the checkpoint, stay (they used to go).
+TEST(Metrics, ATornLineInTheMiddleCostsOnlyItself) {
+  TempDir dir;
+  const fs::path file = dir.path() / "metrics.jsonl";
+  std::ofstream(file) << "{\"step\":1}\n{\"step\":2,\"lo\n{\"step\":3}\n{\"step\":4}\n{\"step\":5}\n";
+  std::vector<std::string> warnings;
+  { MetricsLog log(file, 4, [&](const std::string& w) { warnings.push_back(w); }); }
+  EXPECT_EQ(read_file(file), "{\"step\":1}\n{\"step\":3}\n{\"step\":4}\n");
+  EXPECT_EQ(warnings, std::vector<std::string>{file.string() + ":2: dropped a line that is not a whole metrics record"});
+}
+
+// An append that fails is cut off again: the file holds whole lines only.
+TEST(Files, AFailedAppendLeavesNoPartOfItself) {
+  TempDir dir;
+  const fs::path file = dir.path() / "log";
+  AppendFile log(file, /*truncate=*/true);
+  log.append("first\n");
+  const std::string huge(64 << 20, 'x');  // more than RLIMIT_FSIZE lets through
+  rlimit old{};
+  getrlimit(RLIMIT_FSIZE, &old);
+  rlimit small = old;
+  small.rlim_cur = 1 << 20;
+  setrlimit(RLIMIT_FSIZE, &small);
+  std::signal(SIGXFSZ, SIG_IGN);  // the write then fails with EFBIG instead of killing the process
+  EXPECT_THROW(log.append(huge + "\n"), IoError);
+  setrlimit(RLIMIT_FSIZE, &old);
+  std::signal(SIGXFSZ, SIG_DFL);
+  log.append("second\n");
+  EXPECT_EQ(read_file(file), "first\nsecond\n");
 }
 
 }  // namespace

@@ -46,6 +46,27 @@ size_t edit_distance(const std::string& a, const std::string& b) {
   return row[b.size()];
 }
 
+// Where `s` stops being UTF-8 (npos: it is UTF-8 throughout).
+size_t utf8_error(const std::string& s) {
+  for (size_t i = 0; i < s.size();) {
+    const auto c = static_cast<unsigned char>(s[i]);
+    const size_t n = c < 0x80 ? 1 : (c >> 5) == 0x6 ? 2 : (c >> 4) == 0xE ? 3 : (c >> 3) == 0x1E ? 4 : 0;
+    if (n == 0 || i + n > s.size()) return i;
+    uint32_t cp = n == 1 ? c : c & (0x7F >> n);
+    for (size_t k = 1; k < n; ++k) {
+      const auto cc = static_cast<unsigned char>(s[i + k]);
+      if ((cc >> 6) != 0x2) return i;
+      cp = (cp << 6) | (cc & 0x3F);
+    }
+    // Overlong forms, UTF-16 surrogates and code points past U+10FFFF are not UTF-8.
+    if ((n == 2 && cp < 0x80) || (n == 3 && cp < 0x800) || (n == 4 && cp < 0x10000) || cp > 0x10FFFF ||
+        (cp >= 0xD800 && cp <= 0xDFFF))
+      return i;
+    i += n;
+  }
+  return std::string::npos;
+}
+
 // --- YAML tree: reading files, inheritance, overrides ------------------------------------------
 
 // "file:line" of a YAML node, for errors about what the file wrote.
@@ -73,11 +94,16 @@ YAML::Node parse_file(const std::string& file) {
   std::ifstream in(file);
   if (!in) throw UserError(fmt::format("{}: cannot open config file ({})", file,
                                        fs::exists(file) ? "permission denied" : "no such file"));
-  std::stringstream text;
-  text << in.rdbuf();
+  std::stringstream buffer;
+  buffer << in.rdbuf();
+  const std::string text = buffer.str();
+  // yaml-cpp would replace stray bytes with U+FFFD: a file name or run name would quietly change.
+  if (const size_t bad = utf8_error(text); bad != std::string::npos)
+    throw UserError(fmt::format("{}:{}: not UTF-8 text", file,
+                                1 + std::count(text.begin(), text.begin() + static_cast<std::ptrdiff_t>(bad), '\n')));
   YAML::Node root;
   try {
-    const std::vector<YAML::Node> documents = YAML::LoadAll(text.str());
+    const std::vector<YAML::Node> documents = YAML::LoadAll(text);
     if (documents.size() > 1)
       throw UserError(fmt::format("{}:{}: a second YAML document ('---'): a config is one document", file,
                                   documents[1].Mark().is_null() ? 1 : documents[1].Mark().line + 1));
@@ -154,6 +180,8 @@ void apply_override(YAML::Node tree, const std::string& assignment, Origins& ori
     throw UserError(fmt::format("--set: expected key.path=value, got '{}'", assignment));
   const std::string path = assignment.substr(0, eq);
   const std::string text = assignment.substr(eq + 1);
+  if (utf8_error(path) != std::string::npos) throw UserError("--set: a key that is not UTF-8 text");
+  if (utf8_error(text) != std::string::npos) throw UserError(fmt::format("--set {}: the value is not UTF-8 text", path));
   YAML::Node value;
   try {
     value = YAML::Load(text);
@@ -193,26 +221,6 @@ void apply_override(YAML::Node tree, const std::string& assignment, Origins& ori
 }
 
 // --- typed reading -----------------------------------------------------------------------------
-
-bool valid_utf8(const std::string& s) {
-  for (size_t i = 0; i < s.size();) {
-    const auto c = static_cast<unsigned char>(s[i]);
-    const size_t n = c < 0x80 ? 1 : (c >> 5) == 0x6 ? 2 : (c >> 4) == 0xE ? 3 : (c >> 3) == 0x1E ? 4 : 0;
-    if (n == 0 || i + n > s.size()) return false;
-    uint32_t cp = n == 1 ? c : c & (0x7F >> n);
-    for (size_t k = 1; k < n; ++k) {
-      const auto cc = static_cast<unsigned char>(s[i + k]);
-      if ((cc >> 6) != 0x2) return false;
-      cp = (cp << 6) | (cc & 0x3F);
-    }
-    // Overlong forms, UTF-16 surrogates and code points past U+10FFFF are not UTF-8.
-    if ((n == 2 && cp < 0x80) || (n == 3 && cp < 0x800) || (n == 4 && cp < 0x10000) || cp > 0x10FFFF ||
-        (cp >= 0xD800 && cp <= 0xDFFF))
-      return false;
-    i += n;
-  }
-  return true;
-}
 
 std::string describe(const YAML::Node& node) {
   if (node.IsMap()) return "a mapping";
@@ -284,10 +292,9 @@ class Reader {
     if (!n.IsMap()) fail(path, fmt::format("expected a mapping of name: value, got {}", describe(n)));
     for (const auto& kv : n) v[text(path, kv.first)] = text(join(path, kv.first.Scalar()), kv.second);
   }
-  // A string value: text, so that it can name files and appear in logs and JSON.
+  // A string value (the file was checked to be UTF-8): it can name files and appear in logs and JSON.
   std::string text(const std::string& path, const YAML::Node& n) const {
     const std::string s = scalar(path, n, "a string");
-    if (!valid_utf8(s)) fail(path, "is not valid UTF-8 text");
     if (s.find('\0') != std::string::npos) fail(path, "holds a NUL character");
     return s;
   }

@@ -474,7 +474,7 @@ void Trainer::run() {
   } catch (const IoError& e) {
     // A full disk or an I/O error: what was written before stays valid (every file is whole), so
     // the user needs to know where the run will pick up once there is room again.
-    if (!metrics_) throw;  // before the run directory was set up, or not rank 0
+    if (!lock_) throw;  // not rank 0, or before it took the run directory
     const std::optional<TrainerState> last = peek_latest_state(run_dir_);
     throw IoError(fmt::format("{}; the run stopped: once the file system takes writes again, {} continues from {}",
                               e.what(), continue_command(),
