@@ -10,6 +10,7 @@
 #include "common/error.h"
 #include "config/config_loader.h"
 #include "cli/nproc.h"
+#include "common/files.h"
 #include "dist/communicator.h"
 #include "train/trainer.h"
 
@@ -39,6 +40,11 @@ void add_train_command(CLI::App& app, int argc, char** argv) {
   cmd->callback([o, run_dir, nproc, argc, argv] {
     o->run_dir = *run_dir;
     const LoadedConfig config = load_config(o->config_file, o->overrides);  // bad input fails before any rank starts
+    if (run_dir->empty())
+      check_output_path(std::filesystem::path(config.config.log.dir) / config.config.log.name,
+                        config.origin("log.dir") + ": log.dir/log.name", /*directory=*/true);
+    else
+      check_output_path(*run_dir, "--run-dir", /*directory=*/true);
     if (*nproc > 1) {
       DistEnvironment last;  // the last local rank: its device must exist too
       last.rank = last.local_rank = *nproc - 1;

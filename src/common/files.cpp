@@ -190,6 +190,7 @@ void fsync_path(const fs::path& path) {
 }
 
 std::string read_file(const fs::path& path) {
+  if (fs::is_directory(path)) throw UserError(fmt::format("{}: is a directory, not a file", path.string()));
   std::ifstream in(path, std::ios::binary);
   if (!in) throw UserError(fmt::format("{}: cannot read ({})", path.string(), std::strerror(errno)));
   std::stringstream s;

@@ -541,6 +541,7 @@ void validate(const LoadedConfig& loaded) {
                             "= {})", t.tokens, t.global_batch_tokens));
   check.non_negative(t.seed, "train.seed");
   check.non_negative(t.threads, "train.threads");
+  check.require(t.threads <= 4096, "train.threads", fmt::format("must be at most 4096, got {}", t.threads));
   check.positive(t.max_skipped_steps, "train.max_skipped_steps");
 
   const OptimizerConfig& o = t.optimizer;
@@ -586,6 +587,7 @@ void validate(const LoadedConfig& loaded) {
   check.require(c.dist.timeout_s <= kMaxTimeoutSeconds, "dist.timeout_s",
                 fmt::format("must be at most {} (a day), got {}", kMaxTimeoutSeconds, c.dist.timeout_s));
   check.positive(c.dist.bucket_mb, "dist.bucket_mb");
+  check.require(c.dist.bucket_mb <= (1 << 20), "dist.bucket_mb", fmt::format("must be at most 1048576 (1 TiB), got {}", c.dist.bucket_mb));
   check.non_negative(c.dist.check_replicas_every_steps, "dist.check_replicas_every_steps");
 
   check.positive(c.log.every_steps, "log.every_steps");

@@ -126,7 +126,10 @@ MappedShard::MappedShard(std::string path) : path_(std::move(path)) {
   const int fd = ::open(path_.c_str(), O_RDONLY);
   if (fd < 0) throw UserError(fmt::format("{}: cannot open shard ({})", path_, std::strerror(errno)));
   struct stat st {};
-  ::fstat(fd, &st);
+  if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+    ::close(fd);
+    throw UserError(fmt::format("{}: not a shard (not a regular file)", path_));
+  }
   file_size_ = static_cast<size_t>(st.st_size);
   if (file_size_ > 0) {
     void* p = ::mmap(nullptr, file_size_, PROT_READ, MAP_SHARED, fd, 0);

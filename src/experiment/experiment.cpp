@@ -54,10 +54,10 @@ Experiment load_experiment(const std::string& file) {
   Experiment e;
   e.file = file;
   YAML::Node root;
+  if (!fs::exists(file)) throw UserError(fmt::format("{}: cannot open experiment file (no such file)", file));
+  const std::string text = read_file(file);
   try {
-    root = YAML::LoadFile(file);
-  } catch (const YAML::BadFile&) {
-    throw UserError(fmt::format("{}: cannot open experiment file", file));
+    root = YAML::Load(text);
   } catch (const YAML::Exception& ex) {
     throw UserError(fmt::format("{}:{}: invalid YAML: {}", file, ex.mark.line + 1, ex.msg));
   }

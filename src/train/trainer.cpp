@@ -502,7 +502,7 @@ void Trainer::train_to_budget() {
   train_stream_ = std::make_shared<const TokenStream>(config_.data.dataset, manifest_, Split::train);
   val_stream_ = std::make_shared<const TokenStream>(config_.data.dataset, manifest_, Split::val);
   global_batch_ = t.global_batch_tokens;
-  total_steps_ = (t.tokens + global_batch_ - 1) / global_batch_;
+  total_steps_ = t.tokens / global_batch_ + (t.tokens % global_batch_ != 0);  // rounded up, without overflow
   flops_per_token_ = describe_model(config_).train_flops_per_token();
   if (const auto peak = peak_bf16_flops(device_name(device_)); peak && bf16_) world_peak_flops_ = *peak * env_.world;
   LoaderOptions lo;
