@@ -89,14 +89,7 @@ class Distributed : public testing::Test {
     dir_ = new test::TempDir;
     test::make_fixture_dataset(dir_->path());
     // 8 sequences of 32 per step, micro-batches of 4: one process accumulates 2, two ranks take 1 each.
-    config_ = dir_->write("small.yaml", "inherit: " + std::string(GQE_SOURCE_DIR) + "/configs/tiny/gqe.yaml\n" + R"(
-model: {vocab_size: 400, d_model: 32, n_layers: 2, n_heads: 4, n_kv_heads: 2, head_dim: 8, ffn_hidden: 64}
-data: {dataset: )" + (dir_->path() / "ds").string() + R"(, seq_len: 32}
-train: {tokens: 5120, global_batch_tokens: 256, micro_batch_size: 4, threads: 1,
-        schedule: {warmup_tokens: 1024}, clip: {warmup_steps: 5}, checkpoint: {every_tokens: 1280}}
-eval: {every_tokens: 1280, val_tokens: 256, batch_size: 4}
-dist: {timeout_s: 5, check_replicas_every_steps: 1}
-)");
+    config_ = test::write_small_config(*dir_, "dist: {timeout_s: 5, check_replicas_every_steps: 1}\n");
   }
   static void TearDownTestSuite() { delete dir_; }
 

@@ -59,42 +59,35 @@ static size_t allowed(int fd, size_t size) {
 
 #define REAL(name) ((__typeof__(&name))dlsym(RTLD_NEXT, #name))
 
+/* Whether a write of `size` bytes is refused outright (errno set); else *ok of them go through. */
+static int refused(int fd, size_t size, size_t* ok) {
+  *ok = allowed(fd, size);
+  if (*ok > 0 || size == 0) return 0;
+  errno = fault_errno;
+  return 1;
+}
+
 ssize_t write(int fd, const void* buf, size_t size) {
-  const size_t ok = allowed(fd, size);
-  if (ok == 0 && size > 0) {
-    errno = fault_errno;
-    return -1;
-  }
-  return REAL(write)(fd, buf, ok);
+  size_t ok;
+  return refused(fd, size, &ok) ? -1 : REAL(write)(fd, buf, ok);
 }
 
 ssize_t pwrite(int fd, const void* buf, size_t size, off_t offset) {
-  const size_t ok = allowed(fd, size);
-  if (ok == 0 && size > 0) {
-    errno = fault_errno;
-    return -1;
-  }
-  return REAL(pwrite)(fd, buf, ok, offset);
+  size_t ok;
+  return refused(fd, size, &ok) ? -1 : REAL(pwrite)(fd, buf, ok, offset);
 }
 
 ssize_t pwrite64(int fd, const void* buf, size_t size, off64_t offset) {
-  const size_t ok = allowed(fd, size);
-  if (ok == 0 && size > 0) {
-    errno = fault_errno;
-    return -1;
-  }
-  return REAL(pwrite64)(fd, buf, ok, offset);
+  size_t ok;
+  return refused(fd, size, &ok) ? -1 : REAL(pwrite64)(fd, buf, ok, offset);
 }
 
 ssize_t writev(int fd, const struct iovec* iov, int count) {
   size_t size = 0;
   for (int i = 0; i < count; ++i) size += iov[i].iov_len;
-  const size_t ok = allowed(fd, size);
+  size_t ok;
+  if (refused(fd, size, &ok)) return -1;
   if (ok == size) return REAL(writev)(fd, iov, count);
-  if (ok == 0) {
-    errno = fault_errno;
-    return -1;
-  }
   /* Part of it: the leading buffers up to what fits. */
   ssize_t done = 0;
   for (int i = 0; i < count && (size_t)done < ok; ++i) {

@@ -73,32 +73,14 @@ void expect_whole_lines(const fs::path& file) {
   EXPECT_TRUE(text.empty() || text.back() == '\n') << file << " ends in a torn line";
 }
 
-// The lines a resumed run must reproduce bit for bit (no wall-clock fields).
-std::vector<std::string> deterministic(const fs::path& run) {
-  std::vector<std::string> out;
-  for (auto j : test::metrics_of(run)) {
-    j.erase("tokens_per_s");
-    j.erase("elapsed_s");
-    out.push_back(j.dump());
-  }
-  return out;
-}
-
-// A small dataset and model, and one run that never failed: 20 steps, a checkpoint and an
-// evaluation every 5.
+// The small config's model on the fixture dataset, and one run that never failed: 20 steps, a
+// checkpoint and an evaluation every 5.
 class Faults : public testing::Test {
  protected:
   static void SetUpTestSuite() {
     dir_ = new test::TempDir;
     test::make_fixture_dataset(dir_->path());
-    config_ = dir_->write("small.yaml", "inherit: " + std::string(GQE_SOURCE_DIR) + "/configs/tiny/gqe.yaml\n" + R"(
-model: {vocab_size: 400, d_model: 32, n_layers: 2, n_heads: 4, n_kv_heads: 2, head_dim: 8, ffn_hidden: 64}
-data: {dataset: )" + (dir_->path() / "ds").string() + R"(, seq_len: 32}
-train: {tokens: 5120, global_batch_tokens: 256, micro_batch_size: 4, threads: 1, schedule: {warmup_tokens: 1024},
-        clip: {warmup_steps: 5}, checkpoint: {every_tokens: 1280, keep: 2}}
-eval: {every_tokens: 1280, val_tokens: 256, batch_size: 4}
-log: {every_steps: 2}
-)");
+    config_ = test::write_small_config(*dir_, "log: {every_steps: 2}\n");
     const auto r = run_command(train(straight()));
     ASSERT_EQ(r.status, 0) << r.err;
   }
@@ -161,7 +143,7 @@ TEST_P(TrainFault, StopsWithOneLineLeavesEveryFileWholeAndResumesExactly) {
 
   const auto resumed = run_command(train(run));  // the disk takes writes again
   ASSERT_EQ(resumed.status, 0) << resumed.err;
-  EXPECT_EQ(deterministic(run), deterministic(straight()));
+  EXPECT_EQ(test::deterministic_metrics(run), test::deterministic_metrics(straight()));
   EXPECT_EQ(leftovers(run), std::vector<std::string>{});
 }
 

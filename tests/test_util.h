@@ -115,7 +115,30 @@ inline void make_fixture_dataset(const std::filesystem::path& dir) {
                                (dir / "tok.model").string() + " --out " + (dir / "ds").string());
   ASSERT_EQ(enc.status, 0) << enc.err;
 }
+
+// A 32-wide, 2-layer GQE on the fixture dataset dir/ds (make_fixture_dataset): 20 steps of 8
+// sequences of 32, a checkpoint and an evaluation every 5 steps. `extra` adds sections (YAML lines).
+inline std::string write_small_config(const TempDir& dir, const std::string& extra = "") {
+  return dir.write("small.yaml", "inherit: " + std::string(GQE_SOURCE_DIR) + "/configs/tiny/gqe.yaml\n" + R"(
+model: {vocab_size: 400, d_model: 32, n_layers: 2, n_heads: 4, n_kv_heads: 2, head_dim: 8, ffn_hidden: 64}
+data: {dataset: )" + (dir.path() / "ds").string() + R"(, seq_len: 32}
+train: {tokens: 5120, global_batch_tokens: 256, micro_batch_size: 4, threads: 1,
+        schedule: {warmup_tokens: 1024}, clip: {warmup_steps: 5}, checkpoint: {every_tokens: 1280}}
+eval: {every_tokens: 1280, val_tokens: 256, batch_size: 4}
+)" + extra);
+}
 #endif
+
+// A run's metrics.jsonl without its wall-clock fields: what an exact resume reproduces bit for bit.
+inline std::vector<std::string> deterministic_metrics(const std::filesystem::path& run) {
+  std::vector<std::string> out;
+  for (auto j : metrics_of(run)) {
+    j.erase("tokens_per_s");
+    j.erase("elapsed_s");
+    out.push_back(j.dump());
+  }
+  return out;
+}
 
 // A command started in the background (through /bin/sh), to signal and wait for.
 class Background {

@@ -27,16 +27,7 @@ using test::gqe;
 
 using test::metrics_of;
 
-// The lines without wall-clock fields: what an exact resume must reproduce bit for bit.
-std::vector<std::string> deterministic(const fs::path& run) {
-  std::vector<std::string> out;
-  for (auto j : metrics_of(run)) {
-    j.erase("tokens_per_s");
-    j.erase("elapsed_s");
-    out.push_back(j.dump());
-  }
-  return out;
-}
+using test::deterministic_metrics;
 
 size_t lines_in(const fs::path& file) {
   if (!fs::exists(file)) return 0;
@@ -156,7 +147,7 @@ TEST_F(Train, ResumeAfterSigtermIsBitwiseExact) {
   const auto resumed = run_command(train("stopped", budget));
   ASSERT_EQ(resumed.status, 0) << resumed.err;
   EXPECT_NE(resumed.out.find("resuming from"), std::string::npos);
-  EXPECT_EQ(deterministic(path("stopped")), deterministic(path("straight")));
+  EXPECT_EQ(deterministic_metrics(path("stopped")), deterministic_metrics(path("straight")));
 }
 
 // The host reads a step's numbers after it has launched the next step, except where a checkpoint
@@ -165,8 +156,8 @@ TEST_F(Train, ReadingEachStepLateLogsWhatReadingItAtOnceLogs) {
   ASSERT_EQ(run_command(train("late", "--set train.tokens=2560")).status, 0);
   const auto r = run_command(train("at_once", "--set train.tokens=2560 --set train.checkpoint.every_tokens=256"));
   ASSERT_EQ(r.status, 0) << r.err;
-  EXPECT_EQ(deterministic(path("at_once")), deterministic(path("late")));
-  EXPECT_EQ(deterministic(path("late")).size(), 11u);  // 10 steps and the evaluation
+  EXPECT_EQ(deterministic_metrics(path("at_once")), deterministic_metrics(path("late")));
+  EXPECT_EQ(deterministic_metrics(path("late")).size(), 11u);  // 10 steps and the evaluation
 }
 
 // Recomputing the layers in the backward pass changes memory, not the run.
@@ -175,8 +166,8 @@ TEST_F(Train, ActivationCheckpointingTrainsTheSameRunBitForBit) {
   const auto r = run_command(train("recomputed", "--set train.tokens=2560 --set train.activation_checkpointing=true"));
   ASSERT_EQ(r.status, 0) << r.err;
   EXPECT_NE(r.out.find("2 thread(s), activation checkpointing"), std::string::npos) << r.out;
-  EXPECT_EQ(deterministic(path("recomputed")), deterministic(path("plain")));
-  EXPECT_EQ(deterministic(path("plain")).size(), 11u);  // 10 steps and the evaluation
+  EXPECT_EQ(deterministic_metrics(path("recomputed")), deterministic_metrics(path("plain")));
+  EXPECT_EQ(deterministic_metrics(path("plain")).size(), 11u);  // 10 steps and the evaluation
 }
 
 TEST_F(Train, ResumeAfterKill9LosesOnlyWorkSinceTheCheckpointAndIsExact) {
@@ -190,12 +181,12 @@ TEST_F(Train, ResumeAfterKill9LosesOnlyWorkSinceTheCheckpointAndIsExact) {
   }
   ASSERT_LT(lines_in(path("killed") + "/metrics.jsonl"), 200u);
   ASSERT_EQ(run_command(train("killed", budget)).status, 0);
-  EXPECT_EQ(deterministic(path("killed")), deterministic(path("straight")));
+  EXPECT_EQ(deterministic_metrics(path("killed")), deterministic_metrics(path("straight")));
 }
 
 TEST_F(Train, ADamagedCheckpointIsReportedAndThePreviousOneUsed) {
   ASSERT_EQ(run_command(train("a")).status, 0);
-  const auto before = deterministic(path("a"));
+  const auto before = deterministic_metrics(path("a"));
   test::flip_byte(path("a") + "/checkpoints/step_00000050/model.safetensors", 2000);
   const auto r = run_command(train("a"));
   ASSERT_EQ(r.status, 0) << r.err;
@@ -204,7 +195,7 @@ TEST_F(Train, ADamagedCheckpointIsReportedAndThePreviousOneUsed) {
             std::string::npos)
       << r.out;
   EXPECT_NE(r.out.find("resuming from " + path("a") + "/checkpoints/step_00000040 (step 40"), std::string::npos);
-  EXPECT_EQ(deterministic(path("a")), before);  // steps 41-50 trained again, identically
+  EXPECT_EQ(deterministic_metrics(path("a")), before);  // steps 41-50 trained again, identically
   EXPECT_NO_THROW(load_checkpoint(path("a") + "/checkpoints/step_00000050"));
 }
 
