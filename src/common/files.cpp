@@ -126,8 +126,14 @@ void StagedDir::commit() {
   // An existing directory is moved aside, not deleted, until the new one is in place.
   const fs::path old = final_.string() + ".old";
   remove_tree(old);
-  if (fs::exists(final_)) rename_or_throw(final_, old);
-  rename_or_throw(staging_, final_);
+  const bool replacing = fs::exists(final_);
+  if (replacing) rename_or_throw(final_, old);
+  try {
+    rename_or_throw(staging_, final_);
+  } catch (const IoError&) {
+    if (replacing) ::rename(old.c_str(), final_.c_str());  // the old one back where it was
+    throw;
+  }
   committed_ = true;
   remove_tree(old);
   fsync_path(parent_or_dot(final_));
