@@ -4,9 +4,11 @@
 #include "cli/commands.h"
 #include "cli/run.h"
 #include "common/host_memory.h"
+#include "dist/communicator.h"
 
 int main(int argc, char** argv) {
   gqe::keep_freed_host_memory();  // before the first training step's activations
+  gqe::quiet_torch_warnings();
   CLI::App app{"gqe: train and compare small language models with GQA or Grouped Query Experts attention"};
   app.footer(
       "Examples:\n"

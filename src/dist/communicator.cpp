@@ -2,6 +2,7 @@
 
 #include <ATen/ATen.h>
 #include <c10/core/impl/DeviceGuardImplInterface.h>
+#include <c10/util/Logging.h>
 #include <fmt/format.h>
 #include <torch/csrc/distributed/c10d/PrefixStore.hpp>
 #include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
@@ -50,6 +51,11 @@ c10::intrusive_ptr<c10d::Store> connect_store(const DistEnvironment& env, std::c
 }
 
 }  // namespace
+
+void quiet_torch_warnings() {
+  if (std::getenv("GQE_DEBUG") || std::getenv("TORCH_CPP_LOG_LEVEL")) return;
+  FLAGS_caffe2_log_level = c10::GLOG_ERROR;
+}
 
 at::Device rank_device(DeviceKind kind, const DistEnvironment& env, const std::string& origin) {
   const bool available = at::hasCUDA() && at::getNumGPUs() > 0;

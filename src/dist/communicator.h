@@ -16,6 +16,11 @@
 
 namespace gqe {
 
+// c10d logs warnings, with stack frames, on the way to errors that gqe reports in one line (a
+// store whose host ended, a collective that failed): quiets torch's C++ warnings, unless GQE_DEBUG
+// or TORCH_CPP_LOG_LEVEL asks for them. Errors still print.
+void quiet_torch_warnings();
+
 // The device of this rank: GPU LOCAL_RANK when running on CUDA (train.device cuda, or auto with a
 // GPU present), else the CPU. Throws UserError for cuda without a GPU; `origin` names the file.
 at::Device rank_device(DeviceKind kind, const DistEnvironment& env, const std::string& origin);

@@ -85,7 +85,10 @@ void beat(std::shared_ptr<Watchdog::State> s) {
   std::vector<int64_t> seen(watched.size(), -1), changed(watched.size(), now_ns());
   int64_t tick = now_ns();
   do {
-    if (s->was_frozen(tick)) std::fill(changed.begin(), changed.end(), tick);
+    if (s->was_frozen(tick)) {  // the silence was this process's own: start counting again
+      std::fill(changed.begin(), changed.end(), tick);
+      s->last_round = tick;
+    }
     try {
       s->store->add(beat_key(s->rank), 1);
       for (size_t i = 0; i < watched.size(); ++i) {
@@ -122,7 +125,8 @@ void watch(std::shared_ptr<Watchdog::State> s) {
   const double slack = static_cast<double>(Watchdog::kSlack.count());
   int64_t tick = now_ns();
   while (s->pause()) {
-    if (s->was_frozen(tick)) {  // the silence was this process's own: start counting again
+    if (s->was_frozen(tick)) {  // likewise
+      s->last_round = tick;
       if (int64_t since = s->waiting_since; since != 0) s->waiting_since.compare_exchange_strong(since, tick);
       continue;
     }
