@@ -239,6 +239,7 @@ TEST_F(Distributed, AStoppedRankFailsTheJobWithinTheTimeout) {
             std::string::npos) << f.out;
   EXPECT_NE(f.out.find("gqe: rank 0 (pid " + std::to_string(f.pids[0]) + ") exited with status 1; stopping the other 1 rank(s)"),
             std::string::npos) << f.out;
+  EXPECT_EQ(f.out.find("frame #"), std::string::npos) << f.out;  // one line per rank, no c10d stack frames
 }
 
 // Rank 0 also serves the job's store: the others find it silent.
