@@ -72,24 +72,27 @@ Communicator::Communicator(const DistEnvironment& env, DistBackend backend, at::
                            int64_t bucket_bytes)
     : env_(env), impl_(std::make_unique<Impl>()), bucket_bytes_(bucket_bytes) {
   impl_->timeout = std::chrono::duration_cast<std::chrono::milliseconds>(timeout);
+  // The backend's own waits end a little after the watchdog's verdict, so that a rank that stopped
+  // answering is named by the watchdog rather than reported as whichever collective waited for it.
+  const auto wait = impl_->timeout + Watchdog::kBackendLag;
   if (!env.distributed()) return;
   const bool nccl = backend == DistBackend::nccl || (backend == DistBackend::auto_ && device.is_cuda());
   if (nccl && !device.is_cuda())
     throw UserError("dist.backend is nccl, but training runs on the CPU (use gloo or auto)");
   try {
-    impl_->store = connect_store(env, impl_->timeout, env.rank == 0);
+    impl_->store = connect_store(env, wait, env.rank == 0);
     if (nccl) {
 #ifdef USE_C10D_NCCL
       c10::impl::getDeviceGuardImpl(c10::DeviceType::CUDA)->setDevice(device);
       auto options = c10d::ProcessGroupNCCL::Options::create();
-      options->timeout = impl_->timeout;
+      options->timeout = wait;
       impl_->group = c10::make_intrusive<c10d::ProcessGroupNCCL>(impl_->store, env.rank, env.world, options);
       impl_->backend = "nccl";
 #else
       throw UserError("dist.backend: this build of torch has no NCCL");
 #endif
     } else {
-      auto options = c10d::ProcessGroupGloo::Options::create(impl_->timeout);
+      auto options = c10d::ProcessGroupGloo::Options::create(wait);
       if (const char* ifname = std::getenv("GLOO_SOCKET_IFNAME"))
         options->devices.push_back(c10d::ProcessGroupGloo::createDeviceForInterface(ifname));
       else if (loopback(env.master_addr))
@@ -105,7 +108,8 @@ Communicator::Communicator(const DistEnvironment& env, DistBackend backend, at::
     throw;
   } catch (const std::exception& e) {
     throw std::runtime_error(fmt::format("rank {}: cannot join the job at {}:{} within {}s: {}", env.rank,
-                                         env.master_addr, env.master_port, timeout.count(), first_line(e.what())));
+                                         env.master_addr, env.master_port,
+                                         std::chrono::duration_cast<std::chrono::seconds>(wait).count(), first_line(e.what())));
   }
 }
 

@@ -1,7 +1,8 @@
 // Keeps the promise of dist.timeout_s (docs/distributed.md, "When a rank fails"): a rank that stops
 // answering (stopped, killed, cut off from the network) fails the job within the timeout, whatever
-// the other ranks are doing at the time, and no rank waits in a collective longer than the timeout
-// plus kSlack, even where the backend's own timeout does not fire.
+// the other ranks are doing at the time; a rank stuck while its threads live fails it when the
+// collective waiting for it times out (kBackendLag later); and no rank waits in a collective longer
+// than the timeout plus kSlack, even where the backend's own timeout does not fire.
 //
 // Every rank beats into the job's store on a connection of its own, about ten times per timeout
 // (at most once a second). Rank 0 watches every rank's beat; the others watch rank 0's, and the
@@ -25,7 +26,9 @@ namespace gqe {
 
 class Watchdog {
  public:
-  // How much longer than the timeout a declared wait may last before the watchdog ends it.
+  // How much longer than the timeout the backend's collectives and store operations wait (the
+  // watchdog names a silent rank first), and a declared wait may last before the watchdog ends it.
+  static constexpr std::chrono::seconds kBackendLag{2};
   static constexpr std::chrono::seconds kSlack{5};
 
   // `store`: a connection of the watchdog's own (its operations block while the store's host is
