@@ -6,6 +6,7 @@
 #include <csignal>
 #include <filesystem>
 #include <map>
+#include <regex>
 #include <sstream>
 #include <thread>
 
@@ -331,9 +332,9 @@ TEST_F(Distributed, ASignalToOneRankStopsEveryRankAtTheSameStep) {
 // gives the others kStopGrace to end. Stopped while the other rank may be anywhere in its step.
 constexpr double kHangBound = 5.0 + 2.0 + 5.0;  // dist.timeout_s + 2 s + kStopGrace
 
-// Which of the two sees it first, the watchdog (at the timeout) or a collective that was already
-// waiting (the timeout + kBackendLag after it began), depends on where the other rank was: either
-// way rank 0 fails the job, in one line, within the bound.
+// Which sees it first, the watchdog (at the timeout) or a collective or store wait already under
+// way (the timeout + kBackendLag after it began), depends on where the other rank was and on how
+// busy the machine is: either way the job fails, one line per rank, within the bound.
 TEST_F(Distributed, AStoppedRankFailsTheJobWithinTheTimeout) {
   const Fault f = signal_rank(1, train("hung", "--nproc 2 --set train.tokens=512000"), path("hung"), path("hung.out"), SIGSTOP);
   ASSERT_EQ(f.pids.size(), 2u);
@@ -341,7 +342,7 @@ TEST_F(Distributed, AStoppedRankFailsTheJobWithinTheTimeout) {
   EXPECT_LT(f.seconds, kHangBound) << f.out;
   EXPECT_TRUE(f.out.find("gqe: error: rank 0: rank 1 has not been heard from for 5 s: it is stopped, stuck or cut off from "
                          "the network (dist.timeout_s = 5); stopping the job") != std::string::npos ||
-              f.out.find("gqe: error: rank 0: all-reduce failed (another rank died or hangs?)") != std::string::npos)
+              std::regex_search(f.out, std::regex("gqe: error: rank 0: [a-z-]+ failed \\(another rank died or hangs\\?\\)")))
       << f.out;
   EXPECT_NE(f.out.find("gqe: rank 0 (pid " + std::to_string(f.pids[0]) + ") exited with status 1; stopping the other 1 rank(s)"),
             std::string::npos) << f.out;
@@ -357,7 +358,7 @@ TEST_F(Distributed, AStoppedRankZeroFailsTheJobWithinTheTimeout) {
   EXPECT_TRUE((f.out.find("gqe: error: rank 1: the job's store at 127.0.0.1:") != std::string::npos &&
                f.out.find("has not answered for 5 s: its host (rank 0, or torchrun's agent) is stopped or cut off from the "
                           "network (dist.timeout_s = 5)") != std::string::npos) ||
-              f.out.find("gqe: error: rank 1: all-reduce failed (another rank died or hangs?)") != std::string::npos)
+              std::regex_search(f.out, std::regex("gqe: error: rank 1: [a-z-]+ failed \\(another rank died or hangs\\?\\)")))
       << f.out;
   EXPECT_EQ(f.out.find("frame #"), std::string::npos) << f.out;
 }
