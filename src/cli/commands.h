@@ -14,6 +14,7 @@ void add_train_command(CLI::App& app, int argc, char** argv);  // argv: for the 
 void add_export_command(CLI::App& app);
 void add_eval_commands(CLI::App& app, int argc, char** argv);  // eval, sample
 void add_experiment_commands(CLI::App& app);                   // experiment run|status, compare
+void add_ladder_commands(CLI::App& app);                       // ladder run|status|fit
 void add_bench_command(CLI::App& app);
 void add_data_forwarding(CLI::App& app);  // `gqe data ...` runs gqe-data
 

@@ -27,6 +27,7 @@ int main(int argc, char** argv) {
   gqe::add_train_command(app, argc, argv);
   gqe::add_eval_commands(app, argc, argv);
   gqe::add_experiment_commands(app);
+  gqe::add_ladder_commands(app);
   gqe::add_info_command(app);
   gqe::add_export_command(app);
   gqe::add_data_forwarding(app);

@@ -23,13 +23,6 @@ using nlohmann::ordered_json;
 namespace gqe {
 namespace {
 
-std::string human_tokens(double n) {
-  if (n >= 1e9) return fmt::format("{:g}B", n / 1e9);
-  if (n >= 1e6) return fmt::format("{:g}M", std::round(n / 1e4) / 100);
-  if (n >= 1e3) return fmt::format("{:g}K", std::round(n / 10) / 100);
-  return fmt::format("{:g}", n);
-}
-
 std::string number(const std::optional<double>& v, int digits = 4) { return v ? fmt::format("{:.{}f}", *v, digits) : "-"; }
 
 std::string delta(const std::optional<double>& v, const std::optional<double>& base, int digits = 4) {
@@ -164,14 +157,14 @@ std::string comparison_markdown(const Comparison& c) {
       "mean.\n\n| run | params | q heads / token | tokens/s |",
       base.name);
   std::string rule = "|---|---:|---:|---:|";
-  for (double p : c.points) s += fmt::format(" train @ {} |", human_tokens(p)), rule += "---:|";
-  for (double p : c.points) s += fmt::format(" val @ {} |", human_tokens(p)), rule += "---:|";
+  for (double p : c.points) s += fmt::format(" train @ {} |", human_count(p)), rule += "---:|";
+  for (double p : c.points) s += fmt::format(" val @ {} |", human_count(p)), rule += "---:|";
   s += " Δ val |", rule += "---:|";
   for (const auto& t : tasks) s += fmt::format(" {} |", t), rule += "---:|";
   if (!tasks.empty()) s += " score | Δ score |", rule += "---:|---:|";
   s += "\n" + rule + "\n";
   for (const RunSummary& r : c.runs) {
-    s += fmt::format("| {} | {} | {}/{} | {:.0f} |", r.name, human_tokens(static_cast<double>(r.params)), r.active_heads, r.heads,
+    s += fmt::format("| {} | {} | {}/{} | {:.0f} |", r.name, human_count(static_cast<double>(r.params)), r.active_heads, r.heads,
                      r.tokens_per_s);
     for (const auto& v : r.train_at) s += " " + number(v) + " |";
     for (const auto& v : r.val_at) s += " " + number(v) + " |";
@@ -283,10 +276,14 @@ void compare_runs(const CompareOptions& o) {
   write_file_atomic(o.out / "plot_data.json", plot_data(c, o.log_x).dump() + "\n");
   fmt::print("\nwrote {}, {}\n", (o.out / "comparison.md").string(), (o.out / "comparison.csv").string());
   if (!o.plots) return;
+  run_plot_script("plot_runs.py", o.out / "plot_data.json", o.out);
+}
+
+void run_plot_script(const std::string& script, const fs::path& data, const fs::path& out) {
   const char* python = std::getenv("GQE_PYTHON");
   const std::string command = fmt::format("{} {} {} {} 2>&1", quoted(python ? python : GQE_DEFAULT_PYTHON),
-                                          quoted(std::string(GQE_SCRIPTS_DIR) + "/plot_runs.py"),
-                                          quoted((o.out / "plot_data.json").string()), quoted(o.out.string()));
+                                          quoted(std::string(GQE_SCRIPTS_DIR) + "/" + script), quoted(data.string()),
+                                          quoted(out.string()));
   std::FILE* pipe = ::popen(command.c_str(), "r");
   std::string output;
   char buffer[512];

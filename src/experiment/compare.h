@@ -59,6 +59,11 @@ struct CompareOptions {
 
 void compare_runs(const CompareOptions& options);
 
+// Runs scripts/SCRIPT DATA OUT with the project's Python (GQE_PYTHON overrides) and prints what
+// it says. A script that cannot write a PNG exits 3: that is an error (a full disk); a missing
+// matplotlib only skips the plots, with a line saying why.
+void run_plot_script(const std::string& script, const std::filesystem::path& data, const std::filesystem::path& out);
+
 // The Markdown and CSV renderings (also printed and written by compare_runs).
 std::string comparison_markdown(const Comparison& c);
 std::string comparison_csv(const Comparison& c);

@@ -17,19 +17,19 @@
 namespace fs = std::filesystem;
 
 namespace gqe {
-namespace {
 
 // Nested mappings become dotted keys: {model: {attention: {type: gqe}}} -> model.attention.type=gqe.
-void flatten(const YAML::Node& node, const std::string& prefix, std::vector<std::string>& out) {
+void flatten_overrides(const YAML::Node& node, const std::string& prefix, std::vector<std::string>& out) {
   for (const auto& kv : node) {
     const std::string key = prefix.empty() ? kv.first.Scalar() : prefix + "." + kv.first.Scalar();
-    if (kv.second.IsMap()) flatten(kv.second, key, out);
+    if (kv.second.IsMap()) flatten_overrides(kv.second, key, out);
     else if (kv.second.IsScalar()) out.push_back(key + "=" + kv.second.Scalar());
     else throw UserError("arms: " + key + ": expected a value");
   }
 }
 
 void only_keys(const YAML::Node& node, const std::string& file, const std::string& where, const std::vector<std::string>& keys) {
+  if (!node.IsMap()) throw UserError(fmt::format("{}: {}: expected a mapping (keys {})", file, where, fmt::join(keys, ", ")));
   for (const auto& kv : node) {
     const std::string key = kv.first.Scalar();
     if (std::find(keys.begin(), keys.end(), key) == keys.end())
@@ -38,7 +38,47 @@ void only_keys(const YAML::Node& node, const std::string& file, const std::strin
   }
 }
 
-}  // namespace
+std::vector<ExperimentArm> parse_arms(const YAML::Node& node, const std::string& file) {
+  if (!node.IsMap() || node.size() == 0) throw UserError(fmt::format("{}: arms: a mapping of arm name to overrides", file));
+  std::vector<ExperimentArm> arms;
+  for (const auto& kv : node) {
+    ExperimentArm arm{kv.first.Scalar(), {}};
+    if (!kv.second.IsNull()) {
+      if (!kv.second.IsMap()) throw UserError(fmt::format("{}: arms.{}: a mapping of config keys to values", file, arm.name));
+      try {
+        flatten_overrides(kv.second, "", arm.overrides);
+      } catch (const UserError& ex) {
+        throw UserError(fmt::format("{}: arms.{}: {}", file, arm.name, ex.what()));
+      }
+    }
+    arms.push_back(std::move(arm));
+  }
+  return arms;
+}
+
+void check_arms(const std::string& file, const std::string& base, const std::vector<ExperimentArm>& arms,
+                const std::vector<std::string>& common) {
+  // Every arm's config must load, and differ from the first only in the attention.
+  std::optional<Config> first;
+  for (const ExperimentArm& arm : arms) {
+    std::vector<std::string> overrides = common;
+    overrides.insert(overrides.end(), arm.overrides.begin(), arm.overrides.end());
+    LoadedConfig loaded;
+    try {
+      loaded = load_config(base, overrides);
+    } catch (const UserError& ex) {
+      throw UserError(fmt::format("{}: arms.{}: {}", file, arm.name, ex.what()));
+    }
+    if (!first) {
+      first = loaded.config;
+      continue;
+    }
+    for (const std::string& d : config_differences(*first, loaded.config))
+      if (d.rfind("model.attention.", 0) != 0)
+        throw UserError(fmt::format("{}: arms.{} changes {} -- arms may differ only in model.attention.* (same data, order, "
+                                    "budget and everything else)", file, arm.name, d));
+  }
+}
 
 const char* run_state_name(RunState state) {
   switch (state) {
@@ -80,38 +120,8 @@ Experiment load_experiment(const std::string& file) {
     throw UserError(fmt::format("{}:{}: {}", file, ex.mark.line + 1, ex.msg));
   }
   if (e.seeds.empty()) throw UserError(fmt::format("{}: seeds: give at least one", file));
-  if (!root["arms"].IsMap() || root["arms"].size() == 0) throw UserError(fmt::format("{}: arms: a mapping of arm name to overrides", file));
-  for (const auto& kv : root["arms"]) {
-    ExperimentArm arm{kv.first.Scalar(), {}};
-    if (!kv.second.IsNull()) {
-      if (!kv.second.IsMap()) throw UserError(fmt::format("{}: arms.{}: a mapping of config keys to values", file, arm.name));
-      try {
-        flatten(kv.second, "", arm.overrides);
-      } catch (const UserError& ex) {
-        throw UserError(fmt::format("{}: arms.{}: {}", file, arm.name, ex.what()));
-      }
-    }
-    e.arms.push_back(std::move(arm));
-  }
-
-  // Every arm's config must load, and differ from the first only in the attention.
-  std::optional<Config> first;
-  for (const ExperimentArm& arm : e.arms) {
-    LoadedConfig loaded;
-    try {
-      loaded = load_config(e.base, arm.overrides);
-    } catch (const UserError& ex) {
-      throw UserError(fmt::format("{}: arms.{}: {}", file, arm.name, ex.what()));
-    }
-    if (!first) {
-      first = loaded.config;
-      continue;
-    }
-    for (const std::string& d : config_differences(*first, loaded.config))
-      if (d.rfind("model.attention.", 0) != 0)
-        throw UserError(fmt::format("{}: arms.{} changes {} -- arms may differ only in model.attention.* (same data, order, "
-                                    "budget and everything else)", file, arm.name, d));
-  }
+  e.arms = parse_arms(root["arms"], file);
+  check_arms(file, e.base, e.arms);
   return e;
 }
 
@@ -124,6 +134,7 @@ std::vector<ExperimentRun> experiment_runs(const Experiment& e) {
       run.seed = seed;
       const std::string name = e.seeds.size() == 1 ? arm.name : fmt::format("{}-seed{}", arm.name, seed);
       run.run_dir = e.out / name;
+      run.label = e.seeds.size() == 1 ? arm.name : fmt::format("{} (seed {})", arm.name, seed);
       run.overrides = arm.overrides;
       run.overrides.push_back(fmt::format("train.seed={}", seed));
       run.overrides.push_back("log.name=" + name);
@@ -150,32 +161,48 @@ RunStatus run_status(const ExperimentRun& run) {
   return s;
 }
 
-void run_experiment(const Experiment& e, int nproc) {
-  const std::vector<ExperimentRun> runs = experiment_runs(e);
-  make_directories(e.out);
+std::optional<double> final_validation_loss(const fs::path& run_dir) {
+  if (!fs::exists(run_dir / "metrics.jsonl")) return std::nullopt;
+  std::optional<double> val;
+  std::istringstream in(read_file(run_dir / "metrics.jsonl"));
+  for (std::string line; std::getline(in, line);) {
+    const auto j = nlohmann::json::parse(line, nullptr, false);
+    if (!j.is_discarded() && j.contains("val_loss") && j["val_loss"].is_number()) val = j["val_loss"].get<double>();
+  }
+  return val;
+}
+
+bool train_runs(const std::string& base, const std::vector<ExperimentRun>& runs, int nproc, const std::string& tag) {
   for (const ExperimentRun& run : runs) {
-    const std::string label = e.seeds.size() == 1 ? run.arm : fmt::format("{} (seed {})", run.arm, run.seed);
+    const std::string label = run.label;
     const RunStatus status = run_status(run);
     if (status.state == RunState::running)
       throw UserError(fmt::format("{}: is being trained by another process", run.run_dir.string()));
     if (status.state == RunState::finished) {
-      fmt::print("[experiment] {}: finished at step {} ({} tokens), skipped\n", label, status.step, status.tokens);
+      fmt::print("[{}] {}: finished at step {} ({} tokens), skipped\n", tag, label, status.step, status.tokens);
       continue;
     }
-    fmt::print("[experiment] {}: {} -> {}\n", label,
+    fmt::print("[{}] {}: {} -> {}\n", tag, label,
                status.state == RunState::interrupted ? fmt::format("continuing from step {}", status.step) : "training",
                run.run_dir.string());
     std::fflush(stdout);
-    std::vector<std::string> args{"gqe", "train", e.base, "--run-dir", run.run_dir.string()};
+    std::vector<std::string> args{"gqe", "train", base, "--run-dir", run.run_dir.string()};
     for (const auto& o : run.overrides) args.insert(args.end(), {"--set", o});
     const int code = launch_local_ranks(nproc, args);
     if (code != 0)
-      throw std::runtime_error(fmt::format("arm {} failed (exit status {}); once fixed, the same command continues it", label, code));
+      throw std::runtime_error(fmt::format("{} failed (exit status {}); once fixed, the same command continues it", label, code));
     if (run_status(run).state != RunState::finished) {
-      fmt::print("[experiment] stopped during {}; run the same command to continue\n", label);
-      return;
+      fmt::print("[{}] stopped during {}; run the same command to continue\n", tag, label);
+      return false;
     }
   }
+  return true;
+}
+
+void run_experiment(const Experiment& e, int nproc) {
+  const std::vector<ExperimentRun> runs = experiment_runs(e);
+  make_directories(e.out);
+  if (!train_runs(e.base, runs, nproc, "experiment")) return;
   for (const ExperimentRun& run : runs) {
     if (run_status(run).evaluated) continue;
     std::vector<std::string> args{"gqe", "eval", run.run_dir.string()};

@@ -12,12 +12,28 @@
 
 #include "config/config_loader.h"
 
+namespace YAML {
+class Node;
+}
+
 namespace gqe {
+
+// Shared by the files that define runs (experiments, ladders): nested mappings as dotted
+// overrides ("model.attention.type=gqe"), and a mapping's keys checked against a list (UserError
+// "FILE: unknown key 'where.key'; valid keys in where: ...").
+void flatten_overrides(const YAML::Node& node, const std::string& prefix, std::vector<std::string>& out);
+void only_keys(const YAML::Node& node, const std::string& file, const std::string& where, const std::vector<std::string>& keys);
 
 struct ExperimentArm {
   std::string name;
   std::vector<std::string> overrides;  // "model.attention.type=gqe", ...
 };
+
+// `arms:` (name -> overrides); and the check that every arm's config loads over base (with the
+// `common` overrides first) and differs from the first arm's only in model.attention.*.
+std::vector<ExperimentArm> parse_arms(const YAML::Node& node, const std::string& file);
+void check_arms(const std::string& file, const std::string& base, const std::vector<ExperimentArm>& arms,
+                const std::vector<std::string>& common = {});
 
 struct Experiment {
   std::string file, name, base;  // base: a config path, resolved relative to the experiment file
@@ -33,6 +49,7 @@ struct ExperimentRun {
   std::string arm;
   int64_t seed = 0;
   std::filesystem::path run_dir;
+  std::string label;                   // how progress lines name it: "gqe (seed 1)"
   std::vector<std::string> overrides;  // the arm's, train.seed and log.name
   LoadedConfig config;
 };
@@ -51,6 +68,15 @@ struct RunStatus {
   bool evaluated = false;  // eval.json is of the final checkpoint
 };
 RunStatus run_status(const ExperimentRun& run);
+
+// The last validation loss in run_dir/metrics.jsonl (at the end of a finished run); nothing when
+// none was logged.
+std::optional<double> final_validation_loss(const std::filesystem::path& run_dir);
+
+// Trains each run not finished (`gqe train base --run-dir ... --set ...` on nproc local ranks),
+// skipping finished ones and continuing interrupted ones; progress lines start with [tag].
+// False when a run stopped before its budget (Ctrl-C): the caller stops too.
+bool train_runs(const std::string& base, const std::vector<ExperimentRun>& runs, int nproc, const std::string& tag);
 
 // Trains what is not finished (each run as `gqe train` on nproc local ranks), evaluates what is
 // not evaluated, then writes the comparison to out/comparison. Stops, saying how to continue, when

@@ -3,6 +3,8 @@
 #include <cmath>
 #include <limits>
 
+#include <fmt/format.h>
+
 namespace gqe {
 
 std::vector<Point> ema(const std::vector<Point>& curve, double alpha) {
@@ -25,6 +27,14 @@ std::optional<double> value_at(const std::vector<Point>& curve, double tokens) {
     return a.value + (b.value - a.value) * (tokens - a.tokens) / (b.tokens - a.tokens);
   }
   return curve.front().value;  // a single point
+}
+
+std::string human_count(double n) {
+  if (n >= 1e12) return fmt::format("{:g}T", std::round(n / 1e10) / 100);
+  if (n >= 1e9) return fmt::format("{:g}B", std::round(n / 1e7) / 100);
+  if (n >= 1e6) return fmt::format("{:g}M", std::round(n / 1e4) / 100);
+  if (n >= 1e3) return fmt::format("{:g}K", std::round(n / 10) / 100);
+  return fmt::format("{:g}", n);
 }
 
 double mean(const std::vector<double>& xs) {

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <optional>
+#include <string>
 #include <vector>
 
 namespace gqe {
@@ -16,6 +17,9 @@ std::vector<Point> ema(const std::vector<Point>& curve, double alpha);
 
 // The curve's value at `tokens`, linear between its points; nothing outside its range.
 std::optional<double> value_at(const std::vector<Point>& curve, double tokens);
+
+// A count as configs write it: 1.5M, 30B, 250K (2 decimals at most).
+std::string human_count(double n);
 
 double mean(const std::vector<double>& xs);
 double stddev(const std::vector<double>& xs);  // sample standard deviation (n - 1); 0 for n < 2
