@@ -71,7 +71,7 @@ RungPoint resolve_point(const Ladder& l, const LadderRung& rung, const LadderBud
   const int64_t batch_tokens = seqs * b.data.seq_len;
   if (tokens < static_cast<double>(batch_tokens))
     throw UserError(fmt::format("{}: budgets: {} at rung {} ({} non-embedding parameters) is {} tokens, less than one batch ({} "
-                                "tokens: {} sequences of {})", l.file, budget.label, rung.name, human_count(n),
+                                "tokens = {} x {})", l.file, budget.label, rung.name, human_count(n),
                                 human_count(tokens), batch_tokens, seqs, b.data.seq_len));
   const int64_t steps = static_cast<int64_t>(std::ceil(tokens / static_cast<double>(batch_tokens)));
   RungPoint p;

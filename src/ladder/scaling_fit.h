@@ -54,7 +54,7 @@ double quantile(std::vector<double>& xs, double q);
 Interval interval(double value, std::vector<double> draws, double level = 0.9);
 
 // The residual bootstrap that gives every interval: each arm's log-loss residuals around its fit
-// (widened by sqrt(n / (n - p)) for the parameters the fit used up) are resampled with
+// (widened by n / (n - p) for the parameters the fit used up) are resampled with
 // replacement, the same draws for every arm (arms of a rung and seed share the data order, so
 // their noise is paired), added to the fitted values, and every arm refitted. `refit` gets the
 // resampled losses of each arm; what it returns (any numbers: parameters, predictions, gaps) is
