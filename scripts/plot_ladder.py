@@ -10,16 +10,23 @@ import pathlib
 import sys
 
 import matplotlib
+import matplotlib.ticker
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from plot_runs import save  # noqa: E402  (a PNG is whole or absent)
+from plot_runs import finish  # noqa: E402  (log x, grid, legend; a PNG whole or absent)
 
 
 def series(values):
     return np.array([np.nan if v is None else v for v in values], dtype=float)
+
+
+def label(ax, ylabel, title):
+    ax.set_xlabel("training FLOPs")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
 
 
 def main():
@@ -49,15 +56,11 @@ def main():
             if i == 0:
                 ax.annotate(t["label"], (t["flops"], 1), xycoords=("data", "axes fraction"), fontsize=7, rotation=90,
                             va="top", ha="right")
-    ax.set_xscale("log")
     ax.set_yscale("log")
-    ax.set_xlabel("training FLOPs")
-    ax.set_ylabel("final validation loss")
-    ax.set_title("Loss against compute (band: 90% bootstrap interval)")
-    ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    save(fig, out / "loss_vs_compute.png", 120, written)
+    ax.yaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
+    ax.yaxis.set_minor_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
+    label(ax, "final validation loss", "Loss against compute (band: 90% bootstrap interval)")
+    finish(fig, ax, out / "loss_vs_compute.png", True, written)
 
     # The gap to the baseline: measured per rung (paired by seed), and the laws' difference at
     # matched FLOPs with its band.
@@ -74,14 +77,8 @@ def main():
             f = arm["fit"]
             ax.plot(grid, series(f["gap"]), "-", color=c, label=f"{arm['name']} - {data['baseline']} (fits, matched FLOPs)")
             ax.fill_between(grid, series(f["gap_lo"]), series(f["gap_hi"]), color=c, alpha=0.15, linewidth=0)
-    ax.set_xscale("log")
-    ax.set_xlabel("training FLOPs")
-    ax.set_ylabel("loss difference (below 0: better than the baseline)")
-    ax.set_title("The gap against compute")
-    ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    save(fig, out / "gap_vs_compute.png", 120, written)
+    label(ax, "loss difference (below 0: better than the baseline)", "The gap against compute")
+    finish(fig, ax, out / "gap_vs_compute.png", True, written)
 
     # Router health per rung: does balance degrade with size?
     gqe = [a for a in arms if a["gqe"] and any(p["busiest"] is not None for p in a.get("points", []))]
@@ -91,15 +88,9 @@ def main():
             pts = [p for p in arm["points"] if p["busiest"] is not None]
             ax.plot([p["flops"] for p in pts], [p["busiest"] for p in pts], "o-", label=arm["name"])
             ax.axhline(pts[0]["balanced"], color="gray", linestyle="--", linewidth=0.8)
-        ax.set_xscale("log")
         ax.set_ylim(0, 1.05)
-        ax.set_xlabel("training FLOPs")
-        ax.set_ylabel("busiest expert's share (dashed: balanced k/M)")
-        ax.set_title("Router balance per rung (1 = collapsed)")
-        ax.grid(alpha=0.3, which="both")
-        ax.legend(fontsize=8)
-        fig.tight_layout()
-        save(fig, out / "router_health.png", 120, written)
+        label(ax, "busiest expert's share (dashed: balanced k/M)", "Router balance per rung (1 = collapsed)")
+        finish(fig, ax, out / "router_health.png", True, written)
 
     for path in written:
         print(f"wrote {path}")
