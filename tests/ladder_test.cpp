@@ -127,7 +127,8 @@ eval: {val_tokens: 256, batch_size: 4}
   }
   static void TearDownTestSuite() { delete dir_; }
 
-  static std::string ladder(const std::string& extra, const std::string& rungs = "[32, 48, 64]", const std::string& name = "ladder.yaml") {
+  static std::string ladder(const std::string& extra, const std::string& rungs = "[32, 48, 64]", const std::string& name = "ladder.yaml",
+                            const std::string& budgets = "{tokens_per_param: 0.3}") {
     return dir_->write(name, R"(name: small
 base: base.yaml
 out: )" + (dir_->path() / "runs").string() + R"(
@@ -136,8 +137,7 @@ arms:
   gqe: {model.attention.type: gqe, model.attention.top_k: 1}
 shape: {head_dim: 8, aspect: 16, kv_group: 2, ffn_ratio: 2}
 rungs: )" + rungs + R"(
-budgets: {tokens_per_param: 0.3}
-)" + extra);
+budgets: )" + budgets + "\n" + extra);
   }
   static test::TempDir* dir_;
 };
@@ -235,39 +235,43 @@ TEST_F(Ladders, ArmsMayDifferOnlyInTheAttentionAndMustExist) {
   EXPECT_EQ(run_command(gqe("ladder fit " + ladder("") + " --predict 250M")).status, 2);
 }
 
+// 3 sizes x 2 budgets (a grid: L(N, D) is fitted too) x 2 arms.
 TEST_F(Ladders, ARunInterruptedResumesWithoutRetrainingFinishedRunsThenFits) {
-  const std::string file = ladder("seeds: [0]\n", "[32, 48, 64]", "run.yaml");
+  const std::string file = ladder("seeds: [0]\n", "[32, 48, 64]", "run.yaml", "{tokens_per_param: [0.15, 0.3]}");
   const fs::path runs = dir_->path() / "runs";
   {  // Ctrl-C once the second run has a checkpoint
     test::Background job("exec " + gqe("ladder run " + file) + " >" + (dir_->path() / "first.out").string() + " 2>&1");
-    while (!fs::exists(runs / "d32-L2/gqe/checkpoints/latest")) std::this_thread::sleep_for(std::chrono::milliseconds(2));
+    while (!fs::exists(runs / "d32-L2-0.15x/gqe/checkpoints/latest")) std::this_thread::sleep_for(std::chrono::milliseconds(2));
     job.signal(SIGINT);
     ASSERT_EQ(job.wait(), 0) << read_file(dir_->path() / "first.out");
   }
-  const std::string first_metrics = read_file(runs / "d32-L2/gqa/metrics.jsonl");
+  const std::string first_metrics = read_file(runs / "d32-L2-0.15x/gqa/metrics.jsonl");
   const auto status = run_command(gqe("ladder status " + file));
   ASSERT_EQ(status.status, 0) << status.err;
-  EXPECT_NE(status.out.find("d32-L2/gqa                        finished"), std::string::npos) << status.out;
-  EXPECT_NE(status.out.find("d64-L4/gqe                        not started"), std::string::npos) << status.out;
+  EXPECT_NE(status.out.find("d32-L2-0.15x/gqa                  finished"), std::string::npos) << status.out;
+  EXPECT_NE(status.out.find("d64-L4-0.3x/gqe                   not started"), std::string::npos) << status.out;
   EXPECT_NE(status.out.find("GPU-hours"), std::string::npos);
 
   const auto second = run_command(gqe("ladder run " + file));
   ASSERT_EQ(second.status, 0) << second.err << second.out;
-  EXPECT_NE(second.out.find("[ladder] d32-L2 gqa: finished at step"), std::string::npos) << second.out;
-  EXPECT_EQ(read_file(runs / "d32-L2/gqa/metrics.jsonl"), first_metrics);  // not trained again
-  EXPECT_NE(second.out.find("[ladder] d64-L4 gqe: training"), std::string::npos);
+  EXPECT_NE(second.out.find("[ladder] d32-L2-0.15x gqa: finished at step"), std::string::npos) << second.out;
+  EXPECT_EQ(read_file(runs / "d32-L2-0.15x/gqa/metrics.jsonl"), first_metrics);  // not trained again
+  EXPECT_NE(second.out.find("[ladder] d64-L4-0.3x gqe: training"), std::string::npos);
   EXPECT_TRUE(fs::exists(runs / "ladder.yaml"));
 
   // Fitted from the run directory alone.
   const auto fit = run_command(gqe("ladder fit " + runs.string() + " --predict 150K@50K,1M@1M --bootstrap 200"));
   ASSERT_EQ(fit.status, 0) << fit.err << fit.out;
   const auto j = nlohmann::json::parse(read_file(runs / "fit/ladder.json"));
-  EXPECT_EQ(j["runs_finished"], 6);
+  EXPECT_EQ(j["runs_finished"], 12);
   EXPECT_TRUE(j["missing"].empty());
-  EXPECT_EQ(j["measured"].size(), 3u);
-  EXPECT_EQ(j["measured"][2]["arms"]["gqe"]["losses"][0].get<double>(), *final_validation_loss(runs / "d64-L4/gqe"));
-  EXPECT_NEAR(j["measured"][2]["arms"]["gqe"]["gaps"][0].get<double>(),
-              *final_validation_loss(runs / "d64-L4/gqe") - *final_validation_loss(runs / "d64-L4/gqa"), 1e-12);
+  ASSERT_EQ(j["measured"].size(), 6u);
+  EXPECT_EQ(j["measured"][5]["point"], "d64-L4-0.3x");
+  EXPECT_EQ(j["measured"][5]["arms"]["gqe"]["losses"][0].get<double>(), *final_validation_loss(runs / "d64-L4-0.3x/gqe"));
+  EXPECT_NEAR(j["measured"][5]["arms"]["gqe"]["gaps"][0].get<double>(),
+              *final_validation_loss(runs / "d64-L4-0.3x/gqe") - *final_validation_loss(runs / "d64-L4-0.3x/gqa"), 1e-12);
+  EXPECT_TRUE(j["chinchilla"]["gqe"].contains("beta"));
+  EXPECT_EQ(j["chinchilla_predictions"].size(), 2u);
   for (const char* arm : {"gqa", "gqe"}) {
     const auto& law = j["laws"][arm];
     EXPECT_LE(law["alpha"]["lo"].get<double>(), law["alpha"]["value"].get<double>());
@@ -280,7 +284,7 @@ TEST_F(Ladders, ARunInterruptedResumesWithoutRetrainingFinishedRunsThenFits) {
   EXPECT_LT(gqe_at["flops"].get<double>(), j["predictions"][0]["arms"]["gqa"]["flops"].get<double>());  // fewer active heads
   EXPECT_EQ(std::count(fit.out.begin(), fit.out.end(), '\n') > 10, true);
   const std::string csv = read_file(runs / "fit/ladder.csv");
-  EXPECT_EQ(std::count(csv.begin(), csv.end(), '\n'), 7);
+  EXPECT_EQ(std::count(csv.begin(), csv.end(), '\n'), 13);
   for (const char* png : {"loss_vs_compute.png", "gap_vs_compute.png", "router_health.png"})
     EXPECT_EQ(read_file(runs / "fit" / png).substr(1, 3), "PNG") << png;
 }

@@ -62,6 +62,7 @@ struct TargetModel {
   int64_t width = 0;
   ModelInfo first;
   std::vector<double> flops_per_token;  // per arm
+  std::vector<double> non_embedding;    // per arm (GQE's output projection is smaller)
 };
 
 TargetModel instantiate(const Ladder& l, const std::vector<LoadedConfig>& arm_configs, double params) {
@@ -83,7 +84,9 @@ TargetModel instantiate(const Ladder& l, const std::vector<LoadedConfig>& arm_co
   for (const LoadedConfig& arm : arm_configs) {
     Config c = arm.config;
     l.shape.apply(c.model, best.width);
-    best.flops_per_token.push_back(describe_model(c).train_flops_per_token());
+    const ModelInfo info = describe_model(c);
+    best.flops_per_token.push_back(info.train_flops_per_token());
+    best.non_embedding.push_back(static_cast<double>(info.non_embedding));
   }
   return best;
 }
@@ -247,25 +250,33 @@ LadderReport fit_ladder(const Ladder& l, const LadderFitOptions& o) {
     for (const auto& d : draws) v.push_back(d[k]);
     return interval(point_estimate[k], v);
   };
-  std::vector<std::vector<Interval>> chin_params(n_arms);
+  // L(N, D): per arm its 5 parameters; per target, per arm, the loss at the arm's N and the
+  // target's tokens; per target, per other arm, the gap at matched tokens.
+  std::vector<Interval> chin_q_intervals;
   if (chin_ok) {
-    auto chin_q = [&](const std::vector<std::vector<double>>& sample, bool start) {
+    auto chin_q = [&](const std::vector<std::vector<double>>& sample, bool refit) {
       std::vector<double> q;
+      std::vector<ChinchillaLaw> ls;
       for (size_t a = 0; a < n_arms; ++a) {
-        const ChinchillaLaw law = chinchilla_law(start ? fit_chinchilla(N[a], D[a], sample[a], chin[a].theta) : chin[a]);
-        q.insert(q.end(), {law.E, law.A, law.alpha, law.B, law.beta});
+        ls.push_back(chinchilla_law(refit ? fit_chinchilla(N[a], D[a], sample[a], chin[a].theta) : chin[a]));
+        q.insert(q.end(), {ls[a].E, ls[a].A, ls[a].alpha, ls[a].B, ls[a].beta});
+      }
+      for (size_t t = 0; t < T; ++t) {
+        for (size_t a = 0; a < n_arms; ++a) q.push_back(ls[a](target_models[t].non_embedding[a], o.targets[t].tokens));
+        for (size_t a = 1; a < n_arms; ++a)
+          q.push_back(ls[a](target_models[t].non_embedding[a], o.targets[t].tokens) -
+                      ls[0](target_models[t].non_embedding[0], o.targets[t].tokens));
       }
       return q;
     };
     const std::vector<double> est = chin_q(L, false);
     const auto chin_draws = residual_bootstrap(fitted_chin, L, 5, o.bootstrap, o.seed + 1,
                                                [&](const std::vector<std::vector<double>>& s) { return chin_q(s, true); });
-    for (size_t a = 0; a < n_arms; ++a)
-      for (size_t k = 0; k < 5; ++k) {
-        std::vector<double> v;
-        for (const auto& d : chin_draws) v.push_back(d[a * 5 + k]);
-        chin_params[a].push_back(interval(est[a * 5 + k], v));
-      }
+    for (size_t k = 0; k < est.size(); ++k) {
+      std::vector<double> v;
+      for (const auto& d : chin_draws) v.push_back(d[k]);
+      chin_q_intervals.push_back(interval(est[k], v));
+    }
   }
 
   // Measured: per point, each arm's mean and spread over seeds, and the gap to the baseline (paired by seed).
@@ -401,13 +412,31 @@ LadderReport fit_ladder(const Ladder& l, const LadderFitOptions& o) {
     if (chin_ok) {
       md += "## Fitted laws: L(N, D) = E + A / N^alpha + B / D^beta\n\n| arm | E | A | alpha | B | beta |\n|---|---:|---:|---:|---:|---:|\n";
       for (size_t a = 0; a < n_arms; ++a) {
-        const auto& p = chin_params[a];
+        const Interval* p = &chin_q_intervals[5 * a];
         md += fmt::format("| {} | {} | {} | {} | {} | {} |\n", l.arms[a].name, fmt_interval(p[0]), fmt_interval_g(p[1]), fmt_interval(p[2]),
                           fmt_interval_g(p[3]), fmt_interval(p[4]));
         j["chinchilla"][l.arms[a].name] = {{"E", interval_json(p[0])}, {"A", interval_json(p[1])}, {"alpha", interval_json(p[2])},
                                            {"B", interval_json(p[3])}, {"beta", interval_json(p[4])}};
       }
       md += "\n";
+      if (T > 0) {
+        md += "Predicted by L(N, D), N each arm's non-embedding parameters on the target's model:\n\n"
+              "| target | arm | loss | gap, matched tokens |\n|---|---|---:|---:|\n";
+        size_t k = 5 * n_arms;
+        for (size_t t = 0; t < T; ++t) {
+          std::vector<Interval> loss;
+          for (size_t a = 0; a < n_arms; ++a) loss.push_back(chin_q_intervals[k++]);
+          md += fmt::format("| {} | {} | {} | |\n", o.targets[t].label, base_arm, fmt_interval(loss[0]));
+          ordered_json tj = {{"target", o.targets[t].label}, {"arms", {{base_arm, {{"loss", interval_json(loss[0])}}}}}};
+          for (size_t a = 1; a < n_arms; ++a) {
+            const Interval gap = chin_q_intervals[k++];
+            md += fmt::format("| {} | {} | {} | {} |\n", o.targets[t].label, l.arms[a].name, fmt_interval(loss[a]), fmt_interval(gap));
+            tj["arms"][l.arms[a].name] = {{"loss", interval_json(loss[a])}, {"gap_matched_tokens", interval_json(gap)}};
+          }
+          j["chinchilla_predictions"].push_back(tj);
+        }
+        md += "\n";
+      }
     }
     if (T > 0) {
       md += "## Predictions\n\nEach target PARAMS@TOKENS is the model the shape rule makes nearest PARAMS non-embedding parameters, "
