@@ -90,6 +90,26 @@ RungPoint resolve_point(const Ladder& l, const LadderRung& rung, const LadderBud
   return p;
 }
 
+// Training FLOPs of the ladder's runs, in all and not yet trained.
+std::pair<double, double> ladder_flops(const std::vector<LadderRun>& runs) {
+  double total = 0, left = 0;
+  for (const LadderRun& r : runs) {
+    const RunStatus s = run_status(r.run);
+    total += r.flops;
+    if (s.state != RunState::finished)
+      left += r.flops * (1 - static_cast<double>(s.tokens) / static_cast<double>(r.run.config.config.train.tokens));
+  }
+  return {total, left};
+}
+
+std::string cost_line(const Ladder& l, const std::vector<LadderRun>& runs) {
+  const auto [total, left] = ladder_flops(runs);
+  const double rate = l.cost.mfu * l.cost.peak_tflops * 1e12;
+  return fmt::format("cost: {:.3g} training FLOPs in all ({:.3g} left) = {:.3g} GPU-hours ({:.3g} left) at {:g}% MFU of {:g} TFLOP/s "
+                     "(cost.mfu, cost.peak_tflops; evaluation not counted)",
+                     total, left, total / rate / 3600, left / rate / 3600, 100 * l.cost.mfu, l.cost.peak_tflops);
+}
+
 }  // namespace
 
 std::vector<std::string> ShapeRule::overrides(int64_t width, const std::string& where) const {
@@ -290,6 +310,7 @@ void run_ladder(const Ladder& l, int nproc) {
   YAML::Emitter emitter;
   emitter << copy;
   write_file_atomic(l.out / "ladder.yaml", fmt::format("# {} as `gqe ladder run` read it\n{}\n", l.file, emitter.c_str()));
+  fmt::print("[ladder] {}: {} runs; {}\n", l.name, runs.size(), cost_line(l, runs));
   std::vector<ExperimentRun> plain;
   for (const LadderRun& r : runs) plain.push_back(r.run);
   if (!train_runs(l.base, plain, nproc, "ladder")) return;
@@ -322,13 +343,9 @@ void print_ladder_status(const Ladder& l) {
                c.train.global_batch_tokens / c.data.seq_len, c.train.optimizer.lr,
                static_cast<double>(c.train.tokens) / static_cast<double>(r.info.non_embedding), r.flops);
   }
-  double total = 0, left = 0;
   fmt::print("\n  {:<34}{:<13}{:>20}{:>8}{:>11}\n", "run", "state", "tokens", "step", "val loss");
   for (const LadderRun& r : runs) {
     const RunStatus s = run_status(r.run);
-    total += r.flops;
-    if (s.state != RunState::finished)
-      left += r.flops * (1 - static_cast<double>(s.tokens) / static_cast<double>(r.run.config.config.train.tokens));
     std::string val = "-";
     if (s.state != RunState::not_started)
       if (const auto v = final_validation_loss(r.run.run_dir)) val = fmt::format("{:.4f}", *v);
@@ -336,10 +353,7 @@ void print_ladder_status(const Ladder& l) {
                fmt::format("{}/{}", human_count(static_cast<double>(s.tokens)), human_count(static_cast<double>(r.run.config.config.train.tokens))),
                s.step, val);
   }
-  const double rate = l.cost.mfu * l.cost.peak_tflops * 1e12;
-  fmt::print("\ncost: {:.3g} training FLOPs in all ({:.3g} left) = {:.3g} GPU-hours ({:.3g} left) at {:g}% MFU of {:g} TFLOP/s "
-             "(cost.mfu, cost.peak_tflops; evaluation not counted)\n",
-             total, left, total / rate / 3600, left / rate / 3600, 100 * l.cost.mfu, l.cost.peak_tflops);
+  fmt::print("\n{}\n", cost_line(l, runs));
 }
 
 }  // namespace gqe
