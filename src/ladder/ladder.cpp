@@ -314,7 +314,8 @@ void run_ladder(const Ladder& l, int nproc) {
   std::vector<ExperimentRun> plain;
   for (const LadderRun& r : runs) plain.push_back(r.run);
   if (!train_runs(l.base, plain, nproc, "ladder")) return;
-  fmt::print("[ladder] every run is trained; fit it with: gqe ladder fit {} --predict 250M@30B\n", l.file);
+  fmt::print("[ladder] every run is trained; fit it with: gqe ladder fit {} --predict PARAMS@TOKENS (non-embedding "
+             "parameters, e.g. 201M@30B: the paper's model)\n", l.file);
 }
 
 void print_ladder_status(const Ladder& l) {

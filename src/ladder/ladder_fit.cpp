@@ -403,12 +403,17 @@ LadderReport fit_ladder(const Ladder& l, const LadderFitOptions& o) {
   } else {
     md += "## Fitted laws: L(C) = E + A · C^-alpha\n\n| arm | E | A | alpha | points |\n|---|---:|---:|---:|---:|\n";
     for (size_t a = 0; a < n_arms; ++a) {
-      md += fmt::format("| {} | {} | {} | {} | {} |\n", l.arms[a].name, fmt_interval(q_interval(3 * a)), fmt_interval_g(q_interval(3 * a + 1)),
+      md += fmt::format("| {} | {} | {} | {} | {} |\n", l.arms[a].name, fmt_interval_g(q_interval(3 * a)), fmt_interval_g(q_interval(3 * a + 1)),
                         fmt_interval(q_interval(3 * a + 2)), C[a].size());
       j["laws"][l.arms[a].name] = {{"E", interval_json(q_interval(3 * a))}, {"A", interval_json(q_interval(3 * a + 1))},
                                    {"alpha", interval_json(q_interval(3 * a + 2))}, {"points", C[a].size()}};
     }
     md += "\n";
+    for (size_t a = 0; a < n_arms; ++a)
+      if (laws[a].E < 0.01 * *std::min_element(L[a].begin(), L[a].end()))
+        warnings.push_back(fmt::format("{}: the irreducible loss E is not identified (fitted at {:.3g}): the losses show no floor yet, "
+                                       "so the law is a pure power law and its extrapolations assume the loss keeps falling as fast",
+                                       l.arms[a].name, laws[a].E));
     if (chin_ok) {
       md += "## Fitted laws: L(N, D) = E + A / N^alpha + B / D^beta\n\n| arm | E | A | alpha | B | beta |\n|---|---:|---:|---:|---:|---:|\n";
       for (size_t a = 0; a < n_arms; ++a) {
