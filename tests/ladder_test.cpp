@@ -16,6 +16,7 @@
 
 #include "common/error.h"
 #include "common/files.h"
+#include "config/config_loader.h"
 #include "ladder/ladder.h"
 #include "ladder/ladder_fit.h"
 #include "ladder/scaling_fit.h"
@@ -110,6 +111,25 @@ TEST(ScalingFit, LineSlopeAndItsTest) {
   EXPECT_NEAR(steep->slope, 1.0, 0.01);
   EXPECT_LT(steep->p, 1e-4);
   EXPECT_FALSE(fit_line({1, 2}, {1, 2}));
+}
+
+TEST(ShippedLadders, LoadAndThePaperLadderHoldsThePaperModel) {
+  const Ladder tiny = load_ladder(std::string(GQE_SOURCE_DIR) + "/configs/ladders/tiny.yaml");
+  EXPECT_EQ(ladder_runs(tiny).size(), 16u);
+  const Ladder paper = load_ladder(std::string(GQE_SOURCE_DIR) + "/configs/ladders/paper.yaml");
+  const std::vector<LadderRun> runs = ladder_runs(paper);
+  EXPECT_EQ(runs.size(), 30u);
+  const Config gqa250 = load_config(std::string(GQE_SOURCE_DIR) + "/configs/gqa-250m.yaml").config;
+  int found = 0;
+  for (const LadderRun& r : runs)
+    if (r.point == "d1024-L16-20x" && r.run.arm == "gqa") {
+      ++found;
+      Config rung = gqa250;
+      rung.model = r.run.config.config.model;
+      EXPECT_EQ(to_yaml(rung), to_yaml(gqa250));  // the shape rule makes the paper's model
+      EXPECT_EQ(r.run.config.config.train.optimizer.lr, gqa250.train.optimizer.lr);   // the rule's reference point
+    }
+  EXPECT_EQ(found, 1);
 }
 
 // A ladder over the fixture dataset: 3 sizes (32, 48, 64 wide; 2, 3, 4 layers), GQA and GQE.
