@@ -198,6 +198,16 @@ TEST_F(Ladders, RungsBudgetsAndHyperparametersFollowTheRules) {
   const double c_base = describe_model(l.base_config).train_flops_per_token() * 25600;
   const double seqs = 8 * std::pow(runs[8].info.train_flops_per_token() * 0.3 * n / c_base, 0.3271);
   EXPECT_EQ(c.train.global_batch_tokens, 32 * (int64_t{1} << std::llround(std::log2(seqs))));
+  // budgets as multiples of Chinchilla's 20 tokens per parameter, and as FLOPs
+  const Ladder multiples = load_ladder(ladder("", "[32, 64]", "multiples.yaml", "{chinchilla: [0.01, 0.02], flops: 3e9}"));
+  const std::vector<LadderRun> m = ladder_runs(multiples);
+  ASSERT_EQ(m.size(), 2u * 3 * 2);
+  EXPECT_EQ(m[0].point, "d32-L2-0.01xC");
+  EXPECT_EQ(m[2].point, "d32-L2-0.02xC");
+  EXPECT_EQ(m[4].point, "d32-L2-3e+09F");
+  EXPECT_GE(static_cast<double>(m[2].run.config.config.train.tokens), 0.4 * static_cast<double>(m[2].info.non_embedding));
+  EXPECT_GE(m[4].flops, 3e9);
+  EXPECT_LT(m[4].flops, 3e9 + m[4].info.train_flops_per_token() * static_cast<double>(m[4].run.config.config.train.global_batch_tokens));
   // a per-rung learning rate (a documented table) replaces the rule
   const Ladder table = load_ladder(ladder("", "[32, {width: 64, lr: 0.002}]", "table.yaml"));
   EXPECT_EQ(ladder_runs(table).back().run.config.config.train.optimizer.lr, 0.002);

@@ -203,11 +203,14 @@ Ladder load_ladder(const std::string& file) {
   }
 
   const YAML::Node budgets = root["budgets"];
-  only_keys(budgets, file, "budgets", {"tokens_per_param", "flops"});
-  if (budgets.size() == 0) throw UserError(fmt::format("{}: budgets: give tokens_per_param or flops", file));
+  only_keys(budgets, file, "budgets", {"tokens_per_param", "chinchilla", "flops"});
+  if (budgets.size() == 0) throw UserError(fmt::format("{}: budgets: give tokens_per_param, chinchilla or flops", file));
   if (budgets["tokens_per_param"])
     for (double r : numbers(budgets["tokens_per_param"], file, "budgets.tokens_per_param"))
       l.budgets.push_back({LadderBudget::Kind::tokens_per_param, r, fmt::format("{:g}x", r)});
+  if (budgets["chinchilla"])  // multiples of Chinchilla's 20 tokens per parameter, as OLMo's ladder writes its budgets
+    for (double m : numbers(budgets["chinchilla"], file, "budgets.chinchilla"))
+      l.budgets.push_back({LadderBudget::Kind::tokens_per_param, 20 * m, fmt::format("{:g}xC", m)});
   if (budgets["flops"])
     for (double f : numbers(budgets["flops"], file, "budgets.flops"))
       l.budgets.push_back({LadderBudget::Kind::flops, f, fmt::format("{:.3g}F", f)});

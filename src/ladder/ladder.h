@@ -34,7 +34,8 @@ struct LadderRung {
   std::optional<double> lr;            // a per-rung learning rate (a documented table) instead of the rule
 };
 
-// tokens = value x the rung's non-embedding parameters (of the first arm), or tokens = value
+// tokens = value x the rung's non-embedding parameters (of the first arm; `chinchilla: m` is
+// value 20 m, labelled "mxC"), or tokens = value
 // FLOPs / the first arm's training FLOPs per token: every arm of a rung trains on the same tokens.
 struct LadderBudget {
   enum class Kind { tokens_per_param, flops } kind = Kind::tokens_per_param;
