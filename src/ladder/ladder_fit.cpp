@@ -550,7 +550,7 @@ LadderReport fit_ladder(const Ladder& l, const LadderFitOptions& o) {
     plot["arms"].push_back(arm);
   }
   j["plot"] = plot;
-  return {md, j.dump(2) + "\n", csv};
+  return {md, j.dump(2) + "\n", csv, obs.size()};
 }
 
 void fit_ladder_command(const Ladder& l, LadderFitOptions o) {
@@ -562,7 +562,7 @@ void fit_ladder_command(const Ladder& l, LadderFitOptions o) {
   write_file_atomic(o.out / "ladder.csv", report.csv);
   write_file_atomic(o.out / "ladder.json", report.json);
   fmt::print("\nwrote {}, {}, {}\n", (o.out / "ladder.md").string(), (o.out / "ladder.csv").string(), (o.out / "ladder.json").string());
-  if (o.plots) run_plot_script("plot_ladder.py", o.out / "ladder.json", o.out);
+  if (o.plots && report.finished > 0) run_plot_script("plot_ladder.py", o.out / "ladder.json", o.out);
 }
 
 }  // namespace gqe

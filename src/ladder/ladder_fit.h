@@ -34,6 +34,7 @@ struct LadderFitOptions {
 // What the fit found: the text of ladder.md, and ladder.json's content as text.
 struct LadderReport {
   std::string markdown, json, csv;
+  size_t finished = 0;  // runs with a final validation loss (nothing to plot without them)
 };
 LadderReport fit_ladder(const Ladder& ladder, const LadderFitOptions& options);
 
