@@ -45,8 +45,8 @@ void add_ladder_commands(CLI::App& app) {
   fit_cmd->add_flag("--no-plots", *no_plots, "Tables only");
   fit_cmd->footer(
       "Examples:\n"
-      "  gqe ladder fit configs/ladders/tiny.yaml --predict 1.5M@1.5M,250M@30B\n"
-      "  gqe ladder fit runs/ladder-tiny --predict 250M@30B,1B@20B,7B@140B\n"
+      "  gqe ladder fit configs/ladders/tiny.yaml --predict 1.5M@1.5M,201M@30B\n"
+      "  gqe ladder fit runs/ladder-tiny --predict 201M@30B,1B@20B,7B@140B\n"
       "The fit uses the finished runs and lists the others.");
   fit_cmd->callback([fit, fit_args, out, no_plots] {
     if (!fit_args->second.empty()) fit->targets = parse_targets(fit_args->second);

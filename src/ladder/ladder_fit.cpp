@@ -113,10 +113,10 @@ std::vector<LadderTarget> parse_targets(const std::string& text) {
     const auto params = at == std::string::npos ? std::nullopt : parse_integer(item.substr(0, at));
     const auto tokens = at == std::string::npos ? std::nullopt : parse_integer(item.substr(at + 1));
     if (!params || !tokens || *params <= 0 || *tokens <= 0)
-      throw UserError(fmt::format("--predict: '{}' is not PARAMS@TOKENS (non-embedding parameters at training tokens, e.g. 250M@30B)", item));
+      throw UserError(fmt::format("--predict: '{}' is not PARAMS@TOKENS (non-embedding parameters at training tokens, e.g. 201M@30B, the paper's model)", item));
     out.push_back({item, static_cast<double>(*params), static_cast<double>(*tokens)});
   }
-  if (out.empty()) throw UserError("--predict: give PARAMS@TOKENS targets, comma-separated (e.g. 250M@30B,1B@20B)");
+  if (out.empty()) throw UserError("--predict: give PARAMS@TOKENS targets, comma-separated (e.g. 201M@30B,1B@20B)");
   return out;
 }
 

@@ -14,7 +14,7 @@
 
 namespace gqe {
 
-// "250M@30B": a model of 250M non-embedding parameters (shaped by the ladder's shape rule)
+// "201M@30B": a model of 201M non-embedding parameters (shaped by the ladder's shape rule)
 // trained on 30B tokens.
 struct LadderTarget {
   std::string label;
