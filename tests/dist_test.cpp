@@ -21,6 +21,11 @@
 
 #include <torch/csrc/distributed/c10d/HashStore.hpp>
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
 namespace gqe {
 namespace {
 
@@ -64,6 +69,28 @@ TEST(DistEnvironment, InconsistentValuesAreOneLineErrors) {
             "environment: RANK=x is not a non-negative integer");
   EXPECT_EQ(test::user_error_of([] { env_of({{"RANK", "0"}, {"WORLD_SIZE", "2"}, {"MASTER_PORT", "70000"}}); }),
             "environment: MASTER_PORT=70000 is not a port number");
+}
+
+TEST(DistEnvironment, NodeLayoutFromTorchrunStyleVariables) {
+  auto layout = [](std::map<std::string, std::string> vars) {
+    return read_node_layout([&](const std::string& name) -> std::optional<std::string> {
+      const auto it = vars.find(name);
+      return it == vars.end() ? std::nullopt : std::optional<std::string>(it->second);
+    });
+  };
+  const NodeLayout alone = layout({});
+  EXPECT_EQ(alone.nnodes, 1);
+  EXPECT_EQ(alone.master_addr, "127.0.0.1");
+  EXPECT_EQ(alone.master_port, 0);  // a free one
+  EXPECT_EQ(layout({{"NNODES", "1"}}).nnodes, 1);
+  const NodeLayout two = layout({{"NNODES", "2"}, {"NODE_RANK", "1"}, {"MASTER_ADDR", "node01"}, {"MASTER_PORT", "29500"}});
+  EXPECT_EQ(two.nnodes, 2);
+  EXPECT_EQ(two.node_rank, 1);
+  EXPECT_EQ(two.master_addr, "node01");
+  EXPECT_EQ(two.master_port, 29500);
+  EXPECT_EQ(test::user_error_of([&] { layout({{"NNODES", "2"}, {"NODE_RANK", "0"}, {"MASTER_ADDR", "a"}, {"MASTER_PORT", "70000"}}); }),
+            "environment: MASTER_PORT=70000 is not a port number");
+  EXPECT_EQ(test::user_error_of([&] { layout({{"NNODES", "two"}}); }), "environment: NNODES=two is not a non-negative integer");
 }
 
 TEST(DistEnvironment, FirstSlurmHost) {
@@ -361,6 +388,93 @@ TEST_F(Distributed, AStoppedRankZeroFailsTheJobWithinTheTimeout) {
               std::regex_search(f.out, std::regex("gqe: error: rank 1: [a-z-]+ failed \\(another rank died or hangs\\?\\)")))
       << f.out;
   EXPECT_EQ(f.out.find("frame #"), std::string::npos) << f.out;
+}
+
+// Two "nodes" on this machine: each a launcher (or SLURM's srun's tasks) with its part of the
+// ranks, meeting at a shared MASTER_ADDR:MASTER_PORT, as on a cluster.
+int free_port() {
+  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  socklen_t len = sizeof addr;
+  ::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr);
+  ::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len);
+  ::close(fd);
+  return ntohs(addr.sin_port);
+}
+
+std::string node_env(int node, int port) {
+  return fmt::format("NNODES=2 NODE_RANK={} MASTER_ADDR=127.0.0.1 MASTER_PORT={} ", node, port);
+}
+
+TEST_F(Distributed, TwoNodesTrainLikeOneMachine) {
+  ASSERT_EQ(run_command(train("one")).status, 0);
+  ASSERT_EQ(run_command(train("four", "--nproc 4 --set train.micro_batch_size=2")).status, 0);
+  for (int per_node : {1, 2}) {
+    SCOPED_TRACE(fmt::format("2 nodes x {} ranks", per_node));
+    const std::string run = fmt::format("nodes-x{}", per_node), port = std::to_string(free_port());
+    const std::string extra = fmt::format("--nproc {} --set train.micro_batch_size={}", per_node, 4 / per_node);
+    test::Background second("exec env " + node_env(1, std::stoi(port)) + train(run, extra) + " >" + path(run + ".1.out") + " 2>&1");
+    const auto first = run_command(node_env(0, std::stoi(port)) + train(run, extra));
+    ASSERT_EQ(first.status, 0) << first.err << first.out;
+    ASSERT_EQ(second.wait(), 0) << read_file(path(run + ".1.out"));
+    EXPECT_NE(first.out.find(fmt::format("data parallel: {} ranks ({} local) over gloo", 2 * per_node, per_node)), std::string::npos)
+        << first.out;
+    // 2 ranks: bitwise like 1 (see TwoProcessesTrainBitwiseLikeOne); 4: like 4 on one machine
+    // (the same sums in the same order; against 1 rank they differ in summation order).
+    EXPECT_EQ(dumped(steps_of(path(run))), dumped(steps_of(path(per_node == 1 ? "one" : "four"))));
+  }
+}
+
+TEST_F(Distributed, SlurmTasksOnTwoNodesTrainBitwiseLikeOneRank) {
+  ASSERT_EQ(run_command(train("one")).status, 0);
+  const int port = free_port();
+  auto slurm = [&](int task) {
+    return fmt::format("SLURM_PROCID={} SLURM_NTASKS=2 SLURM_LOCALID=0 SLURM_NTASKS_PER_NODE='1(x2)' SLURM_JOB_NODELIST=localhost "
+                       "MASTER_PORT={} ", task, port);
+  };
+  test::Background second("exec env " + slurm(1) + train("slurm") + " >" + path("slurm.1.out") + " 2>&1");
+  const auto first = run_command(slurm(0) + train("slurm"));
+  ASSERT_EQ(first.status, 0) << first.err;
+  ASSERT_EQ(second.wait(), 0) << read_file(path("slurm.1.out"));
+  EXPECT_NE(first.out.find("data parallel: 2 ranks (1 local) over gloo, from SLURM"), std::string::npos) << first.out;
+  EXPECT_EQ(dumped(steps_of(path("slurm"))), dumped(steps_of(path("one"))));
+}
+
+// A node that dies (its launcher and its ranks killed at once) fails the job on the other node
+// within the timeout's bound.
+TEST_F(Distributed, ANodeThatDiesFailsTheJobWithinTheTimeout) {
+  const int port = free_port();
+  const std::string extra = "--nproc 2 --set train.micro_batch_size=2 --set train.tokens=512000";
+  test::Background node0("exec env " + node_env(0, port) + train("dies", extra) + " >" + path("dies.0.out") + " 2>&1");
+  test::Background node1("exec env " + node_env(1, port) + train("dies", extra) + " >" + path("dies.1.out") + " 2>&1");
+  const std::vector<int> ranks1 = ranks_of(node1.pid());
+  ASSERT_EQ(ranks1.size(), 2u);
+  while (!fs::exists(path("dies") + "/metrics.jsonl")) std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  const auto start = std::chrono::steady_clock::now();
+  node1.signal(SIGKILL);
+  for (int pid : ranks1) ::kill(pid, SIGKILL);
+  const int status = node0.wait();
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  const std::string out = read_file(path("dies.0.out"));
+  EXPECT_NE(status, 0) << out;
+  EXPECT_LT(seconds, kHangBound) << out;
+  EXPECT_TRUE(std::regex_search(out, std::regex("gqe: rank [01] \\(pid [0-9]+\\) exited with status 1; stopping the other 1 rank\\(s\\) of "
+                                                "this node")))
+      << out;
+  EXPECT_EQ(out.find("frame #"), std::string::npos) << out;
+}
+
+TEST_F(Distributed, NodeVariablesThatDoNotFitAreRefused) {
+  const auto r = run_command("NNODES=2 NODE_RANK=2 MASTER_ADDR=127.0.0.1 MASTER_PORT=29500 " + train("x"));
+  EXPECT_EQ(r.status, 2);
+  EXPECT_EQ(r.err, "gqe: environment: NODE_RANK=2 is not below NNODES=2\n");
+  const auto m = run_command("NNODES=2 NODE_RANK=1 " + train("x", "--nproc 2"));
+  EXPECT_EQ(m.status, 2);
+  EXPECT_EQ(m.err, "gqe: environment: NNODES=2 needs NODE_RANK, MASTER_ADDR and MASTER_PORT (node 0's address and a free port on it, "
+                   "the same on every node)\n");
+  EXPECT_FALSE(fs::exists(path("x")));
 }
 
 TEST_F(Distributed, ShapesThatDoNotSplitOverTheRanksAreRefused) {

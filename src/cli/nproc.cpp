@@ -12,9 +12,12 @@
 namespace gqe {
 
 bool launch_if_requested(int nproc, int argc, char** argv) {
-  if (nproc <= 1) return false;
-  if (std::getenv("RANK"))
-    throw UserError("--nproc: this process is already a rank of a launched job (RANK is set); drop --nproc");
+  if (std::getenv("RANK")) {
+    if (nproc > 1) throw UserError("--nproc: this process is already a rank of a launched job (RANK is set); drop --nproc");
+    return false;
+  }
+  const NodeLayout node = read_node_layout();
+  if (nproc <= 1 && node.nnodes == 1) return false;
   std::vector<std::string> args;
   for (int i = 0; i < argc; ++i) {
     const std::string a = argv[i];
@@ -24,13 +27,15 @@ bool launch_if_requested(int nproc, int argc, char** argv) {
     }
     if (a.rfind("--nproc=", 0) != 0) args.push_back(a);
   }
-  const int status = launch_local_ranks(nproc, args);
+  const int status = launch_local_ranks(nproc, args, node);
   if (status != 0) std::exit(status);  // the failing rank said why
   return true;
 }
 
 void add_nproc_option(CLI::App* command, int& nproc) {
-  command->add_option("--nproc", nproc, "Data-parallel processes on this machine (one per GPU on CUDA)")
+  command->add_option("--nproc", nproc,
+                      "Data-parallel processes on this machine (one per GPU on CUDA); on several machines, set NNODES, NODE_RANK, "
+                      "MASTER_ADDR and MASTER_PORT on each")
       ->check(CLI::Range(1, 1024))
       ->capture_default_str();
 }

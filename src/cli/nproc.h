@@ -7,9 +7,10 @@ class App;
 
 namespace gqe {
 
-// With nproc > 1, runs this command line (minus --nproc) as nproc ranks and returns true (the
-// process exits with the job's status if it failed); with 1, returns false: run in this process.
-// Throws UserError when already inside a launched job.
+// With nproc > 1 (or NNODES > 1: this machine's part of a job over several, docs/distributed.md),
+// runs this command line (minus --nproc) as nproc ranks and returns true (the process exits with
+// the job's status if it failed); otherwise returns false: run in this process. Throws UserError
+// when --nproc is given inside a launched job, or for bad NNODES/NODE_RANK/MASTER_* values.
 bool launch_if_requested(int nproc, int argc, char** argv);
 
 // Adds the --nproc option.

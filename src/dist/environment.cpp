@@ -65,6 +65,35 @@ DistEnvironment read_dist_environment(const std::function<std::optional<std::str
   return e;
 }
 
+NodeLayout read_node_layout(const std::function<std::optional<std::string>(const std::string&)>& getenv) {
+  NodeLayout n;
+  const auto nnodes = getenv("NNODES");
+  if (!nnodes) return n;
+  n.nnodes = integer("NNODES", *nnodes);
+  if (n.nnodes < 1 || n.nnodes > 65536) throw UserError(fmt::format("environment: NNODES={} is not in 1..65536", *nnodes));
+  const auto node_rank = getenv("NODE_RANK");
+  n.node_rank = node_rank ? integer("NODE_RANK", *node_rank) : 0;
+  if (n.node_rank >= n.nnodes)
+    throw UserError(fmt::format("environment: NODE_RANK={} is not below NNODES={}", n.node_rank, n.nnodes));
+  if (n.nnodes == 1) return n;
+  const auto addr = getenv("MASTER_ADDR"), port = getenv("MASTER_PORT");
+  if (!node_rank || !addr || !port || addr->empty())
+    throw UserError(fmt::format("environment: NNODES={} needs NODE_RANK, MASTER_ADDR and MASTER_PORT (node 0's address and a free port "
+                                "on it, the same on every node)", n.nnodes));
+  n.master_addr = *addr;
+  n.master_port = integer("MASTER_PORT", *port);
+  if (n.master_port < 1 || n.master_port > 65535)
+    throw UserError(fmt::format("environment: MASTER_PORT={} is not a port number", *port));
+  return n;
+}
+
+NodeLayout read_node_layout() {
+  return read_node_layout([](const std::string& name) -> std::optional<std::string> {
+    const char* v = std::getenv(name.c_str());
+    return v ? std::optional<std::string>(v) : std::nullopt;
+  });
+}
+
 DistEnvironment read_dist_environment() {
   return read_dist_environment([](const std::string& name) -> std::optional<std::string> {
     const char* v = std::getenv(name.c_str());

@@ -23,6 +23,20 @@ struct DistEnvironment {
 DistEnvironment read_dist_environment(const std::function<std::optional<std::string>(const std::string&)>& getenv);
 DistEnvironment read_dist_environment();
 
+// This machine's place in a job the built-in launcher starts on several machines ("nodes"), read
+// as torchrun's options are given: NNODES, NODE_RANK, MASTER_ADDR, MASTER_PORT. With `gqe ...
+// --nproc N` on each node, node i runs global ranks i*N .. i*N+N-1 of NNODES*N, all meeting at
+// MASTER_ADDR:MASTER_PORT (the store rank 0 serves, on node 0). One node: 127.0.0.1 and a free port.
+struct NodeLayout {
+  int nnodes = 1, node_rank = 0;
+  std::string master_addr = "127.0.0.1";
+  int master_port = 0;  // 0: any free port (one node)
+};
+// Throws UserError naming the variable: NODE_RANK not below NNODES, MASTER_ADDR or MASTER_PORT
+// missing on several nodes, values that are not numbers.
+NodeLayout read_node_layout(const std::function<std::optional<std::string>(const std::string&)>& getenv);
+NodeLayout read_node_layout();
+
 // The first host of a SLURM node list: "gpu-[03-05,9],cpu1" -> "gpu-03".
 std::string first_slurm_host(const std::string& nodelist);
 

@@ -42,9 +42,10 @@ std::string describe(int status) {
 
 }  // namespace
 
-int launch_local_ranks(int nproc, const std::vector<std::string>& args) {
+int launch_local_ranks(int nproc, const std::vector<std::string>& args, const NodeLayout& node) {
   const std::string self = std::filesystem::read_symlink("/proc/self/exe").string();
-  const int port = free_port();
+  const int port = node.master_port > 0 ? node.master_port : free_port();
+  const int first = node.node_rank * nproc;
   const pid_t launcher = ::getpid();
   g_forward = 0;
   auto previous_int = std::signal(SIGINT, on_launcher_signal), previous_term = std::signal(SIGTERM, on_launcher_signal);
@@ -61,11 +62,11 @@ int launch_local_ranks(int nproc, const std::vector<std::string>& args) {
       if (::getppid() != launcher) ::_exit(1);
       std::signal(SIGINT, SIG_DFL);
       std::signal(SIGTERM, SIG_DFL);
-      ::setenv("RANK", std::to_string(r).c_str(), 1);
+      ::setenv("RANK", std::to_string(first + r).c_str(), 1);
       ::setenv("LOCAL_RANK", std::to_string(r).c_str(), 1);
-      ::setenv("WORLD_SIZE", std::to_string(nproc).c_str(), 1);
+      ::setenv("WORLD_SIZE", std::to_string(node.nnodes * nproc).c_str(), 1);
       ::setenv("LOCAL_WORLD_SIZE", std::to_string(nproc).c_str(), 1);
-      ::setenv("MASTER_ADDR", "127.0.0.1", 1);
+      ::setenv("MASTER_ADDR", node.master_addr.c_str(), 1);
       ::setenv("MASTER_PORT", std::to_string(port).c_str(), 1);
       std::vector<char*> argv;
       for (const auto& a : args) argv.push_back(const_cast<char*>(a.c_str()));
@@ -94,7 +95,8 @@ int launch_local_ranks(int nproc, const std::vector<std::string>& args) {
           failed_rank = r;
           job_status = WIFEXITED(status) ? WEXITSTATUS(status) : 1;
           if (running > 0)
-            fmt::print(stderr, "gqe: rank {} (pid {}) {}; stopping the other {} rank(s)\n", r, done, describe(status), running);
+            fmt::print(stderr, "gqe: rank {} (pid {}) {}; stopping the other {} rank(s){}\n", first + r, done, describe(status), running,
+                       node.nnodes > 1 ? " of this node" : "");
           for (pid_t pid : pids)
             if (pid > 0) ::kill(pid, SIGTERM), ::kill(pid, SIGCONT);  // a stopped rank takes SIGTERM once it runs
           kill_at = std::chrono::steady_clock::now() + kStopGrace;

@@ -1,5 +1,6 @@
-// The built-in launcher for one node (`gqe train CONFIG --nproc N`): starts N copies of this
-// program as ranks 0..N-1 with torchrun's environment (RANK, WORLD_SIZE, LOCAL_RANK,
+// The built-in launcher (`gqe train CONFIG --nproc N`, on each node of several with NNODES,
+// NODE_RANK, MASTER_ADDR, MASTER_PORT set): starts N copies of this program as this node's ranks
+// with torchrun's environment (RANK, WORLD_SIZE, LOCAL_RANK,
 // LOCAL_WORLD_SIZE, MASTER_ADDR=127.0.0.1 and a free MASTER_PORT), forwards SIGINT/SIGTERM to
 // them, and when one fails stops the others (SIGTERM and SIGCONT, then SIGKILL after kStopGrace:
 // a stopped rank or one stuck in a collective ends too) and fails the job with that rank's exit
@@ -10,11 +11,14 @@
 #include <string>
 #include <vector>
 
+#include "dist/environment.h"
+
 namespace gqe {
 
 // args: the command line to run in every rank (args[0] is ignored: this program runs). Returns
-// the job's exit status.
-int launch_local_ranks(int nproc, const std::vector<std::string>& args);
+// the job's exit status. `node`: this machine's part of a job over several (its ranks are
+// node_rank * nproc + 0..nproc-1); the other nodes' launchers start theirs.
+int launch_local_ranks(int nproc, const std::vector<std::string>& args, const NodeLayout& node = {});
 
 // How long the other ranks get to end by themselves once one has failed. They cannot save
 // anything then (saving takes every rank), so it is short.
