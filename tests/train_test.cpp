@@ -14,10 +14,10 @@
 #include "common/files.h"
 #include "test_util.h"
 #include "train/adamw.h"
-#include "train/checkpoint.h"
+#include "checkpoint/checkpoint.h"
 #include "train/clipping.h"
 #include "train/metrics.h"
-#include "train/safetensors.h"
+#include "checkpoint/safetensors.h"
 #include "train/schedule.h"
 #include "train/update.h"
 

@@ -16,7 +16,7 @@
 #include "eval/scoring.h"
 #include "model/decoder.h"
 #include "model/model_info.h"
-#include "train/checkpoint.h"
+#include "checkpoint/checkpoint.h"
 
 namespace fs = std::filesystem;
 

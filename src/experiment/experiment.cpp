@@ -12,7 +12,7 @@
 #include "common/run_lock.h"
 #include "dist/launcher.h"
 #include "experiment/compare.h"
-#include "train/checkpoint.h"
+#include "checkpoint/checkpoint.h"
 
 namespace fs = std::filesystem;
 

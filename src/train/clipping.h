@@ -9,16 +9,11 @@
 
 #include <ATen/Tensor.h>
 
+#include "checkpoint/trainer_state.h"
 #include "config/config.h"
 
 namespace gqe {
 
-// The state as a checkpoint stores it.
-struct ClipState {
-  bool initialized = false;           // zclip: warmup done, EMAs valid
-  double mean = 0, var = 0;           // zclip: EMA of the norm and of its squared deviation
-  std::vector<double> warmup_norms;   // zclip: norms seen during warmup
-};
 
 class GradClipper {
  public:

@@ -8,8 +8,8 @@
 #include "common/files.h"
 #include "config/config_loader.h"
 #include "data/dataset.h"
-#include "train/checkpoint.h"
-#include "train/safetensors.h"
+#include "checkpoint/checkpoint.h"
+#include "checkpoint/safetensors.h"
 
 namespace fs = std::filesystem;
 using nlohmann::ordered_json;

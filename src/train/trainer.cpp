@@ -33,7 +33,7 @@
 #include "model/decoder.h"
 #include "model/model_info.h"
 #include "train/adamw.h"
-#include "train/checkpoint.h"
+#include "checkpoint/checkpoint.h"
 #include "train/clipping.h"
 #include "train/console.h"
 #include "train/metrics.h"

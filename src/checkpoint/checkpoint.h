@@ -16,23 +16,9 @@
 #include <ATen/Tensor.h>
 #include <torch/nn/module.h>
 
-#include "data/loader.h"
-#include "train/clipping.h"
+#include "checkpoint/trainer_state.h"
 
 namespace gqe {
-
-struct TrainerState {
-  int64_t step = 0;                 // optimizer steps done
-  int64_t tokens = 0;               // tokens seen
-  LoaderPosition loader;            // where the next global batch starts
-  uint64_t samples_per_epoch = 0;   // with dataset_id: the data the position refers to
-  std::string dataset_id;
-  ClipState clip;
-  int64_t skipped_steps = 0;        // non-finite steps, in total and in a row
-  int64_t skipped_in_a_row = 0;
-  double elapsed_s = 0;             // training wall time so far
-  std::vector<std::string> cpu_rng, cuda_rng;  // torch generator states (hex), one per rank
-};
 
 struct Checkpoint {
   std::filesystem::path dir;

@@ -1,4 +1,4 @@
-#include "train/checkpoint.h"
+#include "checkpoint/checkpoint.h"
 
 #include <algorithm>
 
@@ -8,7 +8,7 @@
 #include "common/checksum.h"
 #include "common/error.h"
 #include "common/files.h"
-#include "train/safetensors.h"
+#include "checkpoint/safetensors.h"
 
 namespace fs = std::filesystem;
 using nlohmann::ordered_json;
