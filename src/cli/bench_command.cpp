@@ -20,6 +20,7 @@
 #include "config/config_loader.h"
 #include "data/dataset.h"
 #include "dist/communicator.h"
+#include "model/fused_kernels.h"
 #include "model/model_info.h"
 #include "dist/device_info.h"
 
@@ -41,7 +42,9 @@ at::Device setup_device(const LoadedConfig& loaded) {
   const Config& c = loaded.config;
   at::set_num_threads(c.train.threads > 0 ? static_cast<int>(c.train.threads)
                                           : static_cast<int>(std::thread::hardware_concurrency()));
-  return rank_device(c.train.device, DistEnvironment{}, loaded.origin("train.device"));
+  const at::Device device = rank_device(c.train.device, DistEnvironment{}, loaded.origin("train.device"));
+  prepare_fused_kernels(c.train.fused_kernels, device);
+  return device;
 }
 
 // The top of a profile: time per run (of `runs`), share of the busy time.

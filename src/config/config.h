@@ -21,6 +21,7 @@ enum class DecayShape { linear, one_minus_sqrt };
 enum class ClipKind { none, norm, zclip };
 enum class DistBackend { auto_, nccl, gloo };
 enum class LogLevel { debug, info, warn, error };
+enum class FusedKernels { auto_, on, off };
 
 // The YAML spelling of each enum value, in declaration order.
 template <class E> struct EnumNames;
@@ -42,6 +43,7 @@ GQE_ENUM_NAMES(DistBackend, {DistBackend::auto_, "auto"}, {DistBackend::nccl, "n
                {DistBackend::gloo, "gloo"})
 GQE_ENUM_NAMES(LogLevel, {LogLevel::debug, "debug"}, {LogLevel::info, "info"},
                {LogLevel::warn, "warn"}, {LogLevel::error, "error"})
+GQE_ENUM_NAMES(FusedKernels, {FusedKernels::auto_, "auto"}, {FusedKernels::on, "on"}, {FusedKernels::off, "off"})
 #undef GQE_ENUM_NAMES
 
 template <class E> const char* enum_name(E value) {
@@ -180,6 +182,7 @@ struct TrainConfig {
   int64_t threads = 0;                      // CPU intra-op threads; 0 = cores / ranks on this machine
   int64_t max_skipped_steps = 10;           // non-finite steps in a row before giving up
   bool activation_checkpointing = false;    // keep each layer's input only; recompute the layer in backward
+  FusedKernels fused_kernels = FusedKernels::auto_;  // our CUDA kernels: auto = checked on first use
   OptimizerConfig optimizer;
   ScheduleConfig schedule;
   ClipConfig clip;
@@ -195,6 +198,7 @@ struct TrainConfig {
     f("threads", threads);
     f("max_skipped_steps", max_skipped_steps);
     f("activation_checkpointing", activation_checkpointing);
+    f("fused_kernels", fused_kernels);
     f("optimizer", optimizer);
     f("schedule", schedule);
     f("clip", clip);

@@ -15,6 +15,7 @@
 #include "dist/device_info.h"
 #include "eval/scoring.h"
 #include "model/decoder.h"
+#include "model/fused_kernels.h"
 #include "model/model_info.h"
 #include "checkpoint/checkpoint.h"
 
@@ -70,6 +71,7 @@ void evaluate(const EvalOptions& o) {
   const Config& c = t.config.config;
   const DistEnvironment env = read_dist_environment();
   const at::Device device = rank_device(c.train.device, env, t.config.origin("train.device"));
+  prepare_fused_kernels(c.train.fused_kernels, device);
   const int cores = static_cast<int>(std::thread::hardware_concurrency());
   at::set_num_threads(c.train.threads > 0 ? static_cast<int>(c.train.threads) : std::max(1, cores / env.local_world));
   Communicator comm(env, c.dist.backend, device, std::chrono::seconds(c.dist.timeout_s));
@@ -140,6 +142,7 @@ void sample(const SampleCommand& command) {
   const Tokenizer tokenizer(tokenizer_path(c.data.dataset, *manifest).string());
   const DistEnvironment single;
   const at::Device device = rank_device(c.train.device, single, t.config.origin("train.device"));
+  prepare_fused_kernels(c.train.fused_kernels, device);
   std::vector<int32_t> prompt{tokenizer.eos_id()};  // a document starts after an EOS
   const auto ids = tokenizer.encode(command.prompt);
   prompt.insert(prompt.end(), ids.begin(), ids.end());

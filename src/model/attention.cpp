@@ -7,6 +7,7 @@
 #include "model/autocast.h"
 #include "model/router.h"
 
+#include "model/fused_kernels.h"
 #ifdef GQE_CUDA_KERNELS
 #include "model/layers_cuda.h"
 #endif
@@ -151,7 +152,7 @@ at::Tensor AttentionImpl::routed_slots(const at::Tensor& x, const at::Tensor& xc
     // The always-on shared head reads the mean of the groups' keys and values: nothing to cache.
     const at::Tensor shared = causal_attention(q[1], k.mean(1, /*keepdim=*/true), v.mean(1, /*keepdim=*/true));
 #ifdef GQE_CUDA_KERNELS
-    if (o.is_cuda()) return GqeSlots::apply(o, shared, w.view({B, T, G * K}));
+    if (o.is_cuda() && fused_enabled(FusedKernel::gqe_slots)) return GqeSlots::apply(o, shared, w.view({B, T, G * K}));
 #endif
     // On the CPU, ATen's vectorised ops beat the kernel's body run one index at a time (8k prefill
     // of configs/bench/prefill-cpu.yaml: 650 against 617 ms).

@@ -5,6 +5,7 @@
 #include <ATen/ATen.h>
 #include <torch/autograd.h>
 
+#include "model/fused_kernels.h"
 #ifdef GQE_CUDA_KERNELS
 #include "model/cross_entropy_cuda.h"
 #endif
@@ -27,7 +28,7 @@ class CrossEntropy : public torch::autograd::Function<CrossEntropy> {
                             int64_t chunk_elements) {
     ctx->saved_data["chunk_elements"] = chunk_elements;
 #ifdef GQE_CUDA_KERNELS
-    if (logits.is_cuda()) {
+    if (logits.is_cuda() && fused_enabled(FusedKernel::cross_entropy)) {
       const CrossEntropyRows rows = cross_entropy_rows_cuda(logits, targets);
       ctx->save_for_backward({logits, targets, rows.lse});
       return rows.loss.mean();
@@ -48,7 +49,7 @@ class CrossEntropy : public torch::autograd::Function<CrossEntropy> {
     const auto saved = ctx->get_saved_variables();
     const at::Tensor &logits = saved[0], &targets = saved[1];
 #ifdef GQE_CUDA_KERNELS
-    if (logits.is_cuda()) return {cross_entropy_backward_cuda(logits, targets, saved[2], grad_outputs[0]), at::Tensor(), at::Tensor()};
+    if (saved.size() == 3) return {cross_entropy_backward_cuda(logits, targets, saved[2], grad_outputs[0]), at::Tensor(), at::Tensor()};
 #endif
     const int64_t n = logits.size(0), v = logits.size(1);
     // d(mean)/dz = (softmax(z) - onehot(t)) / n, scaled by the incoming gradient (a tensor: no sync).

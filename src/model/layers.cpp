@@ -8,6 +8,7 @@
 #include "model/autocast.h"
 #include "model/layers_kernels.h"
 
+#include "model/fused_kernels.h"
 #ifdef GQE_CUDA_KERNELS
 #include "model/layers_cuda.h"
 #endif
@@ -90,8 +91,9 @@ NormedSum RMSNormImpl::add_and_norm(const at::Tensor& x, const at::Tensor& delta
                                  : x.scalar_type();
   const bool copy = fp32_copy && out != at::kFloat;  // else normed is the fp32 copy
   NormedSum r;
-  if (x.scalar_type() == at::kFloat && weight.scalar_type() == at::kFloat &&
-      (!delta.defined() || delta.scalar_type() == out)) {
+  // Our kernels: on the CPU always (ATen has no add + norm), on a GPU unless turned off.
+  if (x.scalar_type() == at::kFloat && weight.scalar_type() == at::kFloat && (!delta.defined() || delta.scalar_type() == out) &&
+      (!x.is_cuda() || fused_enabled(FusedKernel::add_rmsnorm))) {
     if (delta.defined()) {
       const auto y = AddRMSNorm::apply(x, delta, weight, eps_, out, copy);
       r = {y[0], y[1], copy ? y[2] : at::Tensor()};
@@ -130,7 +132,7 @@ at::Tensor swap_halves(const at::Tensor& x) {
 // (swap(v) s = R v for the rotation-by-90-degrees R, and R^T = -R).
 at::Tensor rotate(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& signed_sin, double sign) {
 #ifdef GQE_CUDA_KERNELS
-  if (x.is_cuda() && x.dim() == 4) return rotary_cuda(x, cos, signed_sin, static_cast<float>(sign));
+  if (x.is_cuda() && x.dim() == 4 && fused_enabled(FusedKernel::rope)) return rotary_cuda(x, cos, signed_sin, static_cast<float>(sign));
 #endif
   return at::addcmul(x * cos.to(x.scalar_type()), swap_halves(x), signed_sin.to(x.scalar_type()), sign);
 }
@@ -180,7 +182,7 @@ at::Tensor SwiGLUImpl::forward(const at::Tensor& x) {
   const at::Tensor xc = autocast_input(x);  // one cast for both projections
   const at::Tensor gate = gate_proj(xc), up = up_proj(xc);
 #ifdef GQE_CUDA_KERNELS
-  if (gate.is_cuda()) return down_proj(SwiGLUProduct::apply(gate, up));
+  if (gate.is_cuda() && fused_enabled(FusedKernel::swiglu)) return down_proj(SwiGLUProduct::apply(gate, up));
 #endif
   return down_proj(at::silu(gate) * up);
 }

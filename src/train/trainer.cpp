@@ -27,6 +27,7 @@
 #include "dist/device_info.h"
 #include "dist/environment.h"
 #include "eval/scoring.h"
+#include "model/fused_kernels.h"
 #include "eval/tasks.h"
 #include "model/autocast.h"
 #include "model/cross_entropy.h"
@@ -490,6 +491,7 @@ void Trainer::train_to_budget() {
 
   // Everything that can be wrong with the input is checked before the run directory is touched.
   device_ = rank_device(t.device, env_, loaded_.origin("train.device"));
+  prepare_fused_kernels(t.fused_kernels, device_, [&](const std::string& line) { log.warn("{}", line); });
   bf16_ = t.precision == Precision::bf16;
   // 0 threads: this rank's share of the machine's cores.
   const int cores = static_cast<int>(std::thread::hardware_concurrency());

@@ -1,0 +1,146 @@
+#include "model/fused_kernels.h"
+
+#include <ATen/ATen.h>
+#include <torch/autograd.h>
+#include <fmt/format.h>
+
+#include <array>
+#include <atomic>
+#include <cmath>
+#include <mutex>
+
+#include "model/attention.h"
+#include "model/cross_entropy.h"
+#include "model/layers.h"
+
+namespace gqe {
+namespace {
+
+std::array<std::atomic<bool>, std::size(kFusedKernels)> g_enabled{true, true, true, true, true};
+
+std::atomic<bool>& flag(FusedKernel kernel) { return g_enabled[static_cast<size_t>(kernel)]; }
+
+// Outputs, then the gradients of a random projection of them with respect to `inputs`.
+std::vector<at::Tensor> with_grads(const std::vector<at::Tensor>& outputs, const std::vector<at::Tensor>& inputs) {
+  at::Tensor loss = at::zeros({}, outputs.front().options().dtype(at::kFloat));
+  for (const at::Tensor& y : outputs) {
+    const at::Tensor r = at::sin(at::arange(y.numel(), y.options().dtype(at::kFloat)).view(y.sizes()));  // fixed, not uniform
+    loss = loss + (y.to(at::kFloat) * r).sum();
+  }
+  std::vector<at::Tensor> out;
+  for (const at::Tensor& y : outputs) out.push_back(y.detach());
+  for (const at::Tensor& g : torch::autograd::grad({loss}, inputs)) out.push_back(g);
+  return out;
+}
+
+at::Tensor leaf(at::IntArrayRef shape, at::Device device) {
+  return at::randn(shape, at::TensorOptions().device(device)).requires_grad_(true);
+}
+
+}  // namespace
+
+const char* fused_kernel_name(FusedKernel kernel) {
+  switch (kernel) {
+    case FusedKernel::cross_entropy: return "cross-entropy";
+    case FusedKernel::rope: return "RoPE";
+    case FusedKernel::swiglu: return "SwiGLU";
+    case FusedKernel::add_rmsnorm: return "residual-add + RMSNorm";
+    case FusedKernel::gqe_slots: return "GQE output slots";
+  }
+  return "?";
+}
+
+bool fused_enabled(FusedKernel kernel) { return flag(kernel).load(std::memory_order_relaxed); }
+void set_fused_enabled(FusedKernel kernel, bool enabled) { flag(kernel).store(enabled); }
+
+std::vector<FusedKernel> check_fused_kernels(const std::vector<KernelCheck>& checks, double tolerance,
+                                             const std::function<void(const std::string&)>& warn) {
+  std::vector<FusedKernel> disabled;
+  for (const KernelCheck& check : checks) {
+    set_fused_enabled(check.kernel, true);
+    const std::vector<at::Tensor> fused = check.run();
+    set_fused_enabled(check.kernel, false);
+    const std::vector<at::Tensor> aten = check.run();
+    double worst = 0;
+    for (size_t i = 0; i < fused.size() && i < aten.size(); ++i) {
+      const double scale = aten[i].abs().max().item<double>() + 1e-30;
+      const double diff = (fused[i].to(at::kDouble) - aten[i].to(at::kDouble)).abs().max().item<double>();
+      worst = std::max(worst, std::isfinite(diff) ? diff / scale : INFINITY);
+    }
+    const bool ok = fused.size() == aten.size() && worst <= tolerance;
+    set_fused_enabled(check.kernel, ok);
+    if (!ok) {
+      disabled.push_back(check.kernel);
+      warn(fmt::format("the fused {} kernel disagrees with ATen on this GPU (largest relative difference {:.3g}, tolerance {:.0e}); "
+                       "ATen serves it for this run (train.fused_kernels: off turns all of them off)",
+                       fused_kernel_name(check.kernel), worst, tolerance));
+    }
+  }
+  return disabled;
+}
+
+std::vector<KernelCheck> standard_kernel_checks(at::Device device) {
+  std::vector<KernelCheck> checks;
+  checks.push_back({FusedKernel::cross_entropy, [device] {
+                      at::manual_seed(1);
+                      const at::Tensor logits = leaf({64, 1000}, device);
+                      const at::Tensor targets = at::randint(1000, {64}, at::TensorOptions().dtype(at::kLong).device(device));
+                      return with_grads({token_cross_entropy(logits, targets)}, {logits});
+                    }});
+  checks.push_back({FusedKernel::rope, [device] {
+                      at::manual_seed(2);
+                      const at::Tensor x = leaf({2, 4, 16, 32}, device);
+                      return with_grads({apply_rotary(x, rotary_tables(3, 16, 32, 10000, device))}, {x});
+                    }});
+  checks.push_back({FusedKernel::swiglu, [device] {
+                      at::manual_seed(3);
+                      SwiGLU mlp(32, 96);
+                      mlp->to(device);
+                      const at::Tensor x = leaf({2, 8, 32}, device);
+                      return with_grads({mlp(x)}, {x, mlp->gate_proj->weight});
+                    }});
+  checks.push_back({FusedKernel::add_rmsnorm, [device] {
+                      at::manual_seed(4);
+                      RMSNorm norm(48, 1e-5);
+                      norm->to(device);
+                      at::NoGradGuard no_grad;
+                      norm->weight.uniform_(0.5, 1.5);
+                      const at::Tensor x = leaf({2, 8, 48}, device), delta = leaf({2, 8, 48}, device);
+                      at::AutoGradMode grad(true);
+                      const NormedSum r = norm->add_and_norm(x, delta);
+                      return with_grads({r.sum, r.normed}, {x, delta, norm->weight});
+                    }});
+  checks.push_back({FusedKernel::gqe_slots, [device] {
+                      at::manual_seed(5);
+                      ModelConfig c;
+                      c.d_model = 64, c.n_heads = 4, c.n_kv_heads = 2, c.head_dim = 16;
+                      c.attention.type = AttentionType::gqe;
+                      c.attention.variant = GqeVariant::gqe;
+                      c.attention.router_init = RouterInit::normal;
+                      Attention attention(c);
+                      attention->to(device);
+                      attention->eval();
+                      const at::Tensor x = leaf({2, 8, 64}, device);
+                      return with_grads({attention(x, rotary_tables(0, 8, 16, 10000, device)).y}, {x});
+                    }});
+  return checks;
+}
+
+void prepare_fused_kernels(FusedKernels mode, at::Device device, const std::function<void(const std::string&)>& warn) {
+  if (mode != FusedKernels::auto_) {
+    for (FusedKernel k : kFusedKernels) set_fused_enabled(k, mode == FusedKernels::on);
+    return;
+  }
+#ifdef GQE_CUDA_KERNELS
+  static std::once_flag checked;  // once per process: the verdict holds for the run
+  if (device.is_cuda())
+    std::call_once(checked, [&] {
+      const auto say = warn ? warn : [](const std::string& line) { fmt::print(stderr, "gqe: warning: {}\n", line); };
+      check_fused_kernels(standard_kernel_checks(device), 1e-4, say);
+    });
+#else
+  (void)device, (void)warn;
+#endif
+}
+
+}  // namespace gqe
