@@ -16,15 +16,11 @@
 #include "common/error.h"
 #include "common/files.h"
 #include "dist/environment.h"
+#include "dist/launcher.h"
 #include "dist/watchdog.h"
 #include "test_util.h"
 
 #include <torch/csrc/distributed/c10d/HashStore.hpp>
-
-#include <arpa/inet.h>
-#include <netinet/in.h>
-#include <sys/socket.h>
-#include <unistd.h>
 
 namespace gqe {
 namespace {
@@ -392,17 +388,6 @@ TEST_F(Distributed, AStoppedRankZeroFailsTheJobWithinTheTimeout) {
 
 // Two "nodes" on this machine: each a launcher (or SLURM's srun's tasks) with its part of the
 // ranks, meeting at a shared MASTER_ADDR:MASTER_PORT, as on a cluster.
-int free_port() {
-  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  socklen_t len = sizeof addr;
-  ::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr);
-  ::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len);
-  ::close(fd);
-  return ntohs(addr.sin_port);
-}
 
 std::string node_env(int node, int port) {
   return fmt::format("NNODES=2 NODE_RANK={} MASTER_ADDR=127.0.0.1 MASTER_PORT={} ", node, port);

@@ -22,7 +22,14 @@ namespace {
 std::atomic<int> g_forward{0};
 extern "C" void on_launcher_signal(int sig) { g_forward = sig; }
 
-int free_port() {
+std::string describe(int status) {
+  if (WIFEXITED(status)) return fmt::format("exited with status {}", WEXITSTATUS(status));
+  return fmt::format("was killed by signal {} ({})", WTERMSIG(status), strsignal(WTERMSIG(status)));
+}
+
+}  // namespace
+
+int free_port() {  // the kernel picks one: bind port 0 on 127.0.0.1
   const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
   sockaddr_in addr{};
   addr.sin_family = AF_INET;
@@ -34,13 +41,6 @@ int free_port() {
   ::close(fd);
   return ntohs(addr.sin_port);
 }
-
-std::string describe(int status) {
-  if (WIFEXITED(status)) return fmt::format("exited with status {}", WEXITSTATUS(status));
-  return fmt::format("was killed by signal {} ({})", WTERMSIG(status), strsignal(WTERMSIG(status)));
-}
-
-}  // namespace
 
 int launch_local_ranks(int nproc, const std::vector<std::string>& args, const NodeLayout& node) {
   const std::string self = std::filesystem::read_symlink("/proc/self/exe").string();

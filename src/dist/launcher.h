@@ -20,6 +20,9 @@ namespace gqe {
 // node_rank * nproc + 0..nproc-1); the other nodes' launchers start theirs.
 int launch_local_ranks(int nproc, const std::vector<std::string>& args, const NodeLayout& node = {});
 
+// A port free on 127.0.0.1 now (for a one-machine job's store, and tests' "nodes").
+int free_port();
+
 // How long the other ranks get to end by themselves once one has failed. They cannot save
 // anything then (saving takes every rank), so it is short.
 constexpr std::chrono::seconds kStopGrace{5};
