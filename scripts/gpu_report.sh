@@ -17,7 +17,14 @@ cd "$root"
 out=$(mkdir -p "${1:-runs/gpu-report}" && cd "${1:-runs/gpu-report}" && pwd)
 log=$out/report.txt
 : >"$log"
-say() { printf '\n== %s\n' "$*" | tee -a "$log"; }
+# Each heading says how long the section before it took, so that a short lease shows where it went.
+section_start=$(date +%s)
+say() {
+  local now
+  now=$(date +%s)
+  printf '\n== %s   [previous section %d s]\n' "$*" "$((now - section_start))" | tee -a "$log"
+  section_start=$now
+}
 run() { "$@" 2>&1 | tee -a "$log"; }
 
 if [[ -n ${GQE_OFFLINE_DEBS:-} ]]; then
@@ -64,5 +71,7 @@ rm -rf "$out/tiny-cuda" "$out/tiny-cpu"
   --set train.precision=bf16 >"$out/tiny-cuda.log" 2>&1
 "$gqe" train configs/tiny/gqe.yaml --run-dir "$out/tiny-cpu" "${steps[@]}" >"$out/tiny-cpu.log" 2>&1
 grep -h "done:" "$out/tiny-cuda.log" "$out/tiny-cpu.log" | tee -a "$log"
+# The fused kernels' first-contact check (train.fused_kernels: auto): silent when all agree.
+grep -h "kernel disagrees" "$out/tiny-cuda.log" | tee -a "$log" || echo "fused kernels: all agree with ATen" | tee -a "$log"
 run "$gqe" compare "$out/tiny-cpu" "$out/tiny-cuda" --out "$out/tiny-compare"
 say "finished in $(($(date +%s) - start)) s; everything is in $out"
