@@ -115,3 +115,33 @@ TEST(Bench, BadInputIsOneLineAndExitStatus2) {
 
 }  // namespace
 }  // namespace gqe
+
+namespace gqe {
+namespace {
+
+// The collectives' results are checked inside the benchmark (a wrong sum fails it): 3 ranks make
+// the shard arithmetic non-trivial. Sizes are rounded down to whole fp32 shards.
+TEST(BenchComm, CollectivesAreCheckedAndReportedByNcclTestsConvention) {
+  test::TempDir dir;
+  const std::string json = (dir.path() / "comm.json").string();
+  const auto r = run_command(gqe("bench comm " + std::string(GQE_SOURCE_DIR) + "/configs/tiny/gqa.yaml --nproc 3 --sizes 1000,64K " +
+                                 "--repeats 2 --json " + json));
+  ASSERT_EQ(r.status, 0) << r.err << r.out;
+  EXPECT_NE(r.out.find("collectives: 3 ranks (3 per node) over gloo"), std::string::npos) << r.out;
+  const auto rows = nlohmann::json::parse(read_file(json))["comm"];
+  ASSERT_EQ(rows.size(), 6u);
+  const char* ops[] = {"all-reduce", "reduce-scatter", "all-gather"};
+  for (size_t i = 0; i < rows.size(); ++i) {
+    EXPECT_EQ(rows[i]["collective"], ops[i % 3]);
+    EXPECT_EQ(rows[i]["bytes"], i < 3 ? 249 * 4 : 15999 * 4);  // 1000 B: 249 floats = 3 x 83; 64K = 64000 B: 3 x 5333
+    const double algbw = rows[i]["algbw"], busbw = rows[i]["busbw"];
+    EXPECT_NEAR(algbw, rows[i]["bytes"].get<double>() / rows[i]["seconds"].get<double>(), 1e-6 * algbw);
+    EXPECT_NEAR(busbw, algbw * (i % 3 == 0 ? 4.0 / 3 : 2.0 / 3), 1e-9 * algbw);
+  }
+  const auto bad = run_command(gqe("bench comm " + std::string(GQE_SOURCE_DIR) + "/configs/tiny/gqa.yaml --sizes 2"));
+  EXPECT_EQ(bad.status, 2);
+  EXPECT_EQ(bad.err, "gqe: --sizes: '2' is not a size in bytes from 4 to 64 GiB (e.g. 25M, 1G)\n");
+}
+
+}  // namespace
+}  // namespace gqe

@@ -7,6 +7,7 @@
 #include <map>
 
 #include <ATen/ATen.h>
+#include <fmt/format.h>
 #include <c10/core/InferenceMode.h>
 #include <torch/csrc/autograd/profiler_kineto.h>
 #include <torch/cuda.h>
@@ -17,6 +18,7 @@
 #include "model/decoder.h"
 #include "model/model_info.h"
 #include "train/adamw.h"
+#include "dist/communicator.h"
 #include "dist/device_info.h"
 #include "train/update.h"
 
@@ -181,6 +183,57 @@ TrainTiming bench_train_step(const Config& config, int steps, int warmup, at::De
       for (int i = 0; i < profile_steps; ++i) step();
     });
   return t;
+}
+
+std::vector<CommTiming> bench_comm(Communicator& comm, at::Device device, const std::vector<int64_t>& sizes, int repeats) {
+  const int64_t W = comm.world();
+  const double rank_value = comm.rank() + 1, sum = static_cast<double>(W * (W + 1) / 2);
+  const auto f32 = at::TensorOptions().dtype(at::kFloat).device(device);
+  std::vector<CommTiming> out;
+  for (int64_t size : sizes) {
+    const int64_t n = std::max<int64_t>(W, size / 4 / W * W), part = n / W;  // whole shards
+    struct Op {
+      const char* name;
+      double bus;  // busbw / algbw
+      std::function<void()> run;
+      std::function<bool()> right;  // after one run from filled inputs
+      std::function<void()> fill;
+    };
+    at::Tensor whole = at::empty({n}, f32), shard = at::empty({part}, f32);
+    const std::vector<Op> ops{
+        {"all-reduce", 2.0 * static_cast<double>(W - 1) / static_cast<double>(W), [&] { comm.all_reduce_flat(whole); },
+         [&] { return whole.eq(sum).all().item<bool>(); }, [&] { whole.fill_(rank_value); }},
+        {"reduce-scatter", static_cast<double>(W - 1) / static_cast<double>(W), [&] { comm.reduce_scatter_sum(shard, whole); },
+         [&] { return shard.eq(sum).all().item<bool>(); }, [&] { whole.fill_(rank_value); }},
+        {"all-gather", static_cast<double>(W - 1) / static_cast<double>(W), [&] { comm.all_gather_flat(whole, shard); },
+         [&] {
+           const at::Tensor expected = at::arange(1, W + 1, f32).repeat_interleave(part);
+           return whole.eq(expected).all().item<bool>();
+         },
+         [&] { shard.fill_(rank_value); }}};
+    for (const Op& op : ops) {
+      op.fill();
+      op.run();
+      synchronize(device);
+      if (!op.right())
+        throw std::runtime_error(fmt::format("bench comm: {} of {} bytes gave a wrong result on rank {}", op.name, n * 4, comm.rank()));
+      std::vector<double> times;
+      for (int r = 0; r < repeats; ++r) {
+        comm.barrier();
+        synchronize(device);
+        const auto start = std::chrono::steady_clock::now();
+        op.run();
+        synchronize(device);
+        times.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
+      }
+      std::nth_element(times.begin(), times.begin() + static_cast<long>(times.size() / 2), times.end());
+      CommTiming t{op.name, n * 4, times[times.size() / 2]};
+      t.algbw = static_cast<double>(t.bytes) / t.seconds;
+      t.busbw = t.algbw * op.bus;
+      out.push_back(t);
+    }
+  }
+  return out;
 }
 
 double bench_loader(std::shared_ptr<const TokenStream> stream, const LoaderOptions& options, uint64_t count) {

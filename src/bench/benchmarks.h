@@ -15,6 +15,8 @@
 
 namespace gqe {
 
+class Communicator;
+
 // The config's model as GQA and as GQE (its own GQE settings, or top-1 gqe if it is a GQA config).
 ModelConfig as_gqa(ModelConfig config);
 ModelConfig as_gqe(ModelConfig config);
@@ -62,6 +64,17 @@ TrainTiming bench_train_step(const Config& config, int steps, int warmup, at::De
                              std::vector<KernelTime>* kernels = nullptr, int profile_steps = 3);
 
 // Micro-batches per second from TrainLoader::next() (prefetch 0: assembled on the calling thread).
+// gqe bench comm: each collective on one fp32 tensor of each size (bytes, of the whole tensor as
+// nccl-tests counts it), after a warm-up whose result is checked (a wrong sum is an error), timed
+// between barriers on rank 0 (median of `repeats`). Bus bandwidth by nccl-tests' convention:
+// algbw x 2(W-1)/W for all-reduce, x (W-1)/W for reduce-scatter and all-gather.
+struct CommTiming {
+  std::string op;
+  int64_t bytes = 0;
+  double seconds = 0, algbw = 0, busbw = 0;  // bytes/s
+};
+std::vector<CommTiming> bench_comm(Communicator& comm, at::Device device, const std::vector<int64_t>& sizes, int repeats);
+
 double bench_loader(std::shared_ptr<const TokenStream> stream, const LoaderOptions& options, uint64_t micro_batches);
 
 }  // namespace gqe

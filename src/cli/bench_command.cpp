@@ -1,4 +1,4 @@
-// gqe bench loader|prefill|train: throughput, reported as rates and ratios (docs/performance.md).
+// gqe bench loader|prefill|train|comm: throughput, reported as rates and ratios (docs/performance.md).
 #include <CLI/CLI.hpp>
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
@@ -15,6 +15,7 @@
 #include "bench/benchmarks.h"
 #include "cli/checks.h"
 #include "cli/commands.h"
+#include "cli/nproc.h"
 #include "common/error.h"
 #include "common/files.h"
 #include "config/config_loader.h"
@@ -239,14 +240,67 @@ void add_bench_train(CLI::App& bench) {
   });
 }
 
+void add_comm(CLI::App& bench, int argc, char** argv) {
+  struct Options : Reported {
+    std::string sizes;
+    int repeats = 10, nproc = 1;
+  };
+  auto o = std::make_shared<Options>();
+  CLI::App* cmd = bench.add_subcommand("comm", "Bus bandwidth of all-reduce, reduce-scatter, all-gather at training's sizes");
+  add_common(cmd, *o);
+  cmd->add_option("--sizes", o->sizes, "Bytes per collective, comma-separated (default: dist.bucket_mb and the whole fp32 gradient)");
+  cmd->add_option("--repeats", o->repeats, "Timed runs of each (the median is reported)")->check(CLI::Range(1, 10000))->capture_default_str();
+  cmd->add_option("--json", o->json, "Also write the numbers to this JSON file");
+  add_nproc_option(cmd, o->nproc);
+  cmd->footer(
+      "Examples:\n"
+      "  gqe bench comm configs/gqe-250m.yaml --nproc 8          # one node's GPUs, NCCL\n"
+      "  NNODES=2 NODE_RANK=$NODE MASTER_ADDR=node01 MASTER_PORT=29500 gqe bench comm configs/gqe-250m.yaml --nproc 8\n"
+      "Bus bandwidth as nccl-tests reports it; check a cluster before a long run.");
+  cmd->callback([o, argc, argv] {
+    const LoadedConfig loaded = load_config(o->config, o->overrides);
+    const Config& c = loaded.config;
+    std::vector<int64_t> sizes;
+    if (o->sizes.empty()) {
+      sizes = {c.dist.bucket_mb << 20, 4 * describe_model(c).total};
+    } else {
+      std::istringstream in(o->sizes);
+      for (std::string item; std::getline(in, item, ',');) {
+        const auto v = parse_integer(item);
+        if (!v || *v < 4 || *v > (int64_t{1} << 36))
+          throw UserError(fmt::format("--sizes: '{}' is not a size in bytes from 4 to 64 GiB (e.g. 25M, 1G)", item));
+        sizes.push_back(*v);
+      }
+    }
+    if (!o->json.empty()) check_output_path(o->json, "--json", /*directory=*/false);
+    if (launch_if_requested(o->nproc, argc, argv)) return;
+    const DistEnvironment env = read_dist_environment();
+    const at::Device device = rank_device(c.train.device, env, loaded.origin("train.device"));
+    Communicator comm(env, c.dist.backend, device, std::chrono::seconds(c.dist.timeout_s));
+    const std::vector<CommTiming> timings = bench_comm(comm, device, sizes, o->repeats);
+    comm.finish();
+    if (!comm.main()) return;
+    fmt::print("collectives: {} ranks ({} per node) over {}, fp32, {}, median of {} after a checked warm-up\n", comm.world(),
+               env.local_world, comm.backend_name(), where(device), o->repeats);
+    fmt::print("  {:<16}{:>12}{:>12}{:>14}{:>14}\n", "collective", "size", "time (ms)", "algbw (GB/s)", "busbw (GB/s)");
+    nlohmann::ordered_json rows = nlohmann::ordered_json::array();
+    for (const CommTiming& t : timings) {
+      fmt::print("  {:<16}{:>12}{:>12.3f}{:>14.2f}{:>14.2f}\n", t.op, fmt::format("{:.1f} MiB", static_cast<double>(t.bytes) / (1 << 20)), t.seconds * 1e3, t.algbw / 1e9, t.busbw / 1e9);
+      rows.push_back({{"collective", t.op}, {"bytes", t.bytes}, {"seconds", t.seconds}, {"algbw", t.algbw}, {"busbw", t.busbw}});
+    }
+    write_report(*o, device, "comm", rows);
+  });
+}
+
 }  // namespace
 
-void add_bench_command(CLI::App& app) {
-  CLI::App* bench = app.add_subcommand("bench", "Throughput benchmarks: loader, prefill (GQA vs GQE), train");
+void add_bench_command(CLI::App& app, int argc, char** argv) {
+  CLI::App* bench = app.add_subcommand("bench", "Throughput benchmarks: loader, prefill (GQA vs GQE), train, comm");
   bench->require_subcommand(1);
   add_bench_loader(*bench);
   add_bench_prefill(*bench);
   add_bench_train(*bench);
+  add_comm(*bench, argc, argv);
 }
 
 }  // namespace gqe

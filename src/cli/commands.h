@@ -15,7 +15,7 @@ void add_export_command(CLI::App& app);
 void add_eval_commands(CLI::App& app, int argc, char** argv);  // eval, sample
 void add_experiment_commands(CLI::App& app);                   // experiment run|status, compare
 void add_ladder_commands(CLI::App& app);                       // ladder run|status|fit
-void add_bench_command(CLI::App& app);
+void add_bench_command(CLI::App& app, int argc, char** argv);  // comm: argv for its ranks
 void add_data_forwarding(CLI::App& app);  // `gqe data ...` runs gqe-data
 
 // gqe-data (argc/argv: recorded in the dataset manifest)

@@ -31,6 +31,6 @@ int main(int argc, char** argv) {
   gqe::add_info_command(app);
   gqe::add_export_command(app);
   gqe::add_data_forwarding(app);
-  gqe::add_bench_command(app);
+  gqe::add_bench_command(app, argc, argv);
   return gqe::run_cli(app, "gqe", argc, argv);
 }

@@ -133,6 +133,30 @@ void Communicator::finish() {
   guarded("barrier", [&] { impl_->group->barrier()->wait(); });
 }
 
+void Communicator::all_reduce_flat(at::Tensor& t) {
+  if (!env_.distributed()) return;
+  guarded("all-reduce", [&] {
+    std::vector<at::Tensor> one{t};
+    c10d::AllreduceOptions options;
+    options.reduceOp = c10d::ReduceOp::SUM;
+    impl_->group->allreduce(one, options)->wait();
+  });
+}
+
+void Communicator::reduce_scatter_sum(at::Tensor& out, at::Tensor& in) {
+  if (!env_.distributed()) return void(out.copy_(in));
+  guarded("reduce-scatter", [&] {
+    c10d::ReduceScatterOptions options;
+    options.reduceOp = c10d::ReduceOp::SUM;
+    impl_->group->_reduce_scatter_base(out, in, options)->wait();
+  });
+}
+
+void Communicator::all_gather_flat(at::Tensor& out, at::Tensor& in) {
+  if (!env_.distributed()) return void(out.copy_(in));
+  guarded("all-gather", [&] { impl_->group->_allgather_base(out, in)->wait(); });
+}
+
 void Communicator::all_reduce_sum(const std::vector<at::Tensor>& tensors) {
   if (!env_.distributed() || tensors.empty()) return;
   guarded("all-reduce", [&] {

@@ -44,6 +44,12 @@ class Communicator {
   void all_reduce_sum(const std::vector<at::Tensor>& tensors);
   // Rank 0's values, in place on every rank.
   void broadcast(const std::vector<at::Tensor>& tensors);
+  // One collective each on contiguous tensors, unbucketed (gqe bench comm measures them as
+  // training would issue them). reduce_scatter_sum: rank r's `out` (n elements) is the sum over
+  // ranks of in[r*n, (r+1)*n). all_gather_flat: `out` (W*n) is every rank's `in` (n), in rank order.
+  void all_reduce_flat(at::Tensor& t);
+  void reduce_scatter_sum(at::Tensor& out, at::Tensor& in);
+  void all_gather_flat(at::Tensor& out, at::Tensor& in);
   // Every rank's string, in rank order (through the store: for small control data).
   std::vector<std::string> all_gather(const std::string& value);
   // Rank 0 tells the others something (through the store); receive() waits for it.
