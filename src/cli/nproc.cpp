@@ -11,13 +11,19 @@
 
 namespace gqe {
 
-bool launch_if_requested(int nproc, int argc, char** argv) {
+std::optional<NodeLayout> launch_layout(int nproc) {
   if (std::getenv("RANK")) {
     if (nproc > 1) throw UserError("--nproc: this process is already a rank of a launched job (RANK is set); drop --nproc");
-    return false;
+    return std::nullopt;
   }
   const NodeLayout node = read_node_layout();
-  if (nproc <= 1 && node.nnodes == 1) return false;
+  if (nproc <= 1 && node.nnodes == 1) return std::nullopt;
+  return node;
+}
+
+bool launch_if_requested(int nproc, int argc, char** argv) {
+  const std::optional<NodeLayout> node = launch_layout(nproc);
+  if (!node) return false;
   std::vector<std::string> args;
   for (int i = 0; i < argc; ++i) {
     const std::string a = argv[i];
@@ -27,7 +33,7 @@ bool launch_if_requested(int nproc, int argc, char** argv) {
     }
     if (a.rfind("--nproc=", 0) != 0) args.push_back(a);
   }
-  const int status = launch_local_ranks(nproc, args, node);
+  const int status = launch_local_ranks(nproc, args, *node);
   if (status != 0) std::exit(status);  // the failing rank said why
   return true;
 }

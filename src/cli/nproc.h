@@ -1,6 +1,10 @@
 // --nproc N for commands that can run as N local ranks (train, eval): the built-in launcher.
 #pragma once
 
+#include <optional>
+
+#include "dist/environment.h"
+
 namespace CLI {
 class App;
 }
@@ -12,6 +16,10 @@ namespace gqe {
 // the job's status if it failed); otherwise returns false: run in this process. Throws UserError
 // when --nproc is given inside a launched job, or for bad NNODES/NODE_RANK/MASTER_* values.
 bool launch_if_requested(int nproc, int argc, char** argv);
+
+// This machine's part of the job launch_if_requested would start; nothing when it would run in
+// this process. Throws as launch_if_requested does.
+std::optional<NodeLayout> launch_layout(int nproc);
 
 // Adds the --nproc option.
 void add_nproc_option(CLI::App* command, int& nproc);

@@ -83,6 +83,22 @@ RunSummary read_run(const fs::path& dir, double alpha) {
   return r;
 }
 
+}  // namespace
+
+std::vector<std::vector<double>> busiest_expert_shares(const nlohmann::json& router) {
+  std::vector<std::vector<double>> layers;
+  for (const auto& layer : router["load"]) {
+    layers.emplace_back();
+    for (const auto& g : layer) {
+      const auto load = g.get<std::vector<double>>();
+      layers.back().push_back(*std::max_element(load.begin(), load.end()));
+    }
+  }
+  return layers;
+}
+
+namespace {
+
 std::vector<std::string> all_tasks(const Comparison& c) {
   std::vector<std::string> tasks;
   for (const RunSummary& r : c.runs)
@@ -238,15 +254,7 @@ ordered_json plot_data(const Comparison& c, bool log_x) {
         const json j = json::parse(line, nullptr, false);
         if (j.is_discarded() || !j.contains("router")) continue;
         tokens.push_back(j["tokens"].get<double>());
-        std::vector<std::vector<double>> layers;
-        for (const auto& layer : j["router"]["load"]) {
-          layers.emplace_back();
-          for (const auto& g : layer) {
-            const auto load = g.get<std::vector<double>>();
-            layers.back().push_back(*std::max_element(load.begin(), load.end()));
-          }
-        }
-        busiest.push_back(layers);
+        busiest.push_back(busiest_expert_shares(j["router"]));
         entropy.push_back(j["router"]["entropy"].get<std::vector<double>>());
       }
       const double balanced = static_cast<double>(r.config.model.attention.top_k) / static_cast<double>(r.config.model.experts_per_group());

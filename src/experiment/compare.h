@@ -9,6 +9,8 @@
 #include <string>
 #include <vector>
 
+#include <nlohmann/json_fwd.hpp>
+
 #include "config/config.h"
 #include "experiment/stats.h"
 
@@ -41,6 +43,10 @@ struct Comparison {
   std::vector<RunSummary> runs;
   std::vector<GroupSummary> groups;
 };
+
+// A metrics line's "router" entry as each layer's groups' busiest expert's share of the group's
+// tokens (k/M is balanced, 1 a collapsed router).
+std::vector<std::vector<double>> busiest_expert_shares(const nlohmann::json& router);
 
 // HellaSwag is quoted as acc_norm, ARC-Easy and PIQA as acc (the papers' and harness's habit).
 double task_score(const std::string& task, double acc, double acc_norm);

@@ -50,16 +50,8 @@ struct RungPoint {
   int64_t tokens = 0;
 };
 
-RungPoint resolve_point(const Ladder& l, const LadderRung& rung, const LadderBudget& budget, const std::string& where) {
-  Config c = l.base_config;  // the first arm at this rung: whose counts set the budget
-  std::vector<std::string> first = l.arms.front().overrides;
-  first.insert(first.end(), rung.overrides.begin(), rung.overrides.end());
-  try {
-    c = load_config(l.base, first).config;
-  } catch (const UserError& ex) {
-    throw UserError(fmt::format("{}: {}: {}", l.file, where, ex.what()));
-  }
-  const ModelInfo info = describe_model(c);
+RungPoint resolve_point(const Ladder& l, const LadderRung& rung, const LadderBudget& budget) {
+  const ModelInfo& info = rung.first_arm;
   const ModelInfo base_info = describe_model(l.base_config);
   const double n = static_cast<double>(info.non_embedding), fpt = info.train_flops_per_token();
   const double tokens = budget.kind == LadderBudget::Kind::tokens_per_param ? budget.value * n : budget.value / fpt;
@@ -90,20 +82,14 @@ RungPoint resolve_point(const Ladder& l, const LadderRung& rung, const LadderBud
   return p;
 }
 
-// Training FLOPs of the ladder's runs, in all and not yet trained.
-std::pair<double, double> ladder_flops(const std::vector<LadderRun>& runs) {
+// The training FLOPs of the runs, in all and not yet trained (`statuses`: each run's), in GPU-hours.
+std::string cost_line(const Ladder& l, const std::vector<LadderRun>& runs, const std::vector<RunStatus>& statuses) {
   double total = 0, left = 0;
-  for (const LadderRun& r : runs) {
-    const RunStatus s = run_status(r.run);
-    total += r.flops;
-    if (s.state != RunState::finished)
-      left += r.flops * (1 - static_cast<double>(s.tokens) / static_cast<double>(r.run.config.config.train.tokens));
+  for (size_t i = 0; i < runs.size(); ++i) {
+    total += runs[i].flops;
+    if (statuses[i].state != RunState::finished)
+      left += runs[i].flops * (1 - static_cast<double>(statuses[i].tokens) / static_cast<double>(runs[i].run.config.config.train.tokens));
   }
-  return {total, left};
-}
-
-std::string cost_line(const Ladder& l, const std::vector<LadderRun>& runs) {
-  const auto [total, left] = ladder_flops(runs);
   const double rate = l.cost.mfu * l.cost.peak_tflops * 1e12;
   return fmt::format("cost: {:.3g} training FLOPs in all ({:.3g} left) = {:.3g} GPU-hours ({:.3g} left) at {:g}% MFU of {:g} TFLOP/s "
                      "(cost.mfu, cost.peak_tflops; evaluation not counted)",
@@ -245,7 +231,9 @@ Ladder load_ladder(const std::string& file) {
     std::vector<std::string> first = l.arms.front().overrides;
     first.insert(first.end(), rung.overrides.begin(), rung.overrides.end());
     try {
-      rung.name = model_name(load_config(l.base, first).config.model);
+      const Config c = load_config(l.base, first).config;
+      rung.name = model_name(c.model);
+      rung.first_arm = describe_model(c);
     } catch (const UserError& ex) {
       throw UserError(fmt::format("{}: {}: {}", file, where, ex.what()));
     }
@@ -254,14 +242,8 @@ Ladder load_ladder(const std::string& file) {
     l.rungs.push_back(std::move(rung));
   }
   // Smallest first: the order they train in and are reported.
-  std::stable_sort(l.rungs.begin(), l.rungs.end(), [&](const LadderRung& a, const LadderRung& b) {
-    auto size = [&](const LadderRung& r) {
-      std::vector<std::string> o = l.arms.front().overrides;
-      o.insert(o.end(), r.overrides.begin(), r.overrides.end());
-      return describe_model(load_config(l.base, o).config).non_embedding;
-    };
-    return size(a) < size(b);
-  });
+  std::stable_sort(l.rungs.begin(), l.rungs.end(),
+                   [](const LadderRung& a, const LadderRung& b) { return a.first_arm.non_embedding < b.first_arm.non_embedding; });
   ladder_runs(l);  // every run's config must load
   return l;
 }
@@ -273,7 +255,7 @@ std::vector<LadderRun> ladder_runs(const Ladder& l) {
       const LadderRung& rung = l.rungs[ri];
       const std::string point = l.budgets.size() == 1 ? rung.name : rung.name + "-" + l.budgets[bi].label;
       const std::string where = fmt::format("rung {} at budget {}", rung.name, l.budgets[bi].label);
-      const RungPoint p = resolve_point(l, rung, l.budgets[bi], where);
+      const RungPoint p = resolve_point(l, rung, l.budgets[bi]);
       for (const ExperimentArm& arm : l.arms)
         for (int64_t seed : l.seeds) {
           LadderRun lr;
@@ -313,7 +295,9 @@ void run_ladder(const Ladder& l, int nproc) {
   YAML::Emitter emitter;
   emitter << copy;
   write_file_atomic(l.out / "ladder.yaml", fmt::format("# {} as `gqe ladder run` read it\n{}\n", l.file, emitter.c_str()));
-  fmt::print("[ladder] {}: {} runs; {}\n", l.name, runs.size(), cost_line(l, runs));
+  std::vector<RunStatus> statuses;
+  for (const LadderRun& r : runs) statuses.push_back(run_status(r.run));
+  fmt::print("[ladder] {}: {} runs; {}\n", l.name, runs.size(), cost_line(l, runs, statuses));
   std::vector<ExperimentRun> plain;
   for (const LadderRun& r : runs) plain.push_back(r.run);
   if (!train_runs(l.base, plain, nproc, "ladder")) return;
@@ -348,8 +332,9 @@ void print_ladder_status(const Ladder& l) {
                static_cast<double>(c.train.tokens) / static_cast<double>(r.info.non_embedding), r.flops);
   }
   fmt::print("\n  {:<34}{:<13}{:>20}{:>8}{:>11}\n", "run", "state", "tokens", "step", "val loss");
+  std::vector<RunStatus> statuses;
   for (const LadderRun& r : runs) {
-    const RunStatus s = run_status(r.run);
+    const RunStatus& s = statuses.emplace_back(run_status(r.run));
     std::string val = "-";
     if (s.state != RunState::not_started)
       if (const auto v = final_validation_loss(r.run.run_dir)) val = fmt::format("{:.4f}", *v);
@@ -357,7 +342,7 @@ void print_ladder_status(const Ladder& l) {
                fmt::format("{}/{}", human_count(static_cast<double>(s.tokens)), human_count(static_cast<double>(r.run.config.config.train.tokens))),
                s.step, val);
   }
-  fmt::print("\n{}\n", cost_line(l, runs));
+  fmt::print("\n{}\n", cost_line(l, runs, statuses));
 }
 
 }  // namespace gqe

@@ -32,6 +32,7 @@ struct LadderRung {
   std::optional<int64_t> width;        // given by the shape rule
   std::vector<std::string> overrides;  // model.* keys
   std::optional<double> lr;            // a per-rung learning rate (a documented table) instead of the rule
+  ModelInfo first_arm;                 // the first arm's model at this size: its counts set the budgets
 };
 
 // tokens = value x the rung's non-embedding parameters (of the first arm; `chinchilla: m` is

@@ -43,12 +43,8 @@ std::optional<double> router_busiest(const fs::path& run_dir) {
     if (j.is_discarded() || !j.contains("router")) continue;
     double sum = 0;
     int n = 0;
-    for (const auto& layer : j["router"]["load"])
-      for (const auto& group : layer) {
-        const auto load = group.get<std::vector<double>>();
-        sum += *std::max_element(load.begin(), load.end());
-        ++n;
-      }
+    for (const auto& layer : busiest_expert_shares(j["router"]))
+      for (double share : layer) sum += share, ++n;
     if (n) shares.push_back(sum / n);
   }
   if (shares.empty()) return std::nullopt;
@@ -282,7 +278,8 @@ LadderReport fit_ladder(const Ladder& l, const LadderFitOptions& o) {
   // Measured: per point, each arm's mean and spread over seeds, and the gap to the baseline (paired by seed).
   struct PointRow {
     std::string point;
-    double flops = 0, non_embedding = 0, tokens = 0;
+    double non_embedding = 0, tokens = 0;
+    std::vector<double> flops;                // per arm
     std::vector<std::vector<double>> losses;  // per arm, per seed
     std::vector<std::vector<double>> gaps;    // per other arm, per seed present in both
     std::vector<std::optional<double>> busiest;
@@ -294,7 +291,10 @@ LadderReport fit_ladder(const Ladder& l, const LadderFitOptions& o) {
     p.point = r.point;
     p.non_embedding = static_cast<double>(r.info.non_embedding);
     p.tokens = static_cast<double>(r.run.config.config.train.tokens);
-    p.flops = r.flops;
+    p.flops.resize(n_arms);
+    for (const LadderRun& other : runs)
+      for (size_t a = 0; a < n_arms; ++a)
+        if (other.point == p.point && other.run.arm == l.arms[a].name) p.flops[a] = other.flops;
     p.losses.resize(n_arms);
     p.gaps.resize(n_arms);
     p.busiest.resize(n_arms);
@@ -318,7 +318,7 @@ LadderReport fit_ladder(const Ladder& l, const LadderFitOptions& o) {
     std::vector<double> x, y;
     for (const PointRow& p : points)
       if (!p.gaps[a].empty()) {
-        x.push_back(std::log10(p.flops));
+        x.push_back(std::log10(p.flops[0]));
         y.push_back(mean(p.gaps[a]));
       }
     trends[a] = fit_line(x, y);
@@ -350,12 +350,7 @@ LadderReport fit_ladder(const Ladder& l, const LadderFitOptions& o) {
   };
   for (const PointRow& p : points) {
     md += fmt::format("| {} | {} | {} |", p.point, human_count(p.non_embedding), human_count(p.tokens));
-    for (size_t a = 0; a < n_arms; ++a) {
-      double c = 0;
-      for (const LadderRun& r : runs)
-        if (r.point == p.point && r.run.arm == l.arms[a].name) c = r.flops;
-      md += fmt::format(" {:.3g} | {} |", c, mean_sd(p.losses[a], 4));
-    }
+    for (size_t a = 0; a < n_arms; ++a) md += fmt::format(" {:.3g} | {} |", p.flops[a], mean_sd(p.losses[a], 4));
     for (size_t a = 1; a < n_arms; ++a) md += fmt::format(" {} |", mean_sd(p.gaps[a], 4));
     for (size_t a = 0; a < n_arms; ++a)
       if (arm_configs[a].config.model.attention.type == AttentionType::gqe)
@@ -520,10 +515,7 @@ LadderReport fit_ladder(const Ladder& l, const LadderFitOptions& o) {
     ordered_json arm = {{"name", l.arms[a].name}, {"gqe", arm_configs[a].config.model.attention.type == AttentionType::gqe}};
     for (const PointRow& p : points) {
       if (p.losses[a].empty()) continue;
-      double c = 0;
-      for (const LadderRun& r : runs)
-        if (r.point == p.point && r.run.arm == l.arms[a].name) c = r.flops;
-      arm["points"].push_back({{"point", p.point}, {"flops", c}, {"mean", mean(p.losses[a])}, {"sd", stddev(p.losses[a])},
+      arm["points"].push_back({{"point", p.point}, {"flops", p.flops[a]}, {"mean", mean(p.losses[a])}, {"sd", stddev(p.losses[a])},
                                {"gap", p.gaps[a].empty() ? json() : json(mean(p.gaps[a]))},
                                {"gap_sd", p.gaps[a].size() > 1 ? json(stddev(p.gaps[a])) : json()},
                                {"busiest", p.busiest[a] ? json(*p.busiest[a]) : json()},
