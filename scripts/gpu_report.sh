@@ -4,7 +4,8 @@
 #   1. training throughput, MFU and memory of gqa-250m and gqe-250m at seq 2048 (gqe bench train),
 #      also with activation checkpointing, with eager PyTorch (and, with GQE_REPORT_COMPILE=1, torch.compile) on the same step as the bar;
 #   2. the prefill table, GQA vs GQE, 2k to 128k tokens (gqe bench prefill);
-#   3. 100 steps of configs/tiny/gqe.yaml on the GPU (bf16) and on the CPU (fp32), compared.
+#   3. 100 steps of configs/tiny/gqe.yaml on the GPU (bf16) and on the CPU (fp32), compared;
+#   4. with 2 or more GPUs, data parallel over NCCL, plain and ZeRO-1, with the communication share.
 #
 #   scripts/gpu_report.sh [OUT_DIR]        # default runs/gpu-report; everything lands there
 #
@@ -74,4 +75,13 @@ grep -h "done:" "$out/tiny-cuda.log" "$out/tiny-cpu.log" | tee -a "$log"
 # The fused kernels' first-contact check (train.fused_kernels: auto): silent when all agree.
 grep -h "kernel disagrees" "$out/tiny-cuda.log" | tee -a "$log" || echo "fused kernels: all agree with ATen" | tee -a "$log"
 run "$gqe" compare "$out/tiny-cpu" "$out/tiny-cuda" --out "$out/tiny-compare"
+say "4. data parallel over NCCL: overlapped buckets, then ZeRO-1 (gqe bench train --nproc)"
+gpus=$(nvidia-smi -L 2>/dev/null | wc -l)
+if ((gpus >= 2)); then
+  run "$gqe" bench train configs/gqe-250m.yaml --nproc "$gpus" --steps 10 --warmup 3 --json "$out/bench_train_dp.json"
+  run "$gqe" bench train configs/gqe-250m.yaml --nproc "$gpus" --steps 10 --warmup 3 --set dist.shard_optimizer=true \
+    --json "$out/bench_train_zero1.json"
+else
+  say "(one GPU: NCCL takes one GPU per rank, so data parallel needs two; skipped)"
+fi
 say "finished in $(($(date +%s) - start)) s; everything is in $out"

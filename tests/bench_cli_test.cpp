@@ -51,6 +51,27 @@ TEST(Bench, TrainMeasuresGqaAndGqeSideBySide) {
   EXPECT_DOUBLE_EQ(gqe_row["flops_per_token"].get<double>(), 6 * matmul_params("tiny/gqe.yaml") + 6.0 * 4 * 3 * 32 * 32);
 }
 
+// Data parallel: tokens/s count the group, and the share of the step spent waiting on the
+// collectives is reported (sharded: the parameters' all-gather too).
+TEST(Bench, TrainOnRanksReportsTheCommunicationShare) {
+  test::TempDir dir;
+  const auto json = dir.path() / "train.json";
+  const auto r = run_command(gqe("bench train " + config("tiny/gqe.yaml") +
+                                 " --nproc 2 --steps 2 --warmup 1 --set train.micro_batch_size=2 --set data.seq_len=32 "
+                                 "--set dist.shard_optimizer=true --json " + json.string()));
+  ASSERT_EQ(r.status, 0) << r.err << r.out;
+  EXPECT_NE(r.out.find("data parallel: 2 ranks over gloo, sharded optimizer; comm: the share of the step spent waiting on "
+                       "gradient and parameter collectives"), std::string::npos) << r.out;
+  const auto rows = nlohmann::json::parse(read_file(json))["train"];
+  ASSERT_EQ(rows.size(), 2u);
+  for (const auto& row : rows) {
+    EXPECT_EQ(row["ranks"], 2);
+    EXPECT_NEAR(row["tokens_per_s"].get<double>() * row["step_s"].get<double>(), 2 * 2 * 32, 1e-6);
+    EXPECT_GT(row["comm_share"].get<double>(), 0.0);
+    EXPECT_LT(row["comm_share"].get<double>(), 1.0);
+  }
+}
+
 TEST(Bench, PrefillReportsTheSpeedUpOfEachLength) {
   test::TempDir dir;
   const auto json = dir.path() / "prefill.json";

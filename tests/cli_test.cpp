@@ -44,6 +44,18 @@ TEST(Cli, InfoSaysWhetherTheModelFitsHere) {
                           "need "), std::string::npos) << huge.out;
 }
 
+// Per-rank memory of N data-parallel ranks: ZeRO-1 keeps 1/N of the moments (8 bytes x 247.9M
+// parameters = 1.85 GiB, 0.46 GiB on each of 4) and receives 1/N of the reduced gradient.
+TEST(Cli, InfoShowsPerRankMemoryWithAndWithoutTheShardedOptimizer) {
+  const auto r = run_command(gqe("info " + config("gqe-250m.yaml") + " --nproc 4"));
+  ASSERT_EQ(r.status, 0) << r.err;
+  EXPECT_NE(r.out.find("per rank of 4 data-parallel ranks (estimate)\n"
+                       "  dist.shard_optimizer: false  AdamW moments 1.85 GiB, with weights and gradients 3.69 GiB, total ~"),
+            std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("  dist.shard_optimizer: true   AdamW moments 0.46 GiB, with weights and gradients 2.54 GiB, total ~"),
+            std::string::npos) << r.out;
+}
+
 TEST(Cli, InfoTakesOverrides) {
   const auto r = run_command(gqe("info " + config("gqe-250m.yaml") + " --set model.attention.top_k=2"));
   ASSERT_EQ(r.status, 0) << r.err;

@@ -16,6 +16,7 @@
 #include "common/error.h"
 #include "common/files.h"
 #include "dist/environment.h"
+#include "dist/gradient_reducer.h"
 #include "dist/launcher.h"
 #include "dist/watchdog.h"
 #include "test_util.h"
@@ -449,6 +450,129 @@ TEST_F(Distributed, ANodeThatDiesFailsTheJobWithinTheTimeout) {
                                                 "this node")))
       << out;
   EXPECT_EQ(out.find("frame #"), std::string::npos) << out;
+}
+
+// The losses (and validation losses) of two runs' metrics, step by step, within `relative`.
+void expect_losses_near(const std::vector<nlohmann::json>& a, const std::vector<nlohmann::json>& b, double relative) {
+  ASSERT_EQ(a.size(), b.size());
+  for (size_t i = 0; i < a.size(); ++i) {
+    const char* key = a[i].contains("loss") ? "loss" : "val_loss";
+    EXPECT_EQ(b[i]["step"], a[i]["step"]);
+    EXPECT_NEAR(b[i][key].get<double>(), a[i][key].get<double>(), relative * a[i][key].get<double>()) << i << " " << key;
+  }
+}
+
+// The AdamW moments a run's rank 0 reported, as the allocator counted them.
+double moment_bytes(const std::string& out) {
+  std::smatch m;
+  if (!std::regex_search(out, m, std::regex(R"(AdamW moments [0-9.]+ MiB \(([0-9]+) bytes\) on each rank)"))) {
+    ADD_FAILURE() << out;
+    return 0;
+  }
+  return std::stod(m[1].str());
+}
+
+// 6 sequences of 32 per step: micro-batches of 2 on 3 ranks, of 3 on 2, 3 x 2 in one process.
+const std::string kSix = "--set train.global_batch_tokens=192 ";
+std::string ranks_of_six(int w) { return w == 1 ? kSix + "--set train.micro_batch_size=2" : kSix + fmt::format("--nproc {} --set train.micro_batch_size={}", w, 6 / w); }
+const std::string kShard = " --set dist.shard_optimizer=true";
+
+// ZeRO-1 against plain data parallel. The reduced gradients are the same sums (reduce-scatter adds
+// the same W terms per element as all-reduce; with 2 ranks a + b is bitwise either way), but the
+// gradient norm is assembled from each rank's sum of squares instead of per-tensor norms: it
+// differs in the last bits, and so does ZClip's threshold. 20 steps stay within 1e-5 of the loss.
+TEST_F(Distributed, ShardedOptimizerTrainsLikeDataParallelWithAFractionOfTheState) {
+  std::map<int, double> bytes;
+  for (int w : {2, 3}) {
+    SCOPED_TRACE(fmt::format("{} ranks", w));
+    const std::string plain = fmt::format("dp{}", w), sharded = fmt::format("zero{}", w);
+    const auto p = run_command(train(plain, ranks_of_six(w)));
+    ASSERT_EQ(p.status, 0) << p.err;
+    const auto z = run_command(train(sharded, ranks_of_six(w) + kShard));
+    ASSERT_EQ(z.status, 0) << z.err;
+    EXPECT_NE(z.out.find(fmt::format("on each rank, sharded over {} ranks", w)), std::string::npos) << z.out;
+    expect_losses_near(steps_of(path(plain)), steps_of(path(sharded)), 1e-5);
+    EXPECT_NEAR(moment_bytes(p.out), moment_bytes(run_command(train("one-" + plain, ranks_of_six(1))).out), 1.0);
+    bytes[w] = moment_bytes(z.out);
+  }
+  const auto one = run_command(train("zero1", ranks_of_six(1) + kShard));
+  ASSERT_EQ(one.status, 0) << one.err;
+  bytes[1] = moment_bytes(one.out);
+  // 1/W of the moments, up to the padding of a bucket to a multiple of W and each slice's step count.
+  for (int w : {2, 3}) EXPECT_NEAR(bytes[w], bytes[1] / w, 0.01 * bytes[1] / w) << w;
+}
+
+// A sharded checkpoint holds whole moments by parameter name: it resumes on any number of ranks,
+// sharded or not. Against the uninterrupted run the continued curve differs only in summation
+// order (other ranks, other micro-batches): within 1e-4, as FourProcessesAgree... states.
+TEST_F(Distributed, ShardedCheckpointsResumeOnAnyNumberOfRanksShardedOrNot) {
+  const std::string keep = " --set train.checkpoint.keep=10";
+  ASSERT_EQ(run_command(train("straight", ranks_of_six(3) + kShard + keep)).status, 0);
+  const auto straight = steps_of(path("straight"));
+  auto after = [](const std::vector<nlohmann::json>& lines, int64_t step) {
+    std::vector<nlohmann::json> out;
+    for (const auto& j : lines)
+      if (j["step"].get<int64_t>() > step) out.push_back(j);
+    return out;
+  };
+  struct Leg {
+    std::string run, from, how;
+    int64_t step;
+  };
+  // 3 sharded -> 2 sharded, 3 sharded -> 1 plain, and back: 1 plain -> 3 sharded.
+  for (const Leg& leg : {Leg{"to-two", "straight", ranks_of_six(2) + kShard, 7}, Leg{"to-one", "straight", ranks_of_six(1), 7},
+                         Leg{"back-to-three", "to-one", ranks_of_six(3) + kShard, 14}}) {
+    SCOPED_TRACE(leg.run);
+    const std::string from = path(leg.from) + "/checkpoints/" + fmt::format("step_{:08d}", leg.step);
+    const auto r = run_command(train(leg.run, leg.how + keep + " --resume " + from));
+    ASSERT_EQ(r.status, 0) << r.err;
+    EXPECT_NE(r.out.find("resuming from " + from + " (step " + std::to_string(leg.step)), std::string::npos) << r.out;
+    expect_losses_near(after(straight, leg.step), steps_of(path(leg.run)), 1e-4);
+  }
+}
+
+// Buckets started by the backward pass's hooks and buckets started after it reduce the same
+// sums: bitwise the same run, on 3 ranks and several buckets. bf16 collectives round the
+// gradients: close, not equal.
+TEST_F(Distributed, OverlappedReductionIsBitwiseTheBlockingOne) {
+  const std::string wide = ranks_of_six(3) + " --set train.tokens=1920 --set model.d_model=256 --set model.head_dim=64 "
+                                             "--set model.ffn_hidden=512 --set dist.bucket_mb=1";
+  const auto overlapped = run_command(train("overlapped", wide));
+  ASSERT_EQ(overlapped.status, 0) << overlapped.err;
+  std::smatch m;
+  ASSERT_TRUE(std::regex_search(overlapped.out, m, std::regex(R"(gradients reduced in ([0-9]+) bucket\(s\) of up to 1 MiB, overlapped)")))
+      << overlapped.out;
+  EXPECT_GE(std::stoi(m[1].str()), 3);
+  const auto blocking = run_command(train("blocking", wide + " --set dist.overlap_grad_reduce=false"));
+  ASSERT_EQ(blocking.status, 0) << blocking.err;
+  EXPECT_EQ(dumped(steps_of(path("blocking"))), dumped(steps_of(path("overlapped"))));
+  const auto model_hash = [&](const std::string& run) {
+    const std::string dir = path(run) + "/checkpoints/" + read_file(path(run) + "/checkpoints/latest").substr(0, 13);
+    return nlohmann::json::parse(read_file(dir + "/state.json"))["files"]["model.safetensors"]["xxh3"];
+  };
+  EXPECT_EQ(model_hash("blocking"), model_hash("overlapped"));
+
+  const auto bf16 = run_command(train("bf16", wide + " --set dist.reduce_dtype=bf16"));
+  ASSERT_EQ(bf16.status, 0) << bf16.err;
+  EXPECT_NE(bf16.out.find("overlapped with the backward pass, in bf16"), std::string::npos) << bf16.out;
+  expect_losses_near(steps_of(path("overlapped")), steps_of(path("bf16")), 1e-2);
+  EXPECT_NE(model_hash("bf16"), model_hash("overlapped"));
+}
+
+TEST(BucketLayout, FillsFromTheLastParameterAndPadsToTheRanks) {
+  // 40-byte buckets of fp32: 10 elements. Parameters of 4, 3, 12, 2, 5 elements.
+  const BucketLayout l({4, 3, 12, 2, 5}, 4, 40, 3);
+  ASSERT_EQ(l.buckets.size(), 3u);
+  EXPECT_EQ(l.buckets[0].params, (std::vector<size_t>{3, 4}));  // the backward pass finishes these first
+  EXPECT_EQ(l.buckets[0].offsets, (std::vector<int64_t>{0, 2}));
+  EXPECT_EQ(l.buckets[1].params, (std::vector<size_t>{2}));     // larger than a bucket: alone
+  EXPECT_EQ(l.buckets[2].params, (std::vector<size_t>{0, 1}));
+  EXPECT_EQ(l.buckets[2].offsets, (std::vector<int64_t>{0, 4}));
+  EXPECT_EQ(l.bucket_of, (std::vector<size_t>{2, 2, 1, 0, 0}));
+  EXPECT_EQ(l.buckets[0].padded, 9);
+  EXPECT_EQ(l.buckets[1].padded, 12);
+  EXPECT_EQ(l.buckets[2].padded, 9);
+  EXPECT_EQ(l.shard_numel(), 3 + 4 + 3);
 }
 
 TEST_F(Distributed, NodeVariablesThatDoNotFitAreRefused) {

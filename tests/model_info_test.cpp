@@ -31,6 +31,20 @@ TEST(ModelInfo, RealGqe250mModuleHasTheCountedParameters) {
   EXPECT_EQ(module_params(paper("gqe-250m.yaml").model), 247'890'944);
 }
 
+// ZeRO-1: each of W ranks keeps 1/W of the AdamW moments and receives 1/W of the reduced gradient;
+// without it the world size changes nothing per rank.
+TEST(ModelInfo, ShardedOptimizerStateFallsAsOneOverTheRanks) {
+  Config c = paper("gqe-250m.yaml");
+  const ModelInfo one = describe_model(c), plain = describe_model(c, 8);
+  EXPECT_DOUBLE_EQ(plain.state_bytes(), one.state_bytes());
+  c.dist.shard_optimizer = true;
+  const ModelInfo sharded = describe_model(c, 8);
+  const double P = static_cast<double>(one.total);
+  EXPECT_DOUBLE_EQ(sharded.optimizer_bytes, 8 * P / 8);
+  EXPECT_DOUBLE_EQ(sharded.grads_bytes, 4 * P + 4 * P / 8);
+  EXPECT_DOUBLE_EQ(sharded.weights_bytes, one.weights_bytes);
+}
+
 // With activation checkpointing a layer more costs its fp32 input only (d floats per token), and
 // the activation estimate of gqe-250m more than halves (the logits stay).
 TEST(ModelInfo, ActivationCheckpointingKeepsOneInputPerLayer) {

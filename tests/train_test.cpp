@@ -152,13 +152,20 @@ TEST(Clipping, MaxNormCapsDuringWarmupAndAfter) {
   EXPECT_EQ(decide(off, 1e9).first, 1.0);
 }
 
+// Whole parameters, as an unsharded run hands them to AdamW.
+std::vector<OptimizedTensor> whole(const std::vector<std::pair<std::string, at::Tensor>>& named) {
+  std::vector<OptimizedTensor> out;
+  for (const auto& [name, p] : named) out.push_back({name, p, p.dim()});
+  return out;
+}
+
 TEST(AdamW, MatchesTheFormulaWithDecayOnMatricesOnly) {
   torch::manual_seed(3);
   const at::Tensor w0 = at::randn({4, 3}), b0 = at::randn({3}), e0 = at::randn({5, 3});
   at::Tensor w = w0.clone().requires_grad_(), b = b0.clone().requires_grad_(), e = e0.clone().requires_grad_();
   OptimizerConfig c;
   c.beta1 = 0.9, c.beta2 = 0.95, c.eps = 1e-7, c.weight_decay = 0.1, c.decay_embeddings = false;
-  AdamW opt({{"model.layers.0.mlp.up_proj.weight", w}, {"model.norm.weight", b}, {"model.embed_tokens.weight", e}}, c);
+  AdamW opt(whole({{"model.layers.0.mlp.up_proj.weight", w}, {"model.norm.weight", b}, {"model.embed_tokens.weight", e}}), c);
   EXPECT_EQ(opt.decayed(), (std::vector<std::string>{"model.layers.0.mlp.up_proj.weight"}));
 
   // The reference: decoupled decay, bias-corrected moments.
@@ -168,8 +175,7 @@ TEST(AdamW, MatchesTheFormulaWithDecayOnMatricesOnly) {
   const double lrs[] = {1e-2, 3e-2, 5e-3, 1e-2};
   for (int step = 1; step <= 4; ++step) {
     const at::Tensor gw = at::randn({4, 3}), gb = at::randn({3}), ge = at::randn({5, 3});
-    w.mutable_grad() = gw.clone(), b.mutable_grad() = gb.clone(), e.mutable_grad() = ge.clone();
-    opt.step(lrs[step - 1]);
+    opt.step({gw, gb, ge}, lrs[step - 1]);
     at::Tensor* ref[3] = {&rw, &rb, &re};
     const at::Tensor* g[3] = {&gw, &gb, &ge};
     for (int i = 0; i < 3; ++i) {
@@ -193,20 +199,15 @@ TEST(AdamW, ASkippedStepChangesNothingAndTheFactorScalesTheGradients) {
   OptimizerConfig c;
   c.weight_decay = 0.1;
   at::Tensor a = w0.clone().requires_grad_(), b = w0.clone().requires_grad_();
-  AdamW skipping({{"w", a}}, c), plain({{"w", b}}, c);
-  a.mutable_grad() = g1.clone();
-  skipping.step(1e-2, at::scalar_tensor(1.0, at::kDouble), at::scalar_tensor(false));
+  AdamW skipping(whole({{"w", a}}), c), plain(whole({{"w", b}}), c);
+  skipping.step({g1.clone()}, 1e-2, at::scalar_tensor(1.0, at::kDouble), at::scalar_tensor(false));
   const at::Tensor after_one = a.detach().clone();
-  a.mutable_grad() = at::full({4, 3}, std::nan(""));
-  skipping.step(1e-2, at::scalar_tensor(std::nan(""), at::kDouble), at::scalar_tensor(true));
+  skipping.step({at::full({4, 3}, std::nan(""))}, 1e-2, at::scalar_tensor(std::nan(""), at::kDouble), at::scalar_tensor(true));
   EXPECT_TRUE(a.equal(after_one));  // no update, no decay
-  a.mutable_grad() = g2.clone();
-  skipping.step(1e-2, at::scalar_tensor(0.25, at::kDouble), at::scalar_tensor(false));
+  skipping.step({g2.clone()}, 1e-2, at::scalar_tensor(0.25, at::kDouble), at::scalar_tensor(false));
 
-  b.mutable_grad() = g1.clone();
-  plain.step(1e-2);
-  b.mutable_grad() = g2 * 0.25;
-  plain.step(1e-2);
+  plain.step({g1.clone()}, 1e-2);
+  plain.step({g2 * 0.25}, 1e-2);
   // Bitwise: the skipped step did not count for bias correction, and dividing by 4 is exact.
   EXPECT_TRUE(a.equal(b));
   EXPECT_TRUE(skipping.state().at("w.exp_avg_sq").equal(plain.state().at("w.exp_avg_sq")));
@@ -217,21 +218,20 @@ TEST(Update, ClipsByTheGlobalNormAndSkipsANonFiniteLoss) {
   at::Tensor a = at::zeros({2}).requires_grad_(), b = at::zeros({1}).requires_grad_();
   OptimizerConfig c;
   c.weight_decay = 0;
-  AdamW optimizer({{"a", a}, {"b", b}}, c);
+  AdamW optimizer(whole({{"a", a}, {"b", b}}), c);
   ClipConfig norm_clip;
   norm_clip.kind = ClipKind::norm;
   norm_clip.max_norm = 1.0;
   GradClipper clipper(norm_clip, at::kCPU);
-  a.mutable_grad() = at::tensor({3.0f, 0.0f});
-  b.mutable_grad() = at::tensor({4.0f});
-  const Update u = clip_and_step(optimizer, clipper, {a.grad(), b.grad()}, at::scalar_tensor(2.5f), 0.1);
+  const std::vector<at::Tensor> grads{at::tensor({3.0f, 0.0f}), at::tensor({4.0f})};
+  const Update u = clip_and_step(optimizer, clipper, grads, gradient_norm(grads), at::scalar_tensor(2.5f), 0.1);
   EXPECT_DOUBLE_EQ(u.norm.item<double>(), 5.0);  // over all the gradients together
   EXPECT_FALSE(u.skip.item<bool>());
   EXPECT_DOUBLE_EQ(u.scale.item<double>(), 1.0 / (5.0 + 1e-6));
   EXPECT_NEAR(a[0].item<double>(), -0.1, 1e-6);  // Adam's first step moves each weight by lr
   EXPECT_NEAR(b[0].item<double>(), -0.1, 1e-6);
   const at::Tensor before = a.detach().clone();
-  const Update nan = clip_and_step(optimizer, clipper, {a.grad(), b.grad()}, at::scalar_tensor(std::nanf("")), 0.1);
+  const Update nan = clip_and_step(optimizer, clipper, grads, gradient_norm(grads), at::scalar_tensor(std::nanf("")), 0.1);
   EXPECT_TRUE(nan.skip.item<bool>());
   EXPECT_TRUE(a.equal(before));
 }
@@ -239,18 +239,24 @@ TEST(Update, ClipsByTheGlobalNormAndSkipsANonFiniteLoss) {
 TEST(AdamW, StateRoundTripsAndParametersWithoutGradientsAreLeftAlone) {
   at::Tensor w = at::ones({2, 2}).requires_grad_(), unused = at::ones({2, 2}).requires_grad_();
   OptimizerConfig c;
-  AdamW opt({{"w", w}, {"unused", unused}}, c);
-  w.mutable_grad() = at::full({2, 2}, 0.5);
-  opt.step(0.1);
+  AdamW opt(whole({{"w", w}, {"unused", unused}}), c);
+  opt.step({at::full({2, 2}, 0.5), at::Tensor()}, 0.1);
   EXPECT_TRUE(unused.equal(at::ones({2, 2})));  // no gradient: no update, no decay
   const auto state = opt.state();
   ASSERT_EQ(state.size(), 4u);
-  AdamW restored({{"w", w.detach().clone().requires_grad_()}, {"unused", unused.detach().clone().requires_grad_()}}, c);
-  restored.load_state(state, 1, "test");
+  const std::vector<std::pair<std::string, at::Tensor>> params{{"w", w.detach().clone().requires_grad_()},
+                                                               {"unused", unused.detach().clone().requires_grad_()}};
+  AdamW restored(whole(params), c);
+  check_moments(state, params, "test");
+  restored.load_state(state, 1);
   EXPECT_TRUE(restored.state().at("w.exp_avg").equal(state.at("w.exp_avg")));
   auto broken = state;
   broken.erase("w.exp_avg_sq");
-  EXPECT_EQ(test::user_error_of([&] { restored.load_state(broken, 1, "ckpt"); }), "ckpt: no optimizer state for w.exp_avg_sq");
+  EXPECT_EQ(test::user_error_of([&] { check_moments(broken, params, "ckpt"); }), "ckpt: no optimizer state for w.exp_avg_sq");
+  broken = state;
+  broken["w.exp_avg"] = at::zeros({4});
+  EXPECT_EQ(test::user_error_of([&] { check_moments(broken, params, "ckpt"); }),
+            "ckpt: optimizer state w.exp_avg has shape 4, the parameter 2x2");
 }
 
 TEST(Safetensors, RoundTripsDtypesAndShapesInTheStandardLayout) {

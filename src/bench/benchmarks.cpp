@@ -9,6 +9,7 @@
 #include <ATen/ATen.h>
 #include <fmt/format.h>
 #include <c10/core/InferenceMode.h>
+#include <c10/core/impl/VirtualGuardImpl.h>
 #include <torch/csrc/autograd/profiler_kineto.h>
 #include <torch/cuda.h>
 #include <torch/utils.h>
@@ -20,6 +21,7 @@
 #include "train/adamw.h"
 #include "dist/communicator.h"
 #include "dist/device_info.h"
+#include "dist/gradient_reducer.h"
 #include "train/update.h"
 
 namespace gqe {
@@ -137,7 +139,7 @@ std::vector<PrefillTiming> bench_prefill(const ModelConfig& config, const std::v
   return out;
 }
 
-TrainTiming bench_train_step(const Config& config, int steps, int warmup, at::Device device,
+TrainTiming bench_train_step(const Config& config, Communicator& comm, int steps, int warmup, at::Device device,
                              std::vector<KernelTime>* kernels, int profile_steps) {
   const ModelConfig& m = config.model;
   TrainTiming t;
@@ -149,35 +151,61 @@ TrainTiming bench_train_step(const Config& config, int steps, int warmup, at::De
   model->set_activation_checkpointing(config.train.activation_checkpointing);
   std::vector<std::pair<std::string, at::Tensor>> named;
   for (const auto& p : model->named_parameters()) named.emplace_back(p.key(), p.value());
-  AdamW optimizer(named, config.train.optimizer);
+  GradientReducer reducer(comm, named, reducer_options(config.dist));
+  std::vector<OptimizedTensor> optimized;
+  std::vector<at::Tensor> grads;
+  for (const GradientReducer::Slice& s : reducer.slices()) optimized.push_back({s.name, s.value, s.dims}), grads.push_back(s.grad);
+  AdamW optimizer(optimized, config.train.optimizer);
   GradClipper clipper(config.train.clip, device);
   const int64_t B = config.train.micro_batch_size, L = config.data.seq_len;
+  torch::manual_seed(static_cast<uint64_t>(comm.rank()) + 1);  // each rank its own batch
   const at::Tensor tokens = at::randint(m.vocab_size, {B, L + 1}, at::TensorOptions().dtype(at::kLong)).to(device);
   const bool bf16 = config.train.precision == Precision::bf16;
   const double aux_coef = m.attention.type == AttentionType::gqe ? m.attention.aux_coef : 0.0;
+  // Exposed communication: from the end of the backward pass's work on the compute stream to the
+  // reduced gradients, and the parameters' all-gather (sharded). The stream is synchronized there,
+  // which costs a little overlap of the host with the device.
+  double comm_seconds = 0;
+  auto stream_sync = [&] {
+    if (device.is_cuda()) c10::impl::VirtualGuardImpl(device.type()).getStream(device).synchronize();
+  };
   auto step = [&] {
-    optimizer.zero_grad();
+    reducer.zero_grad();
+    reducer.arm();
     at::Tensor loss;
     {
       AutocastScope autocast(device.type(), bf16);
       const DecoderOutput out = model->forward(tokens.slice(1, 0, L));
-      loss = token_cross_entropy(out.logits, tokens.slice(1, 1)) + aux_coef * out.aux_loss;
+      loss = (token_cross_entropy(out.logits, tokens.slice(1, 1)) + aux_coef * out.aux_loss) / comm.world();
     }
     loss.backward();
-    std::vector<at::Tensor> grads;
-    for (const auto& p : model->parameters())
-      if (p.grad().defined()) grads.push_back(p.grad());
-    clip_and_step(optimizer, clipper, grads, loss.detach(), 1e-4);  // as gqe train's: norm, clipping, AdamW
+    stream_sync();
+    const auto reduce_start = std::chrono::steady_clock::now();
+    reducer.reduce();
+    at::Tensor norm = gradient_norm(grads).to(device);
+    if (reducer.sharded()) {
+      norm = norm.square();
+      comm.all_reduce_sum({norm});
+      norm = norm.sqrt();
+    }
+    stream_sync();
+    comm_seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - reduce_start).count();
+    clip_and_step(optimizer, clipper, grads, norm, loss.detach(), 1e-4);  // as gqe train's: norm, clipping, AdamW
+    stream_sync();
+    comm_seconds += reducer.gather_parameters();
   };
   for (int i = 0; i < warmup; ++i) step();
+  comm_seconds = 0;
+  const auto timed_start = std::chrono::steady_clock::now();
   t.step_seconds = median_seconds(steps, device, step);
+  t.comm_share = comm_seconds / std::chrono::duration<double>(std::chrono::steady_clock::now() - timed_start).count();
   t.peak_memory = peak->bytes();
   peak.reset();  // before the profiler, which takes the same thread-local slot on the CPU
-  t.tokens_per_second = static_cast<double>(B * L) / t.step_seconds;
+  t.tokens_per_second = static_cast<double>(B * L * comm.world()) / t.step_seconds;
   t.flops_per_token = describe_model(config).train_flops_per_token();
   // Against the bf16 peak: only a bf16 step has one to compare with.
   if (const auto peak_flops = peak_bf16_flops(device_name(device)); peak_flops && bf16)
-    t.mfu = t.tokens_per_second * t.flops_per_token / *peak_flops;
+    t.mfu = t.tokens_per_second * t.flops_per_token / (*peak_flops * comm.world());
   if (kernels)
     *kernels = profile_kernels(device, [&] {
       for (int i = 0; i < profile_steps; ++i) step();

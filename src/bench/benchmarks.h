@@ -53,14 +53,15 @@ struct TrainTiming {
   std::string name;
   double step_seconds = 0, tokens_per_second = 0, flops_per_token = 0, peak_memory = 0;
   std::optional<double> mfu;  // only in bf16 on a GPU whose peak is known
+  double comm_share = 0;      // of the timed steps' time, spent waiting on gradient and parameter collectives
 };
 
-// Steady-state training steps of one micro-batch (train.micro_batch_size x data.seq_len random
-// tokens): forward, the loss with the balance term, backward, and gqe train's update
-// (clip_and_step). Peak memory counts all the benchmark's tensors: parameters, gradients,
-// optimizer state and activations.
+// Steady-state training steps of one micro-batch per rank (train.micro_batch_size x data.seq_len
+// random tokens): forward, the loss with the balance term, backward, and gqe train's gradient
+// reduction (dist.*) and update (clip_and_step). tokens/s and MFU count the whole group. Peak
+// memory counts this rank's tensors: parameters, gradients, optimizer state and activations.
 // With `kernels`, the profile (profile_kernels) of `profile_steps` more steps goes there.
-TrainTiming bench_train_step(const Config& config, int steps, int warmup, at::Device device,
+TrainTiming bench_train_step(const Config& config, Communicator& comm, int steps, int warmup, at::Device device,
                              std::vector<KernelTime>* kernels = nullptr, int profile_steps = 3);
 
 // Micro-batches per second from TrainLoader::next() (prefetch 0: assembled on the calling thread).

@@ -39,11 +39,12 @@ void add_common(CLI::App* cmd, Common& c) {
 }
 
 // The config's device and thread count, as training would use them on one process.
-at::Device setup_device(const LoadedConfig& loaded) {
+at::Device setup_device(const LoadedConfig& loaded, const DistEnvironment& env = {}) {
   const Config& c = loaded.config;
+  // 0 threads: this rank's share of the machine's cores (as gqe train).
   at::set_num_threads(c.train.threads > 0 ? static_cast<int>(c.train.threads)
-                                          : static_cast<int>(std::thread::hardware_concurrency()));
-  const at::Device device = rank_device(c.train.device, DistEnvironment{}, loaded.origin("train.device"));
+                                          : std::max(1, static_cast<int>(std::thread::hardware_concurrency()) / env.local_world));
+  const at::Device device = rank_device(c.train.device, env, loaded.origin("train.device"));
   prepare_fused_kernels(c.train.fused_kernels, device);
   return device;
 }
@@ -178,9 +179,9 @@ void add_bench_prefill(CLI::App& bench) {
   });
 }
 
-void add_bench_train(CLI::App& bench) {
+void add_bench_train(CLI::App& bench, int argc, char** argv) {
   struct Options : Reported {
-    int steps = 10, warmup = 2;
+    int steps = 10, warmup = 2, nproc = 1;
   };
   auto o = std::make_shared<Options>();
   CLI::App* cmd = bench.add_subcommand("train", "Steady-state training throughput, MFU and memory of GQA and GQE");
@@ -190,21 +191,38 @@ void add_bench_train(CLI::App& bench) {
       ->capture_default_str();
   cmd->add_option("--warmup", o->warmup, "Untimed steps first")->check(CLI::Range(0, 100000))->capture_default_str();
   add_reporting(cmd, *o, "over 3 more steps");
+  add_nproc_option(cmd, o->nproc);
   cmd->footer(
       "Examples:\n"
       "  gqe bench train configs/tiny/gqe.yaml\n"
       "  gqe bench train configs/gqe-250m.yaml --profile 25             # where the GPU time goes\n"
-      "  gqe bench train configs/gqe-250m.yaml --set train.micro_batch_size=16   # on a GPU: MFU");
-  cmd->callback([o] {
+      "  gqe bench train configs/gqe-250m.yaml --set train.micro_batch_size=16   # on a GPU: MFU\n"
+      "  gqe bench train configs/gqe-250m.yaml --nproc 8 --set dist.shard_optimizer=true  # data parallel: comm share");
+  cmd->callback([o, argc, argv] {
     const LoadedConfig loaded = load_config(o->config, o->overrides);
-    const at::Device device = setup_device(loaded);
+    if (launch_if_requested(o->nproc, argc, argv)) return;
+    const DistEnvironment env = read_dist_environment();
+    const at::Device device = setup_device(loaded, env);
     const Config& c = loaded.config;
     for (const ModelConfig& m : {as_gqa(c.model), as_gqe(c.model)}) {  // before anything is allocated
       Config variant = c;
       variant.model = m;
-      const MemoryVerdict memory = memory_verdict(describe_model(variant), device_name(device), available_memory(device));
+      const MemoryVerdict memory = memory_verdict(describe_model(variant, env.world), device_name(device),
+                                                  available_memory(device), device.is_cpu() ? env.local_world : 1);
       if (!memory.fits) throw UserError(fmt::format("{}: {} cannot train here: {}", o->config, enum_name(m.attention.type), memory.text));
     }
+    Communicator comm(env, c.dist.backend, device, std::chrono::seconds(c.dist.timeout_s));
+    // Every rank runs the steps; rank 0 reports.
+    std::vector<TrainTiming> timings;
+    std::vector<std::vector<KernelTime>> profiles(2);
+    for (const ModelConfig& m : {as_gqa(c.model), as_gqe(c.model)}) {
+      Config variant = c;
+      variant.model = m;
+      std::vector<KernelTime>* kernels = o->profile > 0 ? &profiles[timings.size()] : nullptr;
+      timings.push_back(bench_train_step(variant, comm, o->steps, o->warmup, device, kernels, 3));
+    }
+    comm.finish();
+    if (!comm.main()) return;
     const auto peak = peak_bf16_flops(device_name(device));
     fmt::print("train step: {}, micro-batch {} x {} tokens, {}, {}, median of {} steps after {}\n", o->config,
                c.train.micro_batch_size, c.data.seq_len, enum_name(c.train.precision), where(device), o->steps, o->warmup);
@@ -216,22 +234,20 @@ void add_bench_train(CLI::App& bench) {
     fmt::print("  MFU: {}\n", !peak ? std::string("none (the peak of this device is not known)")
                                : !bf16 ? std::string("none (the known peak is bf16's; this step is fp32)")
                                        : fmt::format("against {:.0f} TFLOP/s dense bf16 ({})", *peak / 1e12, device_name(device)));
-    fmt::print("  {:<18}{:>12}{:>14}{:>12}{:>10}{:>14}\n", "attention", "step (ms)", "tokens/s", "GFLOP/token", "MFU",
-               "peak memory");
-    std::vector<TrainTiming> timings;
+    if (comm.world() > 1)
+      fmt::print("  data parallel: {} ranks over {}{}; comm: the share of the step spent waiting on gradient{} "
+                 "collectives after the backward pass\n", comm.world(), comm.backend_name(),
+                 c.dist.shard_optimizer ? ", sharded optimizer" : "", c.dist.shard_optimizer ? " and parameter" : "");
+    fmt::print("  {:<18}{:>12}{:>14}{:>12}{:>10}{:>14}{:>8}\n", "attention", "step (ms)", "tokens/s", "GFLOP/token", "MFU",
+               "peak memory", "comm");
     nlohmann::ordered_json rows = nlohmann::ordered_json::array();
-    std::vector<std::vector<KernelTime>> profiles(2);
-    for (const ModelConfig& m : {as_gqa(c.model), as_gqe(c.model)}) {
-      Config variant = c;
-      variant.model = m;
-      std::vector<KernelTime>* kernels = o->profile > 0 ? &profiles[timings.size()] : nullptr;
-      const TrainTiming& t = timings.emplace_back(bench_train_step(variant, o->steps, o->warmup, device, kernels, 3));
-      fmt::print("  {:<18}{:>12.1f}{:>14.0f}{:>12.4g}{:>10}{:>11.2f} GiB\n", t.name, t.step_seconds * 1e3,
+    for (const TrainTiming& t : timings) {
+      fmt::print("  {:<18}{:>12.1f}{:>14.0f}{:>12.4g}{:>10}{:>11.2f} GiB{:>7.1f}%\n", t.name, t.step_seconds * 1e3,
                  t.tokens_per_second, t.flops_per_token / 1e9, t.mfu ? fmt::format("{:.1f}%", *t.mfu * 100) : "-",
-                 t.peak_memory / (1024.0 * 1024 * 1024));
+                 t.peak_memory / (1024.0 * 1024 * 1024), t.comm_share * 100);
       rows.push_back({{"attention", t.name}, {"step_s", t.step_seconds}, {"tokens_per_s", t.tokens_per_second},
                       {"flops_per_token", t.flops_per_token}, {"mfu", t.mfu ? nlohmann::ordered_json(*t.mfu) : nullptr},
-                      {"peak_memory_bytes", t.peak_memory}});
+                      {"peak_memory_bytes", t.peak_memory}, {"comm_share", t.comm_share}, {"ranks", comm.world()}});
     }
     fmt::print("  GQE / GQA tokens/s: {:.3f}\n", timings[1].tokens_per_second / timings[0].tokens_per_second);
     for (size_t i = 0; i < timings.size() && o->profile > 0; ++i)
@@ -299,7 +315,7 @@ void add_bench_command(CLI::App& app, int argc, char** argv) {
   bench->require_subcommand(1);
   add_bench_loader(*bench);
   add_bench_prefill(*bench);
-  add_bench_train(*bench);
+  add_bench_train(*bench, argc, argv);
   add_comm(*bench, argc, argv);
 }
 

@@ -225,13 +225,19 @@ constexpr int64_t kMaxTimeoutSeconds = 86400;
 struct DistConfig {
   DistBackend backend = DistBackend::auto_;  // auto: NCCL on CUDA, Gloo on CPU
   int64_t timeout_s = 600;                   // how long a rank waits for the others (docs/distributed.md)
-  int64_t bucket_mb = 25;                    // gradient all-reduce bucket size
+  int64_t bucket_mb = 25;                    // gradient reduction bucket size
+  bool shard_optimizer = false;              // ZeRO-1: each rank keeps and updates 1/W of the AdamW state
+  bool overlap_grad_reduce = true;           // reduce buckets during the backward pass
+  Precision reduce_dtype = Precision::fp32;  // the gradient collectives' type (bf16 halves the traffic)
   int64_t check_replicas_every_steps = 0;    // compare parameter hashes across ranks (0: never)
 
   template <class F> void fields(F& f) {
     f("backend", backend);
     f("timeout_s", timeout_s);
     f("bucket_mb", bucket_mb);
+    f("shard_optimizer", shard_optimizer);
+    f("overlap_grad_reduce", overlap_grad_reduce);
+    f("reduce_dtype", reduce_dtype);
     f("check_replicas_every_steps", check_replicas_every_steps);
   }
 };

@@ -12,6 +12,7 @@
 #endif
 
 #include <cstdlib>
+#include <utility>
 
 #include "common/error.h"
 #include "dist/watchdog.h"
@@ -133,24 +134,43 @@ void Communicator::finish() {
   guarded("barrier", [&] { impl_->group->barrier()->wait(); });
 }
 
-void Communicator::all_reduce_flat(at::Tensor& t) {
-  if (!env_.distributed()) return;
+void Communicator::Pending::wait() {
+  if (wait_) std::exchange(wait_, nullptr)();
+}
+
+Communicator::Pending Communicator::start_all_reduce(at::Tensor& t) {
+  Pending p;
+  if (!env_.distributed()) return p;
+  c10::intrusive_ptr<c10d::Work> work;
   guarded("all-reduce", [&] {
     std::vector<at::Tensor> one{t};
     c10d::AllreduceOptions options;
-    options.reduceOp = c10d::ReduceOp::SUM;
-    impl_->group->allreduce(one, options)->wait();
+    options.reduceOp = c10d::ReduceOp::SUM;  // Gloo has no AVG: callers divide
+    work = impl_->group->allreduce(one, options);
   });
+  p.wait_ = [this, work] { guarded("all-reduce", [&] { work->wait(); }); };
+  return p;
 }
 
-void Communicator::reduce_scatter_sum(at::Tensor& out, at::Tensor& in) {
-  if (!env_.distributed()) return void(out.copy_(in));
+Communicator::Pending Communicator::start_reduce_scatter(at::Tensor& out, at::Tensor& in) {
+  Pending p;
+  if (!env_.distributed()) {
+    out.copy_(in.narrow(0, 0, out.numel()));
+    return p;
+  }
+  c10::intrusive_ptr<c10d::Work> work;
   guarded("reduce-scatter", [&] {
     c10d::ReduceScatterOptions options;
     options.reduceOp = c10d::ReduceOp::SUM;
-    impl_->group->_reduce_scatter_base(out, in, options)->wait();
+    work = impl_->group->_reduce_scatter_base(out, in, options);
   });
+  p.wait_ = [this, work] { guarded("reduce-scatter", [&] { work->wait(); }); };
+  return p;
 }
+
+void Communicator::all_reduce_flat(at::Tensor& t) { start_all_reduce(t).wait(); }
+
+void Communicator::reduce_scatter_sum(at::Tensor& out, at::Tensor& in) { start_reduce_scatter(out, in).wait(); }
 
 void Communicator::all_gather_flat(at::Tensor& out, at::Tensor& in) {
   if (!env_.distributed()) return void(out.copy_(in));

@@ -5,6 +5,7 @@
 #pragma once
 
 #include <chrono>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -50,6 +51,21 @@ class Communicator {
   void all_reduce_flat(at::Tensor& t);
   void reduce_scatter_sum(at::Tensor& out, at::Tensor& in);
   void all_gather_flat(at::Tensor& out, at::Tensor& in);
+
+  // The same collectives started without waiting (the gradient reducer overlaps them with the
+  // backward pass); wait() ends one, with the errors of the blocking forms. Every rank must start
+  // them in the same order. The tensors must live until wait() returns.
+  class Pending {
+   public:
+    Pending() = default;
+    void wait();
+
+   private:
+    friend class Communicator;
+    std::function<void()> wait_;
+  };
+  Pending start_all_reduce(at::Tensor& t);
+  Pending start_reduce_scatter(at::Tensor& out, at::Tensor& in);
   // Every rank's string, in rank order (through the store: for small control data).
   std::vector<std::string> all_gather(const std::string& value);
   // Rank 0 tells the others something (through the store); receive() waits for it.

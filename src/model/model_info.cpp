@@ -17,9 +17,9 @@ std::string grouped(int64_t n) {
   return n < 0 ? "-" + out : out;
 }
 
-std::string gib(double bytes) { return fmt::format("{:.2f} GiB", bytes / (1024.0 * 1024.0 * 1024.0)); }
-
 }  // namespace
+
+std::string gib(double bytes) { return fmt::format("{:.2f} GiB", bytes / (1024.0 * 1024.0 * 1024.0)); }
 
 SizeOverflow::SizeOverflow(std::string k, int64_t value)
     : std::runtime_error(fmt::format("{} is too large: the model's counts overflow 64 bits", value)), key(std::move(k)) {}
@@ -43,7 +43,7 @@ SizeOverflow overflow(const Config& c) {
 
 }  // namespace
 
-ModelInfo describe_model(const Config& config) {
+ModelInfo describe_model(const Config& config, int world) {
   const ModelConfig& m = config.model;
   const AttentionConfig& a = m.attention;
   const bool gqe = a.type == AttentionType::gqe;
@@ -101,8 +101,9 @@ ModelInfo describe_model(const Config& config) {
   // Memory: weights and grads fp32, AdamW keeps two fp32 moments.
   const double P = static_cast<double>(info.total);
   info.weights_bytes = 4 * P;
-  info.grads_bytes = 4 * P;
-  info.optimizer_bytes = 8 * P;
+  const double shards = config.dist.shard_optimizer ? static_cast<double>(world) : 1.0;
+  info.grads_bytes = 4 * P + (config.dist.shard_optimizer ? 4 * P / shards : 0.0);
+  info.optimizer_bytes = 8 * P / shards;
   // Activations kept for backward, per token and layer (elements): the two norms' inputs and fp32
   // intermediates (~6d), q/k/v before and after RoPE, attention output and o_proj input, and four
   // ffn_hidden-sized SwiGLU tensors; plus fp32 logits and their gradient per token.

@@ -55,8 +55,9 @@ struct ModelInfo {
   double train_flops_per_token() const { return train_flops_matmul + train_flops_attention; }
   double forward_flops_per_token() const { return train_flops_per_token() / 3.0; }
 
-  // Training memory per rank, bytes (estimate): fp32 weights + fp32 grads + AdamW's two moments,
-  // plus activations of one micro-batch.
+  // Training memory per rank, bytes (estimate): fp32 weights + fp32 grads + AdamW's two moments
+  // (1/W of them with dist.shard_optimizer, and the reduced 1/W of the gradient), plus
+  // activations of one micro-batch.
   double weights_bytes = 0, grads_bytes = 0, optimizer_bytes = 0, activation_bytes = 0;
   // What training certainly holds: the weights, gradients and moments, and of one micro-batch's
   // activations at least the logits and one input per layer. More than the device's memory: the
@@ -67,8 +68,9 @@ struct ModelInfo {
   double training_bytes() const { return state_bytes() + activation_bytes; }
 };
 
-// Throws SizeOverflow when a count does not fit 64 bits.
-ModelInfo describe_model(const Config& config);
+// Throws SizeOverflow when a count does not fit 64 bits. `world`: the data-parallel ranks, which
+// share the AdamW moments with dist.shard_optimizer.
+ModelInfo describe_model(const Config& config, int world = 1);
 
 // What a forward pass over one sequence of `tokens` certainly holds: the fp32 weights, and the
 // residual stream, the normed input, q, k and v of a layer for every token (fp32).
@@ -82,6 +84,9 @@ struct MemoryVerdict {
 };
 // `available`: bytes the device has free (nothing: unknown), shared by `ranks` processes.
 MemoryVerdict memory_verdict(const ModelInfo& info, const std::string& device, std::optional<double> available, int ranks = 1);
+
+// "1.50 GiB"
+std::string gib(double bytes);
 
 // The text `gqe info` prints.
 std::string format_model_info(const Config& config, const ModelInfo& info);

@@ -26,6 +26,7 @@
 #include "dist/communicator.h"
 #include "dist/device_info.h"
 #include "dist/environment.h"
+#include "dist/gradient_reducer.h"
 #include "eval/scoring.h"
 #include "model/fused_kernels.h"
 #include "eval/tasks.h"
@@ -189,7 +190,11 @@ class Trainer {
   std::shared_ptr<const TokenStream> train_stream_, val_stream_;
   std::unique_ptr<TrainLoader> loader_;
   Decoder model_{nullptr};
+  std::unique_ptr<GradientReducer> reducer_;
   std::unique_ptr<AdamW> optimizer_;
+  std::vector<at::Tensor> grads_;  // the optimizer's gradients, each where reduce() leaves it
+  std::map<std::string, at::Tensor> restored_moments_;  // rank 0, sharded resume: until scattered
+  int64_t moments_bytes_ = 0;  // this rank's AdamW moments, as the allocator counted them
   std::vector<EvalSet> eval_sets_;  // eval.tasks, scored with each evaluation
   std::optional<GradClipper> clipper_;  // on the device, made once it is known
   std::optional<MetricsLog> metrics_;   // rank 0's
@@ -269,6 +274,12 @@ void Trainer::log_start(bool resumed) {
   if (comm_->world() > 1)
     log.info("data parallel: {} ranks ({} local) over {}, from {}; rank r takes samples [r*B/W, (r+1)*B/W) of each "
              "global batch", comm_->world(), env_.local_world, comm_->backend_name(), env_.source);
+  log.info("optimizer: AdamW moments {:.2f} MiB ({} bytes) on each rank{}; gradients reduced in {} bucket(s) of up to "
+           "{} MiB{}{}", static_cast<double>(moments_bytes_) / (1 << 20), moments_bytes_,
+           reducer_->sharded() ? fmt::format(", sharded over {} ranks", comm_->world()) : "",
+           reducer_->layout().buckets.size(), config_.dist.bucket_mb,
+           config_.dist.overlap_grad_reduce ? ", overlapped with the backward pass" : "",
+           config_.dist.reduce_dtype == Precision::bf16 ? ", in bf16" : "");
   log.debug("resolved config:\n{}", to_yaml(config_));
   log.debug("weight decay on: {}", fmt::join(optimizer_->decayed(), ", "));
   log.debug("no weight decay on: {}", fmt::join(optimizer_->not_decayed(), ", "));
@@ -279,7 +290,11 @@ void Trainer::restore(const Checkpoint& c) {
     throw UserError(fmt::format("{}: made on other data than {} (its data position would not mean the same samples)",
                                 c.dir.string(), config_.data.dataset));
   load_model_weights(*model_, c.model, c.dir.string());
-  optimizer_->load_state(c.optimizer, c.state.step - c.state.skipped_steps, c.dir.string());
+  std::vector<std::pair<std::string, at::Tensor>> params;
+  for (const auto& p : model_->named_parameters()) params.emplace_back(p.key(), p.value());
+  check_moments(c.optimizer, params, c.dir.string());
+  if (reducer_->sharded()) restored_moments_ = c.optimizer;  // each rank's slices: synchronize_start
+  else optimizer_->load_state(c.optimizer, c.state.step - c.state.skipped_steps);
   state_ = c.state;
   clipper_->restore(state_.clip);
   restore_generators(state_, env_.rank, device_);
@@ -288,11 +303,12 @@ void Trainer::restore(const Checkpoint& c) {
 Trainer::LaunchedStep Trainer::launch(double lr, bool want_router_stats, bool stop_requested) {
   const int64_t L = config_.data.seq_len;
   const double parts = micro_batches(), aux_coef = aux_weight();
-  optimizer_->zero_grad();
+  reducer_->zero_grad();
   const auto scalar = at::TensorOptions().device(device_).dtype(at::kFloat);
   at::Tensor ce_sum = at::zeros({}, scalar), aux_sum = at::zeros({}, scalar);
   std::vector<at::Tensor> router_sums;  // per layer: load [G, M], then entropy
   for (uint64_t m = 0; m < loader_->accumulation_steps(); ++m) {
+    if (m + 1 == loader_->accumulation_steps()) reducer_->arm();  // the reduction starts in this backward
     MicroBatch batch = loader_->next();
     const int64_t rows = static_cast<int64_t>(batch.samples.size());
     const at::Tensor host = at::from_blob(batch.tokens.data(), {rows, L + 1}, at::kLong);
@@ -320,13 +336,12 @@ Trainer::LaunchedStep Trainer::launch(double lr, bool want_router_stats, bool st
     loss.backward();
   }
 
-  std::vector<at::Tensor> grads;
-  for (const auto& p : model_->parameters())
-    if (p.grad().defined()) grads.push_back(p.grad());
-  comm_->all_reduce_sum(grads);  // one bucketed all-reduce per optimizer step
+  reducer_->reduce();
   // Every rank must take the same decision to stop (a signal may reach only some): they vote here.
+  // Sharded, each rank holds part of the gradient: the squares of its part are summed too.
   const at::Tensor stop = at::full({}, stop_requested ? 1.0 : 0.0, scalar);
   std::vector<at::Tensor> stats{ce_sum, aux_sum, stop};
+  if (reducer_->sharded()) stats.push_back(gradient_norm(grads_).square().to(device_));
   stats.insert(stats.end(), router_sums.begin(), router_sums.end());
   comm_->all_reduce_sum(stats);
 
@@ -334,7 +349,9 @@ Trainer::LaunchedStep Trainer::launch(double lr, bool want_router_stats, bool st
   // gradient norm skips the update (the data is consumed), and the clipping factor goes into
   // the optimizer's kernel. Nothing here waits for the device.
   const at::Tensor loss = ce_sum.to(at::kDouble) / parts + aux_coef * (aux_sum.to(at::kDouble) / parts);
-  const Update update = clip_and_step(*optimizer_, *clipper_, grads, loss, lr);
+  const at::Tensor norm = reducer_->sharded() ? stats[3].sqrt() : gradient_norm(grads_);
+  const Update update = clip_and_step(*optimizer_, *clipper_, grads_, norm, loss, lr);
+  reducer_->gather_parameters();  // sharded: every rank's updated slices to all
 
   LaunchedStep launched;
   launched.lr = lr;
@@ -418,13 +435,16 @@ std::optional<fs::path> Trainer::save() {
   state_.clip = clipper_->state();
   state_.cpu_rng = comm_->all_gather(generator_state(at::kCPU));
   state_.cuda_rng = device_.is_cuda() ? comm_->all_gather(generator_state(device_)) : std::vector<std::string>{};
+  // Whole moments by parameter name either way: a checkpoint resumes on any number of ranks.
+  const std::map<std::string, at::Tensor> moments =
+      reducer_->sharded() ? reducer_->gather(optimizer_->state(), {".exp_avg", ".exp_avg_sq"}) : optimizer_->state();
   if (!comm_->main()) return std::nullopt;  // the replicas are identical: rank 0 writes
   // The logs first: what a checkpoint covers is on disk before the checkpoint is.
   metrics_->sync();
   console_->sync_log_file();
   std::vector<std::pair<std::string, at::Tensor>> weights;
   for (const auto& p : model_->named_parameters()) weights.emplace_back(p.key(), p.value());
-  return save_checkpoint(run_dir_, state_, weights, optimizer_->state(), config_.train.checkpoint.keep);
+  return save_checkpoint(run_dir_, state_, weights, moments, config_.train.checkpoint.keep);
 }
 
 void Trainer::check_replicas() {
@@ -445,12 +465,14 @@ void Trainer::check_replicas() {
 // and hands the decision to the others through the store, followed by its parameters and
 // optimizer moments, so every replica starts identical and only rank 0 needs the run directory.
 void Trainer::synchronize_start(const std::optional<Checkpoint>& checkpoint) {
+  bool resumed = checkpoint.has_value();
   if (comm_->main()) {
     comm_->publish("start", checkpoint ? trainer_state_json(state_) : std::string("fresh"));
   } else {
     const std::string start = comm_->receive("start");
     if (start.rfind("error:", 0) == 0) throw UserError(start.substr(6));
-    if (start != "fresh") {
+    resumed = start != "fresh";
+    if (resumed) {
       state_ = parse_trainer_state(start);
       clipper_->restore(state_.clip);
       restore_generators(state_, env_.rank, device_);
@@ -458,8 +480,11 @@ void Trainer::synchronize_start(const std::optional<Checkpoint>& checkpoint) {
   }
   std::vector<at::Tensor> tensors;
   for (const auto& p : model_->parameters()) tensors.push_back(p.detach());
-  for (const auto& [name, t] : optimizer_->state()) tensors.push_back(t);
+  if (!reducer_->sharded())
+    for (const auto& [name, t] : optimizer_->state()) tensors.push_back(t);
   comm_->broadcast(tensors);
+  if (reducer_->sharded() && resumed) reducer_->scatter(restored_moments_, optimizer_->state(), {".exp_avg", ".exp_avg_sq"});
+  restored_moments_.clear();
   optimizer_->set_steps(state_.step - state_.skipped_steps);  // skipped steps made no update
 }
 
@@ -544,7 +569,15 @@ void Trainer::train_to_budget() {
   clipper_.emplace(t.clip, device_);
   std::vector<std::pair<std::string, at::Tensor>> named;
   for (const auto& p : model_->named_parameters()) named.emplace_back(p.key(), p.value());
-  optimizer_ = std::make_unique<AdamW>(named, t.optimizer);
+  reducer_ = std::make_unique<GradientReducer>(*comm_, named, reducer_options(config_.dist));
+  std::vector<OptimizedTensor> optimized;
+  for (const GradientReducer::Slice& s : reducer_->slices()) optimized.push_back({s.name, s.value, s.dims}), grads_.push_back(s.grad);
+  {
+    PeakMemory allocated(device_);
+    optimizer_ = std::make_unique<AdamW>(optimized, t.optimizer);
+    // The CPU counter sees only what is allocated meanwhile; the CUDA peak includes the model.
+    moments_bytes_ = device_.is_cpu() ? static_cast<int64_t>(allocated.bytes()) : optimizer_->state_bytes();
+  }
   if (checkpoint) {
     restore(*checkpoint);
     log.info("resuming from {} (step {}, {} tokens)", checkpoint->dir.string(), state_.step, state_.tokens);
@@ -691,7 +724,7 @@ TrainingInput check_training_input(const LoadedConfig& loaded, int world, at::De
   }
   check_batch_split(static_cast<uint64_t>(c.train.global_batch_tokens / c.data.seq_len), world,
                     static_cast<uint64_t>(c.train.micro_batch_size));
-  in.memory = memory_verdict(describe_model(c), device_name(device), available_memory(device), ranks_on_device);
+  in.memory = memory_verdict(describe_model(c, world), device_name(device), available_memory(device), ranks_on_device);
   if (!in.memory.fits)
     throw UserError(fmt::format("{}: the model cannot train here: {}", loaded.file, in.memory.text));
   return in;

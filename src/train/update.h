@@ -18,8 +18,12 @@ struct Update {
   at::Tensor scale;  // 0-dim fp64: the factor the gradients were multiplied by
 };
 
-// grads: every gradient of the step (all-reduced); loss: the step's loss (0-dim, any float type).
+// The L2 norm of all the gradients together (0-dim fp64); 0 for none.
+at::Tensor gradient_norm(const std::vector<at::Tensor>& grads);
+
+// grads: the optimizer's gradients (reduced over the ranks); norm: of the whole model's gradient
+// (gradient_norm of them all; sharded, combined over the ranks); loss: the step's (0-dim).
 Update clip_and_step(AdamW& optimizer, GradClipper& clipper, const std::vector<at::Tensor>& grads,
-                     const at::Tensor& loss, double lr);
+                     const at::Tensor& norm, const at::Tensor& loss, double lr);
 
 }  // namespace gqe
