@@ -335,6 +335,20 @@ TEST_F(Distributed, ARankThatDiesFailsTheJobQuicklyWithItsName) {
   EXPECT_NE(f.out.find("gqe: rank 1 (pid " + std::to_string(f.pids[1]) + ") was killed by signal 9"), std::string::npos) << f.out;
 }
 
+// With buckets started from the backward pass's hooks, the survivor is most likely waiting on a
+// collective that a hook started (a wide model in 1 MiB buckets: most of a step is the backward
+// pass with buckets in flight): it fails just as fast, with one line.
+TEST_F(Distributed, ARankKilledWhileBucketsAreInFlightFailsTheJobQuickly) {
+  const std::string wide = "--nproc 2 --set train.tokens=5120000 --set model.d_model=256 --set model.head_dim=64 "
+                           "--set model.ffn_hidden=512 --set dist.bucket_mb=1";
+  const Fault f = signal_rank(1, train("killed-wide", wide), path("killed-wide"), path("killed-wide.out"), SIGKILL);
+  ASSERT_EQ(f.pids.size(), 2u);
+  EXPECT_NE(f.status, 0);
+  EXPECT_LT(f.seconds, 5.0 + 5.0);
+  EXPECT_NE(f.out.find("gqe: rank 1 (pid " + std::to_string(f.pids[1]) + ") was killed by signal 9"), std::string::npos) << f.out;
+  EXPECT_EQ(f.out.find("frame #"), std::string::npos) << f.out;
+}
+
 // A signal that reaches one rank only (a scheduler's, not the launcher's) stops them all at the same
 // step: the ranks vote with each step's statistics; the checkpoint saved there resumes exactly.
 TEST_F(Distributed, ASignalToOneRankStopsEveryRankAtTheSameStep) {
