@@ -5,7 +5,7 @@
 #      also with activation checkpointing, with eager PyTorch (and, with GQE_REPORT_COMPILE=1, torch.compile) on the same step as the bar;
 #   2. the prefill table, GQA vs GQE, 2k to 128k tokens (gqe bench prefill);
 #   3. 100 steps of configs/tiny/gqe.yaml on the GPU (bf16) and on the CPU (fp32), compared;
-#   4. with 2 or more GPUs, data parallel over NCCL, plain and ZeRO-1, with the communication share.
+#   4. data parallel over NCCL, plain and ZeRO-1, with the communication share (one GPU: a group of one).
 #
 #   scripts/gpu_report.sh [OUT_DIR]        # default runs/gpu-report; everything lands there
 #
@@ -82,6 +82,8 @@ if ((gpus >= 2)); then
   run "$gqe" bench train configs/gqe-250m.yaml --nproc "$gpus" --steps 10 --warmup 3 --set dist.shard_optimizer=true \
     --json "$out/bench_train_zero1.json"
 else
-  say "(one GPU: NCCL takes one GPU per rank, so data parallel needs two; skipped)"
+  # One GPU: a real NCCL group of one (dist.backend named) through the same reducer and collectives.
+  run "$gqe" bench train configs/gqe-250m.yaml --steps 10 --warmup 3 --set dist.backend=nccl --set dist.shard_optimizer=true \
+    --json "$out/bench_train_nccl1.json"
 fi
 say "finished in $(($(date +%s) - start)) s; everything is in $out"

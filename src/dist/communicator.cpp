@@ -15,6 +15,7 @@
 #include <utility>
 
 #include "common/error.h"
+#include "dist/launcher.h"
 #include "dist/watchdog.h"
 
 namespace gqe {
@@ -76,12 +77,17 @@ Communicator::Communicator(const DistEnvironment& env, DistBackend backend, at::
   // The backend's own waits end a little after the watchdog's verdict, so that a rank that stopped
   // answering is named by the watchdog rather than reported as whichever collective waited for it.
   const auto wait = impl_->timeout + Watchdog::kBackendLag;
-  if (!env.distributed()) return;
+  // One process has no group, unless dist.backend names one: then it is a real group of one (as
+  // init_process_group with world_size 1), so a machine with one GPU can run the NCCL path.
+  if (!env.distributed()) {
+    if (backend == DistBackend::auto_) return;
+    if (env.source == DistEnvironment{}.source) env_.master_addr = "127.0.0.1", env_.master_port = free_port();
+  }
   const bool nccl = backend == DistBackend::nccl || (backend == DistBackend::auto_ && device.is_cuda());
   if (nccl && !device.is_cuda())
     throw UserError("dist.backend is nccl, but training runs on the CPU (use gloo or auto)");
   try {
-    impl_->store = connect_store(env, wait, env.rank == 0);
+    impl_->store = connect_store(env_, wait, env_.rank == 0);
     if (nccl) {
 #ifdef USE_C10D_NCCL
       c10::impl::getDeviceGuardImpl(c10::DeviceType::CUDA)->setDevice(device);
@@ -96,27 +102,29 @@ Communicator::Communicator(const DistEnvironment& env, DistBackend backend, at::
       auto options = c10d::ProcessGroupGloo::Options::create(wait);
       if (const char* ifname = std::getenv("GLOO_SOCKET_IFNAME"))
         options->devices.push_back(c10d::ProcessGroupGloo::createDeviceForInterface(ifname));
-      else if (loopback(env.master_addr))
+      else if (loopback(env_.master_addr))
         options->devices.push_back(c10d::ProcessGroupGloo::createDeviceForHostname("127.0.0.1"));
       else
         options->devices.push_back(c10d::ProcessGroupGloo::createDefaultDevice());
       impl_->group = c10::make_intrusive<c10d::ProcessGroupGloo>(impl_->store, env.rank, env.world, options);
       impl_->backend = "gloo";
     }
-    impl_->watchdog = std::make_unique<Watchdog>(connect_store(env, impl_->timeout, false), env.rank, env.world,
-                                                 impl_->timeout, fmt::format("{}:{}", env.master_addr, env.master_port));
+    impl_->watchdog = std::make_unique<Watchdog>(connect_store(env_, impl_->timeout, false), env.rank, env.world,
+                                                 impl_->timeout, fmt::format("{}:{}", env_.master_addr, env_.master_port));
   } catch (const UserError&) {
     throw;
   } catch (const std::exception& e) {
     throw std::runtime_error(fmt::format("rank {}: cannot join the job at {}:{} within {}s: {}", env.rank,
-                                         env.master_addr, env.master_port,
+                                         env_.master_addr, env_.master_port,
                                          std::chrono::duration_cast<std::chrono::seconds>(wait).count(), first_line(e.what())));
   }
 }
 
 Communicator::~Communicator() = default;
 
-std::string Communicator::backend_name() const { return env_.distributed() ? impl_->backend : "none (one process)"; }
+std::string Communicator::backend_name() const { return grouped() ? impl_->backend : "none (one process)"; }
+
+bool Communicator::grouped() const { return impl_->group != nullptr; }
 
 template <class F> void Communicator::guarded(const char* what, F&& f) {
   try {
@@ -129,7 +137,7 @@ template <class F> void Communicator::guarded(const char* what, F&& f) {
 }
 
 void Communicator::finish() {
-  if (!env_.distributed()) return;
+  if (!grouped()) return;
   impl_->watchdog->stop();
   guarded("barrier", [&] { impl_->group->barrier()->wait(); });
 }
@@ -140,7 +148,7 @@ void Communicator::Pending::wait() {
 
 Communicator::Pending Communicator::start_all_reduce(at::Tensor& t) {
   Pending p;
-  if (!env_.distributed()) return p;
+  if (!grouped()) return p;
   c10::intrusive_ptr<c10d::Work> work;
   guarded("all-reduce", [&] {
     std::vector<at::Tensor> one{t};
@@ -154,7 +162,7 @@ Communicator::Pending Communicator::start_all_reduce(at::Tensor& t) {
 
 Communicator::Pending Communicator::start_reduce_scatter(at::Tensor& out, at::Tensor& in) {
   Pending p;
-  if (!env_.distributed()) {
+  if (!grouped()) {
     out.copy_(in.narrow(0, 0, out.numel()));
     return p;
   }
@@ -173,12 +181,12 @@ void Communicator::all_reduce_flat(at::Tensor& t) { start_all_reduce(t).wait(); 
 void Communicator::reduce_scatter_sum(at::Tensor& out, at::Tensor& in) { start_reduce_scatter(out, in).wait(); }
 
 void Communicator::all_gather_flat(at::Tensor& out, at::Tensor& in) {
-  if (!env_.distributed()) return void(out.copy_(in));
+  if (!grouped()) return void(out.copy_(in));
   guarded("all-gather", [&] { impl_->group->_allgather_base(out, in)->wait(); });
 }
 
 void Communicator::all_reduce_sum(const std::vector<at::Tensor>& tensors) {
-  if (!env_.distributed() || tensors.empty()) return;
+  if (!grouped() || tensors.empty()) return;
   guarded("all-reduce", [&] {
     // Buckets of one dtype, filled in order.
     size_t begin = 0;
@@ -206,7 +214,7 @@ void Communicator::all_reduce_sum(const std::vector<at::Tensor>& tensors) {
 }
 
 void Communicator::broadcast(const std::vector<at::Tensor>& tensors) {
-  if (!env_.distributed()) return;
+  if (!grouped()) return;
   guarded("broadcast", [&] {
     for (const at::Tensor& t : tensors) {
       std::vector<at::Tensor> one{t};
@@ -216,7 +224,7 @@ void Communicator::broadcast(const std::vector<at::Tensor>& tensors) {
 }
 
 std::vector<std::string> Communicator::all_gather(const std::string& value) {
-  if (!env_.distributed()) return {value};
+  if (!grouped()) return {value};
   std::vector<std::string> out;
   guarded("all-gather", [&] {
     const std::string prefix = fmt::format("gqe/gather/{}/", sequence_++);
@@ -230,7 +238,7 @@ std::vector<std::string> Communicator::all_gather(const std::string& value) {
 }
 
 void Communicator::publish(const std::string& key, const std::string& value) {
-  if (!env_.distributed()) return;
+  if (!grouped()) return;
   guarded("publish", [&] { impl_->store->set("gqe/" + key, std::vector<uint8_t>(value.begin(), value.end())); });
 }
 
@@ -244,7 +252,7 @@ std::string Communicator::receive(const std::string& key) {
 }
 
 void Communicator::barrier() {
-  if (!env_.distributed()) return;
+  if (!grouped()) return;
   guarded("barrier", [&] { impl_->group->barrier()->wait(); });
 }
 

@@ -1,7 +1,8 @@
 // The data-parallel group (docs/distributed.md): a c10d TCPStore at MASTER_ADDR:MASTER_PORT and a
-// process group over it, NCCL when training on CUDA, Gloo on the CPU. With one process it is a
-// group of one and every collective is a no-op. Collective failures (a rank that died, or hangs
-// past the timeout) become errors naming this rank and the operation.
+// process group over it, NCCL when training on CUDA, Gloo on the CPU. With one process every
+// collective is a no-op, unless dist.backend names a backend: then it is a real group of one.
+// Collective failures (a rank that died, or hangs past the timeout) become errors naming this rank
+// and the operation.
 #pragma once
 
 #include <chrono>
@@ -78,6 +79,7 @@ class Communicator {
 
  private:
   template <class F> void guarded(const char* what, F&& f);
+  bool grouped() const;  // a process group exists (several ranks, or a backend named for one)
 
   struct Impl;
   DistEnvironment env_;
