@@ -161,16 +161,18 @@ INSTANTIATE_TEST_SUITE_P(
         TrainCase{"disk_full", [] { return Fault{"", "RUN/", "ENOSPC", half_of("metrics.jsonl")}; }}),
     [](const testing::TestParamInfo<TrainCase>& p) { return p.param.name; });
 
-// An evaluation's eval.json and its line in metrics.jsonl.
+// An evaluation's eval.json and its line in evals.jsonl.
 TEST_F(Faults, EvalWritesWholeFilesOrFails) {
   const fs::path run = straight();
   const std::string metrics = read_file(run / "metrics.jsonl");
+  const std::string evals = fs::exists(run / "evals.jsonl") ? read_file(run / "evals.jsonl") : "";
   for (const Fault& f : {Fault{"eval_json", run.string() + "/eval.json", "ENOSPC", 10},
-                         Fault{"metrics_line", run.string() + "/metrics.jsonl", "EIO", 10}}) {
+                         Fault{"evals_line", run.string() + "/evals.jsonl", "EIO", 10}}) {
     SCOPED_TRACE(f.name);
     const auto r = run_command(with(f, gqe("eval " + run.string() + " --val")));
     expect_failure_line(r, f);
-    EXPECT_EQ(read_file(run / "metrics.jsonl"), metrics);  // not a byte more
+    EXPECT_EQ(read_file(run / "metrics.jsonl"), metrics);
+    EXPECT_EQ(fs::exists(run / "evals.jsonl") ? read_file(run / "evals.jsonl") : "", evals);  // not a byte more
     EXPECT_FALSE(fs::exists(run / "eval.json.tmp"));
     if (f.name == "eval_json") {
       EXPECT_FALSE(fs::exists(run / "eval.json"));

@@ -55,7 +55,7 @@ void add_eval_commands(CLI::App& app, int argc, char** argv) {
       "Examples:\n"
       "  gqe eval runs/gqe --val\n"
       "  gqe eval runs/gqe --tasks hellaswag=data/eval/hellaswag.jsonl,piqa=data/eval/piqa.jsonl --nproc 2\n"
-      "Writes RUN_DIR/eval.json and a line in RUN_DIR/metrics.jsonl.");
+      "Writes RUN_DIR/eval.json and appends it to RUN_DIR/evals.jsonl (the training's metrics.jsonl is left alone).");
   eval->callback([e, argc, argv] {
     EvalOptions o;
     o.target = e->target;
@@ -82,6 +82,7 @@ void add_eval_commands(CLI::App& app, int argc, char** argv) {
       ->check(number_in(0, 1, /*min_open=*/true))
       ->capture_default_str();
   sample_cmd->add_option("--seed", s->sampling.seed, "Seed of the sampling")->check(whole_at_least(0))->capture_default_str();
+  sample_cmd->add_flag("--ids", s->ids, "Print token ids as JSON (the prompt with its EOS, and what was generated)");
   sample_cmd->add_option("--num-samples", s->num_samples, "Independent samples")
       ->check(whole_at_least(1, 1 << 20))
       ->capture_default_str();

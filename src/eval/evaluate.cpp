@@ -130,8 +130,9 @@ void evaluate(const EvalOptions& o) {
   nlohmann::ordered_json report = line;
   report["checkpoint"] = t.checkpoint.dir.string();
   write_file_atomic(t.run_dir / "eval.json", report.dump(2) + "\n");
-  // Appended in one write: a training run may be appending to the same file.
-  AppendFile(t.run_dir / "metrics.jsonl", /*truncate=*/false).append(line.dump() + "\n");
+  // The history of gqe eval, apart from the training's metrics.jsonl (whose lines the trainer owns:
+  // a second val_loss line at a step would read as a second training evaluation).
+  AppendFile(t.run_dir / "evals.jsonl", /*truncate=*/false).append(report.dump() + "\n");
 }
 
 void sample(const SampleCommand& command) {
@@ -160,6 +161,10 @@ void sample(const SampleCommand& command) {
     options.seed += static_cast<uint64_t>(i);
     options.stop_token = tokenizer.eos_id();
     std::vector<int32_t> out = generate(*model, prompt, options);
+    if (command.ids) {
+      fmt::print("{}\n", nlohmann::ordered_json{{"prompt", prompt}, {"generated", out}}.dump());
+      continue;
+    }
     if (!out.empty() && out.back() == tokenizer.eos_id()) out.pop_back();
     if (command.num_samples > 1) fmt::print("--- sample {} ---\n", i + 1);
     fmt::print("{}{}\n", command.prompt, tokenizer.decode(out));

@@ -25,10 +25,12 @@ struct SampleCommand {
   std::filesystem::path target;
   std::string prompt;
   int num_samples = 1;
+  bool ids = false;  // print token ids (JSON) instead of text
   SampleOptions sampling;
 };
 
-// Prints each sample: the prompt, then what the model wrote.
+// Prints each sample: the prompt, then what the model wrote; with `ids`, one JSON line per sample:
+// {"prompt": [ids, the EOS in front], "generated": [ids, a final EOS included]}.
 void sample(const SampleCommand& command);
 
 }  // namespace gqe

@@ -10,6 +10,8 @@
 #include "data/dataset.h"
 #include "checkpoint/checkpoint.h"
 #include "checkpoint/safetensors.h"
+#include "model/model_info.h"
+#include "train/hf_files.h"
 
 namespace fs = std::filesystem;
 using nlohmann::ordered_json;
@@ -45,11 +47,14 @@ ordered_json hf_config(const Config& c, const TrainerState& state, const Manifes
       {"gqe_checkpoint", {{"step", state.step}, {"tokens", state.tokens}}},
   };
   if (manifest) {
-    j["bos_token_id"] = manifest->tokenizer.bos_id;
+    // Every document gqe trains on follows an EOS, and gqe scores and samples after one: that is
+    // the sequence-start token (transformers' bos) of these models.
+    j["bos_token_id"] = manifest->tokenizer.eos_id;
     j["eos_token_id"] = manifest->tokenizer.eos_id;
     j["pad_token_id"] = manifest->tokenizer.pad_id;
   }
-  if (gqe)
+  if (gqe) {
+    j["auto_map"] = {{"AutoConfig", "modeling_gqe.GqeConfig"}, {"AutoModelForCausalLM", "modeling_gqe.GqeForCausalLM"}};
     j["gqe"] = {{"experts_per_group", m.experts_per_group()},
                 {"top_k", m.attention.top_k},
                 {"variant", enum_name(m.attention.variant)},
@@ -57,7 +62,68 @@ ordered_json hf_config(const Config& c, const TrainerState& state, const Manifes
                 {"output_slots", m.attention.top_k * m.n_kv_heads + (m.attention.variant == GqeVariant::gqe ? 2 : 0)},
                 {"description", "Grouped Query Experts (arXiv 2606.20945): per token and KV group a router picks top_k "
                                 "of the group's query heads; see the gqe project's docs/model.md"}};
+  }
   return j;
+}
+
+// The model card: what the directory holds, where it came from, how to load it.
+std::string model_card(const Config& c, const ExportOptions& o, const TrainerState& state, const Manifest* manifest) {
+  const ModelConfig& m = c.model;
+  const bool gqe = m.attention.type == AttentionType::gqe;
+  const ModelInfo info = describe_model(c);
+  std::string s = fmt::format("# {} ({} attention)
+
+", c.log.name.empty() ? o.out.filename().string() : c.log.name,
+                              gqe ? "GQE" : "GQA");
+  s += fmt::format(
+      "A {:.1f}M-parameter Llama-style decoder trained with gqe (a C++/LibTorch framework for GQA and GQE), exported "
+      "from step {} ({} tokens) by
+
+    gqe export {} --out {}{}
+
+",
+      static_cast<double>(info.total) / 1e6, state.step, state.tokens, o.checkpoint.string(), o.out.string(),
+      o.bf16 ? " --dtype bf16" : "");
+  s += fmt::format("- {} layers, d_model {}, {} query heads, {} KV heads, head_dim {}, SwiGLU {}, vocabulary {}, {} embeddings
+",
+                   m.n_layers, m.d_model, m.n_heads, m.n_kv_heads, m.head_dim, m.ffn_hidden, m.vocab_size,
+                   m.tie_embeddings ? "tied" : "untied");
+  if (gqe)
+    s += fmt::format("- attention: Grouped Query Experts, variant {}, top_k {} of {} experts per KV group ({} of {} query "
+                     "heads active per token)
+",
+                     enum_name(m.attention.variant), m.attention.top_k, m.experts_per_group(), info.active_query_heads, m.n_heads);
+  s += fmt::format("- trained on {} tokens of {} at sequence length {}; RoPE (theta {}) has no hard limit: "
+                   "max_position_embeddings is the trained length, and beyond it the model extrapolates
+",
+                   c.train.tokens, c.data.dataset, c.data.seq_len, m.rope_theta);
+  s += "- gqe_config.yaml: the run's whole config
+
+## Loading
+
+```python
+from transformers import AutoModelForCausalLM, AutoTokenizer
+";
+  s += fmt::format("model = AutoModelForCausalLM.from_pretrained("{}"{})
+", o.out.string(), gqe ? ", trust_remote_code=True" : "");
+  s += fmt::format("tokenizer = AutoTokenizer.from_pretrained("{}")
+```
+
+", o.out.string());
+  if (gqe)
+    s += "GQE's attention is not Llama's: `modeling_gqe.py` (in this directory, named by `auto_map` in config.json) "
+         "defines it, hence `trust_remote_code=True`. Do not load this directory with `LlamaForCausalLM`: it would drop "
+         "the router and the shared head (and, where o_proj's shape happens to fit, load without an error) and compute "
+         "something else.
+
+";
+  if (manifest)
+    s += fmt::format("The sequence-start token is the EOS (`</s>`, id {}): every training document follows one, and "
+                     "gqe scores and samples after one. The tokenizer adds it in front of every text (`add_bos_token`), "
+                     "as `bos_token`; `generation_config.json` stops at it.
+",
+                     manifest->tokenizer.eos_id);
+  return s;
 }
 
 }  // namespace
@@ -85,11 +151,17 @@ void export_checkpoint(const ExportOptions& o) {
   write_file_atomic(tmp / "config.json", hf_config(config, checkpoint.state, manifest ? &*manifest : nullptr, o.bf16).dump(2) + "\n");
   if (manifest) {
     write_file_atomic(tmp / "tokenizer.model", read_file(tokenizer_path(config.data.dataset, *manifest)));
-    const ordered_json tok = {{"tokenizer_class", "LlamaTokenizer"}, {"add_bos_token", false}, {"add_eos_token", false},
-                              {"bos_token", "<s>"}, {"eos_token", "</s>"}, {"unk_token", "<unk>"}, {"pad_token", "<pad>"},
+    // The EOS is the sequence-start token (see hf_config): the tokenizer puts it in front.
+    const ordered_json tok = {{"tokenizer_class", "LlamaTokenizer"}, {"add_bos_token", true}, {"add_eos_token", false},
+                              {"bos_token", "</s>"}, {"eos_token", "</s>"}, {"unk_token", "<unk>"}, {"pad_token", "<pad>"},
                               {"legacy", true}, {"add_prefix_space", false}, {"model_max_length", config.data.seq_len}};
     write_file_atomic(tmp / "tokenizer_config.json", tok.dump(2) + "\n");
+    const TokenizerEntry& t = manifest->tokenizer;
+    write_file_atomic(tmp / "generation_config.json",
+                      ordered_json{{"bos_token_id", t.eos_id}, {"eos_token_id", t.eos_id}, {"pad_token_id", t.pad_id}}.dump(2) + "\n");
   }
+  if (config.model.attention.type == AttentionType::gqe) write_file_atomic(tmp / "modeling_gqe.py", kModelingGqePy);
+  write_file_atomic(tmp / "README.md", model_card(config, o, checkpoint.state, manifest ? &*manifest : nullptr));
   write_file_atomic(tmp / "gqe_config.yaml", to_yaml(config));
   staged.commit();
 }

@@ -1,7 +1,8 @@
 // gqe export: a checkpoint as a Hugging Face model directory: model.safetensors (Llama tensor
-// names), config.json, and the dataset's tokenizer. For GQA the config is a LlamaForCausalLM
-// config, so transformers loads the directory as it is; GQE's config describes the extra router
-// and shared head, which transformers has no class for.
+// names), config.json, generation_config.json, the dataset's tokenizer and a model card
+// (README.md). GQA's config is a LlamaForCausalLM config, so transformers loads the directory as
+// it is; a GQE export also carries modeling_gqe.py (hf/), named by config.json's auto_map, for
+// AutoModelForCausalLM with trust_remote_code=True.
 #pragma once
 
 #include <filesystem>
