@@ -80,7 +80,7 @@ def main():
         ok = ok and report["generated_transformers"] == sample["generated"]
 
     if args.texts:
-        tokenizer = AutoTokenizer.from_pretrained(args.export_dir)
+        tokenizer = AutoTokenizer.from_pretrained(args.export_dir, trust_remote_code=True)
         report["tokenizer"] = type(tokenizer).__name__
         report["tokenizer_mismatches"] = [text for text, ids in json.loads(args.texts.read_text())
                                           if tokenizer(text)["input_ids"] != [tokenizer.bos_token_id] + ids]

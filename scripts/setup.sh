@@ -43,6 +43,10 @@ fi
 vpy=$venv/bin/python
 # matplotlib first: it brings numpy, which torch looks for when imported below.
 "$vpy" -c 'import matplotlib' 2>/dev/null || { say "installing matplotlib"; "$vpy" -m pip install -q matplotlib; }
+# transformers: the tests load gqe's exports with it (GQA as Llama, GQE through modeling_gqe.py).
+transformers_version=5.24.0
+"$vpy" -c "import transformers, sys; sys.exit(transformers.__version__ != '$transformers_version')" 2>/dev/null ||
+  { say "installing transformers==$transformers_version"; "$vpy" -m pip install -q "transformers==$transformers_version"; }
 if [[ -z ${LIBTORCH:-}${Torch_DIR:-} ]]; then
   have=$("$vpy" -c 'import torch; print(torch.__version__.split("+")[0])' 2>/dev/null || true)
   if [[ $have != "$torch_version" ]]; then

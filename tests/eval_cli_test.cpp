@@ -7,6 +7,7 @@
 #include <nlohmann/json.hpp>
 
 #include "common/files.h"
+#include "data/tokenizer.h"
 #include "test_util.h"
 
 namespace gqe {
@@ -111,6 +112,56 @@ TEST_F(EvalCli, SampleWritesTextDeterministicallyAtTemperatureZero) {
   const auto several = run_command(gqe("sample " + path("run") + "/checkpoints/step_00000010 --prompt 'A' --num-samples 2 --top-k 20"));
   ASSERT_EQ(several.status, 0) << several.err;
   EXPECT_NE(several.out.find("--- sample 2 ---"), std::string::npos);
+}
+
+// transformers loads the exports of a GQA run and of every GQE variant (top_k 1 and 2): the
+// validation loss over gqe's windows equals the trainer's (and so gqe eval --val's) to 1e-5, greedy
+// generation gives gqe sample's tokens, and the fast tokenizer (tokenizer.json) gqe's ids with
+// the EOS in front. scripts/check_hf_export.py does the Python side.
+TEST_F(EvalCli, TransformersLoadsGqaAndEveryGqeVariantWithGqesNumbers) {
+  const std::string python = GQE_PYTHON;
+  if (python.empty() || run_command(python + " -c 'import transformers'").status != 0)
+    GTEST_SKIP() << "transformers is not installed in the build's Python (scripts/setup.sh installs it)";
+  // Texts with what sentencepiece makes of them, for the tokenizer.
+  const Tokenizer tokenizer((dir_->path() / "ds" / "tokenizer.model").string());
+  nlohmann::json pairs = nlohmann::json::array();
+  for (const std::string text : {"The keeper counted 112 steps, twice \u2014 and wrote it down.", "  two  spaces, and three   ",
+                                 "tabs\tand\nnewlines\r\n", "\u00dcn\u00efc\u00f6d\u00e9 \u00e9den \u00c9den \u65e5\u672c\u8a9e \U0001F642",
+                                 "\u00a0non-breaking\u00a0", "", " ", "3.14159 and 2026-11-28"})
+    pairs.push_back({text, tokenizer.encode(text)});
+  const std::string texts = dir_->write("texts.json", pairs.dump());
+
+  const std::string config = (dir_->path() / "small.yaml").string(), ten = " --set train.tokens=2560";
+  for (const auto& [name, overrides] : std::vector<std::pair<std::string, std::string>>{
+           {"run", ""},  // the fixture's: GQE, variant gqe, top_k 1
+           {"hf-gqa", ten + " --set model.attention.type=gqa"},
+           {"hf-top2", ten + " --set model.attention.top_k=2"},
+           {"hf-hard", ten + " --set model.attention.variant=hard_concat"},
+           {"hf-weighted", ten + " --set model.attention.variant=weighted_concat"}}) {
+    SCOPED_TRACE(name);
+    if (!overrides.empty()) {
+      const auto trained = run_command(gqe("train " + config + " --run-dir " + path(name) + overrides));
+      ASSERT_EQ(trained.status, 0) << trained.err;
+    }
+    const std::string latest = read_file(path(name) + "/checkpoints/latest");
+    const std::string exported = path(name + "-export");
+    const auto e = run_command(gqe("export " + path(name) + "/checkpoints/" + latest.substr(0, latest.size() - 1) + " --out " + exported));
+    ASSERT_EQ(e.status, 0) << e.err;
+    EXPECT_EQ(fs::exists(exported + "/modeling_gqe.py"), name != "hf-gqa");
+    const auto sampled = run_command(gqe("sample " + path(name) + " --prompt 'The keeper' --temperature 0 --max-tokens 16 --ids"));
+    ASSERT_EQ(sampled.status, 0) << sampled.err;
+    const std::string greedy = dir_->write(name + "-greedy.json", sampled.out);
+    const auto checked = run_command(python + " " + GQE_SOURCE_DIR + "/scripts/check_hf_export.py " + exported + " " + path(name) +
+                                     " --greedy " + greedy + " --texts " + texts + " --json");
+    ASSERT_EQ(checked.status, 0) << checked.err << checked.out;
+    const auto report = nlohmann::json::parse(checked.out);
+    EXPECT_EQ(report["model"], name == "hf-gqa" ? "LlamaForCausalLM" : "GqeForCausalLM");
+    EXPECT_NEAR(report["val_loss_transformers"].get<double>(), report["val_loss_gqe"].get<double>(),
+                1e-5 * report["val_loss_gqe"].get<double>());
+    EXPECT_EQ(report["generated_transformers"], report["generated_gqe"]);
+    EXPECT_FALSE(report["generated_gqe"].empty());
+    EXPECT_EQ(report["tokenizer_mismatches"], nlohmann::json::array());
+  }
 }
 
 TEST_F(EvalCli, BadInputIsOneLine) {

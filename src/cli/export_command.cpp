@@ -2,8 +2,11 @@
 #include <CLI/CLI.hpp>
 #include <fmt/format.h>
 
+#include <algorithm>
+#include <filesystem>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "cli/commands.h"
 #include "common/files.h"
@@ -23,11 +26,15 @@ void add_export_command(CLI::App& app) {
   cmd->footer(
       "Examples:\n"
       "  gqe export runs/gqa/checkpoints/step_00000244 --out exports/gqa\n"
-      "  python -c \"import transformers as t; t.AutoModelForCausalLM.from_pretrained('exports/gqa')\"  # GQA");
+      "  python -c \"import transformers as t; t.AutoModelForCausalLM.from_pretrained('exports/gqa')\"\n"
+      "  python -c \"import transformers as t; t.AutoModelForCausalLM.from_pretrained('exports/gqe', trust_remote_code=True)\"");
   cmd->callback([o] {
     check_output_path(o->out, "--out", /*directory=*/true);
     export_checkpoint({o->checkpoint, o->out, o->dtype == "bf16"});
-    fmt::print("wrote {}: model.safetensors, config.json, tokenizer\n", o->out);
+    std::vector<std::string> files;
+    for (const auto& e : std::filesystem::directory_iterator(o->out)) files.push_back(e.path().filename().string());
+    std::sort(files.begin(), files.end());
+    fmt::print("wrote {}: {}\n", o->out, fmt::join(files, ", "));
   });
 }
 

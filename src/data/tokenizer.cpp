@@ -4,6 +4,11 @@
 #include <sentencepiece_trainer.h>
 
 #include <fmt/format.h>
+#include <nlohmann/json.hpp>
+
+#include <algorithm>
+#include <tuple>
+#include <unordered_map>
 
 #include "common/error.h"
 #include "common/files.h"
@@ -49,6 +54,80 @@ uint32_t Tokenizer::vocab_size() const { return static_cast<uint32_t>(sp_->GetPi
 int32_t Tokenizer::unk_id() const { return sp_->unk_id(); }
 int32_t Tokenizer::bos_id() const { return sp_->bos_id(); }
 int32_t Tokenizer::eos_id() const { return sp_->eos_id(); }
+
+std::string Tokenizer::hf_tokenizer_json(int32_t prefix_id) const {
+  using nlohmann::ordered_json;
+  const int n = sp_->GetPieceSize();
+  std::unordered_map<std::string, int> ids;
+  ordered_json vocab = ordered_json::object(), added = ordered_json::array();
+  for (int i = 0; i < n; ++i) {
+    const std::string piece = sp_->IdToPiece(i);
+    ids.emplace(piece, i);
+    vocab[piece] = i;
+    if (sp_->IsControl(i) || sp_->IsUnknown(i))
+      added.push_back({{"id", i}, {"content", piece}, {"single_word", false}, {"lstrip", false}, {"rstrip", false},
+                       {"normalized", false}, {"special", true}});
+  }
+  // transformers' generate_merges: every split of a piece (at a character) into two pieces, in the
+  // order of the piece's id, then of the left part's length (in characters).
+  struct Merge {
+    int piece, left_chars;
+    std::string left, right;
+  };
+  std::vector<Merge> merges;
+  for (int i = 0; i < n; ++i) {
+    const std::string piece = sp_->IdToPiece(i);
+    int chars = 0;
+    for (size_t at = 0; at < piece.size();) {
+      const auto lead = static_cast<unsigned char>(piece[at]);  // UTF-8: the length from the lead byte
+      at += lead < 0x80 ? 1 : (lead >> 5) == 6 ? 2 : (lead >> 4) == 14 ? 3 : (lead >> 3) == 30 ? 4 : 1;
+      ++chars;
+      if (at >= piece.size()) break;
+      const std::string left = piece.substr(0, at), right = piece.substr(at);
+      if (ids.count(left) && ids.count(right)) merges.push_back({i, chars, left, right});
+    }
+  }
+  std::stable_sort(merges.begin(), merges.end(),
+                   [](const Merge& a, const Merge& b) { return std::tie(a.piece, a.left_chars) < std::tie(b.piece, b.left_chars); });
+  ordered_json merge_list = ordered_json::array();
+  for (const Merge& m : merges) merge_list.push_back({m.left, m.right});
+
+  const std::string prefix = sp_->IdToPiece(prefix_id), space = "\xe2\x96\x81";
+  auto special = [&](const char* sequence, int type) {
+    return ordered_json::array({{{"SpecialToken", {{"id", prefix}, {"type_id", type}}}}, {{"Sequence", {{"id", sequence}, {"type_id", type}}}}});
+  };
+  ordered_json pair = special("A", 0);
+  for (auto& e : special("B", 1)) pair.push_back(e);
+  const ordered_json j = {
+      {"version", "1.0"},
+      {"truncation", nullptr},
+      {"padding", nullptr},
+      {"added_tokens", added},
+      {"normalizer", {{"type", "Replace"}, {"pattern", {{"String", " "}}}, {"content", space}}},
+      {"pre_tokenizer", nullptr},
+      {"post_processor",
+       {{"type", "TemplateProcessing"},
+        {"single", special("A", 0)},
+        {"pair", pair},
+        {"special_tokens", {{prefix, {{"id", prefix}, {"ids", {prefix_id}}, {"tokens", {prefix}}}}}}}},
+      {"decoder",
+       {{"type", "Sequence"},
+        {"decoders", ordered_json::array({{{"type", "Replace"}, {"pattern", {{"String", space}}}, {"content", " "}},
+                                          {{"type", "ByteFallback"}},
+                                          {{"type", "Fuse"}}})}}},
+      {"model",
+       {{"type", "BPE"},
+        {"dropout", nullptr},
+        {"unk_token", sp_->IdToPiece(sp_->unk_id())},
+        {"continuing_subword_prefix", nullptr},
+        {"end_of_word_suffix", nullptr},
+        {"fuse_unk", true},
+        {"byte_fallback", true},
+        {"ignore_merges", false},
+        {"vocab", vocab},
+        {"merges", merge_list}}}};
+  return j.dump(1) + "\n";
+}
 int32_t Tokenizer::pad_id() const { return sp_->pad_id(); }
 
 namespace {

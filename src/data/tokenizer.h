@@ -34,6 +34,11 @@ class Tokenizer {
   int32_t eos_id() const;
   int32_t pad_id() const;
   uint64_t fingerprint() const { return fingerprint_; }
+  // The same tokenizer as a Hugging Face tokenizers file (tokenizer.json): the BPE vocabulary, the
+  // merges transformers' sentencepiece converter derives from it (a split of a piece into two
+  // pieces, ranked by the piece's id), byte fallback, spaces as U+2581 and no dummy prefix;
+  // `prefix_id` goes in front of every encoded text (the post-processor).
+  std::string hf_tokenizer_json(int32_t prefix_id) const;
   const std::string& model_bytes() const { return model_bytes_; }
 
  private:

@@ -8,6 +8,7 @@
 #include "common/files.h"
 #include "config/config_loader.h"
 #include "data/dataset.h"
+#include "data/tokenizer.h"
 #include "checkpoint/checkpoint.h"
 #include "checkpoint/safetensors.h"
 #include "model/model_info.h"
@@ -35,8 +36,8 @@ ordered_json hf_config(const Config& c, const TrainerState& state, const Manifes
       {"hidden_act", "silu"},
       {"max_position_embeddings", c.data.seq_len},
       {"rms_norm_eps", m.norm_eps},
-      {"rope_theta", m.rope_theta},
-      {"rope_scaling", nullptr},
+      {"rope_theta", m.rope_theta},  // transformers 4; 5 reads rope_parameters
+      {"rope_parameters", {{"rope_type", "default"}, {"rope_theta", m.rope_theta}}},
       {"tie_word_embeddings", m.tie_embeddings},
       {"attention_bias", false},
       {"attention_dropout", 0.0},
@@ -71,57 +72,37 @@ std::string model_card(const Config& c, const ExportOptions& o, const TrainerSta
   const ModelConfig& m = c.model;
   const bool gqe = m.attention.type == AttentionType::gqe;
   const ModelInfo info = describe_model(c);
-  std::string s = fmt::format("# {} ({} attention)
-
-", c.log.name.empty() ? o.out.filename().string() : c.log.name,
+  std::string s = fmt::format("# {} ({} attention)\n\n", c.log.name.empty() ? o.out.filename().string() : c.log.name,
                               gqe ? "GQE" : "GQA");
   s += fmt::format(
       "A {:.1f}M-parameter Llama-style decoder trained with gqe (a C++/LibTorch framework for GQA and GQE), exported "
-      "from step {} ({} tokens) by
-
-    gqe export {} --out {}{}
-
-",
+      "from step {} ({} tokens) by\n\n    gqe export {} --out {}{}\n\n",
       static_cast<double>(info.total) / 1e6, state.step, state.tokens, o.checkpoint.string(), o.out.string(),
       o.bf16 ? " --dtype bf16" : "");
-  s += fmt::format("- {} layers, d_model {}, {} query heads, {} KV heads, head_dim {}, SwiGLU {}, vocabulary {}, {} embeddings
-",
+  s += fmt::format("- {} layers, d_model {}, {} query heads, {} KV heads, head_dim {}, SwiGLU {}, vocabulary {}, {} embeddings\n",
                    m.n_layers, m.d_model, m.n_heads, m.n_kv_heads, m.head_dim, m.ffn_hidden, m.vocab_size,
                    m.tie_embeddings ? "tied" : "untied");
   if (gqe)
     s += fmt::format("- attention: Grouped Query Experts, variant {}, top_k {} of {} experts per KV group ({} of {} query "
-                     "heads active per token)
-",
+                     "heads active per token)\n",
                      enum_name(m.attention.variant), m.attention.top_k, m.experts_per_group(), info.active_query_heads, m.n_heads);
   s += fmt::format("- trained on {} tokens of {} at sequence length {}; RoPE (theta {}) has no hard limit: "
-                   "max_position_embeddings is the trained length, and beyond it the model extrapolates
-",
-                   c.train.tokens, c.data.dataset, c.data.seq_len, m.rope_theta);
-  s += "- gqe_config.yaml: the run's whole config
-
-## Loading
-
-```python
-from transformers import AutoModelForCausalLM, AutoTokenizer
-";
-  s += fmt::format("model = AutoModelForCausalLM.from_pretrained("{}"{})
-", o.out.string(), gqe ? ", trust_remote_code=True" : "");
-  s += fmt::format("tokenizer = AutoTokenizer.from_pretrained("{}")
-```
-
-", o.out.string());
+                   "max_position_embeddings is the trained length, and beyond it the model extrapolates\n",
+                   state.tokens, c.data.dataset, c.data.seq_len, m.rope_theta);
+  s += "- gqe_config.yaml: the run's whole config\n\n## Loading\n\n```python\n"
+       "from transformers import AutoModelForCausalLM, AutoTokenizer\n";
+  s += fmt::format("model = AutoModelForCausalLM.from_pretrained(\"{}\"{})\n", o.out.string(), gqe ? ", trust_remote_code=True" : "");
+  s += fmt::format("tokenizer = AutoTokenizer.from_pretrained(\"{}\"{})  # tokenizer.json: no sentencepiece needed\n```\n\n",
+                   o.out.string(), gqe ? ", trust_remote_code=True" : "");
   if (gqe)
     s += "GQE's attention is not Llama's: `modeling_gqe.py` (in this directory, named by `auto_map` in config.json) "
          "defines it, hence `trust_remote_code=True`. Do not load this directory with `LlamaForCausalLM`: it would drop "
          "the router and the shared head (and, where o_proj's shape happens to fit, load without an error) and compute "
-         "something else.
-
-";
+         "something else.\n\n";
   if (manifest)
     s += fmt::format("The sequence-start token is the EOS (`</s>`, id {}): every training document follows one, and "
-                     "gqe scores and samples after one. The tokenizer adds it in front of every text (`add_bos_token`), "
-                     "as `bos_token`; `generation_config.json` stops at it.
-",
+                     "gqe scores and samples after one. The tokenizer puts it in front of every text (`add_bos_token`, "
+                     "as `bos_token`), and `generation_config.json` stops at it.\n",
                      manifest->tokenizer.eos_id);
   return s;
 }
@@ -150,11 +131,14 @@ void export_checkpoint(const ExportOptions& o) {
   write_safetensors(tmp / "model.safetensors", tensors, {{"format", "pt"}});
   write_file_atomic(tmp / "config.json", hf_config(config, checkpoint.state, manifest ? &*manifest : nullptr, o.bf16).dump(2) + "\n");
   if (manifest) {
-    write_file_atomic(tmp / "tokenizer.model", read_file(tokenizer_path(config.data.dataset, *manifest)));
-    // The EOS is the sequence-start token (see hf_config): the tokenizer puts it in front.
-    const ordered_json tok = {{"tokenizer_class", "LlamaTokenizer"}, {"add_bos_token", true}, {"add_eos_token", false},
+    const fs::path model = tokenizer_path(config.data.dataset, *manifest);
+    write_file_atomic(tmp / "tokenizer.model", read_file(model));
+    // The EOS is the sequence-start token (see hf_config): the tokenizer puts it in front. A fast
+    // tokenizer of its own (tokenizer.json), so that no sentencepiece or protobuf is needed.
+    write_file_atomic(tmp / "tokenizer.json", Tokenizer(model.string()).hf_tokenizer_json(manifest->tokenizer.eos_id));
+    const ordered_json tok = {{"tokenizer_class", "PreTrainedTokenizerFast"}, {"add_bos_token", true}, {"add_eos_token", false},
                               {"bos_token", "</s>"}, {"eos_token", "</s>"}, {"unk_token", "<unk>"}, {"pad_token", "<pad>"},
-                              {"legacy", true}, {"add_prefix_space", false}, {"model_max_length", config.data.seq_len}};
+                              {"clean_up_tokenization_spaces", false}, {"model_max_length", config.data.seq_len}};
     write_file_atomic(tmp / "tokenizer_config.json", tok.dump(2) + "\n");
     const TokenizerEntry& t = manifest->tokenizer;
     write_file_atomic(tmp / "generation_config.json",
