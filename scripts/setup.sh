@@ -43,10 +43,12 @@ fi
 vpy=$venv/bin/python
 # matplotlib first: it brings numpy, which torch looks for when imported below.
 "$vpy" -c 'import matplotlib' 2>/dev/null || { say "installing matplotlib"; "$vpy" -m pip install -q matplotlib; }
-# transformers: the tests load gqe's exports with it (GQA as Llama, GQE through modeling_gqe.py).
-transformers_version=5.24.0
-"$vpy" -c "import transformers, sys; sys.exit(transformers.__version__ != '$transformers_version')" 2>/dev/null ||
-  { say "installing transformers==$transformers_version"; "$vpy" -m pip install -q "transformers==$transformers_version"; }
+# The ecosystem the tests check gqe against: transformers loads gqe's exports (GQA as Llama, GQE
+# through modeling_gqe.py); tensorboard reads the trainer's event files.
+for pkg in transformers==5.24.0 tensorboard==2.21.0; do
+  "$vpy" -c "import importlib.metadata as m, sys; sys.exit(m.version('${pkg%%==*}') != '${pkg##*==}')" 2>/dev/null ||
+    { say "installing $pkg"; "$vpy" -m pip install -q "$pkg"; }
+done
 if [[ -z ${LIBTORCH:-}${Torch_DIR:-} ]]; then
   have=$("$vpy" -c 'import torch; print(torch.__version__.split("+")[0])' 2>/dev/null || true)
   if [[ $have != "$torch_version" ]]; then

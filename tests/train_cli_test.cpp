@@ -7,6 +7,7 @@
 #include <csignal>
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <sstream>
 #include <thread>
 
@@ -274,9 +275,66 @@ TEST_F(Train, ExportWritesAHuggingFaceModelDirectory) {
   const auto gqe_config = nlohmann::json::parse(read_file(path("hf-gqe") + "/config.json"));
   EXPECT_EQ(gqe_config["model_type"], "gqe");
   EXPECT_EQ(gqe_config["gqe"]["output_slots"], 4);
+  // transformers finds GQE's attention in the export (EvalCli.TransformersLoads... runs it).
+  EXPECT_EQ(gqe_config["auto_map"]["AutoModelForCausalLM"], "modeling_gqe.GqeForCausalLM");
+  EXPECT_EQ(read_file(path("hf-gqe") + "/modeling_gqe.py"), read_file(std::string(GQE_SOURCE_DIR) + "/hf/modeling_gqe.py"));
+  EXPECT_FALSE(fs::exists(path("hf") + "/modeling_gqe.py"));
+  // The EOS starts every sequence, in the model's config, the tokenizer's and generation's.
+  EXPECT_EQ(gqe_config["bos_token_id"], 2);
+  EXPECT_EQ(nlohmann::json::parse(read_file(path("hf-gqe") + "/tokenizer_config.json"))["bos_token"], "</s>");
+  EXPECT_EQ(nlohmann::json::parse(read_file(path("hf-gqe") + "/generation_config.json"))["eos_token_id"], 2);
+  const auto tokenizer_json = nlohmann::json::parse(read_file(path("hf-gqe") + "/tokenizer.json"));
+  EXPECT_EQ(tokenizer_json["model"]["vocab"].size(), 400u);
+  const std::string card = read_file(path("hf-gqe") + "/README.md");
+  EXPECT_NE(card.find("gqe export " + path("gqe") + "/checkpoints/step_00000010 --out " + path("hf-gqe") + " --dtype bf16"),
+            std::string::npos) << card;
+  EXPECT_NE(card.find("trust_remote_code=True"), std::string::npos) << card;
   const auto weights = read_safetensors(path("hf-gqe") + "/model.safetensors");
   EXPECT_EQ(weights.at("model.layers.0.self_attn.router.weight").scalar_type(), at::kBFloat16);
   EXPECT_TRUE(weights.count("model.layers.0.self_attn.q_shared.weight"));
+}
+
+// The trainer's event files, read back by the tensorboard package: every number of metrics.jsonl
+// at its step. A run continued from an earlier checkpoint with another learning rate reads as one
+// run: TensorBoard drops what the first attempt wrote past the checkpoint (SessionLog START).
+// gqe compare --tensorboard writes the same from metrics.jsonl.
+TEST_F(Train, TensorBoardReadsTheMetricsAndAContinuedRunReadsAsOne) {
+  const std::string python = GQE_PYTHON;
+  if (python.empty() || run_command(python + " -c 'import tensorboard'").status != 0)
+    GTEST_SKIP() << "tensorboard is not installed in the build's Python (scripts/setup.sh installs it)";
+  auto scalars = [&](const std::string& dir) {
+    const auto r = run_command(python + " " + GQE_SOURCE_DIR + "/tests/read_tensorboard.py " + dir);
+    EXPECT_EQ(r.status, 0) << r.err;
+    return nlohmann::json::parse(r.status == 0 ? r.out : "{}");
+  };
+  auto expect_metrics = [&](const nlohmann::json& tb, const std::vector<nlohmann::json>& lines) {
+    std::map<std::string, size_t> points;
+    for (const auto& line : lines)
+      for (const char* key : {"loss", "aux_loss", "lr", "grad_norm", "val_loss"}) {
+        if (!line.contains(key)) continue;
+        const size_t i = points[key]++;
+        ASSERT_LT(i, tb[key].size()) << key;
+        EXPECT_EQ(tb[key][i][0], line["step"]) << key;
+        EXPECT_EQ(tb[key][i][1].get<float>(), line[key].get<float>()) << key << " at step " << line["step"];
+      }
+    for (const auto& [key, n] : points) EXPECT_EQ(tb[key].size(), n) << key;  // each step once
+    EXPECT_TRUE(tb.contains("router/entropy/layer_0"));
+    EXPECT_TRUE(tb.contains("router/busiest_expert/layer_1"));
+  };
+  ASSERT_EQ(run_command(train("tb")).status, 0);
+  const auto first = test::metrics_of(path("tb"));
+  expect_metrics(scalars(path("tb")), first);
+
+  const auto continued = run_command(train("tb", "--resume " + path("tb") + "/checkpoints/step_00000030 --set train.optimizer.lr=1e-3"));
+  ASSERT_EQ(continued.status, 0) << continued.err;
+  const auto second = test::metrics_of(path("tb"));
+  ASSERT_EQ(second.size(), first.size());
+  EXPECT_NE(second.back()["loss"], first.back()["loss"]);  // the second attempt wrote other numbers
+  expect_metrics(scalars(path("tb")), second);
+
+  const auto compared = run_command(gqe("compare " + path("tb") + " --no-plots --tensorboard " + path("tb-out")));
+  ASSERT_EQ(compared.status, 0) << compared.err;
+  expect_metrics(scalars(path("tb-out") + "/tb"), second);
 }
 
 // The sample corpus (scripts/sample_data.sh, which scripts/test.sh runs first): 196 steps of the

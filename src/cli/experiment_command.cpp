@@ -43,14 +43,19 @@ void add_experiment_commands(CLI::App& app) {
   compare_cmd->add_option("--ema", o->ema, "Smoothing of the train loss (weight on the past)")->check(number_in(0, 0.999))->capture_default_str();
   compare_cmd->add_flag("--log-x", o->log_x, "Plots with a logarithmic token axis");
   compare_cmd->add_flag("--no-plots", *no_plots, "Tables only");
+  auto tensorboard = std::make_shared<std::string>();
+  compare_cmd->add_option("--tensorboard", *tensorboard, "Also write each run's curves as TensorBoard event files here (DIR/RUN)");
   compare_cmd->footer(
       "Examples:\n"
       "  gqe compare runs/tiny/gqa runs/tiny/gqe --out runs/tiny/comparison\n"
-      "  gqe compare runs/paper/gqa-seed* runs/paper/gqe-seed*   # seeds grouped, Welch t-test");
-  compare_cmd->callback([o, runs, no_plots, out] {
+      "  gqe compare runs/paper/gqa-seed* runs/paper/gqe-seed*   # seeds grouped, Welch t-test\n"
+      "  gqe compare runs/tiny/gqa runs/tiny/gqe --tensorboard runs/tiny/tb && tensorboard --logdir runs/tiny/tb");
+  compare_cmd->callback([o, runs, no_plots, out, tensorboard] {
     o->runs.assign(runs->begin(), runs->end());
     o->out = *out;
     if (!out->empty()) check_output_path(*out, "--out", /*directory=*/true);
+    o->tensorboard = *tensorboard;
+    if (!tensorboard->empty()) check_output_path(*tensorboard, "--tensorboard", /*directory=*/true);
     o->plots = !*no_plots;
     compare_runs(*o);
   });

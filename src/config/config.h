@@ -247,12 +247,14 @@ struct LogConfig {
   std::string dir = "runs";  // run directory is dir/name unless --run-dir is given
   int64_t every_steps = 10;
   LogLevel level = LogLevel::info;
+  bool tensorboard = true;   // event files beside metrics.jsonl
 
   template <class F> void fields(F& f) {
     f("name", name);
     f("dir", dir);
     f("every_steps", every_steps);
     f("level", level);
+    f("tensorboard", tensorboard);
   }
 };
 

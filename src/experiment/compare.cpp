@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdlib>
+#include <map>
 #include <regex>
 #include <sstream>
 
@@ -15,6 +16,8 @@
 #include "common/files.h"
 #include "config/config_loader.h"
 #include "model/model_info.h"
+#include "train/metrics.h"
+#include "train/tensorboard.h"
 
 namespace fs = std::filesystem;
 using nlohmann::json;
@@ -84,18 +87,6 @@ RunSummary read_run(const fs::path& dir, double alpha) {
 }
 
 }  // namespace
-
-std::vector<std::vector<double>> busiest_expert_shares(const nlohmann::json& router) {
-  std::vector<std::vector<double>> layers;
-  for (const auto& layer : router["load"]) {
-    layers.emplace_back();
-    for (const auto& g : layer) {
-      const auto load = g.get<std::vector<double>>();
-      layers.back().push_back(*std::max_element(load.begin(), load.end()));
-    }
-  }
-  return layers;
-}
 
 namespace {
 
@@ -273,10 +264,39 @@ std::string quoted(const std::string& s) {
 
 }  // namespace
 
+// Every run's metrics.jsonl (and gqe eval's eval.json) as TensorBoard events in dir/RUN_NAME, at
+// the times the run logged them (elapsed_s).
+void write_tensorboard(const Comparison& c, const fs::path& dir) {
+  std::map<std::string, int> seen;
+  for (const RunSummary& r : c.runs) {
+    const int n = seen[r.name]++;
+    const fs::path out = dir / (n == 0 ? r.name : fmt::format("{}-{}", r.name, n + 1));
+    if (fs::exists(out)) remove_tree(out);  // written again whole: no stale file to merge with
+    EventWriter events(out, 0);
+    std::istringstream in(read_file(r.dir / "metrics.jsonl"));
+    double elapsed = 0;
+    for (std::string line; std::getline(in, line);) {
+      const auto j = json::parse(line, nullptr, /*allow_exceptions=*/false);
+      if (!j.is_object() || !j.contains("step")) continue;
+      elapsed = j.value("elapsed_s", elapsed);
+      events.scalars(j["step"].get<int64_t>(), elapsed, metrics_scalars(j));
+    }
+    if (fs::exists(r.dir / "eval.json")) {
+      const auto report = json::parse(read_file(r.dir / "eval.json"), nullptr, false);
+      if (report.is_object() && report.contains("step"))
+        events.scalars(report["step"].get<int64_t>(), elapsed, metrics_scalars(report));
+    }
+    events.sync();
+  }
+  fmt::print("wrote TensorBoard event files of {} runs under {} (tensorboard --logdir {})\n", c.runs.size(), dir.string(),
+             dir.string());
+}
+
 void compare_runs(const CompareOptions& o) {
   const Comparison c = compare(o.runs, o.ema);
   const std::string markdown = comparison_markdown(c);
   fmt::print("{}", markdown);
+  if (!o.tensorboard.empty()) write_tensorboard(c, o.tensorboard);
   if (o.out.empty()) return;
   make_directories(o.out);
   write_file_atomic(o.out / "comparison.md", markdown);

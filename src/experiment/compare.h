@@ -44,10 +44,6 @@ struct Comparison {
   std::vector<GroupSummary> groups;
 };
 
-// A metrics line's "router" entry as each layer's groups' busiest expert's share of the group's
-// tokens (k/M is balanced, 1 a collapsed router).
-std::vector<std::vector<double>> busiest_expert_shares(const nlohmann::json& router);
-
 // HellaSwag is quoted as acc_norm, ARC-Easy and PIQA as acc (the papers' and harness's habit).
 double task_score(const std::string& task, double acc, double acc_norm);
 
@@ -61,6 +57,7 @@ struct CompareOptions {
   double ema = 0.9;
   bool plots = true;
   bool log_x = false;
+  std::filesystem::path tensorboard;  // event files of every run, one directory each (empty: none)
 };
 
 void compare_runs(const CompareOptions& options);

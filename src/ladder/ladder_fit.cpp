@@ -11,6 +11,7 @@
 #include <sstream>
 
 #include "common/error.h"
+#include "train/metrics.h"
 #include "common/files.h"
 #include "config/config_loader.h"
 #include "experiment/compare.h"

@@ -1,5 +1,7 @@
 #include "train/metrics.h"
 
+#include <algorithm>
+#include <chrono>
 #include <sstream>
 
 #include <fmt/format.h>
@@ -7,7 +9,7 @@
 namespace gqe {
 
 MetricsLog::MetricsLog(const std::filesystem::path& file, std::optional<int64_t> resume_step,
-                       const std::function<void(const std::string&)>& warn) {
+                       const std::function<void(const std::string&)>& warn, bool tensorboard) {
   if (resume_step && std::filesystem::exists(file)) {
     std::istringstream in(read_file(file));
     std::string kept;
@@ -25,8 +27,34 @@ MetricsLog::MetricsLog(const std::filesystem::path& file, std::optional<int64_t>
     write_file_atomic(file, kept);
   }
   file_.emplace(file, /*truncate=*/!resume_step);
+  if (tensorboard) events_ = std::make_unique<EventWriter>(file.parent_path(), resume_step.value_or(0));
 }
 
-void MetricsLog::write(const nlohmann::ordered_json& line) { file_->append(line.dump() + "\n"); }
+MetricsLog::~MetricsLog() = default;
+
+void MetricsLog::sync() {
+  file_->sync();
+  if (events_) events_->sync();
+}
+
+std::vector<std::vector<double>> busiest_expert_shares(const nlohmann::json& router) {
+  std::vector<std::vector<double>> layers;
+  for (const auto& layer : router["load"]) {
+    layers.emplace_back();
+    for (const auto& g : layer) {
+      const auto load = g.get<std::vector<double>>();
+      layers.back().push_back(*std::max_element(load.begin(), load.end()));
+    }
+  }
+  return layers;
+}
+
+void MetricsLog::write(const nlohmann::ordered_json& line) {
+  file_->append(line.dump() + "\n");
+  if (events_) {
+    const double now = std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
+    events_->scalars(line["step"].get<int64_t>(), now, metrics_scalars(line));
+  }
+}
 
 }  // namespace gqe

@@ -586,7 +586,7 @@ void Trainer::train_to_budget() {
   if (state_.step > 0) loader_ = std::make_unique<TrainLoader>(train_stream_, lo, state_.loader);
   if (comm_->main())
     metrics_.emplace(run_dir_ / "metrics.jsonl", checkpoint ? std::optional<int64_t>(state_.step) : std::nullopt,
-                     [&](const std::string& w) { log.warn("{}", w); });
+                     [&](const std::string& w) { log.warn("{}", w); }, config_.log.tensorboard);
   log_start(checkpoint.has_value());
 
   const auto started = std::chrono::steady_clock::now();
