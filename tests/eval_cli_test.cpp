@@ -1,7 +1,9 @@
 // gqe-data encode-eval, gqe eval and gqe sample as a user runs them, on a small trained run.
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <filesystem>
+#include <map>
 #include <sstream>
 
 #include <nlohmann/json.hpp>
@@ -64,7 +66,8 @@ TEST_F(EvalCli, TrainingScoresTheConfiguredTasks) {
 TEST_F(EvalCli, EvalReproducesTheTrainersValidationLossAndScoresTasks) {
   const auto metrics_before = metrics_of(path("run"));
   const auto r = run_command(gqe("eval " + path("run") + " --val --tasks hellaswag=" + path("hellaswag.jsonl") +
-                                 ",arc_easy=" + path("arc_easy.jsonl") + " --tasks piqa=" + path("piqa.jsonl")));
+                                 ",arc_easy=" + path("arc_easy.jsonl") + " --tasks piqa=" + path("piqa.jsonl") +
+                                 " --log-samples " + path("samples.jsonl")));
   ASSERT_EQ(r.status, 0) << r.err;
   EXPECT_NE(r.out.find("checkpoints/step_00000020 (step 20, 5120 tokens)"), std::string::npos) << r.out;
   EXPECT_NE(r.out.find("hellaswag"), std::string::npos);
@@ -75,6 +78,23 @@ TEST_F(EvalCli, EvalReproducesTheTrainersValidationLossAndScoresTasks) {
   const double acc_mean = (report["tasks"]["hellaswag"]["acc"].get<double>() + report["tasks"]["arc_easy"]["acc"].get<double>() +
                            report["tasks"]["piqa"]["acc"].get<double>()) / 3;
   EXPECT_DOUBLE_EQ(report["tasks_average"]["acc"].get<double>(), acc_mean);
+  // acc_bytes and the standard errors beside acc and acc_norm; every item in --log-samples, whose
+  // picks make the scores.
+  std::map<std::string, double> correct, items;
+  std::istringstream samples(read_file(path("samples.jsonl")));
+  for (std::string line; std::getline(samples, line);) {
+    const auto j = nlohmann::json::parse(line);
+    items[j["task"]] += 1;
+    correct[j["task"].get<std::string>() + "/acc_bytes"] += j["pred"]["acc_bytes"] == j["label"];
+    EXPECT_EQ(j["loglikelihoods"].size(), j["choices"].size());
+  }
+  for (const char* task : {"hellaswag", "arc_easy", "piqa"}) {
+    const auto& t = report["tasks"][task];
+    EXPECT_EQ(items[task], t["items"].get<double>()) << task;
+    EXPECT_DOUBLE_EQ(t["acc_bytes"].get<double>(), correct[std::string(task) + "/acc_bytes"] / items[task]) << task;
+    const double n = t["items"].get<double>(), p = t["acc"].get<double>();
+    EXPECT_NEAR(t["acc_stderr"].get<double>(), std::sqrt(p * (1 - p) / (n - 1)), 1e-12) << task;
+  }
   // The same windows as the trainer's final evaluation: the same number, to the bit.
   const auto lines = metrics_of(path("run"));
   double trainer_val = -1;  // the first evaluation line of step 20 is the trainer's

@@ -81,11 +81,14 @@ TEST(EvalTasks, BadRecordsNameTheFileAndLine) {
   EXPECT_EQ(error(EvalTask::piqa, "{\"goal\": \"g\"\n"), in + ":1: invalid JSON at byte 13");
 }
 
-TEST(Scoring, AccAndAccNormDifferWhenLengthsDiffer) {
-  // A short choice with the higher total, a long one with the higher total per byte.
-  EXPECT_EQ(best_choices({-4.0, -10.0}, {4, 40}), (std::pair<size_t, size_t>{0, 1}));
-  EXPECT_EQ(best_choices({-4.0, -10.0}, {4, 5}), (std::pair<size_t, size_t>{0, 0}));
-  EXPECT_EQ(best_choices({-3.0, -3.0, -1.0}, {3, 3, 3}), (std::pair<size_t, size_t>{2, 2}));
+TEST(Scoring, AccAccNormAndAccBytesPickByTotalPerCharacterAndPerByte) {
+  // A short choice with the higher total, a long one with the higher total per character.
+  EXPECT_EQ(best_choices({-4.0, -10.0}, {4, 40}, {4, 40}), (Picks{0, 1, 1}));
+  EXPECT_EQ(best_choices({-4.0, -10.0}, {4, 5}, {4, 5}), (Picks{0, 0, 0}));
+  EXPECT_EQ(best_choices({-3.0, -3.0, -1.0}, {3, 3, 3}, {3, 3, 3}), (Picks{2, 2, 2}));
+  // Characters and bytes differ beyond ASCII ("éé": 2 characters, 4 bytes): acc_norm and
+  // acc_bytes (the harness's metrics of those names) can disagree.
+  EXPECT_EQ(best_choices({-4.0, -6.0}, {2, 4}, {4, 4}), (Picks{0, 1, 0}));
 }
 
 // A real tokenizer and a small random model for the rest.
@@ -182,16 +185,26 @@ TEST_F(Eval, ScoresAreTheLogLikelihoodsOfTheModelsForward) {
   EXPECT_NEAR(tail[0][2], direct[1][2], 1e-4);
   // Scores: exactly what best_choices makes of the likelihoods.
   Communicator single(DistEnvironment{}, DistBackend::auto_, at::kCPU, std::chrono::seconds(5));
-  const TaskScore score = score_eval_set(*model, set, 4, 256, false, single);
-  double acc = 0, norm = 0;
+  std::vector<nlohmann::ordered_json> samples;
+  const TaskScore score = score_eval_set(*model, set, 4, 256, false, single, &samples);
+  double acc = 0, norm = 0, bytes = 0;
+  ASSERT_EQ(samples.size(), 3u);
   for (size_t i = 0; i < 3; ++i) {
-    const auto [a, n] = best_choices(direct[i], set.items[i].choice_bytes);
-    acc += a == static_cast<size_t>(set.items[i].label);
-    norm += n == static_cast<size_t>(set.items[i].label);
+    const Picks p = best_choices(direct[i], set.items[i].choice_chars, set.items[i].choice_bytes);
+    acc += p.acc == static_cast<size_t>(set.items[i].label);
+    norm += p.acc_norm == static_cast<size_t>(set.items[i].label);
+    bytes += p.acc_bytes == static_cast<size_t>(set.items[i].label);
+    EXPECT_EQ(samples[i]["index"], i);
+    EXPECT_EQ(samples[i]["pred"]["acc_norm"], p.acc_norm);
+    for (size_t k = 0; k < direct[i].size(); ++k) EXPECT_NEAR(samples[i]["loglikelihoods"][k].get<double>(), direct[i][k], 1e-4);
+    EXPECT_EQ(samples[i]["choices"], set.items[i].choice_texts);
   }
   EXPECT_EQ(score.items, 3u);
   EXPECT_DOUBLE_EQ(score.acc, acc / 3);
   EXPECT_DOUBLE_EQ(score.acc_norm, norm / 3);
+  EXPECT_DOUBLE_EQ(score.acc_bytes, bytes / 3);
+  // The harness's standard error of a mean: sample standard deviation over sqrt(n).
+  EXPECT_NEAR(score.acc_stderr, std::sqrt(score.acc * (1 - score.acc) * 3 / 2) / std::sqrt(3.0), 1e-12);
   // A context longer than the window keeps its last tokens.
   const auto truncated = continuation_log_likelihoods(*model, set, 0, 1, 4, 8, false);
   EXPECT_TRUE(std::isfinite(truncated[0][0]));

@@ -9,6 +9,7 @@
 #include "cli/commands.h"
 #include "cli/nproc.h"
 #include "common/error.h"
+#include "common/files.h"
 #include "eval/evaluate.h"
 #include "eval/tasks.h"
 
@@ -41,6 +42,7 @@ void add_eval_commands(CLI::App& app, int argc, char** argv) {
     bool val = false;
     int64_t batch_size = 0;
     int nproc = 1;
+    std::string log_samples;
   };
   auto e = std::make_shared<EvalArgs>();
   CLI::App* eval = app.add_subcommand("eval", "Validation loss and zero-shot tasks of a run's newest (or a given) checkpoint");
@@ -50,6 +52,8 @@ void add_eval_commands(CLI::App& app, int argc, char** argv) {
   eval->add_flag("--val", e->val, "Validation loss and perplexity over the run's val split");
   eval->add_option("--batch-size", e->batch_size, "Sequences per forward pass (default: eval.batch_size)")
       ->check(whole_at_least(1));
+  eval->add_option("--log-samples", e->log_samples, "Write each item's log-likelihoods and picks here (JSON Lines)")
+      ->each([](const std::string& file) { check_output_path(file, "--log-samples", /*directory=*/false); });
   add_nproc_option(eval, e->nproc);
   eval->footer(
       "Examples:\n"
@@ -62,6 +66,7 @@ void add_eval_commands(CLI::App& app, int argc, char** argv) {
     o.tasks = parse_tasks(e->tasks);
     o.val = e->val;
     o.batch_size = e->batch_size;
+    o.log_samples = e->log_samples;
     if (!launch_if_requested(e->nproc, argc, argv)) evaluate(o);
   });
 

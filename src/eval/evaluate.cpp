@@ -109,21 +109,31 @@ void evaluate(const EvalOptions& o) {
     if (!val) throw UserError(fmt::format("--val: the val split of {} is shorter than one window", c.data.dataset));
   }
   std::vector<TaskScore> scores;
-  for (const EvalSet& set : sets) scores.push_back(score_eval_set(*model, set, batch, c.data.seq_len, bf16, comm));
+  std::string samples;
+  for (const EvalSet& set : sets) {
+    std::vector<nlohmann::ordered_json> items;
+    scores.push_back(score_eval_set(*model, set, batch, c.data.seq_len, bf16, comm, o.log_samples.empty() ? nullptr : &items));
+    for (const auto& item : items) samples += item.dump() + "\n";
+  }
   comm.finish();
   if (!comm.main()) return;
+  if (!o.log_samples.empty()) write_file_atomic(o.log_samples, samples);
 
   fmt::print("{} (step {}, {} tokens)\n", t.checkpoint.dir.string(), t.checkpoint.state.step, t.checkpoint.state.tokens);
   if (val) fmt::print("  validation loss {:.4f}, perplexity {:.2f}\n", *val, std::exp(*val));
   if (!scores.empty()) {
-    fmt::print("  {:<12}{:>8}{:>10}{:>10}\n", "task", "items", "acc", "acc_norm");
-    double acc = 0, norm = 0;
+    fmt::print("  {:<12}{:>8}{:>18}{:>18}{:>18}\n", "task", "items", "acc", "acc_norm", "acc_bytes");
+    double acc = 0, norm = 0, bytes = 0;
+    auto cell = [](double v, double se) { return fmt::format("{:.4f} ± {:.4f}", v, se); };
     for (const TaskScore& s : scores) {
-      fmt::print("  {:<12}{:>8}{:>10.4f}{:>10.4f}\n", s.task, s.items, s.acc, s.acc_norm);
+      fmt::print("  {:<12}{:>8}{:>18}{:>18}{:>18}\n", s.task, s.items, cell(s.acc, s.acc_stderr), cell(s.acc_norm, s.acc_norm_stderr),
+                 cell(s.acc_bytes, s.acc_bytes_stderr));
       acc += s.acc / static_cast<double>(scores.size());
       norm += s.acc_norm / static_cast<double>(scores.size());
+      bytes += s.acc_bytes / static_cast<double>(scores.size());
     }
-    fmt::print("  {:<12}{:>8}{:>10.4f}{:>10.4f}\n", "average", "", acc, norm);
+    fmt::print("  {:<12}{:>8}{:>18.4f}{:>18.4f}{:>18.4f}\n", "average", "", acc, norm, bytes);
+    fmt::print("  (± the standard error, as lm-evaluation-harness reports it; acc_norm per character, acc_bytes per UTF-8 byte)\n");
   }
   nlohmann::ordered_json line = {{"step", t.checkpoint.state.step}, {"tokens", t.checkpoint.state.tokens}};
   line.update(evaluation_json(val, scores));

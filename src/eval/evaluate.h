@@ -16,9 +16,10 @@ struct EvalOptions {
   std::vector<std::pair<std::string, std::string>> tasks;  // task name -> eval set file (none: the config's eval.tasks)
   bool val = false;
   int64_t batch_size = 0;                                  // 0: the config's eval.batch_size
+  std::filesystem::path log_samples;                       // per-item JSON lines here (empty: none)
 };
 
-// Scores, prints a table, writes RUN_DIR/eval.json and a metrics.jsonl line (rank 0).
+// Scores, prints a table, writes RUN_DIR/eval.json and a line of RUN_DIR/evals.jsonl (rank 0).
 void evaluate(const EvalOptions& options);
 
 struct SampleCommand {

@@ -3,6 +3,7 @@
 #include <ATen/ATen.h>
 
 #include <cmath>
+#include <sstream>
 
 #include "data/loader.h"
 #include "model/autocast.h"
@@ -88,31 +89,61 @@ std::vector<std::vector<double>> continuation_log_likelihoods(DecoderImpl& model
   return out;
 }
 
-std::pair<size_t, size_t> best_choices(const std::vector<double>& ll, const std::vector<uint32_t>& bytes) {
-  size_t acc = 0, norm = 0;
+Picks best_choices(const std::vector<double>& ll, const std::vector<uint32_t>& chars, const std::vector<uint32_t>& bytes) {
+  Picks p;
+  auto per = [&](size_t c, const std::vector<uint32_t>& length) { return ll[c] / std::max<uint32_t>(length[c], 1); };
   for (size_t c = 1; c < ll.size(); ++c) {
-    if (ll[c] > ll[acc]) acc = c;
-    if (ll[c] / std::max<uint32_t>(bytes[c], 1) > ll[norm] / std::max<uint32_t>(bytes[norm], 1)) norm = c;
+    if (ll[c] > ll[p.acc]) p.acc = c;
+    if (per(c, chars) > per(p.acc_norm, chars)) p.acc_norm = c;
+    if (per(c, bytes) > per(p.acc_bytes, bytes)) p.acc_bytes = c;
   }
-  return {acc, norm};
+  return p;
 }
 
 TaskScore score_eval_set(DecoderImpl& model, const EvalSet& set, int64_t batch_size, int64_t max_len, bool bf16,
-                         Communicator& comm) {
+                         Communicator& comm, std::vector<nlohmann::ordered_json>* samples) {
   const size_t n = set.items.size(), W = static_cast<size_t>(comm.world()), r = static_cast<size_t>(comm.rank());
   const size_t begin = n * r / W, end = n * (r + 1) / W;
   const auto ll = continuation_log_likelihoods(model, set, begin, end, batch_size, max_len, bf16);
-  double correct = 0, correct_norm = 0;
+  double correct[3] = {0, 0, 0};
+  std::string lines;
   for (size_t i = begin; i < end; ++i) {
-    const auto [acc, norm] = best_choices(ll[i - begin], set.items[i].choice_bytes);
-    correct += acc == static_cast<size_t>(set.items[i].label);
-    correct_norm += norm == static_cast<size_t>(set.items[i].label);
+    const TokenizedItem& item = set.items[i];
+    const Picks p = best_choices(ll[i - begin], item.choice_chars, item.choice_bytes);
+    const auto label = static_cast<size_t>(item.label);
+    correct[0] += p.acc == label;
+    correct[1] += p.acc_norm == label;
+    correct[2] += p.acc_bytes == label;
+    if (samples)
+      lines += nlohmann::ordered_json{{"task", set.task},
+                                      {"index", i},
+                                      {"label", item.label},
+                                      {"loglikelihoods", ll[i - begin]},
+                                      {"pred", {{"acc", p.acc}, {"acc_norm", p.acc_norm}, {"acc_bytes", p.acc_bytes}}},
+                                      {"context", item.context_text},
+                                      {"choices", item.choice_texts}}
+                   .dump() +
+               "\n";
   }
   const at::Device device = model.parameters().front().device();
-  at::Tensor counts = at::tensor({correct, correct_norm}, at::TensorOptions().dtype(at::kDouble)).to(device);
+  at::Tensor counts = at::tensor({correct[0], correct[1], correct[2]}, at::TensorOptions().dtype(at::kDouble)).to(device);
   comm.all_reduce_sum({counts});
+  if (samples) {
+    samples->clear();
+    for (const std::string& part : comm.all_gather(lines)) {  // in rank order: the items in order
+      std::istringstream in(part);
+      for (std::string line; std::getline(in, line);) samples->push_back(nlohmann::ordered_json::parse(line));
+    }
+  }
   const auto c = counts.to(at::kCPU);
-  return {set.task, n, c[0].item<double>() / static_cast<double>(n), c[1].item<double>() / static_cast<double>(n)};
+  const double N = static_cast<double>(n);
+  // A mean of 0/1 values: sample standard deviation sqrt(p(1-p) N/(N-1)), over sqrt(N).
+  auto stderr_of = [&](double p) { return n > 1 ? std::sqrt(p * (1 - p) / (N - 1)) : std::nan(""); };
+  TaskScore t{set.task, n, c[0].item<double>() / N, c[1].item<double>() / N, c[2].item<double>() / N};
+  t.acc_stderr = stderr_of(t.acc);
+  t.acc_norm_stderr = stderr_of(t.acc_norm);
+  t.acc_bytes_stderr = stderr_of(t.acc_bytes);
+  return t;
 }
 
 nlohmann::ordered_json evaluation_json(std::optional<double> val_loss, const std::vector<TaskScore>& tasks) {
@@ -122,13 +153,20 @@ nlohmann::ordered_json evaluation_json(std::optional<double> val_loss, const std
     j["val_ppl"] = std::exp(*val_loss);
   }
   if (!tasks.empty()) {
-    double acc = 0, acc_norm = 0;
+    double acc = 0, acc_norm = 0, acc_bytes = 0;
     for (const TaskScore& t : tasks) {
-      j["tasks"][t.task] = {{"acc", t.acc}, {"acc_norm", t.acc_norm}, {"items", t.items}};
+      j["tasks"][t.task] = {{"acc", t.acc},
+                            {"acc_norm", t.acc_norm},
+                            {"acc_bytes", t.acc_bytes},
+                            {"acc_stderr", t.acc_stderr},
+                            {"acc_norm_stderr", t.acc_norm_stderr},
+                            {"acc_bytes_stderr", t.acc_bytes_stderr},
+                            {"items", t.items}};
       acc += t.acc / static_cast<double>(tasks.size());
       acc_norm += t.acc_norm / static_cast<double>(tasks.size());
+      acc_bytes += t.acc_bytes / static_cast<double>(tasks.size());
     }
-    j["tasks_average"] = {{"acc", acc}, {"acc_norm", acc_norm}};
+    j["tasks_average"] = {{"acc", acc}, {"acc_norm", acc_norm}, {"acc_bytes", acc_bytes}};
   }
   return j;
 }

@@ -28,22 +28,33 @@ std::optional<double> validation_loss(DecoderImpl& model, const std::shared_ptr<
 std::vector<std::vector<double>> continuation_log_likelihoods(DecoderImpl& model, const EvalSet& set, size_t begin, size_t end,
                                                               int64_t batch_size, int64_t max_len, bool bf16);
 
-// The choice acc picks (highest log-likelihood) and the one acc_norm picks (highest log-likelihood
-// per byte of the choice); ties go to the first.
-std::pair<size_t, size_t> best_choices(const std::vector<double>& log_likelihoods, const std::vector<uint32_t>& bytes);
+// The choice each metric picks, as lm-evaluation-harness does: acc the highest log-likelihood,
+// acc_norm the highest per character of the choice (Python's len), acc_bytes per UTF-8 byte; ties
+// go to the first.
+struct Picks {
+  size_t acc = 0, acc_norm = 0, acc_bytes = 0;
+  bool operator==(const Picks&) const = default;
+};
+Picks best_choices(const std::vector<double>& log_likelihoods, const std::vector<uint32_t>& chars,
+                   const std::vector<uint32_t>& bytes);
 
 struct TaskScore {
   std::string task;
   uint64_t items = 0;
-  double acc = 0, acc_norm = 0;
+  double acc = 0, acc_norm = 0, acc_bytes = 0;
+  // The harness's standard errors of the means: sample standard deviation / sqrt(items).
+  double acc_stderr = 0, acc_norm_stderr = 0, acc_bytes_stderr = 0;
 };
 
-// Accuracy over the whole set; rank r scores the block [r*n/W, (r+1)*n/W) of the items.
+// Accuracy over the whole set; rank r scores the block [r*n/W, (r+1)*n/W) of the items. With
+// `samples`, rank 0 gets one object per item, in order: its index, label, the log-likelihood of
+// each choice, what each metric picked, and the texts.
 TaskScore score_eval_set(DecoderImpl& model, const EvalSet& set, int64_t batch_size, int64_t max_len, bool bf16,
-                         Communicator& comm);
+                         Communicator& comm, std::vector<nlohmann::ordered_json>* samples = nullptr);
 
 // The fields of a metrics.jsonl evaluation line and of eval.json: val_loss and val_ppl (if any),
-// then "tasks": {name: {acc, acc_norm, items}} and "tasks_average": {acc, acc_norm} (if any).
+// then "tasks": {name: {acc, acc_norm, acc_bytes, their _stderr, items}} and "tasks_average":
+// {acc, acc_norm, acc_bytes} (if any).
 nlohmann::ordered_json evaluation_json(std::optional<double> val_loss, const std::vector<TaskScore>& tasks);
 
 }  // namespace gqe

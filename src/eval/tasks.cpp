@@ -33,22 +33,78 @@ const char* eval_task_name(EvalTask task) {
   return "?";
 }
 
+namespace {
+
+// The length of a UTF-8 encoded character from its first byte.
+size_t char_length(unsigned char lead) { return lead < 0x80 ? 1 : (lead >> 5) == 6 ? 2 : (lead >> 4) == 14 ? 3 : (lead >> 3) == 30 ? 4 : 1; }
+
+// Python's str.isspace() for one code point (what strip() and rstrip() remove).
+bool python_space(char32_t c) {
+  return (c >= 0x09 && c <= 0x0d) || (c >= 0x1c && c <= 0x20) || c == 0x85 || c == 0xa0 || c == 0x1680 ||
+         (c >= 0x2000 && c <= 0x200a) || c == 0x2028 || c == 0x2029 || c == 0x202f || c == 0x205f || c == 0x3000;
+}
+
+// The code points of a UTF-8 string, each with its byte offset.
+std::vector<std::pair<size_t, char32_t>> decode_utf8(const std::string& s) {
+  std::vector<std::pair<size_t, char32_t>> out;
+  for (size_t at = 0; at < s.size();) {
+    const auto lead = static_cast<unsigned char>(s[at]);
+    const size_t n = std::min(char_length(lead), s.size() - at);
+    char32_t c = n == 1 ? lead : lead & (0x7f >> n);
+    for (size_t k = 1; k < n; ++k) c = c << 6 | (static_cast<unsigned char>(s[at + k]) & 0x3f);
+    out.emplace_back(at, c);
+    at += n;
+  }
+  return out;
+}
+
+}  // namespace
+
+size_t python_rstrip_length(const std::string& text) {
+  const auto chars = decode_utf8(text);
+  size_t end = chars.size();
+  while (end > 0 && python_space(chars[end - 1].second)) --end;
+  return end == chars.size() ? text.size() : chars[end].first;
+}
+
+std::string python_strip(const std::string& text) {
+  const auto chars = decode_utf8(text);
+  size_t begin = 0;
+  while (begin < chars.size() && python_space(chars[begin].second)) ++begin;
+  if (begin == chars.size()) return "";
+  return text.substr(chars[begin].first, python_rstrip_length(text) - chars[begin].first);
+}
+
 std::string hellaswag_clean(std::string text) {
-  // strip; " [title]" -> ". "; drop "[...]" (shortest); "  " -> " " once over the string.
-  const auto first = text.find_first_not_of(" \t\n\r\f\v");
-  const auto last = text.find_last_not_of(" \t\n\r\f\v");
-  text = first == std::string::npos ? "" : text.substr(first, last - first + 1);
+  // lm-evaluation-harness's hellaswag preprocess: strip(); " [title]" -> ". "; re.sub("\[.*?\]", "")
+  // (Python's "." is anything but "\n"); "  " -> " " once over the string.
+  text = python_strip(text);
   for (size_t at; (at = text.find(" [title]")) != std::string::npos;) text.replace(at, 8, ". ");
-  text = std::regex_replace(text, std::regex(R"(\[.*?\])"), "");
-  std::string out;
+  std::string kept;
   for (size_t i = 0; i < text.size(); ++i) {
-    out += text[i];
-    if (text[i] == ' ' && i + 1 < text.size() && text[i + 1] == ' ') ++i;  // non-overlapping, like str.replace
+    const size_t close = text[i] == '[' ? text.find_first_of("]\n", i + 1) : std::string::npos;
+    if (close != std::string::npos && text[close] == ']') {
+      i = close;  // the shortest bracketed span, dropped
+      continue;
+    }
+    kept += text[i];
+  }
+  std::string out;
+  for (size_t i = 0; i < kept.size(); ++i) {
+    out += kept[i];
+    if (kept[i] == ' ' && i + 1 < kept.size() && kept[i + 1] == ' ') ++i;  // non-overlapping, like str.replace
   }
   return out;
 }
 
 namespace {
+
+// Python's len() of a UTF-8 string: its code points (the bytes that do not continue a character).
+uint32_t code_points(const std::string& s) {
+  uint32_t n = 0;
+  for (char c : s) n += (static_cast<unsigned char>(c) & 0xc0) != 0x80;
+  return n;
+}
 
 // Python's str.capitalize() for ASCII: first letter upper, the rest lower.
 std::string capitalize(std::string s) {
@@ -207,13 +263,17 @@ EvalSet tokenize_eval_items(EvalTask task, const std::vector<EvalItem>& items, c
     t.label = item.label;
     t.context_text = item.context;
     t.choice_texts = item.choices;
-    const std::vector<int32_t> context = tokenizer.encode(item.context);
+    // As the harness's _encode_pair: whitespace at the end of the context moves to the front of
+    // the continuation (" " + choice), and the continuation is what encoding both adds.
+    const std::string head = item.context.substr(0, python_rstrip_length(item.context)), tail = item.context.substr(head.size());
+    const std::vector<int32_t> context = tokenizer.encode(head);
     t.context.push_back(tokenizer.eos_id());
     t.context.insert(t.context.end(), context.begin(), context.end());
     for (const std::string& choice : item.choices) {
-      const std::vector<int32_t> whole = tokenizer.encode(item.context + " " + choice);
+      const std::vector<int32_t> whole = tokenizer.encode(head + tail + " " + choice);
       t.continuations.emplace_back(whole.begin() + static_cast<long>(std::min(context.size(), whole.size())), whole.end());
       t.choice_bytes.push_back(static_cast<uint32_t>(choice.size()));
+      t.choice_chars.push_back(code_points(choice));
     }
     set.items.push_back(std::move(t));
   }
@@ -266,6 +326,10 @@ EvalSet read_eval_set(const std::filesystem::path& file) {
       t.context = j.at("context").get<std::vector<int32_t>>();
       t.continuations = j.at("continuations").get<std::vector<std::vector<int32_t>>>();
       t.choice_bytes = j.at("choice_bytes").get<std::vector<uint32_t>>();
+      t.context_text = j.at("text").at("context").get<std::string>();
+      t.choice_texts = j.at("text").at("choices").get<std::vector<std::string>>();
+      if (t.choice_texts.size() != t.choice_bytes.size()) fail("inconsistent item");
+      for (const std::string& choice : t.choice_texts) t.choice_chars.push_back(code_points(choice));
       if (t.continuations.size() != t.choice_bytes.size() || t.label < 0 ||
           t.label >= static_cast<int32_t>(t.continuations.size()) || t.context.empty())
         fail("inconsistent item");

@@ -27,6 +27,10 @@ struct EvalItem {
 
 // HellaSwag's clean-up of WikiHow artefacts (the harness's preprocess()).
 std::string hellaswag_clean(std::string text);
+// Python's str.strip() (Unicode whitespace, as str.isspace()), and the length in bytes of
+// str.rstrip()'s result, on UTF-8 text.
+std::string python_strip(const std::string& text);
+size_t python_rstrip_length(const std::string& text);
 
 // Reads FILE in the task's format; PIQA's labels may come from a separate file (one per line).
 // Throws UserError naming the file and line of a missing or malformed field.
@@ -35,7 +39,8 @@ std::vector<EvalItem> read_eval_items(EvalTask task, const std::string& file, co
 struct TokenizedItem {
   std::vector<int32_t> context;                    // EOS first: documents follow an EOS in training
   std::vector<std::vector<int32_t>> continuations; // tokens of " " + choice after the context
-  std::vector<uint32_t> choice_bytes;              // UTF-8 length of each choice, for acc_norm
+  std::vector<uint32_t> choice_bytes;              // UTF-8 length of each choice, for acc_bytes
+  std::vector<uint32_t> choice_chars;              // characters (code points, Python's len), for acc_norm
   int32_t label = -1;
   std::string context_text;
   std::vector<std::string> choice_texts;
