@@ -44,8 +44,9 @@ vpy=$venv/bin/python
 # matplotlib first: it brings numpy, which torch looks for when imported below.
 "$vpy" -c 'import matplotlib' 2>/dev/null || { say "installing matplotlib"; "$vpy" -m pip install -q matplotlib; }
 # The ecosystem the tests check gqe against: transformers loads gqe's exports (GQA as Llama, GQE
-# through modeling_gqe.py); tensorboard reads the trainer's event files.
-for pkg in transformers==5.24.0 tensorboard==2.21.0; do
+# through modeling_gqe.py); tensorboard reads the trainer's event files; lm-evaluation-harness
+# (with accelerate, which its HF model needs) scores an export as gqe eval does.
+for pkg in transformers==5.24.0 tensorboard==2.21.0 lm_eval==0.4.13 accelerate==1.15.0; do
   "$vpy" -c "import importlib.metadata as m, sys; sys.exit(m.version('${pkg%%==*}') != '${pkg##*==}')" 2>/dev/null ||
     { say "installing $pkg"; "$vpy" -m pip install -q "$pkg"; }
 done

@@ -4,12 +4,14 @@
 #include <cmath>
 #include <filesystem>
 #include <map>
+#include <random>
 #include <sstream>
 
 #include <nlohmann/json.hpp>
 
 #include "common/files.h"
 #include "data/tokenizer.h"
+#include "eval/tasks.h"
 #include "test_util.h"
 
 namespace gqe {
@@ -181,6 +183,99 @@ TEST_F(EvalCli, TransformersLoadsGqaAndEveryGqeVariantWithGqesNumbers) {
     EXPECT_EQ(report["generated_transformers"], report["generated_gqe"]);
     EXPECT_FALSE(report["generated_gqe"].empty());
     EXPECT_EQ(report["tokenizer_mismatches"], nlohmann::json::array());
+  }
+}
+
+// lm-evaluation-harness, offline, on local files in the formats of its hellaswag, arc_easy and piqa
+// tasks (tests/data/eval/harness_*.jsonl: non-ASCII capitalisation and final sigmas, non-breaking
+// spaces at the ends, "\r" inside brackets, a context that ends in a space, choices whose
+// characters and bytes differ), scoring the export of the fixture's run: gqe eval's acc, acc_norm,
+// acc_bytes and standard errors are the harness's, and each item's log-likelihoods agree.
+TEST_F(EvalCli, ScoresAreLmEvaluationHarnesssItemByItem) {
+  const std::string python = GQE_PYTHON;
+  if (python.empty() || run_command(python + " -c 'import lm_eval, accelerate'").status != 0)
+    GTEST_SKIP() << "lm-evaluation-harness is not installed in the build's Python (scripts/setup.sh installs it)";
+  const std::string data = std::string(GQE_SOURCE_DIR) + "/tests/data/eval/harness_";
+  std::string tasks, sources;
+  for (const std::string task : {"hellaswag", "arc_easy", "piqa"}) {
+    const auto r = run_command(std::string(GQE_DATA_BINARY) + " encode-eval --task " + task + " --input " + data + task +
+                               ".jsonl --dataset " + path("ds") + " --out " + path("h-" + task + ".jsonl"));
+    ASSERT_EQ(r.status, 0) << r.err;
+    tasks += (tasks.empty() ? "" : ",") + task + "=" + path("h-" + task + ".jsonl");
+    sources += " " + task + "=" + data + task + ".jsonl";
+  }
+  const auto exported = run_command(gqe("export " + path("run") + "/checkpoints/step_00000020 --out " + path("h-export")));
+  ASSERT_EQ(exported.status, 0) << exported.err;
+  const auto ours = run_command(gqe("eval " + path("run") + " --tasks " + tasks + " --log-samples " +
+                                    path("h-samples.jsonl")));
+  ASSERT_EQ(ours.status, 0) << ours.err;
+  const auto report = nlohmann::json::parse(read_file(path("run") + "/eval.json"));
+  const auto theirs = run_command(python + " " + GQE_SOURCE_DIR + "/tests/harness_scores.py " + path("h-export") + " " +
+                                  path("h-work") + sources + " 2>/dev/null");
+  ASSERT_EQ(theirs.status, 0) << theirs.out;
+  const auto harness = nlohmann::json::parse(theirs.out);
+  for (const char* task : {"hellaswag", "arc_easy", "piqa"}) {
+    SCOPED_TRACE(task);
+    for (const char* metric : {"acc", "acc_norm", "acc_bytes"}) {
+      EXPECT_EQ(report["tasks"][task][metric].get<double>(), harness[task][metric].get<double>()) << metric;
+      EXPECT_NEAR(report["tasks"][task][std::string(metric) + "_stderr"].get<double>(),
+                  harness[task][std::string(metric) + "_stderr"].get<double>(), 1e-12) << metric;
+    }
+  }
+  std::istringstream samples(read_file(path("h-samples.jsonl")));
+  size_t n = 0;
+  for (std::string line; std::getline(samples, line); ++n) {
+    const auto j = nlohmann::json::parse(line);
+    const auto& lls = harness[j["task"].get<std::string>()]["loglikelihoods"][j["index"].get<size_t>()];
+    ASSERT_EQ(lls.size(), j["loglikelihoods"].size());
+    for (size_t c = 0; c < lls.size(); ++c)
+      EXPECT_NEAR(j["loglikelihoods"][c].get<double>(), lls[c].get<double>(), 1e-4) << line;
+  }
+  EXPECT_EQ(n, 10u);
+}
+
+// The clean-up and capitalisation against the harness's own preprocess() and Python's
+// str.capitalize(), on the edge cases and on random text from many scripts.
+TEST(HellaswagCleanup, IsTheHarnesssPreprocessAndPythonsCapitalize) {
+  const std::string python = GQE_PYTHON;
+  if (python.empty() || run_command(python + " -c 'import lm_eval'").status != 0)
+    GTEST_SKIP() << "lm-evaluation-harness is not installed in the build's Python";
+  std::vector<std::string> texts = {"  éden was here ", "\u00a0nbsp at both ends\u00a0", "a [b\r c] d", "a [b\n c] d [e]",
+                                    "ends in a title [title]", "ΣΑΣ ΟΔΟΣ, ΚΟΣΜΟΣ. Σ", "ßtraße", "ǆungla", "ﬀ ligature",
+                                    "İstanbul", "two  spaces   three", "", " ", "[only]", "x [unclosed", "ΑΣ\u0301 ΑΣ'Σ"};
+  // Random strings over ASCII, Latin, Greek (sigmas), Cyrillic, combining marks, titlecase digraphs,
+  // ligatures, Armenian, Georgian, Cherokee, Deseret, brackets and whitespace.
+  const std::vector<std::pair<char32_t, char32_t>> blocks = {{0x20, 0x7e},   {0xa0, 0x24f},  {0x370, 0x3ff}, {0x400, 0x4ff},
+                                                             {0x300, 0x36f}, {0x1c4, 0x1cc}, {0xfb00, 0xfb06}, {0x531, 0x587},
+                                                             {0x10a0, 0x10ff}, {0x13a0, 0x13fd}, {0x10400, 0x1044f}, {0x2000, 0x2029}};
+  std::mt19937 rng(7);
+  auto utf8 = [](char32_t c) {
+    std::string s;
+    if (c < 0x80) s += static_cast<char>(c);
+    else if (c < 0x800) s += static_cast<char>(0xc0 | (c >> 6)), s += static_cast<char>(0x80 | (c & 0x3f));
+    else if (c < 0x10000) s += static_cast<char>(0xe0 | (c >> 12)), s += static_cast<char>(0x80 | ((c >> 6) & 0x3f)), s += static_cast<char>(0x80 | (c & 0x3f));
+    else s += static_cast<char>(0xf0 | (c >> 18)), s += static_cast<char>(0x80 | ((c >> 12) & 0x3f)), s += static_cast<char>(0x80 | ((c >> 6) & 0x3f)), s += static_cast<char>(0x80 | (c & 0x3f));
+    return s;
+  };
+  for (int i = 0; i < 3000; ++i) {
+    std::string s;
+    const int length = static_cast<int>(rng() % 12);
+    for (int k = 0; k < length; ++k) {
+      const auto& [lo, hi] = blocks[rng() % blocks.size()];
+      const char32_t c = rng() % 8 == 0 ? U"[] \u03a3\u00a0\r"[rng() % 6] : lo + static_cast<char32_t>(rng() % (hi - lo + 1));
+      s += utf8(c);
+    }
+    texts.push_back(s);
+  }
+  test::TempDir dir;
+  const std::string input = dir.write("texts.json", nlohmann::json(texts).dump());
+  const auto r = run_command(python + " " + GQE_SOURCE_DIR + "/tests/harness_cleanup.py < " + input);
+  ASSERT_EQ(r.status, 0) << r.err;
+  const auto expected = nlohmann::json::parse(r.out);
+  ASSERT_EQ(expected.size(), texts.size());
+  for (size_t i = 0; i < texts.size(); ++i) {
+    EXPECT_EQ(hellaswag_clean(texts[i]), expected[i][0].get<std::string>()) << nlohmann::json(texts[i]).dump();
+    EXPECT_EQ(python_capitalize(texts[i]), expected[i][1].get<std::string>()) << nlohmann::json(texts[i]).dump();
   }
 }
 

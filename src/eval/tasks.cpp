@@ -106,14 +106,69 @@ uint32_t code_points(const std::string& s) {
   return n;
 }
 
-// Python's str.capitalize() for ASCII: first letter upper, the rest lower.
-std::string capitalize(std::string s) {
-  for (size_t i = 0; i < s.size(); ++i) {
-    const auto c = static_cast<unsigned char>(s[i]);
-    if (c < 0x80) s[i] = static_cast<char>(i == 0 ? std::toupper(c) : std::tolower(c));
-  }
-  return s;
+struct CaseMapping {
+  char32_t from;
+  char32_t to[3];
+  int n;
+};
+struct CodePointRange {
+  char32_t lo, hi;
+};
+#include "unicode_case.inc"  // generated at build time from Python's Unicode database
+
+template <size_t N> const CaseMapping* find_mapping(const CaseMapping (&table)[N], char32_t c) {
+  const auto it = std::lower_bound(std::begin(table), std::end(table), c, [](const CaseMapping& m, char32_t v) { return m.from < v; });
+  return it != std::end(table) && it->from == c ? it : nullptr;
 }
+template <size_t N> bool in_ranges(const CodePointRange (&table)[N], char32_t c) {
+  const auto it = std::upper_bound(std::begin(table), std::end(table), c, [](char32_t v, const CodePointRange& r) { return v < r.lo; });
+  return it != std::begin(table) && c <= std::prev(it)->hi;
+}
+
+void append_utf8(std::string& out, char32_t c) {
+  if (c < 0x80) {
+    out += static_cast<char>(c);
+  } else if (c < 0x800) {
+    out += static_cast<char>(0xc0 | (c >> 6)), out += static_cast<char>(0x80 | (c & 0x3f));
+  } else if (c < 0x10000) {
+    out += static_cast<char>(0xe0 | (c >> 12)), out += static_cast<char>(0x80 | ((c >> 6) & 0x3f));
+    out += static_cast<char>(0x80 | (c & 0x3f));
+  } else {
+    out += static_cast<char>(0xf0 | (c >> 18)), out += static_cast<char>(0x80 | ((c >> 12) & 0x3f));
+    out += static_cast<char>(0x80 | ((c >> 6) & 0x3f)), out += static_cast<char>(0x80 | (c & 0x3f));
+  }
+}
+
+}  // namespace
+
+std::string python_capitalize(const std::string& text) {
+  // CPython's do_capitalize: the first character's full title-case mapping, the others' full
+  // lower-case mappings, and a capital sigma lowered to a final sigma where it ends a word
+  // (a cased letter before it and none after it, case-ignorable characters skipped).
+  const auto chars = decode_utf8(text);
+  std::string out;
+  for (size_t i = 0; i < chars.size(); ++i) {
+    const char32_t c = chars[i].second;
+    if (i > 0 && c == 0x3a3) {
+      size_t j = i;
+      while (j > 0 && in_ranges(kCaseIgnorable, chars[j - 1].second)) --j;
+      bool final_sigma = j > 0 && in_ranges(kCased, chars[j - 1].second);
+      if (final_sigma) {
+        size_t k = i + 1;
+        while (k < chars.size() && in_ranges(kCaseIgnorable, chars[k].second)) ++k;
+        final_sigma = k == chars.size() || !in_ranges(kCased, chars[k].second);
+      }
+      append_utf8(out, final_sigma ? 0x3c2 : 0x3c3);
+      continue;
+    }
+    const CaseMapping* m = i == 0 ? find_mapping(kTitleCase, c) : find_mapping(kLowerCase, c);
+    if (!m) append_utf8(out, c);
+    else for (int k = 0; k < m->n; ++k) append_utf8(out, m->to[k]);
+  }
+  return out;
+}
+
+namespace {
 
 class Record {
  public:
@@ -146,7 +201,7 @@ class Record {
 
 EvalItem hellaswag_item(const Record& r) {
   EvalItem item;
-  const std::string ctx = r.has("ctx_a") ? r.text("ctx_a") + " " + capitalize(r.text("ctx_b")) : r.text("ctx");
+  const std::string ctx = r.has("ctx_a") ? r.text("ctx_a") + " " + python_capitalize(r.text("ctx_b")) : r.text("ctx");
   item.context = hellaswag_clean(r.text("activity_label") + ": " + ctx);
   const json& endings = r.at("endings");
   if (!endings.is_array() || endings.size() < 2) r.fail("\"endings\" is not a list of at least two strings");

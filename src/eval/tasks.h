@@ -31,6 +31,9 @@ std::string hellaswag_clean(std::string text);
 // str.rstrip()'s result, on UTF-8 text.
 std::string python_strip(const std::string& text);
 size_t python_rstrip_length(const std::string& text);
+// Python's str.capitalize() on UTF-8 text, from the build's Python's Unicode tables
+// (scripts/unicode_case_tables.py): what the harness's HellaSwag does to ctx_b.
+std::string python_capitalize(const std::string& text);
 
 // Reads FILE in the task's format; PIQA's labels may come from a separate file (one per line).
 // Throws UserError naming the file and line of a missing or malformed field.
