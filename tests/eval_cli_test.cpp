@@ -10,6 +10,7 @@
 #include <nlohmann/json.hpp>
 
 #include "common/files.h"
+#include "common/utf8.h"
 #include "data/tokenizer.h"
 #include "eval/tasks.h"
 #include "test_util.h"
@@ -249,21 +250,13 @@ TEST(HellaswagCleanup, IsTheHarnesssPreprocessAndPythonsCapitalize) {
                                                              {0x300, 0x36f}, {0x1c4, 0x1cc}, {0xfb00, 0xfb06}, {0x531, 0x587},
                                                              {0x10a0, 0x10ff}, {0x13a0, 0x13fd}, {0x10400, 0x1044f}, {0x2000, 0x2029}};
   std::mt19937 rng(7);
-  auto utf8 = [](char32_t c) {
-    std::string s;
-    if (c < 0x80) s += static_cast<char>(c);
-    else if (c < 0x800) s += static_cast<char>(0xc0 | (c >> 6)), s += static_cast<char>(0x80 | (c & 0x3f));
-    else if (c < 0x10000) s += static_cast<char>(0xe0 | (c >> 12)), s += static_cast<char>(0x80 | ((c >> 6) & 0x3f)), s += static_cast<char>(0x80 | (c & 0x3f));
-    else s += static_cast<char>(0xf0 | (c >> 18)), s += static_cast<char>(0x80 | ((c >> 12) & 0x3f)), s += static_cast<char>(0x80 | ((c >> 6) & 0x3f)), s += static_cast<char>(0x80 | (c & 0x3f));
-    return s;
-  };
   for (int i = 0; i < 3000; ++i) {
     std::string s;
     const int length = static_cast<int>(rng() % 12);
     for (int k = 0; k < length; ++k) {
       const auto& [lo, hi] = blocks[rng() % blocks.size()];
       const char32_t c = rng() % 8 == 0 ? U"[] \u03a3\u00a0\r"[rng() % 6] : lo + static_cast<char32_t>(rng() % (hi - lo + 1));
-      s += utf8(c);
+      append_utf8(s, c);
     }
     texts.push_back(s);
   }

@@ -11,6 +11,7 @@
 #include <unordered_map>
 
 #include "common/error.h"
+#include "common/utf8.h"
 #include "common/files.h"
 #include "data/rng.h"
 #include "data/shard.h"
@@ -79,8 +80,7 @@ std::string Tokenizer::hf_tokenizer_json(int32_t prefix_id) const {
     const std::string piece = sp_->IdToPiece(i);
     int chars = 0;
     for (size_t at = 0; at < piece.size();) {
-      const auto lead = static_cast<unsigned char>(piece[at]);  // UTF-8: the length from the lead byte
-      at += lead < 0x80 ? 1 : (lead >> 5) == 6 ? 2 : (lead >> 4) == 14 ? 3 : (lead >> 3) == 30 ? 4 : 1;
+      at += utf8_length(static_cast<unsigned char>(piece[at]));
       ++chars;
       if (at >= piece.size()) break;
       const std::string left = piece.substr(0, at), right = piece.substr(at);

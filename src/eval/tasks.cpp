@@ -9,6 +9,7 @@
 
 #include "common/checksum.h"
 #include "common/error.h"
+#include "common/utf8.h"
 #include "common/files.h"
 #include "data/text_input.h"
 #include "data/tokenizer.h"
@@ -35,9 +36,6 @@ const char* eval_task_name(EvalTask task) {
 
 namespace {
 
-// The length of a UTF-8 encoded character from its first byte.
-size_t char_length(unsigned char lead) { return lead < 0x80 ? 1 : (lead >> 5) == 6 ? 2 : (lead >> 4) == 14 ? 3 : (lead >> 3) == 30 ? 4 : 1; }
-
 // Python's str.isspace() for one code point (what strip() and rstrip() remove).
 bool python_space(char32_t c) {
   return (c >= 0x09 && c <= 0x0d) || (c >= 0x1c && c <= 0x20) || c == 0x85 || c == 0xa0 || c == 0x1680 ||
@@ -49,7 +47,7 @@ std::vector<std::pair<size_t, char32_t>> decode_utf8(const std::string& s) {
   std::vector<std::pair<size_t, char32_t>> out;
   for (size_t at = 0; at < s.size();) {
     const auto lead = static_cast<unsigned char>(s[at]);
-    const size_t n = std::min(char_length(lead), s.size() - at);
+    const size_t n = std::min(utf8_length(lead), s.size() - at);
     char32_t c = n == 1 ? lead : lead & (0x7f >> n);
     for (size_t k = 1; k < n; ++k) c = c << 6 | (static_cast<unsigned char>(s[at + k]) & 0x3f);
     out.emplace_back(at, c);
@@ -123,20 +121,6 @@ template <size_t N> const CaseMapping* find_mapping(const CaseMapping (&table)[N
 template <size_t N> bool in_ranges(const CodePointRange (&table)[N], char32_t c) {
   const auto it = std::upper_bound(std::begin(table), std::end(table), c, [](char32_t v, const CodePointRange& r) { return v < r.lo; });
   return it != std::begin(table) && c <= std::prev(it)->hi;
-}
-
-void append_utf8(std::string& out, char32_t c) {
-  if (c < 0x80) {
-    out += static_cast<char>(c);
-  } else if (c < 0x800) {
-    out += static_cast<char>(0xc0 | (c >> 6)), out += static_cast<char>(0x80 | (c & 0x3f));
-  } else if (c < 0x10000) {
-    out += static_cast<char>(0xe0 | (c >> 12)), out += static_cast<char>(0x80 | ((c >> 6) & 0x3f));
-    out += static_cast<char>(0x80 | (c & 0x3f));
-  } else {
-    out += static_cast<char>(0xf0 | (c >> 18)), out += static_cast<char>(0x80 | ((c >> 12) & 0x3f));
-    out += static_cast<char>(0x80 | ((c >> 6) & 0x3f)), out += static_cast<char>(0x80 | (c & 0x3f));
-  }
 }
 
 }  // namespace
