@@ -337,6 +337,39 @@ TEST_F(Train, TensorBoardReadsTheMetricsAndAContinuedRunReadsAsOne) {
   expect_metrics(scalars(path("tb-out") + "/tb"), second);
 }
 
+// The tokenizer is part of the data's identity: a dataset whose tokenizer file is missing or is
+// not the one its manifest fingerprints is refused by train, eval, sample and export (exit 2, one
+// line naming the file and both fingerprints), not used to decode or export silently.
+TEST_F(Train, ADatasetWhoseTokenizerIsNotItsOwnIsRefusedEverywhere) {
+  fs::copy(dir_->path() / "ds", path("ds"), fs::copy_options::recursive);
+  const std::string ds = " --set data.dataset=" + path("ds");
+  ASSERT_EQ(run_command(train("run", ds + " --set train.tokens=2560")).status, 0);
+  const auto manifest = nlohmann::json::parse(read_file(path("ds") + "/manifest.json"));
+  const std::string tokenizer = path("ds") + "/" + manifest["tokenizer"]["file"].get<std::string>();
+  const std::string original = read_file(tokenizer);
+  const std::string fingerprint = manifest["tokenizer"]["fingerprint"];
+  for (const std::string damage : {"replaced", "missing"}) {
+    SCOPED_TRACE(damage);
+    if (damage == "replaced") write_file_atomic(tokenizer, original + "x");  // another model, as far as bytes go
+    else fs::remove(tokenizer);
+    const std::string expected = damage == "replaced"
+                                     ? "gqe: " + tokenizer + ": not the tokenizer the dataset was made with (fingerprint "
+                                     : "gqe: " + tokenizer + ": the dataset's tokenizer is missing (or not a file)\n";
+    for (const std::string command : {"train " + config_ + " --run-dir " + path("new") + ds, "eval " + path("run") + " --val",
+                                      "sample " + path("run") + " --prompt x --max-tokens 2",
+                                      "export " + path("run") + "/checkpoints/step_00000010 --out " + path("hf")}) {
+      const auto r = run_command(gqe(command));
+      EXPECT_EQ(r.status, 2) << command << "\n" << r.err;
+      EXPECT_EQ(r.err.rfind(expected, 0), 0u) << command << "\n" << r.err;
+      if (damage == "replaced") EXPECT_NE(r.err.find("the manifest records " + fingerprint + ")"), std::string::npos) << r.err;
+    }
+    EXPECT_FALSE(fs::exists(path("new")));
+    EXPECT_FALSE(fs::exists(path("hf")));
+  }
+  write_file_atomic(tokenizer, original);
+  EXPECT_EQ(run_command(gqe("sample " + path("run") + " --prompt x --max-tokens 2")).status, 0);
+}
+
 // The sample corpus (scripts/sample_data.sh, which scripts/test.sh runs first): 196 steps of the
 // tiny configs must take the validation loss from ln(4096) = 8.3 to a nat below the corpus's
 // unigram entropy (6.70 nats: what a model without context reaches), for GQA and GQE alike.

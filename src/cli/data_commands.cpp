@@ -193,12 +193,7 @@ void add_inspect(CLI::App& app) {
         const TokenStream stream(o->path, m, split);  // checks every shard header against the manifest
         if (o->verify) stream.verify(all_cores());
       }
-      if (o->verify) {
-        const std::string tok = tokenizer_path(o->path, m).string();
-        const std::string bytes = read_file(tok);
-        if (checksum64(bytes.data(), bytes.size()) != m.tokenizer.fingerprint)
-          throw UserError(fmt::format("{}: does not match the manifest's tokenizer fingerprint", tok));
-      }
+      if (o->verify) verified_tokenizer(o->path, m);
     } else {
       const MappedShard shard(o->path);
       if (o->verify) shard.verify();

@@ -9,6 +9,7 @@
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
+#include "common/checksum.h"
 #include "common/error.h"
 #include "common/files.h"
 
@@ -100,6 +101,17 @@ std::string manifest_json(const Manifest& m) {
 
 std::filesystem::path tokenizer_path(const std::filesystem::path& dataset_dir, const Manifest& manifest) {
   return dataset_dir / manifest.tokenizer.file;
+}
+
+std::filesystem::path verified_tokenizer(const std::filesystem::path& dataset_dir, const Manifest& manifest) {
+  const std::filesystem::path file = tokenizer_path(dataset_dir, manifest);
+  if (!std::filesystem::is_regular_file(file))
+    throw UserError(fmt::format("{}: the dataset's tokenizer is missing (or not a file)", file.string()));
+  const uint64_t found = file_checksum(file);
+  if (found != manifest.tokenizer.fingerprint)
+    throw UserError(fmt::format("{}: not the tokenizer the dataset was made with (fingerprint {}, the manifest records {})",
+                                file.string(), hex64(found), hex64(manifest.tokenizer.fingerprint)));
+  return file;
 }
 
 Manifest read_manifest(const std::filesystem::path& dir) {

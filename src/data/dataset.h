@@ -54,6 +54,9 @@ std::string manifest_json(const Manifest& manifest);  // pretty-printed JSON
 
 // The tokenizer model file of a dataset (the manifest names it relative to the directory).
 std::filesystem::path tokenizer_path(const std::filesystem::path& dataset_dir, const Manifest& manifest);
+// The same, checked: a regular file whose XXH3-64 is the fingerprint the manifest records (the
+// tokenizer is part of the data's identity). Throws UserError naming the file and both fingerprints.
+std::filesystem::path verified_tokenizer(const std::filesystem::path& dataset_dir, const Manifest& manifest);
 
 // One split of a dataset, its shards mapped in manifest order.
 class TokenStream {

@@ -59,9 +59,13 @@ Decoder load_model(const Target& t, at::Device device) {
   return model;
 }
 
+// The run's dataset, with its tokenizer checked, where it is still there (eval needs it for --val
+// and the eval sets' fingerprints, sample for the tokenizer).
 std::optional<Manifest> dataset_manifest(const Config& c) {
   if (c.data.dataset.empty() || !fs::exists(fs::path(c.data.dataset) / "manifest.json")) return std::nullopt;
-  return read_manifest(c.data.dataset);
+  Manifest m = read_manifest(c.data.dataset);
+  verified_tokenizer(c.data.dataset, m);
+  return m;
 }
 
 }  // namespace
@@ -150,7 +154,7 @@ void sample(const SampleCommand& command) {
   const Config& c = t.config.config;
   const std::optional<Manifest> manifest = dataset_manifest(c);
   if (!manifest) throw UserError(fmt::format("sample: the run's dataset {} (for its tokenizer) is not there", c.data.dataset));
-  const Tokenizer tokenizer(tokenizer_path(c.data.dataset, *manifest).string());
+  const Tokenizer tokenizer(verified_tokenizer(c.data.dataset, *manifest).string());
   const DistEnvironment single;
   const at::Device device = rank_device(c.train.device, single, t.config.origin("train.device"));
   prepare_fused_kernels(c.train.fused_kernels, device);

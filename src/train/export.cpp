@@ -131,7 +131,7 @@ void export_checkpoint(const ExportOptions& o) {
   write_safetensors(tmp / "model.safetensors", tensors, {{"format", "pt"}});
   write_file_atomic(tmp / "config.json", hf_config(config, checkpoint.state, manifest ? &*manifest : nullptr, o.bf16).dump(2) + "\n");
   if (manifest) {
-    const fs::path model = tokenizer_path(config.data.dataset, *manifest);
+    const fs::path model = verified_tokenizer(config.data.dataset, *manifest);
     write_file_atomic(tmp / "tokenizer.model", read_file(model));
     // The EOS is the sequence-start token (see hf_config): the tokenizer puts it in front. A fast
     // tokenizer of its own (tokenizer.json), so that no sentencepiece or protobuf is needed.

@@ -710,6 +710,7 @@ TrainingInput check_training_input(const LoadedConfig& loaded, int world, at::De
   TrainingInput in;
   if (c.data.dataset.empty()) throw UserError(fmt::format("{}: data.dataset is not set", loaded.origin("data.dataset")));
   in.manifest = read_manifest(c.data.dataset);
+  verified_tokenizer(c.data.dataset, in.manifest);
   if (in.manifest.tokenizer.vocab_size > static_cast<uint64_t>(c.model.vocab_size))
     throw UserError(fmt::format("{}: model.vocab_size is {}, but the tokenizer of {} has {} ids",
                                 loaded.origin("model.vocab_size"), c.model.vocab_size, c.data.dataset,
