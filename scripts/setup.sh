@@ -27,7 +27,7 @@ say() { printf '[setup] %s\n' "$*"; }
 
 # --- 1. system packages ------------------------------------------------------------------------
 debs=(build-essential cmake ninja-build ccache pkg-config python3-venv
-      libyaml-cpp-dev libspdlog-dev libfmt-dev libcli11-dev nlohmann-json3-dev libxxhash-dev zlib1g-dev
+      libyaml-cpp-dev libspdlog-dev libfmt-dev libcli11-dev nlohmann-json3-dev libxxhash-dev zlib1g-dev libzstd-dev zstd
       libsentencepiece-dev sentencepiece libgtest-dev
       libgloo-dev)  # declarations only: ProcessGroupGloo.hpp includes them, libtorch holds the code
 if [[ ${GQE_SKIP_APT:-0} != 1 ]]; then

@@ -2,9 +2,11 @@
 // that name the file and line.
 #include <gtest/gtest.h>
 #include <zlib.h>
+#include <zstd.h>
 
 
 #include "common/error.h"
+#include "common/files.h"
 #include "data/text_input.h"
 #include "test_util.h"
 
@@ -18,6 +20,24 @@ std::string write_gz(const TempDir& dir, const std::string& name, const std::str
   gzFile f = gzopen(path.c_str(), "wb");
   gzwrite(f, text.data(), static_cast<unsigned>(text.size()));
   gzclose(f);
+  return path;
+}
+
+// zstd with content checksums, as several frames (what concatenated .zst files and multi-threaded
+// zstd write).
+std::string write_zst(const TempDir& dir, const std::string& name, const std::string& text, size_t frames = 3) {
+  std::string out;
+  for (size_t f = 0; f < frames; ++f) {
+    const std::string part = text.substr(text.size() * f / frames, text.size() * (f + 1) / frames - text.size() * f / frames);
+    std::string frame(ZSTD_compressBound(part.size()), '\0');
+    ZSTD_CCtx* cctx = ZSTD_createCCtx();
+    ZSTD_CCtx_setParameter(cctx, ZSTD_c_checksumFlag, 1);  // as the zstd tool writes: corruption is detectable
+    frame.resize(ZSTD_compress2(cctx, frame.data(), frame.size(), part.data(), part.size()));
+    ZSTD_freeCCtx(cctx);
+    out += frame;
+  }
+  const std::string path = (dir.path() / name).string();
+  write_file_atomic(path, out);
   return path;
 }
 
@@ -97,6 +117,30 @@ TEST(TextInput, TruncatedGzipIsReportedNotSilentlyShortened) {
   const std::string gz = write_gz(dir, "big.txt.gz", text);
   std::filesystem::resize_file(gz, std::filesystem::file_size(gz) / 2);
   EXPECT_NE(test::user_error_of([&] { read_all({gz}, {}); }).find(gz + ": corrupt or truncated gzip data near line"),
+            std::string::npos);
+}
+
+// zstd beside gzip: the same documents as the plain file (JSON Lines and text); a truncated or
+// corrupt file is one error naming it, never a shorter input.
+TEST(TextInput, ZstdReadsAsThePlainFileAndBadDataIsAnError) {
+  TempDir dir;
+  std::string jsonl, text;
+  for (int i = 0; i < 3000; ++i) jsonl += "{\"text\": \"document " + std::to_string(i) + " \u00e9t\u00e9 \\u00fc\"}\n";
+  for (int i = 0; i < 3000; ++i) text += "paragraph " + std::to_string(i) + (i % 7 == 0 ? "\n\n" : "\n");
+  InputOptions blocks;
+  blocks.boundary = DocBoundary::blank_line;
+  const std::string plain_json = dir.write("a.jsonl", jsonl), plain_text = dir.write("b.txt", text);
+  EXPECT_EQ(read_all({write_zst(dir, "a.jsonl.zst", jsonl)}, {}), read_all({plain_json}, {}));
+  EXPECT_EQ(read_all({write_zst(dir, "b.txt.zst", text)}, blocks), read_all({plain_text}, blocks));
+
+  const std::string truncated = write_zst(dir, "t.jsonl.zst", jsonl, 1);
+  std::filesystem::resize_file(truncated, std::filesystem::file_size(truncated) - 10);
+  EXPECT_NE(test::user_error_of([&] { read_all({truncated}, {}); }).find(truncated + ": truncated zstd data near line "),
+            std::string::npos);
+  std::string bytes = read_file(write_zst(dir, "c.jsonl.zst", jsonl, 1));
+  for (size_t i = bytes.size() / 2; i < bytes.size() / 2 + 8; ++i) bytes[i] = static_cast<char>(~bytes[i]);
+  const std::string corrupt = dir.write("c.jsonl.zst", bytes);
+  EXPECT_NE(test::user_error_of([&] { read_all({corrupt}, {}); }).find(corrupt + ": corrupt zstd data near line "),
             std::string::npos);
 }
 

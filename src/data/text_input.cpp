@@ -2,6 +2,7 @@
 
 #include <glob.h>
 #include <zlib.h>
+#include <zstd.h>
 
 #include <algorithm>
 #include <cerrno>
@@ -24,6 +25,7 @@ bool ends_with(std::string_view s, std::string_view suffix) {
 
 bool is_jsonl_name(std::string name) {
   if (ends_with(name, ".gz")) name.resize(name.size() - 3);
+  if (ends_with(name, ".zst")) name.resize(name.size() - 4);
   return ends_with(name, ".jsonl") || ends_with(name, ".ndjson") || ends_with(name, ".json");
 }
 
@@ -74,6 +76,10 @@ DocumentReader::~DocumentReader() { close_file(); }
 void DocumentReader::close_file() {
   if (gz_) gzclose(static_cast<gzFile>(gz_));
   gz_ = nullptr;
+  if (zst_) ZSTD_freeDStream(static_cast<ZSTD_DStream*>(zst_));
+  zst_ = nullptr;
+  if (zst_file_) std::fclose(zst_file_);
+  zst_file_ = nullptr;
 }
 
 bool DocumentReader::open_next_file() {
@@ -83,9 +89,20 @@ bool DocumentReader::open_next_file() {
   if (next_file_ >= files_.size()) return false;
   current_ = static_cast<uint32_t>(next_file_++);
   const std::string& name = files_[current_];
-  gz_ = gzopen(name.c_str(), "rb");  // reads plain files as they are
-  if (!gz_) throw UserError(fmt::format("{}: cannot read ({})", name, std::strerror(errno ? errno : EIO)));
-  gzbuffer(static_cast<gzFile>(gz_), 1 << 18);
+  if (ends_with(name, ".zst")) {
+    zst_file_ = std::fopen(name.c_str(), "rb");
+    if (!zst_file_) throw UserError(fmt::format("{}: cannot read ({})", name, std::strerror(errno ? errno : EIO)));
+    zst_ = ZSTD_createDStream();
+    ZSTD_initDStream(static_cast<ZSTD_DStream*>(zst_));
+    zst_in_.assign(ZSTD_DStreamInSize(), '\0');
+    zst_in_.resize(0);
+    zst_in_pos_ = 0;
+    zst_pending_ = 0;
+  } else {
+    gz_ = gzopen(name.c_str(), "rb");  // reads plain files as they are
+    if (!gz_) throw UserError(fmt::format("{}: cannot read ({})", name, std::strerror(errno ? errno : EIO)));
+    gzbuffer(static_cast<gzFile>(gz_), 1 << 18);
+  }
   json_ = options_.format == InputFormat::jsonl || (options_.format == InputFormat::auto_ && is_jsonl_name(name));
   line_ = 0;
   buffer_.clear();
@@ -113,23 +130,57 @@ bool DocumentReader::read_line(std::string& line) {
       return true;
     }
     buffer_.resize(1 << 20);
+    const size_t n = read_chunk(buffer_.data(), buffer_.size());
+    buffer_.resize(n);
+    if (n == 0) eof_ = true;
+  }
+}
+
+size_t DocumentReader::read_chunk(char* out, size_t capacity) {
+  if (gz_) {
     const auto gz = static_cast<gzFile>(gz_);
-    const int n = gzread(gz, buffer_.data(), static_cast<unsigned>(buffer_.size()));
+    const int n = gzread(gz, out, static_cast<unsigned>(capacity));
     int err = Z_OK;
     const char* msg = gzerror(gz, &err);
     if (n < 0 || (err != Z_OK && err != Z_STREAM_END))
       throw UserError(fmt::format("{}: corrupt or truncated gzip data near line {} ({})", files_[current_], line_ + 1,
                                   err == Z_ERRNO ? std::strerror(errno) : msg));
-    buffer_.resize(static_cast<size_t>(n));
     bytes_current_ = static_cast<uint64_t>(gzoffset(gz));
-    if (n == 0) eof_ = true;
+    return static_cast<size_t>(n);
   }
+  // zstd: refill the compressed input as it is consumed; every frame must end where the file does.
+  const auto stream = static_cast<ZSTD_DStream*>(zst_);
+  ZSTD_outBuffer output{out, capacity, 0};
+  while (output.pos == 0) {
+    if (zst_in_pos_ == zst_in_.size()) {
+      zst_in_.resize(ZSTD_DStreamInSize());
+      const size_t got = std::fread(zst_in_.data(), 1, zst_in_.size(), zst_file_);
+      if (std::ferror(zst_file_))
+        throw UserError(fmt::format("{}: cannot read ({})", files_[current_], std::strerror(errno ? errno : EIO)));
+      zst_in_.resize(got);
+      zst_in_pos_ = 0;
+      bytes_current_ += got;
+      if (got == 0) {
+        if (zst_pending_ != 0)
+          throw UserError(fmt::format("{}: truncated zstd data near line {} (the file ends inside a frame)", files_[current_],
+                                      line_ + 1));
+        return 0;
+      }
+    }
+    ZSTD_inBuffer input{zst_in_.data(), zst_in_.size(), zst_in_pos_};
+    zst_pending_ = ZSTD_decompressStream(stream, &output, &input);
+    zst_in_pos_ = input.pos;
+    if (ZSTD_isError(zst_pending_))
+      throw UserError(fmt::format("{}: corrupt zstd data near line {} ({})", files_[current_], line_ + 1,
+                                  ZSTD_getErrorName(zst_pending_)));
+  }
+  return output.pos;
 }
 
 std::optional<RawDocument> DocumentReader::next() {
   std::string line;
   for (;;) {
-    if (!gz_ && !open_next_file()) return std::nullopt;
+    if (!gz_ && !zst_ && !open_next_file()) return std::nullopt;
     RawDocument doc;
     doc.file = current_;
     if (json_) {

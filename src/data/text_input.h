@@ -5,6 +5,7 @@
 #pragma once
 
 #include <cstdint>
+#include <cstdio>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -51,13 +52,19 @@ class DocumentReader {
  private:
   bool open_next_file();
   bool read_line(std::string& line);  // false at end of the current file
+  size_t read_chunk(char* out, size_t capacity);  // decompressed bytes of the current file; 0 at its end
   void close_file();
 
   std::vector<std::string> files_;
   InputOptions options_;
   size_t next_file_ = 0;
   uint32_t current_ = 0;
-  void* gz_ = nullptr;  // gzFile
+  void* gz_ = nullptr;        // gzFile: gzip, and plain files as they are
+  std::FILE* zst_file_ = nullptr;  // .zst: the file and its decompression stream
+  void* zst_ = nullptr;       // ZSTD_DStream
+  std::string zst_in_;
+  size_t zst_in_pos_ = 0;
+  size_t zst_pending_ = 0;    // the last ZSTD_decompressStream result: 0 at a frame's end
   bool json_ = false;
   uint64_t line_ = 0;
   std::string buffer_;
