@@ -1,9 +1,11 @@
 // gqe-data as a user runs it, and `gqe data ...` forwarding to it.
 #include <gtest/gtest.h>
+#include <sys/stat.h>
 
 #include <filesystem>
 #include <fstream>
 
+#include "common/files.h"
 #include "test_util.h"
 
 namespace gqe {
@@ -26,7 +28,7 @@ class DataCli : public testing::Test {
     const auto encoded = run_command(data_tool("encode " + fixture() + " --doc-boundary blank-line --tokenizer " +
                                                path("tok.model") + " --out " + path("ds") + " --val-fraction 0.25 --quiet"));
     ASSERT_EQ(encoded.status, 0) << encoded.err;
-    ASSERT_NE(encoded.out.find("wrote " + path("ds") + ": train "), std::string::npos) << encoded.out;
+    ASSERT_EQ(encoded.out + encoded.err, "");  // --quiet: nothing but errors
   }
   std::string path(const std::string& name) const { return (dir_.path() / name).string(); }
   test::TempDir dir_;
@@ -88,6 +90,46 @@ TEST_F(DataCli, BadUsageAndBadInputAreOneLineWithExitStatus2) {
   }
   EXPECT_FALSE(fs::exists(path("x")));
   EXPECT_FALSE(fs::exists(path("x.partial")));
+}
+
+// The traps of a dataset on disk and of surprising inputs: one line and exit 2, never a hang (a
+// FIFO where a shard should be), or a warning where the input is legitimate (no val documents).
+TEST_F(DataCli, TrapsAreOneLineNotHangsAndSurprisesAreWarnings) {
+  namespace fs = std::filesystem;
+  const std::string shard = path("ds/train_000000.bin"), manifest = path("ds/manifest.json");
+  const std::string kept = read_file(shard), kept_manifest = read_file(manifest);
+  fs::remove(shard);
+  ASSERT_EQ(::mkfifo(shard.c_str(), 0600), 0);
+  auto r = run_command("timeout 20 " + data_tool("inspect " + path("ds")));
+  EXPECT_EQ(r.status, 2);
+  EXPECT_EQ(r.err, "gqe-data: " + shard + ": not a shard (not a regular file)\n");
+  fs::remove(shard);
+  fs::create_directory(shard);
+  r = run_command(data_tool("inspect " + path("ds") + " --verify"));
+  EXPECT_EQ(r.status, 2);
+  EXPECT_EQ(r.err, "gqe-data: " + shard + ": not a shard (not a regular file)\n");
+  fs::remove(shard);
+  write_file_atomic(shard, kept);
+  fs::remove(manifest);
+  fs::create_directory(manifest);
+  r = run_command(data_tool("inspect " + path("ds")));
+  EXPECT_EQ(r.status, 2);
+  EXPECT_EQ(r.err, "gqe-data: " + manifest + ": not a file\n");
+  fs::remove(manifest);
+  write_file_atomic(manifest, kept_manifest);
+  EXPECT_EQ(run_command(data_tool("inspect " + path("ds") + " --verify")).status, 0);
+
+  const std::string array = dir_.write("records.json", "[{\"text\": \"a\"},\n {\"text\": \"b\"}]\n");
+  r = run_command(data_tool("encode " + array + " --tokenizer " + path("tok.model") + " --out " + path("arr")));
+  EXPECT_EQ(r.status, 2);
+  EXPECT_EQ(r.err, "gqe-data: " + array + ":1: a JSON array, but .json files are read as JSON Lines: one object per line (e.g. "
+                   "jq -c '.[]' " + array + " > out.jsonl)\n");
+  EXPECT_FALSE(fs::exists(path("arr")));
+  r = run_command(data_tool("encode " + fixture() + " --tokenizer " + path("tok.model") + " --out " + path("one") + " --quiet"));
+  EXPECT_EQ(r.status, 0) << r.err;
+  EXPECT_EQ(r.out, "");
+  EXPECT_EQ(r.err, "gqe-data: warning: the val split is empty (1 document(s) in all; plain text is one document per file "
+                   "unless --doc-boundary blank-line): training's evaluations will have nothing to score\n");
 }
 
 TEST_F(DataCli, VocabularySizeCanComeFromAConfig) {

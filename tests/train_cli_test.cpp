@@ -370,6 +370,17 @@ TEST_F(Train, ADatasetWhoseTokenizerIsNotItsOwnIsRefusedEverywhere) {
   EXPECT_EQ(run_command(gqe("sample " + path("run") + " --prompt x --max-tokens 2")).status, 0);
 }
 
+// eval.val_tokens past the val split is legitimate (the evaluation takes what there is) but
+// surprising: one warning says how much is evaluated.
+TEST_F(Train, AValidationBudgetLargerThanTheSplitIsAWarning) {
+  const auto r = run_command(train("vt", "--set eval.val_tokens=10000000 --set train.tokens=2560"));
+  ASSERT_EQ(r.status, 0) << r.err;
+  const std::string all = r.out + r.err;
+  EXPECT_NE(all.find("eval.val_tokens is 10000000, but the val split of " + (dir_->path() / "ds").string() + " holds "),
+            std::string::npos) << all;
+  EXPECT_EQ(run_command(train("no-warning", "--set train.tokens=2560")).out.find("eval.val_tokens is"), std::string::npos);
+}
+
 // The sample corpus (scripts/sample_data.sh, which scripts/test.sh runs first): 196 steps of the
 // tiny configs must take the validation loss from ln(4096) = 8.3 to a nat below the corpus's
 // unigram entropy (6.70 nats: what a model without context reaches), for GQA and GQE alike.

@@ -130,7 +130,7 @@ void add_encode(CLI::App& app, int argc, char** argv) {
       ->check(whole_at_least(0, 4096))
       ->capture_default_str();
   cmd->add_flag("--overwrite", o->encode.overwrite, "Replace an existing dataset directory (after success only)");
-  cmd->add_flag("--quiet", o->quiet, "No progress line");
+  cmd->add_flag("--quiet", o->quiet, "Print nothing but errors and warnings (no progress line, no summary)");
   add_input_flags(cmd, o->input);
   cmd->footer(
       "Examples:\n"
@@ -141,6 +141,14 @@ void add_encode(CLI::App& app, int argc, char** argv) {
     o->encode.shard_tokens = count_option("--shard-tokens", o->shard_tokens);
     o->encode.progress = !o->quiet;
     const EncodeSummary s = encode_dataset(o->encode);
+    // Legitimate but surprising: a validation split with nothing in it (one document per file).
+    if (s.val_documents == 0 && o->encode.val_fraction > 0)
+      fmt::print(stderr, "gqe-data: warning: the val split is empty ({} document(s) in all{}): training's evaluations "
+                 "will have nothing to score\n", s.train_documents,
+                 o->encode.input.format != InputFormat::jsonl && o->encode.input.boundary == DocBoundary::file
+                     ? "; plain text is one document per file unless --doc-boundary blank-line"
+                     : "");
+    if (o->quiet) return;  // nothing but errors (and warnings)
     fmt::print("wrote {}: train {} shard(s), {} docs, {} tokens; val {} shard(s), {} docs, {} tokens; {} empty docs "
                "skipped\n{:.1f} MB of input in {:.1f} s: {:.2f} MB/s, {:.2f}M tokens/s\n",
                o->encode.out_dir, s.train_shards, s.train_documents, s.train_tokens, s.val_shards, s.val_documents,

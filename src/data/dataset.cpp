@@ -119,6 +119,7 @@ Manifest read_manifest(const std::filesystem::path& dir) {
   if (!std::filesystem::is_directory(dir)) throw UserError(fmt::format("{}: dataset directory not found", dir.string()));
   if (!std::filesystem::exists(file))
     throw UserError(fmt::format("{}: no manifest.json (not a dataset made by gqe-data encode?)", dir.string()));
+  if (!std::filesystem::is_regular_file(file)) throw UserError(fmt::format("{}: not a file", file));
   json root;
   try {
     root = json::parse(read_file(file));

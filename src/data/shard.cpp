@@ -123,7 +123,7 @@ ShardHeader ShardWriter::finish() {
 // --- reading -----------------------------------------------------------------------------------
 
 MappedShard::MappedShard(std::string path) : path_(std::move(path)) {
-  const int fd = ::open(path_.c_str(), O_RDONLY);
+  const int fd = ::open(path_.c_str(), O_RDONLY | O_NONBLOCK);  // a FIFO must not block the open
   if (fd < 0) throw UserError(fmt::format("{}: cannot open shard ({})", path_, std::strerror(errno)));
   struct stat st {};
   if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {

@@ -528,6 +528,12 @@ void Trainer::train_to_budget() {
   if (!input.memory.estimate_fits && env_.rank == 0) log.warn("{}", input.memory.text);
   train_stream_ = std::make_shared<const TokenStream>(config_.data.dataset, manifest_, Split::train);
   val_stream_ = std::make_shared<const TokenStream>(config_.data.dataset, manifest_, Split::val);
+  // eval.val_tokens past the val split: the evaluation takes what there is; say so once.
+  if (const auto windows = (val_stream_->size() > 0 ? (val_stream_->size() - 1) : 0) / static_cast<uint64_t>(config_.data.seq_len);
+      env_.rank == 0 && windows * static_cast<uint64_t>(config_.data.seq_len) < static_cast<uint64_t>(config_.eval.val_tokens))
+    log.warn("eval.val_tokens is {}, but the val split of {} holds {} windows of {} ({} tokens): each evaluation takes "
+             "those", config_.eval.val_tokens, config_.data.dataset, windows, config_.data.seq_len,
+             windows * static_cast<uint64_t>(config_.data.seq_len));
   global_batch_ = t.global_batch_tokens;
   total_steps_ = t.tokens / global_batch_ + (t.tokens % global_batch_ != 0);  // rounded up, without overflow
   flops_per_token_ = describe_model(config_).train_flops_per_token();
