@@ -370,6 +370,25 @@ TEST_F(Train, ADatasetWhoseTokenizerIsNotItsOwnIsRefusedEverywhere) {
   EXPECT_EQ(run_command(gqe("sample " + path("run") + " --prompt x --max-tokens 2")).status, 0);
 }
 
+// A shard truncated under a running trainer: one line and exit 1, not a death by SIGBUS; the
+// checkpoint written before is intact.
+TEST_F(Train, AShardTruncatedWhileTrainingStopsWithOneLine) {
+  fs::copy(dir_->path() / "ds", path("ds"), fs::copy_options::recursive);
+  test::Background job("exec " + train("bus", "--set data.dataset=" + path("ds") + " --set train.tokens=51200000") + " >" +
+                       path("bus.out") + " 2>&1");
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+  while (!fs::exists(path("bus") + "/checkpoints/latest") && std::chrono::steady_clock::now() < deadline)
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  ASSERT_TRUE(fs::exists(path("bus") + "/checkpoints/latest"));
+  for (const auto& e : fs::directory_iterator(path("ds")))
+    if (e.path().filename().string().rfind("train_", 0) == 0) fs::resize_file(e.path(), 0);  // every page gone
+  EXPECT_EQ(job.wait(), 1);
+  const std::string out = read_file(path("bus.out"));
+  EXPECT_NE(out.find("gqe: error: a memory-mapped shard of the dataset was truncated or replaced while training read it "
+                     "(SIGBUS)"), std::string::npos) << out;
+  EXPECT_TRUE(load_latest_checkpoint(path("bus"), [](const std::string&) {}).has_value());
+}
+
 // eval.val_tokens past the val split is legitimate (the evaluation takes what there is) but
 // surprising: one warning says how much is evaluated.
 TEST_F(Train, AValidationBudgetLargerThanTheSplitIsAWarning) {

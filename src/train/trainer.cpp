@@ -57,6 +57,27 @@ extern "C" void on_stop_signal(int sig) {
   }
 }
 
+// The shards are memory-mapped: one truncated or removed under a running trainer makes the next
+// read of a lost page a SIGBUS. Say what happened in one line instead of dying of the signal;
+// everything written before (checkpoints, metrics lines) is whole.
+extern "C" void on_bus_error(int) {
+  static const char message[] =
+      "gqe: error: a memory-mapped shard of the dataset was truncated or replaced while training read it (SIGBUS); the "
+      "run stopped, its checkpoints are intact: restore the dataset (gqe-data inspect DIR --verify) and resume\n";
+  const ssize_t written = ::write(STDERR_FILENO, message, sizeof(message) - 1);
+  (void)written;
+  ::_exit(1);
+}
+
+class BusErrorMessage {
+ public:
+  BusErrorMessage() { previous_ = std::signal(SIGBUS, on_bus_error); }
+  ~BusErrorMessage() { std::signal(SIGBUS, previous_); }
+
+ private:
+  void (*previous_)(int);
+};
+
 class StopSignals {
  public:
   StopSignals() {
@@ -512,6 +533,7 @@ void Trainer::run() {
 void Trainer::train_to_budget() {
   const TrainConfig& t = config_.train;
   StopSignals signals;
+  BusErrorMessage bus_error;
   auto& log = console_->log();
 
   // Everything that can be wrong with the input is checked before the run directory is touched.
