@@ -118,6 +118,12 @@ TEST_F(DataCli, TrapsAreOneLineNotHangsAndSurprisesAreWarnings) {
   fs::remove(manifest);
   write_file_atomic(manifest, kept_manifest);
   EXPECT_EQ(run_command(data_tool("inspect " + path("ds") + " --verify")).status, 0);
+  write_file_atomic(path("ds/train_000099.bin"), kept);  // a shard the manifest does not name
+  r = run_command(data_tool("inspect " + path("ds")));
+  EXPECT_EQ(r.status, 2);
+  EXPECT_EQ(r.err, "gqe-data: " + path("ds/train_000099.bin") + ": a shard the manifest does not list (a dataset holds the "
+                   "shards its manifest names, and only those)\n");
+  fs::remove(path("ds/train_000099.bin"));
 
   const std::string array = dir_.write("records.json", "[{\"text\": \"a\"},\n {\"text\": \"b\"}]\n");
   r = run_command(data_tool("encode " + array + " --tokenizer " + path("tok.model") + " --out " + path("arr")));

@@ -157,6 +157,16 @@ Manifest read_manifest(const std::filesystem::path& dir) {
 
 TokenStream::TokenStream(const std::filesystem::path& dir, const Manifest& m, Split split) {
   const SplitEntry& entry = split == Split::train ? m.train : m.val;
+  // A shard of this split that the manifest does not list: another dataset's, or one half
+  // overwritten; the data would not be what the manifest says.
+  const std::string prefix = split == Split::train ? "train_" : "val_";
+  for (const auto& e : std::filesystem::directory_iterator(dir)) {
+    const std::string name = e.path().filename().string();
+    if (name.rfind(prefix, 0) != 0 || !name.ends_with(".bin")) continue;
+    if (std::none_of(entry.shards.begin(), entry.shards.end(), [&](const ShardEntry& s) { return s.file == name; }))
+      throw UserError(fmt::format("{}: a shard the manifest does not list (a dataset holds the shards its manifest names, "
+                                  "and only those)", (dir / name).string()));
+  }
   for (const ShardEntry& e : entry.shards) {
     auto shard = std::make_unique<MappedShard>((dir / e.file).string());
     const ShardHeader& h = shard->header();

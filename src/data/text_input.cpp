@@ -256,11 +256,13 @@ std::string document_text(const RawDocument& doc, const InputOptions& options, c
     throw UserError(fmt::format("{}:{}: invalid UTF-8 at byte {} of the line", file, line, column + 1));
   }
   if (!doc.json) return doc.data;
+  // A .json file holding one JSON array (a common export) is not JSON Lines: say how to convert it.
   const size_t first = doc.data.find_first_not_of(" \t\r");
-  if (first != std::string::npos && doc.data[first] == '[')
-    throw UserError(fmt::format("{}:{}: a JSON array, but {} files are read as JSON Lines: one object per line (e.g. "
+  const bool json_name = file.ends_with(".json") || file.ends_with(".json.gz") || file.ends_with(".json.zst");
+  if (json_name && first != std::string::npos && doc.data[first] == '[')
+    throw UserError(fmt::format("{}:{}: a JSON array, but .json files are read as JSON Lines: one object per line (e.g. "
                                 "jq -c '.[]' {} > out.jsonl)",
-                                file, doc.line, file.ends_with(".json") ? ".json" : "JSON Lines", file));
+                                file, doc.line, file));
   nlohmann::json record;
   try {
     record = nlohmann::json::parse(doc.data);
