@@ -101,6 +101,32 @@ TEST_F(Encode, TokenizerHasTheSpecialIdsAndRoundTripsText) {
   EXPECT_LT(tok.encode("The lighthouse keeper").size(), std::string("The lighthouse keeper").size() / 2);  // it learned merges
 }
 
+// A long text is encoded in pieces (sentencepiece's cost grows faster than the input): the ids
+// must be those of sentencepiece on the whole text, here its own spm_encode on one long line with
+// runs of spaces, tabs, digits, punctuation and non-ASCII text around the cuts.
+TEST_F(Encode, ALongTextEncodesAsOneWhole) {
+  const std::string spm = "/usr/bin/spm_encode";
+  if (!fs::exists(spm)) GTEST_SKIP() << "spm_encode (Debian's sentencepiece) is not installed";
+  // The sample corpus's 4096-piece tokenizer (scripts/test.sh prepares it) has whole words, so a cut
+  // inside one would show; the fixture's 400 pieces would hide most.
+  const std::string sample = std::string(GQE_SOURCE_DIR) + "/data/sample/tokenizer.model";
+  const std::string model = fs::exists(sample) ? sample : model_;
+  const std::vector<std::string> words = {"the", "  keeper", "\t", "1891,", "Léonie", "   ", "灯台守", "🙂", "x", "—", "wrote.",
+                                          "lighthouse", "understanding", "commandments", "Jerusalem"};
+  std::string text;
+  for (size_t i = 0; text.size() < 200000; ++i) text += words[(i * 7 + i / 3) % words.size()] + (i % 5 == 0 ? "  " : " ");
+  TempDir dir;
+  const std::string input = dir.write("long.txt", text + "\n");
+  const auto r = test::run_command(spm + " --model " + model + " --output_format=id < " + input);
+  ASSERT_EQ(r.status, 0) << r.err;
+  std::vector<int32_t> expected;
+  std::istringstream in(r.out);
+  for (int32_t id; in >> id;) expected.push_back(id);
+  const auto ids = Tokenizer(model).encode(text);
+  ASSERT_EQ(ids.size(), expected.size());
+  EXPECT_EQ(ids, expected);
+}
+
 TEST_F(Encode, ShardsHoldSentencepiecesTokensOfEveryDocumentInOrder) {
   TempDir dir;
   const EncodeOptions o = options(dir);
