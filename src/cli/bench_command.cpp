@@ -291,7 +291,7 @@ void add_comm(CLI::App& bench, int argc, char** argv) {
     if (!o->json.empty()) check_output_path(o->json, "--json", /*directory=*/false);
     if (launch_if_requested(o->nproc, argc, argv)) return;
     const DistEnvironment env = read_dist_environment();
-    const at::Device device = rank_device(c.train.device, env, loaded.origin("train.device"));
+    const at::Device device = setup_device(loaded, env);
     Communicator comm(env, c.dist.backend, device, std::chrono::seconds(c.dist.timeout_s));
     const std::vector<CommTiming> timings = bench_comm(comm, device, sizes, o->repeats);
     comm.finish();

@@ -7,7 +7,6 @@
 #include <nlohmann/json.hpp>
 
 #include <algorithm>
-#include <tuple>
 #include <unordered_map>
 
 #include "common/error.h"
@@ -85,27 +84,16 @@ std::string Tokenizer::hf_tokenizer_json(int32_t prefix_id) const {
                        {"normalized", false}, {"special", true}});
   }
   // transformers' generate_merges: every split of a piece (at a character) into two pieces, in the
-  // order of the piece's id, then of the left part's length (in characters).
-  struct Merge {
-    int piece, left_chars;
-    std::string left, right;
-  };
-  std::vector<Merge> merges;
+  // order of the piece's id, then of the left part's length: the order they are found in here.
+  ordered_json merge_list = ordered_json::array();
   for (int i = 0; i < n; ++i) {
     const std::string piece = sp_->IdToPiece(i);
-    int chars = 0;
-    for (size_t at = 0; at < piece.size();) {
-      at += utf8_length(static_cast<unsigned char>(piece[at]));
-      ++chars;
-      if (at >= piece.size()) break;
+    for (size_t at = piece.empty() ? 0 : utf8_length(static_cast<unsigned char>(piece[0])); at < piece.size();
+         at += utf8_length(static_cast<unsigned char>(piece[at]))) {
       const std::string left = piece.substr(0, at), right = piece.substr(at);
-      if (ids.count(left) && ids.count(right)) merges.push_back({i, chars, left, right});
+      if (ids.count(left) && ids.count(right)) merge_list.push_back({left, right});
     }
   }
-  std::stable_sort(merges.begin(), merges.end(),
-                   [](const Merge& a, const Merge& b) { return std::tie(a.piece, a.left_chars) < std::tie(b.piece, b.left_chars); });
-  ordered_json merge_list = ordered_json::array();
-  for (const Merge& m : merges) merge_list.push_back({m.left, m.right});
 
   const std::string prefix = sp_->IdToPiece(prefix_id), space = "\xe2\x96\x81";
   auto special = [&](const char* sequence, int type) {

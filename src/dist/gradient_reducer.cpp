@@ -187,16 +187,21 @@ double GradientReducer::reduce() {
   return seconds_since(start);
 }
 
+at::Tensor GradientReducer::gather_bucket(size_t b, const std::function<at::Tensor(const Slice&)>& part) {
+  at::Tensor mine = at::zeros_like(shards_[b]), all = at::empty_like(flats_[b]);
+  for (const Slice& s : slices_)
+    if (s.bucket == b) mine.narrow(0, s.shard_offset, s.value.numel()).copy_(part(s).reshape(-1));
+  comm_.all_gather_flat(all, mine);
+  return all;
+}
+
 double GradientReducer::gather_parameters() {
   if (!options_.shard) return 0;
   const auto start = std::chrono::steady_clock::now();
   at::NoGradGuard no_grad;
   for (size_t b = 0; b < layout_.buckets.size(); ++b) {
     const BucketLayout::Bucket& bucket = layout_.buckets[b];
-    at::Tensor mine = at::zeros_like(shards_[b]), all = at::empty_like(flats_[b]);
-    for (const Slice& s : slices_)
-      if (s.bucket == b) mine.narrow(0, s.shard_offset, s.value.numel()).copy_(s.value);
-    comm_.all_gather_flat(all, mine);
+    const at::Tensor all = gather_bucket(b, [](const Slice& s) { return s.value; });
     for (size_t j = 0; j < bucket.params.size(); ++j) {
       const at::Tensor p = params_[bucket.params[j]].second.detach();
       p.view(-1).copy_(all.narrow(0, bucket.offsets[j], p.numel()));
@@ -212,10 +217,7 @@ std::map<std::string, at::Tensor> GradientReducer::gather(const std::map<std::st
   for (const std::string& suffix : suffixes)
     for (size_t b = 0; b < layout_.buckets.size(); ++b) {
       const BucketLayout::Bucket& bucket = layout_.buckets[b];
-      at::Tensor mine = at::zeros_like(shards_[b]), all = at::empty_like(flats_[b]);
-      for (const Slice& s : slices_)
-        if (s.bucket == b) mine.narrow(0, s.shard_offset, s.value.numel()).copy_(parts.at(s.name + suffix).view(-1));
-      comm_.all_gather_flat(all, mine);
+      const at::Tensor all = gather_bucket(b, [&](const Slice& s) { return parts.at(s.name + suffix); });
       if (!comm_.main()) continue;
       for (size_t j = 0; j < bucket.params.size(); ++j) {
         const auto& [name, p] = params_[bucket.params[j]];

@@ -95,6 +95,8 @@ class GradientReducer {
   struct Flight;
   void ready(size_t param);  // from the post-accumulate hook
   void reset(bool armed);    // with mutex_ held
+  // Bucket b in full on every rank, from each rank's `part` of its slices (the padding zero).
+  at::Tensor gather_bucket(size_t b, const std::function<at::Tensor(const Slice&)>& part);
   void launch(size_t bucket);
 
   Communicator& comm_;
