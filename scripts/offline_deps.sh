@@ -7,15 +7,23 @@
 #                                           # point CMake, pkg-config, the compiler and the loader there
 #
 # The packages are the libraries of scripts/setup.sh (and what they need at run time) as Debian 12
-# names them; nothing is installed system-wide.
+# names them, with the two things set-up otherwise takes from PyPI: the sentencepiece sdist and the
+# pyarrow wheel (for Arrow's C++ library; the same whatever the Python). Nothing is installed
+# system-wide; set-up installs nothing from PyPI (GQE_OFFLINE=1).
 offline_debs=(libyaml-cpp-dev libyaml-cpp0.7 libspdlog-dev libspdlog1.10 libfmt-dev libfmt9 libcli11-dev
-              nlohmann-json3-dev libxxhash-dev libxxhash0 zlib1g-dev zlib1g libsentencepiece-dev libsentencepiece0
+              nlohmann-json3-dev libxxhash-dev libxxhash0 zlib1g-dev zlib1g libzstd-dev libzstd1
               libgtest-dev libgloo-dev pkgconf-bin libpkgconf3)
 
 offline_deps_fetch() {
   local dir=$1
   mkdir -p "$dir"
-  (cd "$dir" && apt-get download "${offline_debs[@]}")
+  (cd "$dir" && apt-get download "${offline_debs[@]}") || return 1
+  local py
+  py=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && source scripts/lib.sh && gqe_venv)/bin/python
+  [[ -x $py ]] || py=python3
+  "$py" -m pip download -q --no-deps --no-binary :all: -d "$dir" sentencepiece==0.2.2 || return 1
+  "$py" -m pip download -q --no-deps --only-binary :all: --platform manylinux_2_28_x86_64 --python-version 3.11 \
+    -d "$dir" pyarrow==26.0.1
 }
 
 offline_deps_use() {
@@ -24,7 +32,9 @@ offline_deps_use() {
   root=$dir/root
   if [[ ! -d $root ]]; then
     for deb in "$dir"/*.deb; do dpkg -x "$deb" "$root"; done
+    python3 -m zipfile -e "$dir"/pyarrow-*.whl "$root/wheel"
   fi
+  export GQE_OFFLINE=1 GQE_SENTENCEPIECE_SDIST=$dir/sentencepiece-0.2.2.tar.gz GQE_ARROW_DIR=$root/wheel/pyarrow
   [[ -e $root/usr/bin/pkg-config ]] || ln -s pkgconf "$root/usr/bin/pkg-config"
   export PATH=$root/usr/bin:$PATH
   export LD_LIBRARY_PATH=$root/usr/lib/$multiarch${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}

@@ -1,4 +1,4 @@
-// `gqe bench train|prefill` as a user runs them: both attention kinds side by side, the numbers
+// `gqe bench train|prefill|encode` as a user runs them: both attention kinds side by side, the numbers
 // consistent with each other and with `gqe info`, no MFU where no peak is known, and bad input.
 #include <gtest/gtest.h>
 
@@ -117,6 +117,42 @@ TEST(Bench, CpuProfileListsAtenOps) {
       << r.out;
   EXPECT_EQ(m[1], "15");
   EXPECT_EQ(m[2], "17");
+}
+
+// gqe bench encode runs gqe-data and the Python baseline (pool and threads) on the same documents,
+// JSON Lines and Parquet alike: every run counts the same tokens, and the table and --json agree.
+TEST(Bench, EncodeComparesGqeDataWithThePythonBaselineOnTheSameDocuments) {
+  const std::string python = GQE_PYTHON;
+  if (python.empty() || run_command(python + " -c 'import sentencepiece, pyarrow'").status != 0)
+    GTEST_SKIP() << "sentencepiece or pyarrow is not installed in the build's Python (scripts/setup.sh installs them)";
+  test::TempDir dir;
+  test::make_fixture_dataset(dir.path());
+  std::string jsonl;
+  for (int i = 0; i < 200; ++i) jsonl += "{\"text\": \"record " + std::to_string(i) + ": \\u00fcber den Leuchtturm\"}\n";
+  jsonl += "{\"text\": \"\"}\n";  // empty: skipped by both
+  const std::string input = dir.write("records.jsonl", jsonl), parquet = (dir.path() / "records.parquet").string();
+  ASSERT_EQ(run_command(python + " -c \"import json, pyarrow as pa, pyarrow.parquet as pq; pq.write_table(pa.table({'body': "
+                                 "[json.loads(l)['text'] for l in open('" + input + "')]}), '" + parquet + "', row_group_size=64)\"")
+                .status,
+            0);
+  for (const std::string& args : {input, parquet + " --text-field body"}) {
+    const auto json = dir.path() / "encode.json";
+    const auto r = run_command(gqe("bench encode " + args + " --tokenizer " + (dir.path() / "tok.model").string() +
+                                   " --threads 2 --repeats 1 --json " + json.string()));
+    ASSERT_EQ(r.status, 0) << r.out << r.err;
+    EXPECT_EQ(r.err, "");  // no "did not encode the same documents" warning
+    EXPECT_NE(r.out.find("gqe-data / Python pool "), std::string::npos) << r.out;
+    const auto report = nlohmann::json::parse(read_file(json));
+    ASSERT_EQ(report["runs"].size(), 3u);
+    std::vector<std::string> tools;
+    for (const auto& run : report["runs"]) {
+      tools.push_back(run["tool"]);
+      EXPECT_EQ(run["tokens"], report["runs"][0]["tokens"]) << run;
+      EXPECT_GT(run["seconds"].get<double>(), 0);
+    }
+    EXPECT_EQ(tools, (std::vector<std::string>{"gqe-data", "python-pool", "python-threads"}));
+    EXPECT_GT(report["runs"][0]["tokens"].get<uint64_t>(), 200u * 5);
+  }
 }
 
 TEST(Bench, BadInputIsOneLineAndExitStatus2) {

@@ -83,7 +83,9 @@ TEST_F(DataCli, BadUsageAndBadInputAreOneLineWithExitStatus2) {
        {std::string("encode"), "encode " + fixture() + " --out " + path("x"),
         "encode " + path("nope.txt") + " --tokenizer " + path("tok.model") + " --out " + path("x"),
         "encode " + fixture() + " --tokenizer " + path("tok.model") + " --out " + path("x") + " --shard-tokens lots",
-        "train-tokenizer " + fixture() + " --out " + path("t2"), "inspect " + path("nope"), std::string("frobnicate")}) {
+        "train-tokenizer " + fixture() + " --out " + path("t2"), "inspect " + path("nope"), std::string("frobnicate"),
+        "encode " + dir_.write("bad.parquet", "PAR1 not really") + " --tokenizer " + path("tok.model") + " --out " + path("x"),
+        "train-tokenizer " + path("bad.parquet") + " --vocab-size 300 --out " + path("x/tok")}) {
     const auto r = run_command(data_tool(args));
     EXPECT_EQ(r.status, 2) << args;
     EXPECT_EQ(lines(r.err), 1) << args << "\n" << r.err;

@@ -3,6 +3,8 @@
 // train/val split, and failures that leave nothing behind.
 #include <gtest/gtest.h>
 
+#include <zstd.h>
+
 #include <filesystem>
 
 #include "common/error.h"
@@ -10,6 +12,7 @@
 #include "data/dataset.h"
 #include "data/encode.h"
 #include "data/tokenizer.h"
+#include "parquet_writer.h"
 #include "test_util.h"
 
 namespace gqe {
@@ -211,6 +214,60 @@ TEST_F(Encode, TheSplitIsSeeded) {
   const Manifest m = read_manifest(none.out_dir);
   EXPECT_EQ(m.val.tokens, 0u);
   EXPECT_TRUE(m.val.shards.empty());
+}
+
+// The same documents as JSON Lines, as Parquet (row groups, nulls) or as zstd-compressed JSON Lines
+// make the same dataset, byte for byte, and the same tokenizer.
+TEST_F(Encode, ParquetAndZstdMakeTheDatasetOfTheSameJsonLines) {
+  TempDir dir;
+  std::vector<std::optional<std::string>> rows;
+  std::string jsonl;
+  for (int i = 0; i < 400; ++i) {
+    std::optional<std::string> t;
+    if (i % 50 != 3) t = "record " + std::to_string(i) + ": the keeper counted " + std::to_string(i * 7) + " steps \u00fc\u00f1\u00ef\n\tand slept.";
+    rows.push_back(t);
+    jsonl += "{\"text\": " + (t ? "\"record " + std::to_string(i) + ": the keeper counted " + std::to_string(i * 7) +
+                                      " steps \u00fc\u00f1\u00ef\\n\\tand slept.\""
+                                : std::string("null")) + "}\n";
+  }
+  // JSON's null is not a string: the JSON Lines twin leaves those records out, Parquet's nulls are
+  // empty documents, skipped. The documents that are encoded are the same.
+  std::string twin;
+  for (size_t start = 0, end; start < jsonl.size(); start = end + 1) {
+    end = jsonl.find('\n', start);
+    const std::string line = jsonl.substr(start, end - start + 1);
+    if (line.find("null") == std::string::npos) twin += line;
+  }
+  EncodeOptions json = options(dir, "json"), parquet = options(dir, "parquet"), zstd = options(dir, "zstd");
+  json.inputs = {dir.write("records.jsonl", twin)};
+  const std::string pq = (dir.path() / "records.parquet").string();
+  test::write_parquet(pq, rows, {.group_rows = 64});
+  parquet.inputs = {pq};
+  zstd.inputs = {dir.write("records.jsonl.zst", "")};
+  {
+    std::string frame(ZSTD_compressBound(twin.size()), '\0');
+    frame.resize(ZSTD_compress(frame.data(), frame.size(), twin.data(), twin.size(), 3));
+    write_file_atomic(zstd.inputs[0], frame);
+  }
+  const EncodeSummary a = encode_dataset(json), b = encode_dataset(parquet), c = encode_dataset(zstd);
+  EXPECT_EQ(b.empty_documents, 8u);
+  EXPECT_EQ(a.train_tokens + a.val_tokens, b.train_tokens + b.val_tokens);
+  for (const EncodeOptions* o : {&parquet, &zstd}) {
+    EXPECT_EQ(stream_of(o->out_dir, Split::train), stream_of(json.out_dir, Split::train)) << o->out_dir;
+    EXPECT_EQ(stream_of(o->out_dir, Split::val), stream_of(json.out_dir, Split::val)) << o->out_dir;
+  }
+  EXPECT_EQ(read_manifest(zstd.out_dir).train.shards.front().checksum, read_manifest(json.out_dir).train.shards.front().checksum);
+  EXPECT_EQ(c.documents, a.documents);
+
+  TokenizerTraining from_json, from_parquet;
+  from_json.files = json.inputs;
+  from_parquet.files = parquet.inputs;
+  from_json.vocab_size = from_parquet.vocab_size = 300;
+  from_json.out_prefix = (dir.path() / "json_tok").string();
+  from_parquet.out_prefix = (dir.path() / "parquet_tok").string();
+  train_tokenizer(from_json);
+  train_tokenizer(from_parquet);
+  EXPECT_EQ(read_file(from_parquet.out_prefix + ".model"), read_file(from_json.out_prefix + ".model"));
 }
 
 TEST_F(Encode, BadInputLeavesNothingBehind) {

@@ -1,13 +1,15 @@
-// Reading documents: input expansion, the text and JSON Lines formats, gzip, UTF-8, and errors
-// that name the file and line.
+// Reading documents: input expansion, the text, JSON Lines and Parquet formats, gzip and zstd,
+// UTF-8, and errors that name the file and line (or row).
 #include <gtest/gtest.h>
 #include <zlib.h>
 #include <zstd.h>
 
+#include <nlohmann/json.hpp>
 
 #include "common/error.h"
 #include "common/files.h"
 #include "data/text_input.h"
+#include "parquet_writer.h"
 #include "test_util.h"
 
 namespace gqe {
@@ -142,6 +144,72 @@ TEST(TextInput, ZstdReadsAsThePlainFileAndBadDataIsAnError) {
   const std::string corrupt = dir.write("c.jsonl.zst", bytes);
   EXPECT_NE(test::user_error_of([&] { read_all({corrupt}, {}); }).find(corrupt + ": corrupt zstd data near line "),
             std::string::npos);
+}
+
+// Parquet: the text column row by row across row groups gives the documents of the same records
+// as JSON Lines (a row's number is the line's); a null is an empty document; any of Arrow's string
+// layouts and compressions; --format parquet for a file named otherwise.
+TEST(TextInput, ParquetReadsAsTheSameDocumentsAsJsonLines) {
+  TempDir dir;
+  std::vector<std::optional<std::string>> texts;
+  std::string jsonl;
+  for (int i = 0; i < 2500; ++i) {
+    std::optional<std::string> t;
+    if (i % 97 != 5) t = "doc " + std::to_string(i) + " \u00e9t\u00e9 \U0001F642 \u706F\u53F0\nline two\t" + std::string(i % 13, ' ');
+    texts.push_back(t);
+    jsonl += nlohmann::json{{"text", t.value_or("")}}.dump() + "\n";
+  }
+  const auto expected = read_all({dir.write("a.jsonl", jsonl)}, {});
+  ASSERT_EQ(expected.size(), 2500u);
+  const std::string zstd = (dir.path() / "zstd.parquet").string(), large = (dir.path() / "large.parquet").string(),
+                    plain = (dir.path() / "plain.bin").string();
+  test::write_parquet(zstd, texts, {.group_rows = 700});
+  test::write_parquet(large, texts, {.group_rows = 1000, .large_strings = true, .compression = parquet::Compression::SNAPPY});
+  test::write_parquet(plain, texts, {.group_rows = 2500, .binary = true, .checksums = false,
+                                     .compression = parquet::Compression::UNCOMPRESSED});
+  EXPECT_EQ(read_all({zstd}, {}), expected);
+  EXPECT_EQ(read_all({large}, {}), expected);
+  InputOptions forced;
+  forced.format = InputFormat::parquet;
+  EXPECT_EQ(read_all({plain}, forced), expected);
+  InputOptions body;
+  body.text_field = "body";
+  const std::string named = (dir.path() / "body.parquet").string();
+  test::write_parquet(named, {"only row"}, {.column = "body"});
+  EXPECT_EQ(read_all({named}, body), (std::vector<std::pair<std::string, uint64_t>>{{"only row", 1}}));
+}
+
+// A bad Parquet file, column or value is one error naming the file, never fewer documents.
+TEST(TextInput, BadParquetIsOneErrorNamingTheFile) {
+  TempDir dir;
+  std::vector<std::optional<std::string>> texts;
+  for (int i = 0; i < 3000; ++i) texts.push_back("row number " + std::to_string(i) + " of the file");
+  const std::string pq = (dir.path() / "a.parquet").string();
+  test::write_parquet(pq, texts, {.group_rows = 1000, .compression = parquet::Compression::UNCOMPRESSED});
+  InputOptions body;
+  body.text_field = "body";
+  EXPECT_EQ(test::user_error_of([&] { read_all({pq}, body); }),
+            pq + ": no column \"body\" (columns: id, text; choose one with --text-field)");
+  InputOptions ids;
+  ids.text_field = "id";
+  EXPECT_EQ(test::user_error_of([&] { read_all({pq}, ids); }), pq + ": column \"id\" holds INT64, not text");
+
+  std::string bytes = read_file(pq);
+  const size_t at = bytes.find("row number 1500 ");
+  ASSERT_NE(at, std::string::npos);
+  bytes[at + 4] = 'X';  // the page's CRC no longer matches
+  const std::string damaged = dir.write("damaged.parquet", bytes);
+  EXPECT_NE(test::user_error_of([&] { read_all({damaged}, {}); }).find(damaged + ": corrupt Parquet data in row group 2 of 3 ("),
+            std::string::npos);
+  const std::string truncated = dir.write("truncated.parquet", bytes.substr(0, bytes.size() / 2));
+  EXPECT_NE(test::user_error_of([&] { read_all({truncated}, {}); }).find(truncated + ": not a readable Parquet file ("),
+            std::string::npos);
+  const std::string json = dir.write("records.parquet", "{\"text\": \"JSON Lines, misnamed\"}\n");
+  EXPECT_NE(test::user_error_of([&] { read_all({json}, {}); }).find(json + ": not a readable Parquet file ("), std::string::npos);
+
+  const std::string binary = (dir.path() / "binary.parquet").string();
+  test::write_parquet(binary, {"fine", std::nullopt, "fine", "bro\xffken"}, {.binary = true});
+  EXPECT_EQ(test::user_error_of([&] { read_all({binary}, {}); }), binary + ": row 4: invalid UTF-8 at byte 4 of the text");
 }
 
 TEST(TextInput, Utf8ValidatorFollowsTheStandard) {

@@ -1,9 +1,10 @@
-// gqe bench loader|prefill|train|comm: throughput, reported as rates and ratios (docs/performance.md).
+// gqe bench loader|prefill|train|comm|encode: throughput, reported as rates and ratios (docs/performance.md).
 #include <CLI/CLI.hpp>
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
 #include <algorithm>
+#include <map>
 #include <memory>
 #include <sstream>
 #include <string>
@@ -13,6 +14,7 @@
 #include <ATen/Parallel.h>
 
 #include "bench/benchmarks.h"
+#include "bench/encode_bench.h"
 #include "cli/checks.h"
 #include "cli/commands.h"
 #include "cli/nproc.h"
@@ -308,15 +310,64 @@ void add_comm(CLI::App& bench, int argc, char** argv) {
   });
 }
 
+// gqe-data encode against the Python baseline, same inputs and cores (no config, no torch).
+void add_bench_encode(CLI::App& bench) {
+  auto o = std::make_shared<EncodeBenchOptions>();
+  auto json = std::make_shared<std::string>();
+  CLI::App* cmd = bench.add_subcommand(
+      "encode", "Tokens/s of gqe-data encode against scripts/bench_encode_python.py (PyPI sentencepiece) on the same cores");
+  cmd->add_option("inputs", o->inputs, "JSON Lines or Parquet files, as gqe-data encode takes them")->required();
+  cmd->add_option("--tokenizer", o->tokenizer, "sentencepiece .model")->required()->check(CLI::ExistingFile);
+  cmd->add_option("--text-field", o->text_field, "JSON Lines' field or Parquet's column holding the text")->capture_default_str();
+  cmd->add_option("--threads", o->threads, "gqe-data's threads and Python's processes (0: all cores)")
+      ->check(whole_at_least(0, 4096));
+  cmd->add_option("--repeats", o->repeats, "Runs of each, interleaved")->check(whole_at_least(1, 1000))->capture_default_str();
+  cmd->add_option("--json", *json, "Also write the timings to this file")->each([](const std::string& file) {
+    check_output_path(file, "--json", /*directory=*/false);
+  });
+  cmd->callback([o, json] {
+    const int threads = o->threads > 0 ? o->threads : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+    fmt::print("bench encode: {} input(s), {} thread(s) / process(es), {} run(s) of each, interleaved; the whole command "
+               "timed, start-up included\n",
+               o->inputs.size(), threads, o->repeats);
+    const std::vector<EncodeRun> runs = bench_encode(*o);
+    fmt::print("  {:<16}{:>4}{:>10}{:>12}  {}\n", "tool", "run", "seconds", "tokens/s", "library");
+    std::map<std::string, std::vector<double>> rates;
+    nlohmann::ordered_json rows = nlohmann::ordered_json::array();
+    for (const EncodeRun& r : runs) {
+      const double rate = static_cast<double>(r.tokens) / r.seconds;
+      rates[r.tool].push_back(rate);
+      fmt::print("  {:<16}{:>4}{:>10.2f}{:>11.2f}M  {}\n", r.tool, r.repeat + 1, r.seconds, rate / 1e6, r.library);
+      rows.push_back({{"tool", r.tool}, {"library", r.library}, {"run", r.repeat + 1}, {"seconds", r.seconds}, {"tokens", r.tokens}});
+      if (r.tokens != runs.front().tokens)
+        fmt::print(stderr, "gqe: warning: {} counted {} tokens, gqe-data {}: they did not encode the same documents\n", r.tool,
+                   r.tokens, runs.front().tokens);
+    }
+    auto median = [](std::vector<double> v) {
+      std::sort(v.begin(), v.end());
+      return v.size() % 2 ? v[v.size() / 2] : (v[v.size() / 2 - 1] + v[v.size() / 2]) / 2;
+    };
+    const double ours = median(rates["gqe-data"]);
+    fmt::print("median tokens/s: gqe-data {:.2f}M ({:.2f}M per thread); gqe-data / Python pool {:.2f}x, / Python threads {:.2f}x\n",
+               ours / 1e6, ours / 1e6 / threads, ours / median(rates["python-pool"]), ours / median(rates["python-threads"]));
+    if (!json->empty())
+      write_file_atomic(*json, nlohmann::ordered_json{{"inputs", o->inputs}, {"tokenizer", o->tokenizer}, {"threads", threads},
+                                                      {"runs", rows}}
+                                       .dump(2) +
+                                   "\n");
+  });
+}
+
 }  // namespace
 
 void add_bench_command(CLI::App& app, int argc, char** argv) {
-  CLI::App* bench = app.add_subcommand("bench", "Throughput benchmarks: loader, prefill (GQA vs GQE), train, comm");
+  CLI::App* bench = app.add_subcommand("bench", "Throughput benchmarks: loader, prefill (GQA vs GQE), train, comm, encode");
   bench->require_subcommand(1);
   add_bench_loader(*bench);
   add_bench_prefill(*bench);
   add_bench_train(*bench, argc, argv);
   add_comm(*bench, argc, argv);
+  add_bench_encode(*bench);
 }
 
 }  // namespace gqe

@@ -44,7 +44,10 @@ struct InputFlags {
   std::string format = "auto", boundary = "file";
   InputOptions options() const {
     InputOptions o;
-    o.format = format == "text" ? InputFormat::text : format == "jsonl" ? InputFormat::jsonl : InputFormat::auto_;
+    o.format = format == "text"      ? InputFormat::text
+               : format == "jsonl"   ? InputFormat::jsonl
+               : format == "parquet" ? InputFormat::parquet
+                                     : InputFormat::auto_;
     o.boundary = boundary == "blank-line" ? DocBoundary::blank_line : DocBoundary::file;
     o.text_field = text_field;
     return o;
@@ -53,13 +56,14 @@ struct InputFlags {
 };
 
 void add_input_flags(CLI::App* cmd, InputFlags& f) {
-  cmd->add_option("--format", f.format, "Input format; auto: .jsonl/.ndjson/.json(.gz) are JSON Lines, the rest text")
-      ->check(CLI::IsMember({"auto", "text", "jsonl"}))
+  cmd->add_option("--format", f.format,
+                  "Input format; auto: .jsonl/.ndjson/.json (.gz, .zst) are JSON Lines, .parquet Parquet, the rest text")
+      ->check(CLI::IsMember({"auto", "text", "jsonl", "parquet"}))
       ->capture_default_str();
   cmd->add_option("--doc-boundary", f.boundary, "Plain text: one document per file, or per blank-line-separated block")
       ->check(CLI::IsMember({"file", "blank-line"}))
       ->capture_default_str();
-  cmd->add_option("--text-field", f.text_field, "JSON Lines: the field holding the text")->capture_default_str();
+  cmd->add_option("--text-field", f.text_field, "JSON Lines' field or Parquet's column holding the text")->capture_default_str();
 }
 
 void add_train_tokenizer(CLI::App& app) {
@@ -145,7 +149,8 @@ void add_encode(CLI::App& app, int argc, char** argv) {
     if (s.val_documents == 0 && o->encode.val_fraction > 0)
       fmt::print(stderr, "gqe-data: warning: the val split is empty ({} document(s) in all{}): training's evaluations "
                  "will have nothing to score\n", s.train_documents,
-                 o->encode.input.format != InputFormat::jsonl && o->encode.input.boundary == DocBoundary::file
+                 o->encode.input.format != InputFormat::jsonl && o->encode.input.format != InputFormat::parquet &&
+                         o->encode.input.boundary == DocBoundary::file
                      ? "; plain text is one document per file unless --doc-boundary blank-line"
                      : "");
     if (o->quiet) return;  // nothing but errors (and warnings)

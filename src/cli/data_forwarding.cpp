@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "cli/commands.h"
+#include "common/process.h"
 
 namespace gqe {
 
@@ -21,7 +22,7 @@ void add_data_forwarding(CLI::App& app) {
   cmd->set_help_flag();  // --help is gqe-data's to answer
   cmd->allow_extras();
   cmd->callback([cmd] {
-    const std::filesystem::path tool = std::filesystem::read_symlink("/proc/self/exe").parent_path() / "gqe-data";
+    const std::filesystem::path tool = executable_directory() / "gqe-data";
     std::vector<std::string> args{"gqe-data"};
     for (const auto& a : cmd->remaining()) args.push_back(a);
     std::vector<char*> argv;

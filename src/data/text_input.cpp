@@ -13,6 +13,7 @@
 #include <nlohmann/json.hpp>
 
 #include "common/error.h"
+#include "data/parquet_input.h"
 
 namespace fs = std::filesystem;
 
@@ -28,6 +29,8 @@ bool is_jsonl_name(std::string name) {
   if (ends_with(name, ".zst")) name.resize(name.size() - 4);
   return ends_with(name, ".jsonl") || ends_with(name, ".ndjson") || ends_with(name, ".json");
 }
+
+bool is_parquet_name(std::string_view name) { return ends_with(name, ".parquet"); }
 
 bool blank(std::string_view line) {
   return std::all_of(line.begin(), line.end(), [](char c) { return c == ' ' || c == '\t' || c == '\r'; });
@@ -74,6 +77,7 @@ DocumentReader::DocumentReader(std::vector<std::string> files, InputOptions opti
 DocumentReader::~DocumentReader() { close_file(); }
 
 void DocumentReader::close_file() {
+  parquet_.reset();
   if (gz_) gzclose(static_cast<gzFile>(gz_));
   gz_ = nullptr;
   if (zst_) ZSTD_freeDStream(static_cast<ZSTD_DStream*>(zst_));
@@ -89,6 +93,12 @@ bool DocumentReader::open_next_file() {
   if (next_file_ >= files_.size()) return false;
   current_ = static_cast<uint32_t>(next_file_++);
   const std::string& name = files_[current_];
+  if (options_.format == InputFormat::parquet || (options_.format == InputFormat::auto_ && is_parquet_name(name))) {
+    parquet_ = std::make_unique<ParquetColumnReader>(name, options_.text_field);
+    std::error_code ec;
+    parquet_size_ = fs::file_size(name, ec);
+    return true;
+  }
   if (ends_with(name, ".zst")) {
     zst_file_ = std::fopen(name.c_str(), "rb");
     if (!zst_file_) throw UserError(fmt::format("{}: cannot read ({})", name, std::strerror(errno ? errno : EIO)));
@@ -180,15 +190,25 @@ size_t DocumentReader::read_chunk(char* out, size_t capacity) {
 std::optional<RawDocument> DocumentReader::next() {
   std::string line;
   for (;;) {
-    if (!gz_ && !zst_ && !open_next_file()) return std::nullopt;
+    if (!gz_ && !zst_ && !parquet_ && !open_next_file()) return std::nullopt;
     RawDocument doc;
     doc.file = current_;
-    if (json_) {
+    if (parquet_) {
+      std::optional<std::string> text;
+      if (parquet_->next(text)) {
+        doc.data = text ? std::move(*text) : std::string();
+        doc.line = parquet_->row();
+        doc.source = RawDocument::Source::parquet;
+        bytes_current_ = parquet_->rows() ? parquet_size_ * doc.line / parquet_->rows() : 0;
+        return doc;
+      }
+      bytes_current_ = parquet_size_;
+    } else if (json_) {
       while (read_line(line)) {
         if (blank(line)) continue;  // blank lines between records are allowed
         doc.data = std::move(line);
         doc.line = line_;
-        doc.json = true;
+        doc.source = RawDocument::Source::json;
         return doc;
       }
     } else if (options_.boundary == DocBoundary::file) {
@@ -249,13 +269,18 @@ std::optional<size_t> invalid_utf8_at(std::string_view s) {
 
 std::string document_text(const RawDocument& doc, const InputOptions& options, const std::vector<std::string>& files) {
   const std::string& file = files[doc.file];
+  if (doc.source == RawDocument::Source::parquet) {
+    if (auto bad = invalid_utf8_at(doc.data))
+      throw UserError(fmt::format("{}: row {}: invalid UTF-8 at byte {} of the text", file, doc.line, *bad + 1));
+    return doc.data;
+  }
   if (auto bad = invalid_utf8_at(doc.data)) {
     const uint64_t line = doc.line + static_cast<uint64_t>(std::count(doc.data.begin(), doc.data.begin() + *bad, '\n'));
     const size_t newline = *bad == 0 ? std::string::npos : doc.data.rfind('\n', *bad - 1);
     const size_t column = newline == std::string::npos ? *bad : *bad - newline - 1;
     throw UserError(fmt::format("{}:{}: invalid UTF-8 at byte {} of the line", file, line, column + 1));
   }
-  if (!doc.json) return doc.data;
+  if (doc.source == RawDocument::Source::text) return doc.data;
   // A .json file holding one JSON array (a common export) is not JSON Lines: say how to convert it.
   const size_t first = doc.data.find_first_not_of(" \t\r");
   const bool json_name = file.ends_with(".json") || file.ends_with(".json.gz") || file.ends_with(".json.zst");

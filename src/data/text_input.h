@@ -1,11 +1,12 @@
 // Documents from input files for the tokenizer and the encoder: plain text (one document per file,
-// or per blank-line-separated block) or JSON Lines with a named text field, each optionally
-// gzipped; inputs given as files, directories (walked recursively, sorted) or glob patterns.
-// Errors name the file and line.
+// or per blank-line-separated block) or JSON Lines with a named text field, each optionally gzip- or
+// zstd-compressed, and Parquet with a named text column; inputs given as files, directories
+// (walked recursively, sorted) or glob patterns. Errors name the file and line (or row).
 #pragma once
 
 #include <cstdint>
 #include <cstdio>
+#include <memory>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -13,13 +14,16 @@
 
 namespace gqe {
 
-enum class InputFormat { auto_, text, jsonl };
+class ParquetColumnReader;
+
+enum class InputFormat { auto_, text, jsonl, parquet };
 enum class DocBoundary { file, blank_line };
 
 struct InputOptions {
-  InputFormat format = InputFormat::auto_;  // auto: .jsonl/.ndjson/.json(.gz) are JSON Lines, the rest text
+  InputFormat format = InputFormat::auto_;  // auto: .jsonl/.ndjson/.json(.gz|.zst) are JSON Lines,
+                                             // .parquet is Parquet, the rest text
   DocBoundary boundary = DocBoundary::file;  // plain text only
-  std::string text_field = "text";           // JSON Lines only
+  std::string text_field = "text";           // JSON Lines' field, Parquet's column
 };
 
 // Files named by `args` (files, directories, glob patterns), in argument order, each directory or
@@ -29,10 +33,11 @@ std::vector<std::string> expand_inputs(const std::vector<std::string>& args);
 
 // A document as read: for JSON Lines, the raw line (parsed later, in parallel, by document_text).
 struct RawDocument {
-  std::string data;
+  enum class Source : uint8_t { text, json, parquet };
+  std::string data;    // a Parquet null is an empty document
   uint32_t file = 0;   // index into the reader's file list
-  uint64_t line = 0;   // 1-based line where the document starts
-  bool json = false;
+  uint64_t line = 0;   // 1-based line where the document starts; for Parquet, its row
+  Source source = Source::text;
 };
 
 // Reads documents in input order.
@@ -57,6 +62,8 @@ class DocumentReader {
 
   std::vector<std::string> files_;
   InputOptions options_;
+  std::unique_ptr<ParquetColumnReader> parquet_;
+  uint64_t parquet_size_ = 0;  // of the file, for bytes_read()
   size_t next_file_ = 0;
   uint32_t current_ = 0;
   void* gz_ = nullptr;        // gzFile: gzip, and plain files as they are

@@ -22,6 +22,8 @@ namespace {
 constexpr size_t kMaxSentenceBytes = 16384;
 }  // namespace
 
+const char* sentencepiece_version() { return GQE_SENTENCEPIECE_VERSION; }
+
 Tokenizer::Tokenizer(const std::string& model_path)
     : sp_(std::make_unique<sentencepiece::SentencePieceProcessor>()), path_(model_path) {
   model_bytes_ = read_file(model_path);
@@ -60,7 +62,7 @@ std::string Tokenizer::decode(std::span<const int32_t> ids) const {
     if (ids[i] < 0 || ids[i] >= n)
       throw UserError(fmt::format("token id {} (position {}) is outside the vocabulary of {} ({})", ids[i], i, n, path_));
   std::string text;
-  const auto status = sp_->Decode(std::vector<int>(ids.begin(), ids.end()), &text);
+  const auto status = sp_->Decode(absl::Span<const int>(ids.data(), ids.size()), &text);
   if (!status.ok()) throw std::runtime_error("sentencepiece decode: " + status.ToString());
   return text;
 }
@@ -141,7 +143,7 @@ class VectorIterator : public sentencepiece::SentenceIterator {
   bool done() const override { return i_ >= lines_.size(); }
   void Next() override { ++i_; }
   const std::string& value() const override { return lines_[i_]; }
-  sentencepiece::util::Status status() const override { return {}; }
+  absl::Status status() const override { return {}; }
 
  private:
   const std::vector<std::string>& lines_;

@@ -48,6 +48,9 @@ class Tokenizer {
   uint64_t fingerprint_ = 0;
 };
 
+// The version of the sentencepiece library linked in (built from its PyPI sdist by set-up).
+const char* sentencepiece_version();
+
 struct TokenizerTraining {
   std::vector<std::string> files;  // already expanded
   InputOptions input;

@@ -14,6 +14,7 @@
 
 #include "common/error.h"
 #include "common/files.h"
+#include "common/process.h"
 #include "config/config_loader.h"
 #include "model/model_info.h"
 #include "train/metrics.h"
@@ -256,11 +257,6 @@ ordered_json plot_data(const Comparison& c, bool log_x) {
   return {{"baseline", c.runs.front().name}, {"log_x", log_x}, {"runs", runs}};
 }
 
-std::string quoted(const std::string& s) {
-  std::string q = "'";
-  for (char ch : s) q += ch == '\'' ? std::string("'\\''") : std::string(1, ch);
-  return q + "'";
-}
 
 }  // namespace
 
@@ -308,22 +304,17 @@ void compare_runs(const CompareOptions& o) {
 }
 
 void run_plot_script(const std::string& script, const fs::path& data, const fs::path& out) {
-  const char* python = std::getenv("GQE_PYTHON");
-  const std::string command = fmt::format("{} {} {} {} 2>&1", quoted(python ? python : GQE_DEFAULT_PYTHON),
-                                          quoted(std::string(GQE_SCRIPTS_DIR) + "/" + script), quoted(data.string()),
-                                          quoted(out.string()));
-  std::FILE* pipe = ::popen(command.c_str(), "r");
-  std::string output;
-  char buffer[512];
-  while (pipe && std::fgets(buffer, sizeof buffer, pipe)) output += buffer;
-  const int status = pipe ? ::pclose(pipe) : -1;
-  if (status != -1 && WIFEXITED(status) && WEXITSTATUS(status) == 3)  // the script could not write a PNG
-    throw std::runtime_error(output.substr(0, output.find('\n')));
-  if (status != 0) {
-    fmt::print(stderr, "gqe: plots skipped ({}): {}", command, output.empty() ? "could not run\n" : output);
+  const std::string command = fmt::format("{} {} {} {}", shell_quoted(python_executable()),
+                                          shell_quoted((scripts_directory() / script).string()), shell_quoted(data.string()),
+                                          shell_quoted(out.string()));
+  const CommandOutput r = run_shell(command);
+  if (r.status == 3)  // the script could not write a PNG
+    throw std::runtime_error(r.output.substr(0, r.output.find('\n')));
+  if (r.status != 0) {
+    fmt::print(stderr, "gqe: plots skipped ({}): {}", command, r.output.empty() ? "could not run\n" : r.output);
     return;
   }
-  fmt::print("{}", output);  // the script names the PNGs it wrote
+  fmt::print("{}", r.output);  // the script names the PNGs it wrote
 }
 
 }  // namespace gqe
