@@ -7,8 +7,8 @@
 #                                           # point CMake, pkg-config, the compiler and the loader there
 #
 # The packages are the libraries of scripts/setup.sh (and what they need at run time) as Debian 12
-# names them, with the two things set-up otherwise takes from PyPI: the sentencepiece sdist and the
-# pyarrow wheel (for Arrow's C++ library; the same whatever the Python). Nothing is installed
+# names them, with the two things set-up otherwise takes from PyPI: the sentencepiece sdist and, from
+# the pyarrow wheel, Arrow's C++ library (the same whatever the Python). Nothing is installed
 # system-wide; set-up installs nothing from PyPI (GQE_OFFLINE=1).
 offline_debs=(libyaml-cpp-dev libyaml-cpp0.7 libspdlog-dev libspdlog1.10 libfmt-dev libfmt9 libcli11-dev
               nlohmann-json3-dev libxxhash-dev libxxhash0 zlib1g-dev zlib1g libzstd-dev libzstd1
@@ -22,8 +22,16 @@ offline_deps_fetch() {
   py=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && source scripts/lib.sh && gqe_venv)/bin/python
   [[ -x $py ]] || py=python3
   "$py" -m pip download -q --no-deps --no-binary :all: -d "$dir" sentencepiece==0.2.2 || return 1
+  # Of the pyarrow wheel, only Arrow's and Parquet's C++ libraries and headers, xz-compressed (16 MB
+  # instead of the wheel's 55: what travels to a device machine has a size limit).
+  local wheel
+  wheel=$(mktemp -d)
   "$py" -m pip download -q --no-deps --only-binary :all: --platform manylinux_2_28_x86_64 --python-version 3.11 \
-    -d "$dir" pyarrow==26.0.1
+    -d "$wheel" pyarrow==26.0.1 || return 1
+  python3 -m zipfile -e "$wheel"/pyarrow-*.whl "$wheel/x" &&
+    tar -C "$wheel/x/pyarrow" -cf - include/arrow include/parquet libarrow.so.2600 libparquet.so.2600 |
+    xz -T0 -6 >"$dir/arrow-cpp-26.0.1.tar.xz" || return 1
+  rm -rf "$wheel"
 }
 
 offline_deps_use() {
@@ -32,9 +40,9 @@ offline_deps_use() {
   root=$dir/root
   if [[ ! -d $root ]]; then
     for deb in "$dir"/*.deb; do dpkg -x "$deb" "$root"; done
-    python3 -m zipfile -e "$dir"/pyarrow-*.whl "$root/wheel"
+    mkdir -p "$root/arrow" && tar -C "$root/arrow" -xJf "$dir/arrow-cpp-26.0.1.tar.xz"
   fi
-  export GQE_OFFLINE=1 GQE_SENTENCEPIECE_SDIST=$dir/sentencepiece-0.2.2.tar.gz GQE_ARROW_DIR=$root/wheel/pyarrow
+  export GQE_OFFLINE=1 GQE_SENTENCEPIECE_SDIST=$dir/sentencepiece-0.2.2.tar.gz GQE_ARROW_DIR=$root/arrow
   [[ -e $root/usr/bin/pkg-config ]] || ln -s pkgconf "$root/usr/bin/pkg-config"
   export PATH=$root/usr/bin:$PATH
   export LD_LIBRARY_PATH=$root/usr/lib/$multiarch${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}

@@ -92,7 +92,7 @@ fi
 # --- 3. configure and build --------------------------------------------------------------------
 export CCACHE_BASEDIR=$root          # lets clones at other paths share cache hits
 export CCACHE_SLOPPINESS=pch_defines,time_macros,include_file_mtime,include_file_ctime
-configured_with="$torch_prefix $spm_sdist"
+configured_with="$torch_prefix $spm_sdist ${GQE_ARROW_DIR:-}"
 if [[ ! -f $build_dir/build.ninja ]] || [[ $(cat "$build_dir/.configured_with" 2>/dev/null) != "$configured_with" ]]; then
   say "configuring $build_dir ($build_type) against $torch_prefix"
   cmake -S "$root" -B "$build_dir" -G Ninja -DCMAKE_BUILD_TYPE="$build_type" \
