@@ -3,6 +3,7 @@
 #pragma once
 
 #include <arrow/api.h>
+#include <arrow/array/builder_dict.h>
 #include <arrow/io/file.h>
 #include <parquet/arrow/writer.h>
 #include <parquet/properties.h>
@@ -19,6 +20,7 @@ struct ParquetLayout {
   std::string column = "text";
   bool large_strings = false;  // large_utf8 instead of utf8
   bool binary = false;         // a binary column (no UTF-8 promise)
+  bool dictionary = false;     // a dictionary of strings (a categorical), its Arrow type stored
   bool checksums = true;       // page CRCs, as Spark and recent writers add
   parquet::Compression::type compression = parquet::Compression::ZSTD;
 };
@@ -34,7 +36,10 @@ inline void write_parquet(const std::string& path, const std::vector<std::option
     for (const auto& t : texts) check(t ? builder.Append(*t) : builder.AppendNull());
     check(builder.Finish(&text_array));
   };
-  if (layout.binary) {
+  if (layout.dictionary) {
+    arrow::StringDictionaryBuilder b;
+    fill(b);
+  } else if (layout.binary) {
     arrow::BinaryBuilder b;
     fill(b);
   } else if (layout.large_strings) {
@@ -55,7 +60,10 @@ inline void write_parquet(const std::string& path, const std::vector<std::option
   parquet::WriterProperties::Builder properties;
   properties.compression(layout.compression);
   if (layout.checksums) properties.enable_page_checksum();
-  check(parquet::arrow::WriteTable(*table, arrow::default_memory_pool(), *out, layout.group_rows, properties.build()));
+  // pyarrow stores the Arrow schema, so that a dictionary reads back as one; Arrow's C++ default does not.
+  const auto arrow_properties = parquet::ArrowWriterProperties::Builder().store_schema()->build();
+  check(parquet::arrow::WriteTable(*table, arrow::default_memory_pool(), *out, layout.group_rows, properties.build(),
+                                   arrow_properties));
   check((*out)->Close());
 }
 

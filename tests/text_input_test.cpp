@@ -148,7 +148,7 @@ TEST(TextInput, ZstdReadsAsThePlainFileAndBadDataIsAnError) {
 
 // Parquet: the text column row by row across row groups gives the documents of the same records
 // as JSON Lines (a row's number is the line's); a null is an empty document; any of Arrow's string
-// layouts and compressions; --format parquet for a file named otherwise.
+// layouts (dictionaries too) and compressions; --format parquet for a file named otherwise.
 TEST(TextInput, ParquetReadsAsTheSameDocumentsAsJsonLines) {
   TempDir dir;
   std::vector<std::optional<std::string>> texts;
@@ -169,6 +169,9 @@ TEST(TextInput, ParquetReadsAsTheSameDocumentsAsJsonLines) {
                                      .compression = parquet::Compression::UNCOMPRESSED});
   EXPECT_EQ(read_all({zstd}, {}), expected);
   EXPECT_EQ(read_all({large}, {}), expected);
+  const std::string categorical = (dir.path() / "categorical.parquet").string();
+  test::write_parquet(categorical, texts, {.group_rows = 900, .dictionary = true});
+  EXPECT_EQ(read_all({categorical}, {}), expected);
   InputOptions forced;
   forced.format = InputFormat::parquet;
   EXPECT_EQ(read_all({plain}, forced), expected);

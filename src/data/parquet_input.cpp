@@ -47,6 +47,21 @@ std::optional<std::string> row_text(const arrow::Array& column, int64_t i) {
   return std::string(v);
 }
 
+// Whether text_at reads this layout: the string and binary ones, and dictionaries of them (what a
+// file written from a categorical column reads back as).
+bool is_text(const arrow::DataType& type) {
+  switch (type.id()) {
+    case arrow::Type::STRING:
+    case arrow::Type::BINARY:
+    case arrow::Type::LARGE_STRING:
+    case arrow::Type::LARGE_BINARY:
+    case arrow::Type::STRING_VIEW:
+    case arrow::Type::BINARY_VIEW: return true;
+    case arrow::Type::DICTIONARY: return is_text(*static_cast<const arrow::DictionaryType&>(type).value_type());
+    default: return false;
+  }
+}
+
 std::optional<std::string> text_at(const arrow::Array& column, int64_t i) {
   switch (column.type_id()) {
     case arrow::Type::STRING:
@@ -55,7 +70,11 @@ std::optional<std::string> text_at(const arrow::Array& column, int64_t i) {
     case arrow::Type::LARGE_BINARY: return row_text<arrow::LargeBinaryArray>(column, i);
     case arrow::Type::STRING_VIEW:
     case arrow::Type::BINARY_VIEW: return row_text<arrow::BinaryViewArray>(column, i);
-    default: return std::nullopt;  // ruled out when the file is opened
+    default: {  // a dictionary (is_text checked the batch)
+      const auto& d = static_cast<const arrow::DictionaryArray&>(column);
+      if (d.IsNull(i)) return std::nullopt;
+      return text_at(*d.dictionary(), d.GetValueIndex(i));
+    }
   }
 }
 
@@ -132,6 +151,8 @@ bool ParquetColumnReader::next(std::optional<std::string>& text) {
     }
     b.column = batch->column(0);
     b.next = 0;
+    if (!is_text(*b.column->type()))
+      throw UserError(fmt::format("{}: column reads as {}, not text", b.path, b.column->type()->ToString()));
   }
   text = text_at(*b.column, b.next++);
   ++row_;
