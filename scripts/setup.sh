@@ -72,7 +72,7 @@ if [[ ! -f $spm_sdist ]]; then
   mkdir -p "$downloads"
   "$vpy" -m pip download -q --no-deps --no-binary :all: -d "$downloads" sentencepiece==0.2.2
 fi
-if [[ $(basename "$spm_sdist") == sentencepiece-0.2.2.tar.gz ]] && ! echo "$spm_sha256  $spm_sdist" | sha256sum -c --quiet - 2>/dev/null; then
+if [[ $(basename "$spm_sdist") == sentencepiece-0.2.2.tar.gz ]] && ! echo "$spm_sha256  $spm_sdist" | sha256sum -c --quiet - >/dev/null 2>&1; then
   echo "[setup] $spm_sdist: not the sentencepiece 0.2.2 sdist gqe pins (sha256 differs); delete it and run again" >&2
   exit 1
 fi

@@ -56,6 +56,7 @@ TEST(TextInput, InputsExpandFilesDirectoriesAndGlobsInOrder) {
   const std::string b = dir.write("b.txt", "b"), a = dir.write("a.txt", "a");
   const std::string d2 = dir.write("d/z/2.txt", "2"), d1 = dir.write("d/1.txt", "1");
   dir.write("d/.hidden", "x");
+  dir.write("d/.cache/huggingface/download/x.parquet.metadata", "x");  // what `hf download` leaves
   const auto files = expand_inputs({b, (dir.path() / "d").string(), (dir.path() / "*.txt").string()});
   EXPECT_EQ(files, (std::vector<std::string>{b, d1, d2, a, b}));
   EXPECT_EQ(test::user_error_of([&] { expand_inputs({(dir.path() / "nope.txt").string()}); }),

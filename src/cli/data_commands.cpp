@@ -139,7 +139,8 @@ void add_encode(CLI::App& app, int argc, char** argv) {
   cmd->footer(
       "Examples:\n"
       "  gqe-data encode data/sample/*.jsonl --tokenizer data/sample/tokenizer.model --out data/sample/shards\n"
-      "  gqe-data encode books/ --doc-boundary blank-line --tokenizer tok.model --out data/books --val-fraction 0.01");
+      "  gqe-data encode books/ --doc-boundary blank-line --tokenizer tok.model --out data/books --val-fraction 0.01\n"
+      "  gqe-data encode fineweb-edu/sample/100BT/ --tokenizer tok.model --out data/fineweb-edu   # Parquet, column text");
   cmd->callback([o] {
     o->encode.input = o->input.options();
     o->encode.shard_tokens = count_option("--shard-tokens", o->shard_tokens);

@@ -50,8 +50,12 @@ std::vector<std::string> expand_inputs(const std::vector<std::string>& args) {
       ::globfree(&g);
       if (found.empty()) throw UserError(fmt::format("{}: no file matches this pattern", arg));
     } else if (fs::is_directory(arg)) {
-      for (const auto& entry : fs::recursive_directory_iterator(arg))
-        if (entry.is_regular_file() && entry.path().filename().string()[0] != '.') found.push_back(entry.path().string());
+      // Hidden files and directories are skipped: .git, or the .cache/ that `hf download` leaves.
+      for (auto it = fs::recursive_directory_iterator(arg); it != fs::recursive_directory_iterator(); ++it) {
+        const bool hidden = it->path().filename().string()[0] == '.';
+        if (hidden && it->is_directory()) it.disable_recursion_pending();
+        else if (!hidden && it->is_regular_file()) found.push_back(it->path().string());
+      }
       if (found.empty()) throw UserError(fmt::format("{}: directory holds no files", arg));
     } else if (fs::exists(arg)) {
       found.push_back(arg);
