@@ -125,9 +125,40 @@ TEST_F(Encode, ALongTextEncodesAsOneWhole) {
   std::vector<int32_t> expected;
   std::istringstream in(r.out);
   for (int32_t id; in >> id;) expected.push_back(id);
-  const auto ids = Tokenizer(model).encode(text);
+  const Tokenizer tokenizer(model);
+  const auto ids = tokenizer.encode(text);
   ASSERT_EQ(ids.size(), expected.size());
   EXPECT_EQ(ids, expected);
+  // Word by word through the cache (as encode's workers do), cold and then warm, with a cache so
+  // small that it starts over many times: the same ids.
+  WordCache cache(50);
+  EXPECT_EQ(tokenizer.encode(text, &cache), expected);
+  EXPECT_EQ(tokenizer.encode(text, &cache), expected);
+}
+
+// A model that does look across spaces (here a dummy prefix in front of the text with runs of
+// spaces kept: a cut piece would get one too) is never cut: its ids stay those of the whole text,
+// with or without a cache.
+TEST_F(Encode, AModelThatLooksAcrossSpacesEncodesWholeTexts) {
+  const std::string spm_train = "/usr/bin/spm_train", spm = "/usr/bin/spm_encode";
+  if (!fs::exists(spm_train) || !fs::exists(spm)) GTEST_SKIP() << "Debian's sentencepiece tools are not installed";
+  TempDir dir;
+  const auto trained = test::run_command(spm_train + " --input " + fixture() + " --model_prefix " + (dir.path() / "d").string() +
+                                         " --vocab_size 600 --model_type bpe --byte_fallback --normalization_rule_name identity"
+                                         " --remove_extra_whitespaces false --add_dummy_prefix true");
+  ASSERT_EQ(trained.status, 0) << trained.err;
+  std::string text;
+  for (int i = 0; text.size() < 70000; ++i) text += "the keeper  counted " + std::to_string(i) + " steps,  and slept. ";
+  const std::string input = dir.write("long.txt", text + "\n");
+  const auto r = test::run_command(spm + " --model " + (dir.path() / "d.model").string() + " --output_format=id < " + input);
+  ASSERT_EQ(r.status, 0) << r.err;
+  std::vector<int32_t> expected;
+  std::istringstream in(r.out);
+  for (int32_t id; in >> id;) expected.push_back(id);
+  const Tokenizer tokenizer((dir.path() / "d.model").string());
+  WordCache cache;
+  EXPECT_EQ(tokenizer.encode(text), expected);
+  EXPECT_EQ(tokenizer.encode(text, &cache), expected);
 }
 
 TEST_F(Encode, ShardsHoldSentencepiecesTokensOfEveryDocumentInOrder) {

@@ -198,6 +198,7 @@ EncodeSummary encode_dataset(const EncodeOptions& o) {
   std::vector<std::thread> pool;
   for (int w = 0; w < workers; ++w)
     pool.emplace_back([&] {
+      WordCache cache;
       while (auto chunk = work.pop()) {
         EncodedChunk done;
         done.index = chunk->index;
@@ -205,7 +206,7 @@ EncodeSummary encode_dataset(const EncodeOptions& o) {
         done.error = chunk->error;
         try {
           for (const RawDocument& doc : chunk->documents)
-            done.documents.push_back(tokenizer.encode(document_text(doc, o.input, files)));
+            done.documents.push_back(tokenizer.encode(document_text(doc, o.input, files), &cache));
         } catch (...) {
           done.error = std::current_exception();
         }

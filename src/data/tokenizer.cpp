@@ -1,5 +1,6 @@
 #include "data/tokenizer.h"
 
+#include <sentencepiece_model.pb.h>
 #include <sentencepiece_processor.h>
 #include <sentencepiece_trainer.h>
 
@@ -30,28 +31,78 @@ Tokenizer::Tokenizer(const std::string& model_path)
   const auto status = sp_->LoadFromSerializedProto(model_bytes_);
   if (!status.ok()) throw UserError(fmt::format("{}: not a sentencepiece model ({})", model_path, status.message()));
   fingerprint_ = checksum64(model_bytes_.data(), model_bytes_.size());
+  const sentencepiece::ModelProto& proto = sp_->model_proto();
+  const auto& normalizer = proto.normalizer_spec();
+  splits_at_spaces_ = normalizer.name() == "identity" && !normalizer.add_dummy_prefix() &&
+                      !normalizer.remove_extra_whitespaces() && normalizer.escape_whitespaces() &&
+                      !proto.trainer_spec().treat_whitespace_as_suffix();
+  const std::string_view space = "\u2581";  // what a space is inside a piece
+  for (const auto& piece : proto.pieces()) {
+    const std::string& p = piece.piece();
+    for (size_t at = p.find(space, 1); splits_at_spaces_ && at != std::string::npos; at = p.find(space, at + 1))
+      if (!std::string_view(p).substr(0, at).ends_with(space)) splits_at_spaces_ = false;
+  }
 }
 
 Tokenizer::~Tokenizer() = default;
 
-std::vector<int32_t> Tokenizer::encode(std::string_view text) const {
-  // sentencepiece's cost grows faster than the length of one input (a 4 MB document took 10x the
-  // time of the same text as 1,189 documents): long text goes in pieces cut just before a space
-  // that follows a non-space. A piece of the vocabulary never spans such a point (BPE pieces
-  // begin at a space, and runs of spaces stay whole), so the ids are those of the whole text.
-  constexpr size_t kPiece = 1 << 14;
+std::vector<int32_t> Tokenizer::encode(std::string_view text, WordCache* cache) const {
   std::vector<int32_t> out;
   std::vector<int> ids;
-  while (!text.empty()) {
-    size_t cut = text.size();
-    if (text.size() > 2 * kPiece) {
-      cut = kPiece;
-      while (cut < text.size() && !(text[cut] == ' ' && text[cut - 1] != ' ')) ++cut;
-    }
-    const auto status = sp_->Encode(text.substr(0, cut), &ids);
+  auto encode_whole = [&](std::string_view part) {
+    const auto status = sp_->Encode(part, &ids);
     if (!status.ok()) throw std::runtime_error("sentencepiece encode: " + status.ToString());
     out.insert(out.end(), ids.begin(), ids.end());
-    text.remove_prefix(cut);
+  };
+  // The end of the cut that starts at `from` and holds at least `min` bytes: just before a space
+  // that follows a non-space, or the end of the text.
+  auto cut_after = [&](size_t from, size_t min) {
+    size_t cut = from + std::max<size_t>(min, 1);
+    while (cut < text.size() && !(text[cut] == ' ' && text[cut - 1] != ' ')) ++cut;
+    return std::min(cut, text.size());
+  };
+  if (!splits_at_spaces_) {
+    encode_whole(text);
+    return out;
+  }
+  if (!cache) {
+    // sentencepiece's cost grows faster than the length of one input (a 4 MB document took 10x
+    // the time of the same text as 1,189 documents): long text goes in pieces of ~16 KB.
+    constexpr size_t kPiece = 1 << 14;
+    for (size_t from = 0; from < text.size();) {
+      const size_t cut = text.size() - from > 2 * kPiece ? cut_after(from, kPiece) : text.size();
+      encode_whole(text.substr(from, cut - from));
+      from = cut;
+    }
+    return out;
+  }
+  if (cache->model_ != fingerprint_) {
+    cache->words_.clear();
+    cache->ids_.clear();
+    cache->model_ = fingerprint_;
+  }
+  constexpr size_t kLongestCached = 64;  // bytes; longer words are rare and go to sentencepiece
+  for (size_t from = 0; from < text.size();) {
+    const size_t cut = cut_after(from, 1);
+    const std::string_view word = text.substr(from, cut - from);
+    from = cut;
+    if (word.size() > kLongestCached) {
+      encode_whole(word);
+      continue;
+    }
+    if (const auto it = cache->words_.find(word); it != cache->words_.end()) {
+      const auto first = cache->ids_.begin() + it->second.offset;
+      out.insert(out.end(), first, first + it->second.size);
+      continue;
+    }
+    const size_t start = out.size();
+    encode_whole(word);
+    if (cache->words_.size() >= cache->max_words_) {
+      cache->words_.clear();
+      cache->ids_.clear();
+    }
+    cache->words_.emplace(word, WordCache::Span{static_cast<uint32_t>(cache->ids_.size()), static_cast<uint32_t>(out.size() - start)});
+    cache->ids_.insert(cache->ids_.end(), out.begin() + static_cast<long>(start), out.end());
   }
   return out;
 }
