@@ -25,7 +25,7 @@ import sentencepiece as spm
 
 CHUNK = 1024  # documents per work item
 
-_sp = None
+_sp = None  # each pool worker's processor
 
 
 def _load(model):
@@ -33,13 +33,19 @@ def _load(model):
     _sp = spm.SentencePieceProcessor(model_file=model)
 
 
-def _encode(texts):
-    eos = _sp.eos_id()
+def encode(sp, texts, threads):
+    """The ids of `texts`, the EOS after each document, as one uint32 array."""
+    eos = sp.eos_id()
     ids = []
-    for piece in _sp.encode(texts, num_threads=1):  # one thread per process: the pool is the parallelism
+    for piece in sp.encode(texts, num_threads=threads):
         ids.extend(piece)
         ids.append(eos)
     return np.asarray(ids, dtype=np.uint32)
+
+
+def _pool_encode(texts):
+    # One thread per process: the pool is the parallelism.
+    return encode(_sp, texts, 1), len(texts)
 
 
 def documents(paths, field):
@@ -77,32 +83,24 @@ def main():
     tokens = docs = 0
     start = time.perf_counter()
     if args.mode == "pool":
-        with multiprocessing.Pool(args.processes, initializer=_load, initargs=(args.tokenizer,)) as pool:
-            for ids, n in pool.imap(_encode_counted, documents(args.inputs, args.text_field)):
-                out.write(ids.tobytes())
-                tokens += len(ids)
-                docs += n
+        pool = multiprocessing.Pool(args.processes, initializer=_load, initargs=(args.tokenizer,))
+        results = pool.imap(_pool_encode, documents(args.inputs, args.text_field))
     else:
         _load(args.tokenizer)
-        eos = _sp.eos_id()
-        for chunk in documents(args.inputs, args.text_field):
-            ids = []
-            for piece in _sp.encode(chunk, num_threads=args.processes):
-                ids.extend(piece)
-                ids.append(eos)
-            out.write(np.asarray(ids, dtype=np.uint32).tobytes())
-            tokens += len(ids)
-            docs += len(chunk)
+        results = ((encode(_sp, chunk, args.processes), len(chunk)) for chunk in documents(args.inputs, args.text_field))
+    for ids, n in results:
+        out.write(ids.tobytes())
+        tokens += len(ids)
+        docs += n
+    if args.mode == "pool":
+        pool.close()
+        pool.join()
     out.close()
     seconds = time.perf_counter() - start
     print(json.dumps({"documents": docs, "tokens": tokens, "seconds": round(seconds, 3),
                       "tokens_per_s": round(tokens / seconds), "processes": args.processes, "mode": args.mode,
                       "sentencepiece": spm.__version__}))
     return 0
-
-
-def _encode_counted(texts):
-    return _encode(texts), len(texts)
 
 
 if __name__ == "__main__":

@@ -4,7 +4,6 @@
 
 #include <chrono>
 #include <filesystem>
-#include <thread>
 
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
@@ -41,7 +40,6 @@ struct Scratch {
 }  // namespace
 
 std::vector<EncodeRun> bench_encode(const EncodeBenchOptions& o) {
-  const int threads = o.threads > 0 ? o.threads : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
   std::string inputs;
   for (const std::string& in : o.inputs) inputs += " " + shell_quoted(in);
   const Scratch scratch;
@@ -49,11 +47,11 @@ std::vector<EncodeRun> bench_encode(const EncodeBenchOptions& o) {
   const std::string gqe_data = fmt::format(
       "{} encode{} --tokenizer {} --text-field {} --threads {} --val-fraction 0 --overwrite --quiet --out {}",
       shell_quoted((executable_directory() / "gqe-data").string()), inputs, shell_quoted(o.tokenizer),
-      shell_quoted(o.text_field), threads, shell_quoted(out.string()));
+      shell_quoted(o.text_field), o.threads, shell_quoted(out.string()));
   auto python = [&](const char* mode) {
     return fmt::format("{} {}{} --tokenizer {} --text-field {} --processes {} --mode {}", shell_quoted(python_executable()),
                        shell_quoted((scripts_directory() / "bench_encode_python.py").string()), inputs,
-                       shell_quoted(o.tokenizer), shell_quoted(o.text_field), threads, mode);
+                       shell_quoted(o.tokenizer), shell_quoted(o.text_field), o.threads, mode);
   };
   std::vector<EncodeRun> runs;
   for (int r = 0; r < o.repeats; ++r) {

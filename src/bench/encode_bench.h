@@ -13,7 +13,7 @@ struct EncodeBenchOptions {
   std::vector<std::string> inputs;  // as gqe-data encode takes them
   std::string tokenizer;
   std::string text_field = "text";
-  int threads = 0;  // gqe-data's threads and Python's processes / threads; 0: all cores
+  int threads = 1;  // gqe-data's threads and Python's processes / threads
   int repeats = 3;
 };
 

@@ -319,6 +319,7 @@ void add_bench_encode(CLI::App& bench) {
   cmd->add_option("inputs", o->inputs, "JSON Lines or Parquet files, as gqe-data encode takes them")->required();
   cmd->add_option("--tokenizer", o->tokenizer, "sentencepiece .model")->required()->check(CLI::ExistingFile);
   cmd->add_option("--text-field", o->text_field, "JSON Lines' field or Parquet's column holding the text")->capture_default_str();
+  o->threads = 0;  // the flag's default: all cores, resolved when it runs
   cmd->add_option("--threads", o->threads, "gqe-data's threads and Python's processes (0: all cores)")
       ->check(whole_at_least(0, 4096));
   cmd->add_option("--repeats", o->repeats, "Runs of each, interleaved")->check(whole_at_least(1, 1000))->capture_default_str();
@@ -326,7 +327,8 @@ void add_bench_encode(CLI::App& bench) {
     check_output_path(file, "--json", /*directory=*/false);
   });
   cmd->callback([o, json] {
-    const int threads = o->threads > 0 ? o->threads : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+    if (o->threads == 0) o->threads = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+    const int threads = o->threads;
     fmt::print("bench encode: {} input(s), {} thread(s) / process(es), {} run(s) of each, interleaved; the whole command "
                "timed, start-up included\n",
                o->inputs.size(), threads, o->repeats);

@@ -21,6 +21,15 @@ namespace gqe {
 namespace {
 // sentencepiece skips training lines longer than this; we count them instead of losing them silently.
 constexpr size_t kMaxSentenceBytes = 16384;
+
+// Whether a piece holds a space (U+2581 inside a piece) that follows a non-space: text cut before
+// such a space could not give that piece.
+bool spans_a_cut(std::string_view piece) {
+  constexpr std::string_view space = "\u2581";
+  for (size_t at = piece.find(space, 1); at != std::string_view::npos; at = piece.find(space, at + 1))
+    if (!piece.substr(0, at).ends_with(space)) return true;
+  return false;
+}
 }  // namespace
 
 const char* sentencepiece_version() { return GQE_SENTENCEPIECE_VERSION; }
@@ -36,12 +45,7 @@ Tokenizer::Tokenizer(const std::string& model_path)
   splits_at_spaces_ = normalizer.name() == "identity" && !normalizer.add_dummy_prefix() &&
                       !normalizer.remove_extra_whitespaces() && normalizer.escape_whitespaces() &&
                       !proto.trainer_spec().treat_whitespace_as_suffix();
-  const std::string_view space = "\u2581";  // what a space is inside a piece
-  for (const auto& piece : proto.pieces()) {
-    const std::string& p = piece.piece();
-    for (size_t at = p.find(space, 1); splits_at_spaces_ && at != std::string::npos; at = p.find(space, at + 1))
-      if (!std::string_view(p).substr(0, at).ends_with(space)) splits_at_spaces_ = false;
-  }
+  for (const auto& piece : proto.pieces()) splits_at_spaces_ = splits_at_spaces_ && !spans_a_cut(piece.piece());
 }
 
 Tokenizer::~Tokenizer() = default;
