@@ -130,12 +130,14 @@ TEST(Bench, EncodeComparesGqeDataWithThePythonBaselineOnTheSameDocuments) {
   std::string jsonl;
   for (int i = 0; i < 200; ++i) jsonl += "{\"text\": \"record " + std::to_string(i) + ": \\u00fcber den Leuchtturm\"}\n";
   jsonl += "{\"text\": \"\"}\n";  // empty: skipped by both
-  const std::string input = dir.write("records.jsonl", jsonl), parquet = (dir.path() / "records.parquet").string();
+  const std::string input = dir.write("records.jsonl", jsonl), parquet = (dir.path() / "pq" / "records.parquet").string();
+  std::filesystem::create_directories(dir.path() / "pq");
   ASSERT_EQ(run_command(python + " -c \"import json, pyarrow as pa, pyarrow.parquet as pq; pq.write_table(pa.table({'body': "
                                  "[json.loads(l)['text'] for l in open('" + input + "')]}), '" + parquet + "', row_group_size=64)\"")
                 .status,
             0);
-  for (const std::string& args : {input, parquet + " --text-field body"}) {
+  // A file, and a directory (both tools get the files gqe-data would read).
+  for (const std::string& args : {input, (dir.path() / "pq").string() + " --text-field body"}) {
     const auto json = dir.path() / "encode.json";
     const auto r = run_command(gqe("bench encode " + args + " --tokenizer " + (dir.path() / "tok.model").string() +
                                    " --threads 2 --repeats 1 --json " + json.string()));
@@ -153,6 +155,12 @@ TEST(Bench, EncodeComparesGqeDataWithThePythonBaselineOnTheSameDocuments) {
     EXPECT_EQ(tools, (std::vector<std::string>{"gqe-data", "python-pool", "python-threads"}));
     EXPECT_GT(report["runs"][0]["tokens"].get<uint64_t>(), 200u * 5);
   }
+  // A tool that fails stops the benchmark with one line: what failed, and its last words.
+  const auto r = run_command(gqe("bench encode " + input + " --text-field body --tokenizer " +
+                                 (dir.path() / "tok.model").string() + " --repeats 1"));
+  EXPECT_EQ(r.status, 2);
+  EXPECT_EQ(std::count(r.err.begin(), r.err.end(), '\n'), 1) << r.err;
+  EXPECT_NE(r.err.find("gqe-data encode failed: gqe-data: " + input + ":1: no \"body\" field"), std::string::npos) << r.err;
 }
 
 TEST(Bench, BadInputIsOneLineAndExitStatus2) {

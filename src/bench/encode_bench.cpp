@@ -11,6 +11,7 @@
 #include "common/error.h"
 #include "common/process.h"
 #include "data/dataset.h"
+#include "data/text_input.h"
 #include "data/tokenizer.h"
 
 namespace gqe {
@@ -23,7 +24,11 @@ std::pair<double, std::string> timed(const std::string& command, const std::stri
   const auto start = std::chrono::steady_clock::now();
   const CommandOutput r = run_shell(command);
   const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-  if (r.status != 0) throw UserError(fmt::format("bench encode: {} failed ({}): {}", what, command, r.output.substr(0, 2000)));
+  if (r.status != 0) {  // one line: the command and the last line it printed (Python's exception)
+    std::string last = r.output.substr(0, r.output.find_last_not_of("\n") + 1);
+    last = last.substr(last.rfind('\n') + 1);
+    throw UserError(fmt::format("bench encode: {} failed: {} ({})", what, last.empty() ? "no output" : last, command));
+  }
   return {seconds, r.output};
 }
 
@@ -40,8 +45,9 @@ struct Scratch {
 }  // namespace
 
 std::vector<EncodeRun> bench_encode(const EncodeBenchOptions& o) {
+  // Both get the files gqe-data would read (directories and globs expanded), in its order.
   std::string inputs;
-  for (const std::string& in : o.inputs) inputs += " " + shell_quoted(in);
+  for (const std::string& in : expand_inputs(o.inputs)) inputs += " " + shell_quoted(in);
   const Scratch scratch;
   const fs::path out = scratch.path / "shards";
   const std::string gqe_data = fmt::format(

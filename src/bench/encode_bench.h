@@ -25,7 +25,8 @@ struct EncodeRun {
   uint64_t tokens = 0;   // EOS included, one per document
 };
 
-// Runs every tool `repeats` times in turn; throws UserError when a tool fails (with its output).
+// Runs every tool `repeats` times in turn; throws UserError when a tool fails (one line: the
+// command and the last line it printed).
 std::vector<EncodeRun> bench_encode(const EncodeBenchOptions& options);
 
 }  // namespace gqe
