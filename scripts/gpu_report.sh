@@ -9,6 +9,10 @@
 #
 #   scripts/gpu_report.sh [OUT_DIR]        # default runs/gpu-report; everything lands there
 #
+# A step that fails is named in the summary at the end and the report goes on with the next one
+# (a first run on a GPU must not lose the lease's other numbers to one broken step); the exit
+# status is 1 if any step failed. Only a failed build stops it.
+#
 # It builds first (scripts/setup.sh). On a machine without network, give it an existing Python with
 # torch 2.11 (GQE_VENV=/path/to/venv) and unpacked Debian libraries (GQE_OFFLINE_DEBS=DIR, made by
 # `scripts/offline_deps.sh fetch DIR` elsewhere); data/sample must then be carried along too.
@@ -20,13 +24,33 @@ log=$out/report.txt
 : >"$log"
 # Each heading says how long the section before it took, so that a short lease shows where it went.
 section_start=$(date +%s)
+section=""
+failed=()
 say() {
   local now
   now=$(date +%s)
   printf '\n== %s   [previous section %d s]\n' "$*" "$((now - section_start))" | tee -a "$log"
   section_start=$now
+  section=$*
 }
-run() { "$@" 2>&1 | tee -a "$log"; }
+# Runs one step of the report into the log; a failure is remembered, not fatal.
+run() {
+  set +e
+  "$@" 2>&1 | tee -a "$log"
+  local status=${PIPESTATUS[0]}
+  set -e
+  ((status == 0)) || failed+=("$section: $(basename "$1") exited with $status")
+  return 0
+}
+# The same for a step whose output goes to its own file; its last lines go to the log on failure.
+run_logged() {
+  local file=$1 status=0
+  shift
+  "$@" >"$file" 2>&1 || status=$?
+  ((status == 0)) && return 0
+  tail -15 "$file" | tee -a "$log"
+  failed+=("$section: $(basename "$1") exited with $status (log: $file)")
+}
 
 if [[ -n ${GQE_OFFLINE_DEBS:-} ]]; then
   # shellcheck source=scripts/offline_deps.sh
@@ -40,6 +64,8 @@ start=$(date +%s)
 GQE_TARGETS=${GQE_TARGETS:-"gqe gqe-data model_tests"} scripts/setup.sh >"$out/build.log" 2>&1 || { tail -30 "$out/build.log"; exit 1; }
 say "built in $(($(date +%s) - start)) s"
 gqe=${GQE_BUILD_DIR:-build}/gqe
+# The report is about the GPU: a torch without CUDA must fail each step, not measure the CPU.
+cuda=(--set train.device=cuda)
 source scripts/lib.sh
 python=$(gqe_venv)/bin/python
 
@@ -47,43 +73,48 @@ say "0. the CUDA kernels against the CPU path"
 run "${GQE_BUILD_DIR:-build}/model_tests" --gtest_filter='*Cuda*' --gtest_brief=1
 
 say "1. training step, seq 2048, bf16 (gqe bench train)"
-run "$gqe" bench train configs/gqe-250m.yaml --steps 20 --warmup 5 --json "$out/bench_train.json" --profile 30
+run "$gqe" bench train configs/gqe-250m.yaml "${cuda[@]}" --steps 20 --warmup 5 --json "$out/bench_train.json" --profile 30
 say "1a. the same with activation checkpointing (memory against the extra forward)"
-run "$gqe" bench train configs/gqe-250m.yaml --steps 10 --warmup 3 --set train.activation_checkpointing=true \
+run "$gqe" bench train configs/gqe-250m.yaml "${cuda[@]}" --steps 10 --warmup 3 --set train.activation_checkpointing=true \
   --json "$out/bench_train_checkpointing.json"
-# The Python references are context, not the report: their failure does not stop it.
 say "1b. the same step in eager PyTorch"
-run "$python" scripts/bench_eager_pytorch.py configs/gqe-250m.yaml --device cuda --steps 20 --warmup 5 || say "(failed)"
+run "$python" scripts/bench_eager_pytorch.py configs/gqe-250m.yaml --device cuda --steps 20 --warmup 5
 if [[ ${GQE_REPORT_COMPILE:-0} == 1 ]]; then
   say "1c. the same step with torch.compile"
-  run "$python" scripts/bench_eager_pytorch.py configs/gqe-250m.yaml --device cuda --steps 20 --warmup 5 --compile ||
-    say "(failed)"
+  run "$python" scripts/bench_eager_pytorch.py configs/gqe-250m.yaml --device cuda --steps 20 --warmup 5 --compile
 fi
 
 say "2. prefill, one sequence, bf16 (gqe bench prefill)"
-run "$gqe" bench prefill configs/gqe-250m.yaml --seq-lens 2048,4096,8192,16384,32768,65536,131072 --repeats 5 \
+run "$gqe" bench prefill configs/gqe-250m.yaml "${cuda[@]}" --seq-lens 2048,4096,8192,16384,32768,65536,131072 --repeats 5 \
   --json "$out/bench_prefill.json"
 
 say "3. 100 steps of configs/tiny/gqe.yaml: GPU bf16 vs CPU fp32"
 [[ -f data/sample/shards/manifest.json ]] || scripts/sample_data.sh
 steps=(--set train.tokens=819200)  # 100 x 8192
 rm -rf "$out/tiny-cuda" "$out/tiny-cpu"
-"$gqe" train configs/tiny/gqe.yaml --run-dir "$out/tiny-cuda" "${steps[@]}" --set train.device=cuda \
-  --set train.precision=bf16 >"$out/tiny-cuda.log" 2>&1
-"$gqe" train configs/tiny/gqe.yaml --run-dir "$out/tiny-cpu" "${steps[@]}" >"$out/tiny-cpu.log" 2>&1
-grep -h "done:" "$out/tiny-cuda.log" "$out/tiny-cpu.log" | tee -a "$log"
+run_logged "$out/tiny-cuda.log" "$gqe" train configs/tiny/gqe.yaml --run-dir "$out/tiny-cuda" "${steps[@]}" "${cuda[@]}" \
+  --set train.precision=bf16
+run_logged "$out/tiny-cpu.log" "$gqe" train configs/tiny/gqe.yaml --run-dir "$out/tiny-cpu" "${steps[@]}"
+grep -h "done:" "$out/tiny-cuda.log" "$out/tiny-cpu.log" | tee -a "$log" || true
 # The fused kernels' first-contact check (train.fused_kernels: auto): silent when all agree.
-grep -h "kernel disagrees" "$out/tiny-cuda.log" | tee -a "$log" || echo "fused kernels: all agree with ATen" | tee -a "$log"
-run "$gqe" compare "$out/tiny-cpu" "$out/tiny-cuda" --out "$out/tiny-compare"
+grep -h "kernel disagrees" "$out/tiny-cuda.log" | tee -a "$log" || echo "fused kernels: no disagreement logged" | tee -a "$log"
+[[ -f $out/tiny-cuda/metrics.jsonl && -f $out/tiny-cpu/metrics.jsonl ]] &&
+  run "$gqe" compare "$out/tiny-cpu" "$out/tiny-cuda" --out "$out/tiny-compare"
 say "4. data parallel over NCCL: overlapped buckets, then ZeRO-1 (gqe bench train --nproc)"
 gpus=$(nvidia-smi -L 2>/dev/null | wc -l)
 if ((gpus >= 2)); then
-  run "$gqe" bench train configs/gqe-250m.yaml --nproc "$gpus" --steps 10 --warmup 3 --json "$out/bench_train_dp.json"
-  run "$gqe" bench train configs/gqe-250m.yaml --nproc "$gpus" --steps 10 --warmup 3 --set dist.shard_optimizer=true \
+  run "$gqe" bench train configs/gqe-250m.yaml "${cuda[@]}" --nproc "$gpus" --steps 10 --warmup 3 --json "$out/bench_train_dp.json"
+  run "$gqe" bench train configs/gqe-250m.yaml "${cuda[@]}" --nproc "$gpus" --steps 10 --warmup 3 --set dist.shard_optimizer=true \
     --json "$out/bench_train_zero1.json"
 else
   # One GPU: a real NCCL group of one (dist.backend named) through the same reducer and collectives.
-  run "$gqe" bench train configs/gqe-250m.yaml --steps 10 --warmup 3 --set dist.backend=nccl --set dist.shard_optimizer=true \
+  run "$gqe" bench train configs/gqe-250m.yaml "${cuda[@]}" --steps 10 --warmup 3 --set dist.backend=nccl --set dist.shard_optimizer=true \
     --json "$out/bench_train_nccl1.json"
 fi
 say "finished in $(($(date +%s) - start)) s; everything is in $out"
+if ((${#failed[@]})); then
+  printf 'FAILED (%d):\n' "${#failed[@]}" | tee -a "$log"
+  printf '  %s\n' "${failed[@]}" | tee -a "$log"
+  exit 1
+fi
+echo "every step passed" | tee -a "$log"
