@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The GPU numbers of docs/performance.md in one command, on a machine with an NVIDIA GPU:
-#   0. the tests that need a GPU (CI has none);
+#   0. the tests that need a GPU (CI has none), and our kernels' ones under compute-sanitizer;
 #   1. training throughput, MFU and memory of gqa-250m and gqe-250m at seq 2048 (gqe bench train),
 #      also with activation checkpointing, with eager PyTorch (and, with GQE_REPORT_COMPILE=1, torch.compile) on the same step as the bar;
 #   2. the prefill table, GQA vs GQE, 2k to 128k tokens (gqe bench prefill);
@@ -39,7 +39,7 @@ run() {
   "$@" 2>&1 | tee -a "$log"
   local status=${PIPESTATUS[0]}
   set -e
-  ((status == 0)) || failed+=("$section: $(basename "$1") exited with $status")
+  ((status == 0)) || failed+=("$section (exit status $status)")
   return 0
 }
 # The same for a step whose output goes to its own file; its last lines go to the log on failure.
@@ -49,7 +49,7 @@ run_logged() {
   "$@" >"$file" 2>&1 || status=$?
   ((status == 0)) && return 0
   tail -15 "$file" | tee -a "$log"
-  failed+=("$section: $(basename "$1") exited with $status (log: $file)")
+  failed+=("$section (exit status $status; log: $file)")
 }
 
 if [[ -n ${GQE_OFFLINE_DEBS:-} ]]; then
@@ -71,6 +71,13 @@ python=$(gqe_venv)/bin/python
 
 say "0. the CUDA kernels against the CPU path"
 run "${GQE_BUILD_DIR:-build}/model_tests" --gtest_filter='*Cuda*' --gtest_brief=1
+# Our kernels' memory accesses, checked once (exit 3: it found errors; other failures are the tool's).
+sanitizer=$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)
+if [[ -x $sanitizer ]]; then
+  say "0a. the kernel tests under compute-sanitizer (memcheck)"
+  run timeout 150 "$sanitizer" --tool memcheck --error-exitcode 3 --print-limit 20 \
+    "${GQE_BUILD_DIR:-build}/model_tests" --gtest_filter='Rope.Cuda*:SwiGLU.Cuda*:RMSNorm.Cuda*:CrossEntropy.Cuda*' --gtest_brief=1
+fi
 
 say "1. training step, seq 2048, bf16 (gqe bench train)"
 run "$gqe" bench train configs/gqe-250m.yaml "${cuda[@]}" --steps 20 --warmup 5 --json "$out/bench_train.json" --profile 30
