@@ -5,7 +5,8 @@
 #      also with activation checkpointing, with eager PyTorch (and, with GQE_REPORT_COMPILE=1, torch.compile) on the same step as the bar;
 #   2. the prefill table, GQA vs GQE, 2k to 128k tokens (gqe bench prefill);
 #   3. 100 steps of configs/tiny/gqe.yaml on the GPU (bf16) and on the CPU (fp32), compared;
-#   4. data parallel over NCCL, plain and ZeRO-1, with the communication share (one GPU: a group of one).
+#   4. data parallel over NCCL, plain and ZeRO-1, with the communication share (one GPU: a group of one);
+#      then 3.'s GPU run again through NCCL with ZeRO-1, which must give the same curve.
 #
 #   scripts/gpu_report.sh [OUT_DIR]        # default runs/gpu-report; everything lands there
 #
@@ -118,6 +119,19 @@ else
   run "$gqe" bench train configs/gqe-250m.yaml "${cuda[@]}" --steps 10 --warmup 3 --set dist.backend=nccl --set dist.shard_optimizer=true \
     --json "$out/bench_train_nccl1.json"
 fi
+say "4b. 3.'s 100 GPU steps again through NCCL (overlapped buckets, ZeRO-1): the same curve?"
+run_logged "$out/tiny-nccl.log" "$gqe" train configs/tiny/gqe.yaml --run-dir "$out/tiny-nccl" "${steps[@]}" "${cuda[@]}" \
+  --set train.precision=bf16 --set dist.backend=nccl --set dist.shard_optimizer=true
+# Not bitwise: cuDNN's attention backward may sum in any order on a GPU, run to run. A reducer that
+# loses or misplaces gradients, or an optimizer shard that updates the wrong slice, is far off.
+[[ -f $out/tiny-cuda/metrics.jsonl && -f $out/tiny-nccl/metrics.jsonl ]] && run "$python" - "$out"/tiny-{cuda,nccl}/metrics.jsonl <<'PY'
+import json, math, sys
+runs = [{r["step"]: r for r in map(json.loads, open(f)) if "loss" in r} for f in sys.argv[1:]]
+steps = sorted(set(runs[0]) & set(runs[1]))
+diff = [abs(runs[0][s]["loss"] - runs[1][s]["loss"]) / abs(runs[0][s]["loss"]) for s in steps]
+print(f"{len(steps)} steps: loss relative difference max {max(diff, default=math.nan):.2e}, last {diff[-1] if diff else math.nan:.2e}")
+sys.exit(0 if steps and all(d < 2e-2 for d in diff) else 1)
+PY
 say "finished in $(($(date +%s) - start)) s; everything is in $out"
 if ((${#failed[@]})); then
   printf 'FAILED (%d):\n' "${#failed[@]}" | tee -a "$log"
