@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # The GPU numbers of docs/performance.md in one command, on a machine with an NVIDIA GPU:
-#   0. the tests that need a GPU (CI has none), and our kernels' ones under compute-sanitizer;
+#   0. the tests that need a GPU (CI has none);
 #   1. training throughput, MFU and memory of gqa-250m and gqe-250m at seq 2048 (gqe bench train),
 #      also with activation checkpointing, with eager PyTorch (and, with GQE_REPORT_COMPILE=1, torch.compile) on the same step as the bar;
 #   2. the prefill table, GQA vs GQE, 2k to 128k tokens (gqe bench prefill);
 #   3. 100 steps of configs/tiny/gqe.yaml on the GPU (bf16) and on the CPU (fp32), compared;
 #   4. data parallel over NCCL, plain and ZeRO-1, with the communication share (one GPU: a group of one);
-#      then 3.'s GPU run again through NCCL with ZeRO-1, which must give the same curve.
+#      then 3.'s GPU run again through NCCL with ZeRO-1, which must give the same curve;
+#   5. our kernels' tests under compute-sanitizer's memcheck, where the machine has it.
 #
 #   scripts/gpu_report.sh [OUT_DIR]        # default runs/gpu-report; everything lands there
 #
@@ -72,13 +73,6 @@ python=$(gqe_venv)/bin/python
 
 say "0. the CUDA kernels against the CPU path"
 run "${GQE_BUILD_DIR:-build}/model_tests" --gtest_filter='*Cuda*' --gtest_brief=1
-# Our kernels' memory accesses, checked once (exit 3: it found errors; other failures are the tool's).
-sanitizer=$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)
-if [[ -x $sanitizer ]]; then
-  say "0a. the kernel tests under compute-sanitizer (memcheck)"
-  run timeout 150 "$sanitizer" --tool memcheck --error-exitcode 3 --print-limit 20 \
-    "${GQE_BUILD_DIR:-build}/model_tests" --gtest_filter='Rope.Cuda*:SwiGLU.Cuda*:RMSNorm.Cuda*:CrossEntropy.Cuda*' --gtest_brief=1
-fi
 
 say "1. training step, seq 2048, bf16 (gqe bench train)"
 run "$gqe" bench train configs/gqe-250m.yaml "${cuda[@]}" --steps 20 --warmup 5 --json "$out/bench_train.json" --profile 30
@@ -132,6 +126,14 @@ diff = [abs(runs[0][s]["loss"] - runs[1][s]["loss"]) / abs(runs[0][s]["loss"]) f
 print(f"{len(steps)} steps: loss relative difference max {max(diff, default=math.nan):.2e}, last {diff[-1] if diff else math.nan:.2e}")
 sys.exit(0 if steps and all(d < 2e-2 for d in diff) else 1)
 PY
+# Our kernels' memory accesses, checked once (exit 3: it found errors; other failures are the tool's).
+# Last: it is the slowest step per result, and a lease that ends during it has everything else.
+sanitizer=$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)
+if [[ -x $sanitizer ]]; then
+  say "5. the kernel tests under compute-sanitizer (memcheck)"
+  run timeout 120 "$sanitizer" --tool memcheck --error-exitcode 3 --print-limit 20 \
+    "${GQE_BUILD_DIR:-build}/model_tests" --gtest_filter='Rope.Cuda*:SwiGLU.Cuda*:RMSNorm.Cuda*:CrossEntropy.Cuda*' --gtest_brief=1
+fi
 say "finished in $(($(date +%s) - start)) s; everything is in $out"
 if ((${#failed[@]})); then
   printf 'FAILED (%d):\n' "${#failed[@]}" | tee -a "$log"
