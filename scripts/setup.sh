@@ -95,7 +95,8 @@ export CCACHE_SLOPPINESS=pch_defines,time_macros,include_file_mtime,include_file
 configured_with="$torch_prefix $spm_sdist ${GQE_ARROW_DIR:-}"
 if [[ ! -f $build_dir/build.ninja ]] || [[ $(cat "$build_dir/.configured_with" 2>/dev/null) != "$configured_with" ]]; then
   say "configuring $build_dir ($build_type) against $torch_prefix"
-  cmake -S "$root" -B "$build_dir" -G Ninja -DCMAKE_BUILD_TYPE="$build_type" \
+  # --fresh: a torch, sentencepiece or Arrow from elsewhere must not keep the old one's cached paths.
+  cmake --fresh -S "$root" -B "$build_dir" -G Ninja -DCMAKE_BUILD_TYPE="$build_type" \
     -DCMAKE_PREFIX_PATH="$torch_prefix" -DPython3_EXECUTABLE="$vpy" -DGQE_VENV="$venv" \
     -DGQE_SENTENCEPIECE_SDIST="$spm_sdist"
   echo "$configured_with" > "$build_dir/.configured_with"
