@@ -54,6 +54,8 @@ at::Device setup_device(const LoadedConfig& loaded, const DistEnvironment& env =
 // The top of a profile: time per run (of `runs`), share of the busy time.
 void print_kernels(const std::string& title, at::Device device, const std::vector<KernelTime>& kernels, int runs,
                    double run_seconds, int top) {
+  if (kernels.empty())
+    return void(fmt::print("\n{}: no profile ({} recorded nothing)\n", title, device.is_cuda() ? "CUPTI" : "the profiler"));
   double total = 0;
   for (const KernelTime& k : kernels) total += k.seconds;
   fmt::print("\n{}: {} busy {:.1f} ms per run ({:.0f}% of it), top {}\n", title, device.is_cuda() ? "GPU" : "CPU",
