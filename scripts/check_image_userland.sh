@@ -25,6 +25,7 @@ for a in "$@"; do
     *) dir=$a ;;
   esac
 done
+((offline && tests)) && { echo "check_image_userland.sh: --tests and --offline replay different machines; choose one" >&2; exit 2; }
 say() { printf '[image] %s\n' "$*"; }
 
 if [[ ! -x $dir/usr/bin/apt-get ]]; then

@@ -65,14 +65,15 @@ run nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --form
 start=$(date +%s)
 GQE_TARGETS=${GQE_TARGETS:-"gqe gqe-data model_tests"} scripts/setup.sh >"$out/build.log" 2>&1 || { tail -30 "$out/build.log"; exit 1; }
 say "built in $(($(date +%s) - start)) s"
-gqe=${GQE_BUILD_DIR:-build}/gqe
+build=${GQE_BUILD_DIR:-build}
+gqe=$build/gqe
 # The report is about the GPU: a torch without CUDA must fail each step, not measure the CPU.
 cuda=(--set train.device=cuda)
 source scripts/lib.sh
 python=$(gqe_venv)/bin/python
 
 say "0. the CUDA kernels against the CPU path"
-run "${GQE_BUILD_DIR:-build}/model_tests" --gtest_filter='*Cuda*' --gtest_brief=1
+run "$build/model_tests" --gtest_filter='*Cuda*' --gtest_brief=1
 
 say "1. training step, seq 2048, bf16 (gqe bench train)"
 run "$gqe" bench train configs/gqe-250m.yaml "${cuda[@]}" --steps 20 --warmup 5 --json "$out/bench_train.json" --profile 30
@@ -132,7 +133,7 @@ sanitizer=$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-san
 if [[ -x $sanitizer ]]; then
   say "5. the kernel tests under compute-sanitizer (memcheck)"
   run timeout 120 "$sanitizer" --tool memcheck --error-exitcode 3 --print-limit 20 \
-    "${GQE_BUILD_DIR:-build}/model_tests" --gtest_filter='Rope.Cuda*:SwiGLU.Cuda*:RMSNorm.Cuda*:CrossEntropy.Cuda*' --gtest_brief=1
+    "$build/model_tests" --gtest_filter='Rope.Cuda*:SwiGLU.Cuda*:RMSNorm.Cuda*:CrossEntropy.Cuda*' --gtest_brief=1
 fi
 say "finished in $(($(date +%s) - start)) s; everything is in $out"
 if ((${#failed[@]})); then

@@ -252,23 +252,13 @@ TEST_F(Encode, TheSplitIsSeeded) {
 TEST_F(Encode, ParquetAndZstdMakeTheDatasetOfTheSameJsonLines) {
   TempDir dir;
   std::vector<std::optional<std::string>> rows;
-  std::string jsonl;
   for (int i = 0; i < 400; ++i) {
     std::optional<std::string> t;
     if (i % 50 != 3) t = "record " + std::to_string(i) + ": the keeper counted " + std::to_string(i * 7) + " steps \u00fc\u00f1\u00ef\n\tand slept.";
     rows.push_back(t);
-    jsonl += "{\"text\": " + (t ? "\"record " + std::to_string(i) + ": the keeper counted " + std::to_string(i * 7) +
-                                      " steps \u00fc\u00f1\u00ef\\n\\tand slept.\""
-                                : std::string("null")) + "}\n";
   }
-  // JSON's null is not a string: the JSON Lines twin leaves those records out, Parquet's nulls are
-  // empty documents, skipped. The documents that are encoded are the same.
-  std::string twin;
-  for (size_t start = 0, end; start < jsonl.size(); start = end + 1) {
-    end = jsonl.find('\n', start);
-    const std::string line = jsonl.substr(start, end - start + 1);
-    if (line.find("null") == std::string::npos) twin += line;
-  }
+  // Parquet's nulls are empty documents, skipped, as the JSON Lines twin's empty texts are.
+  const std::string twin = test::jsonl_of(rows);
   EncodeOptions json = options(dir, "json"), parquet = options(dir, "parquet"), zstd = options(dir, "zstd");
   json.inputs = {dir.write("records.jsonl", twin)};
   const std::string pq = (dir.path() / "records.parquet").string();

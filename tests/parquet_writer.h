@@ -3,6 +3,7 @@
 #pragma once
 
 #include <arrow/api.h>
+#include <nlohmann/json.hpp>
 #include <arrow/array/builder_dict.h>
 #include <arrow/io/file.h>
 #include <parquet/arrow/writer.h>
@@ -65,6 +66,13 @@ inline void write_parquet(const std::string& path, const std::vector<std::option
   check(parquet::arrow::WriteTable(*table, arrow::default_memory_pool(), *out, layout.group_rows, properties.build(),
                                    arrow_properties));
   check((*out)->Close());
+}
+
+// The same rows as JSON Lines, row i on line i + 1: a null is an empty text, as gqe reads one.
+inline std::string jsonl_of(const std::vector<std::optional<std::string>>& texts) {
+  std::string jsonl;
+  for (const auto& t : texts) jsonl += nlohmann::json{{"text", t.value_or("")}}.dump() + "\n";
+  return jsonl;
 }
 
 }  // namespace gqe::test

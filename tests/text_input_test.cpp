@@ -4,7 +4,6 @@
 #include <zlib.h>
 #include <zstd.h>
 
-#include <nlohmann/json.hpp>
 
 #include "common/error.h"
 #include "common/files.h"
@@ -153,14 +152,12 @@ TEST(TextInput, ZstdReadsAsThePlainFileAndBadDataIsAnError) {
 TEST(TextInput, ParquetReadsAsTheSameDocumentsAsJsonLines) {
   TempDir dir;
   std::vector<std::optional<std::string>> texts;
-  std::string jsonl;
   for (int i = 0; i < 2500; ++i) {
     std::optional<std::string> t;
     if (i % 97 != 5) t = "doc " + std::to_string(i) + " \u00e9t\u00e9 \U0001F642 \u706F\u53F0\nline two\t" + std::string(i % 13, ' ');
     texts.push_back(t);
-    jsonl += nlohmann::json{{"text", t.value_or("")}}.dump() + "\n";
   }
-  const auto expected = read_all({dir.write("a.jsonl", jsonl)}, {});
+  const auto expected = read_all({dir.write("a.jsonl", test::jsonl_of(texts))}, {});
   ASSERT_EQ(expected.size(), 2500u);
   const std::string zstd = (dir.path() / "zstd.parquet").string(), large = (dir.path() / "large.parquet").string(),
                     plain = (dir.path() / "plain.bin").string();

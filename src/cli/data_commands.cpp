@@ -66,6 +66,8 @@ void add_input_flags(CLI::App* cmd, InputFlags& f) {
   cmd->add_option("--text-field", f.text_field, "JSON Lines' field or Parquet's column holding the text")->capture_default_str();
 }
 
+constexpr const char* kInputsHelp = "Text, JSON Lines (optionally .gz or .zst) or Parquet files, directories, glob patterns";
+
 void add_train_tokenizer(CLI::App& app) {
   struct Options {
     std::vector<std::string> inputs;
@@ -77,7 +79,7 @@ void add_train_tokenizer(CLI::App& app) {
   };
   auto o = std::make_shared<Options>();
   CLI::App* cmd = app.add_subcommand("train-tokenizer", "Train a sentencepiece BPE tokenizer (byte fallback) on text");
-  cmd->add_option("inputs", o->inputs, "Text, JSON Lines (optionally .gz or .zst) or Parquet files, directories, glob patterns")->required();
+  cmd->add_option("inputs", o->inputs, kInputsHelp)->required();
   cmd->add_option("--out", o->out, "Output prefix: writes PREFIX.model and PREFIX.vocab")->required();
   auto* vocab = cmd->add_option("--vocab-size", o->vocab_size, "Vocabulary size");
   auto* config = cmd->add_option("--config", o->config, "Take the vocabulary size from this config's model.vocab_size");
@@ -120,7 +122,7 @@ void add_encode(CLI::App& app, int argc, char** argv) {
   auto o = std::make_shared<Options>();
   o->encode.command = command_line(argc, argv);
   CLI::App* cmd = app.add_subcommand("encode", "Tokenize text into train/val token shards and a manifest");
-  cmd->add_option("inputs", o->encode.inputs, "Text, JSON Lines (optionally .gz or .zst) or Parquet files, directories, glob patterns")
+  cmd->add_option("inputs", o->encode.inputs, kInputsHelp)
       ->required();
   cmd->add_option("--tokenizer", o->encode.tokenizer, "sentencepiece .model file")->required();
   cmd->add_option("--out", o->encode.out_dir, "Dataset directory to create")->required();
