@@ -134,7 +134,8 @@ TEST(Config, UnknownKeysNameTheFileAndSuggestTheNearestKey) {
   const std::string nothing_close = dir.write("far.yaml", "inherit: base.yaml\ndist:\n  xyzzy: 1\n");
   EXPECT_EQ(error_loading(nothing_close),
             nothing_close + ": unknown key 'dist.xyzzy'; valid keys in dist: backend, timeout_s, bucket_mb, "
-                            "shard_optimizer, overlap_grad_reduce, reduce_dtype, check_replicas_every_steps");
+                            "shard_optimizer, overlap_grad_reduce, overlap_param_gather, reduce_dtype, "
+                            "check_replicas_every_steps");
 
   EXPECT_EQ(error_loading(dir.write("ok.yaml", kBase), {"model.attention.topk=2"}),
             "--set: unknown key 'model.attention.topk' (did you mean 'model.attention.top_k'?)");

@@ -224,6 +224,11 @@ class Distributed : public testing::Test {
     return test::gqe("train " + config_ + " --run-dir " + path(run) + " " + extra);
   }
   std::string path(const std::string& name) const { return (runs_.path() / name).string(); }
+  // The checksum of the weights in a run's latest checkpoint.
+  std::string model_hash(const std::string& run) const {
+    const std::string dir = path(run) + "/checkpoints/" + read_file(path(run) + "/checkpoints/latest").substr(0, 13);
+    return nlohmann::json::parse(read_file(dir + "/state.json"))["files"]["model.safetensors"]["xxh3"];
+  }
 
   static inline test::TempDir* dir_ = nullptr;
   static inline std::string config_;
@@ -563,10 +568,6 @@ TEST_F(Distributed, OverlappedReductionIsBitwiseTheBlockingOne) {
   const auto blocking = run_command(train("blocking", wide + " --set dist.overlap_grad_reduce=false"));
   ASSERT_EQ(blocking.status, 0) << blocking.err;
   EXPECT_EQ(dumped(steps_of(path("blocking"))), dumped(steps_of(path("overlapped"))));
-  const auto model_hash = [&](const std::string& run) {
-    const std::string dir = path(run) + "/checkpoints/" + read_file(path(run) + "/checkpoints/latest").substr(0, 13);
-    return nlohmann::json::parse(read_file(dir + "/state.json"))["files"]["model.safetensors"]["xxh3"];
-  };
   EXPECT_EQ(model_hash("blocking"), model_hash("overlapped"));
 
   const auto bf16 = run_command(train("bf16", wide + " --set dist.reduce_dtype=bf16"));
@@ -574,6 +575,29 @@ TEST_F(Distributed, OverlappedReductionIsBitwiseTheBlockingOne) {
   EXPECT_NE(bf16.out.find("overlapped with the backward pass, in bf16"), std::string::npos) << bf16.out;
   expect_losses_near(steps_of(path("overlapped")), steps_of(path("bf16")), 1e-2);
   EXPECT_NE(model_hash("bf16"), model_hash("overlapped"));
+}
+
+// Sharded, each bucket's all-gather of the updated parameters runs while the next forward pass
+// goes on, and the forward pass waits for it where it reaches the bucket's parameters: bitwise the
+// run whose gathers finish right after the update. 3 ranks, several buckets, 2 micro-batches per
+// step (only the first waits), an evaluation and a checkpoint in between (which wait for all).
+TEST_F(Distributed, OverlappedParameterGatherIsBitwiseTheBlockingOne) {
+  const std::string wide = kSix + "--nproc 3 --set train.micro_batch_size=1 --set train.tokens=1920 --set model.d_model=256 "
+                                  "--set model.head_dim=64 --set model.ffn_hidden=512 --set dist.bucket_mb=1 "
+                                  "--set dist.check_replicas_every_steps=0" + kShard;
+  const auto overlapped = run_command(train("overlapped", wide));
+  ASSERT_EQ(overlapped.status, 0) << overlapped.err;
+  EXPECT_NE(overlapped.out.find("; parameters all-gathered during the next forward pass"), std::string::npos) << overlapped.out;
+  const auto blocking = run_command(train("blocking", wide + " --set dist.overlap_param_gather=false"));
+  ASSERT_EQ(blocking.status, 0) << blocking.err;
+  EXPECT_NE(blocking.out.find("; parameters all-gathered after the update"), std::string::npos) << blocking.out;
+  EXPECT_EQ(dumped(steps_of(path("blocking"))), dumped(steps_of(path("overlapped"))));
+  EXPECT_EQ(model_hash("blocking"), model_hash("overlapped"));
+  // The mid-run checkpoint holds the gathered weights too: a resume from it continues exactly.
+  const std::string from = path("overlapped") + "/checkpoints/step_00000007";
+  const auto resumed = run_command(train("resumed", wide + " --resume " + from));
+  ASSERT_EQ(resumed.status, 0) << resumed.err;
+  EXPECT_EQ(model_hash("resumed"), model_hash("overlapped"));
 }
 
 TEST(BucketLayout, FillsFromTheLastParameterAndPadsToTheRanks) {

@@ -7,6 +7,7 @@
 #include <torch/cuda.h>
 
 #include <cmath>
+#include <map>
 #include <set>
 
 #include "model/autocast.h"
@@ -244,6 +245,50 @@ TEST(Decoder, EvalModeSkipsTheBalanceLossOnly) {
       EXPECT_GT(training.aux_loss.item<double>(), 0.0);
     }
   }
+}
+
+// A sharded optimizer's all-gathers finish only where the forward pass reaches each part
+// (Decoder::set_parameter_wait). Every parameter starts as NaN here and gets its value only when
+// the wait names it: any part that read a parameter before waiting for it would show in the
+// logits or the gradients. Tied and untied output, with and without activation checkpointing.
+TEST(Decoder, EveryPartWaitsForItsParametersBeforeReadingThem) {
+  for (ModelConfig c : {small_config(AttentionType::gqa), small_config(AttentionType::gqe)})
+    for (const bool tied : {true, false})
+      for (const bool checkpointed : {false, true}) {
+        c.tie_embeddings = tied;
+        SCOPED_TRACE(describe(c) + (tied ? " tied" : " untied") + (checkpointed ? " checkpointed" : ""));
+        const at::Tensor tokens = at::randint(c.vocab_size, {2, 6}), target = at::randint(c.vocab_size, {12});
+        auto run = [&](Decoder& model) {
+          model->set_activation_checkpointing(checkpointed);
+          const at::Tensor logits = model->forward(tokens).logits;
+          at::cross_entropy_loss(logits.view({12, -1}), target).backward();
+          std::vector<at::Tensor> out{logits.detach()};
+          for (const at::Tensor& p : model->parameters()) out.push_back(p.grad());
+          return out;
+        };
+        Decoder plain = test::random_decoder(c, 31), waiting = test::random_decoder(c, 31);
+        std::map<const void*, at::Tensor> values;
+        {
+          at::NoGradGuard no_grad;
+          for (const at::Tensor& p : waiting->parameters()) values[p.unsafeGetTensorImpl()] = p.clone(), p.fill_(NAN);
+        }
+        std::vector<int64_t> parts;  // parameters per wait, in order
+        waiting->set_parameter_wait([&](const std::vector<at::Tensor>& params) {
+          at::NoGradGuard no_grad;
+          parts.push_back(static_cast<int64_t>(params.size()));
+          for (const at::Tensor& p : params) p.detach().copy_(values.at(p.unsafeGetTensorImpl()));
+        });
+        const auto expected = run(plain), got = run(waiting);
+        ASSERT_EQ(got.size(), expected.size());
+        for (size_t i = 0; i < got.size(); ++i) EXPECT_TRUE(at::equal(got[i], expected[i])) << i;
+        // The embedding first, then each layer, the final norm, and the untied output.
+        const int64_t per_layer = static_cast<int64_t>(plain->model->layers->ptr(0)->parameters().size());
+        std::vector<int64_t> order{1};
+        for (int64_t l = 0; l < c.n_layers; ++l) order.push_back(per_layer);
+        order.push_back(1);
+        if (!tied) order.push_back(1);
+        EXPECT_EQ(parts, order);
+      }
 }
 
 }  // namespace

@@ -163,9 +163,11 @@ TrainTiming bench_train_step(const Config& config, Communicator& comm, int steps
   const bool bf16 = config.train.precision == Precision::bf16;
   const double aux_coef = m.attention.type == AttentionType::gqe ? m.attention.aux_coef : 0.0;
   // Exposed communication: from the end of the backward pass's work on the compute stream to the
-  // reduced gradients, and the parameters' all-gather (sharded). The stream is synchronized there,
-  // which costs a little overlap of the host with the device.
+  // reduced gradients, and the parameters' all-gather (sharded: with dist.overlap_param_gather,
+  // what the forward pass waits for it on the host). The stream is synchronized there, which
+  // costs a little overlap of the host with the device.
   double comm_seconds = 0;
+  model->set_parameter_wait([&](const std::vector<at::Tensor>& p) { comm_seconds += reducer.wait_for(p); });
   auto stream_sync = [&] {
     if (device.is_cuda()) c10::impl::VirtualGuardImpl(device.type()).getStream(device).synchronize();
   };

@@ -228,6 +228,7 @@ struct DistConfig {
   int64_t bucket_mb = 25;                    // gradient reduction bucket size
   bool shard_optimizer = false;              // ZeRO-1: each rank keeps and updates 1/W of the AdamW state
   bool overlap_grad_reduce = true;           // reduce buckets during the backward pass
+  bool overlap_param_gather = true;          // sharded: gather parameters during the next forward pass
   Precision reduce_dtype = Precision::fp32;  // the gradient collectives' type (bf16 halves the traffic)
   int64_t check_replicas_every_steps = 0;    // compare parameter hashes across ranks (0: never)
 
@@ -237,6 +238,7 @@ struct DistConfig {
     f("bucket_mb", bucket_mb);
     f("shard_optimizer", shard_optimizer);
     f("overlap_grad_reduce", overlap_grad_reduce);
+    f("overlap_param_gather", overlap_param_gather);
     f("reduce_dtype", reduce_dtype);
     f("check_replicas_every_steps", check_replicas_every_steps);
   }

@@ -176,14 +176,23 @@ Communicator::Pending Communicator::start_reduce_scatter(at::Tensor& out, at::Te
   return p;
 }
 
+Communicator::Pending Communicator::start_all_gather(at::Tensor& out, at::Tensor& in) {
+  Pending p;
+  if (!grouped()) {
+    if (in.data_ptr() != out.data_ptr()) out.copy_(in);
+    return p;
+  }
+  c10::intrusive_ptr<c10d::Work> work;
+  guarded("all-gather", [&] { work = impl_->group->_allgather_base(out, in); });
+  p.wait_ = [this, work] { guarded("all-gather", [&] { work->wait(); }); };
+  return p;
+}
+
 void Communicator::all_reduce_flat(at::Tensor& t) { start_all_reduce(t).wait(); }
 
 void Communicator::reduce_scatter_sum(at::Tensor& out, at::Tensor& in) { start_reduce_scatter(out, in).wait(); }
 
-void Communicator::all_gather_flat(at::Tensor& out, at::Tensor& in) {
-  if (!grouped()) return void(out.copy_(in));
-  guarded("all-gather", [&] { impl_->group->_allgather_base(out, in)->wait(); });
-}
+void Communicator::all_gather_flat(at::Tensor& out, at::Tensor& in) { start_all_gather(out, in).wait(); }
 
 void Communicator::all_reduce_sum(const std::vector<at::Tensor>& tensors) {
   if (!grouped() || tensors.empty()) return;

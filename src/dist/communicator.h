@@ -67,6 +67,8 @@ class Communicator {
   };
   Pending start_all_reduce(at::Tensor& t);
   Pending start_reduce_scatter(at::Tensor& out, at::Tensor& in);
+  // `in` may be this rank's part of `out` (out.narrow(0, rank * n, n)): gathered in place.
+  Pending start_all_gather(at::Tensor& out, at::Tensor& in);
   // Every rank's string, in rank order (through the store: for small control data).
   std::vector<std::string> all_gather(const std::string& value);
   // Rank 0 tells the others something (through the store); receive() waits for it.

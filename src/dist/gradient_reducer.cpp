@@ -33,6 +33,7 @@ ReducerOptions reducer_options(const DistConfig& config) {
   o.bucket_bytes = config.bucket_mb << 20;
   o.shard = config.shard_optimizer;
   o.overlap = config.overlap_grad_reduce;
+  o.overlap_gather = config.overlap_param_gather;
   o.reduce_dtype = config.reduce_dtype == Precision::bf16 ? at::kBFloat16 : at::kFloat;
   return o;
 }
@@ -92,12 +93,21 @@ GradientReducer::GradientReducer(Communicator& comm, const std::vector<std::pair
     const at::Tensor& first = params_[bucket.params[0]].second;
     flats_.push_back(at::zeros({bucket.padded}, first.options().requires_grad(false)));
     const int64_t part = bucket.padded / W, lo = r * part, hi = lo + part;
-    if (options_.shard) shards_.push_back(at::zeros({part}, first.options().requires_grad(false)));
+    if (options_.shard) {
+      shards_.push_back(at::zeros({part}, first.options().requires_grad(false)));
+      weights_.push_back(at::zeros({bucket.padded}, first.options().requires_grad(false)));
+    }
     for (size_t j = 0; j < bucket.params.size(); ++j) {
-      const auto& [name, p] = params_[bucket.params[j]];
+      auto& [name, p] = params_[bucket.params[j]];
       if (p.scalar_type() != first.scalar_type() || !p.is_contiguous())
         throw std::logic_error(fmt::format("gradient reducer: {} is not a contiguous tensor of the first one's type", name));
       const int64_t start = bucket.offsets[j], n = p.numel();
+      bucket_of_tensor_[p.unsafeGetTensorImpl()] = b;
+      if (options_.shard) {  // the parameter moves into its bucket (every holder of it sees the move)
+        const at::Tensor home = weights_[b].narrow(0, start, n).view(p.sizes());
+        home.copy_(p.detach());
+        p.set_data(home);
+      }
       p.mutable_grad() = flats_[b].narrow(0, start, n).view(p.sizes());
       const size_t index = bucket.params[j];
       torch::autograd::impl::set_post_acc_grad_hooks(p, std::make_unique<ReadyHook>([this, index] { ready(index); }));
@@ -115,6 +125,7 @@ GradientReducer::GradientReducer(Communicator& comm, const std::vector<std::pair
   }
   // Model order, as the optimizer and the gradient norm expect.
   std::sort(slices_.begin(), slices_.end(), [](const Slice& a, const Slice& b) { return a.param < b.param; });
+  gathers_.resize(weights_.size());
 }
 
 GradientReducer::~GradientReducer() {
@@ -167,6 +178,7 @@ void GradientReducer::launch(size_t b) {
 
 double GradientReducer::reduce() {
   const auto start = std::chrono::steady_clock::now();
+  finish_gather();  // the update must not write slices that a gather still reads
   Flight& f = *flight_;
   {
     std::lock_guard<std::mutex> lock(mutex_);
@@ -198,15 +210,31 @@ at::Tensor GradientReducer::gather_bucket(size_t b, const std::function<at::Tens
 double GradientReducer::gather_parameters() {
   if (!options_.shard) return 0;
   const auto start = std::chrono::steady_clock::now();
-  at::NoGradGuard no_grad;
-  for (size_t b = 0; b < layout_.buckets.size(); ++b) {
-    const BucketLayout::Bucket& bucket = layout_.buckets[b];
-    const at::Tensor all = gather_bucket(b, [](const Slice& s) { return s.value; });
-    for (size_t j = 0; j < bucket.params.size(); ++j) {
-      const at::Tensor p = params_[bucket.params[j]].second.detach();
-      p.view(-1).copy_(all.narrow(0, bucket.offsets[j], p.numel()));
-    }
+  finish_gather();
+  // In place: this rank's part of each bucket is its updated slices.
+  for (size_t b = layout_.buckets.size(); b-- > 0;) {
+    const int64_t part = layout_.buckets[b].padded / comm_.world();
+    at::Tensor mine = weights_[b].narrow(0, comm_.rank() * part, part);
+    gathers_[b] = comm_.start_all_gather(weights_[b], mine);
   }
+  ungathered_ = layout_.buckets.size();
+  if (!options_.overlap_gather) finish_gather();
+  return seconds_since(start);
+}
+
+double GradientReducer::wait_for(const std::vector<at::Tensor>& params) {
+  if (ungathered_ == 0) return 0;
+  size_t lowest = ungathered_;
+  for (const at::Tensor& p : params)
+    if (const auto it = bucket_of_tensor_.find(p.unsafeGetTensorImpl()); it != bucket_of_tensor_.end()) lowest = std::min(lowest, it->second);
+  const auto start = std::chrono::steady_clock::now();
+  while (ungathered_ > lowest) gathers_[--ungathered_].wait();
+  return seconds_since(start);
+}
+
+double GradientReducer::finish_gather() {
+  const auto start = std::chrono::steady_clock::now();
+  while (ungathered_ > 0) gathers_[--ungathered_].wait();
   return seconds_since(start);
 }
 

@@ -7,7 +7,9 @@
 // micro-batches only accumulate. Plain data parallel all-reduces the buckets. With
 // dist.shard_optimizer (ZeRO-1) rank r owns the r-th 1/W of every bucket: the buckets are
 // reduce-scattered, the optimizer updates the rank's slices only, and gather_parameters() brings
-// every rank's updated slices to all.
+// every rank's updated slices to all. The parameters then live in flat buckets too, laid out as
+// the gradients', so that each bucket is all-gathered in place; with dist.overlap_param_gather the
+// next forward pass waits for each bucket only when it reaches its parameters (wait_for).
 #pragma once
 
 #include <functional>
@@ -27,10 +29,12 @@ struct ReducerOptions {
   int64_t bucket_bytes = 25 << 20;
   bool shard = false;    // ZeRO-1: reduce-scatter, and this rank updates its slices only
   bool overlap = true;   // start each bucket during the backward pass
+  bool overlap_gather = true;  // sharded: the next forward pass waits for each bucket's parameters
   at::ScalarType reduce_dtype = at::kFloat;  // bf16: the collective's type; the result lands in fp32
 };
 
-// dist.bucket_mb, dist.shard_optimizer, dist.overlap_grad_reduce and dist.reduce_dtype.
+// dist.bucket_mb, dist.shard_optimizer, dist.overlap_grad_reduce, dist.overlap_param_gather and
+// dist.reduce_dtype.
 ReducerOptions reducer_options(const DistConfig& config);
 
 // Where the parameters sit in the buckets: pure arithmetic, shared by the reducer, its tests and
@@ -80,8 +84,16 @@ class GradientReducer {
   void arm();
   // Every bucket reduced (started here if it was not yet). Returns the seconds this call waited.
   double reduce();
-  // Sharded: every rank's updated slices into every rank's parameters. Returns the seconds it took.
+  // Sharded: every rank's updated slices into every rank's parameters, one all-gather per bucket,
+  // started in the order the forward pass reads them (the last bucket first). Without
+  // overlap_gather they finish here. Returns the seconds this call took.
   double gather_parameters();
+  // These parameters are about to be read: their buckets' gathers, and those started before them,
+  // are finished. Returns the seconds it waited.
+  double wait_for(const std::vector<at::Tensor>& params);
+  // Every gather finished: the parameters are whole (before anything but a forward pass reads
+  // them: a checkpoint, a hash). Returns the seconds it waited.
+  double finish_gather();
 
   // Sharded checkpoints hold whole tensors. gather: rank 0 gets "<parameter><suffix>" whole, on
   // the CPU, from every rank's slices in `parts` (keyed the same; other ranks get nothing).
@@ -105,6 +117,10 @@ class GradientReducer {
   BucketLayout layout_;
   std::vector<at::Tensor> flats_;   // per bucket: the gradients (padded)
   std::vector<at::Tensor> shards_;  // sharded, per bucket: this rank's reduced part
+  std::vector<at::Tensor> weights_;  // sharded, per bucket: the parameters (padded), which view it
+  std::vector<Communicator::Pending> gathers_;  // sharded, per bucket
+  size_t ungathered_ = 0;  // buckets [0, ungathered_) may still be in flight; they finish downward
+  std::map<const void*, size_t> bucket_of_tensor_;  // by parameter TensorImpl
   std::vector<Slice> slices_;
   std::unique_ptr<Flight> flight_;
   std::mutex mutex_;

@@ -100,11 +100,16 @@ DecoderOutput DecoderImpl::forward_last(const at::Tensor& tokens, int64_t last_p
     throw std::invalid_argument("KV cache full: " + std::to_string(start + T) + " positions, room for " +
                                 std::to_string(cache->capacity));
   const RotaryTables rope = rotary_tables(start, T, config_.head_dim, config_.rope_theta, tokens.device());
+  auto ready = [&](const torch::nn::Module& part) {
+    if (parameter_wait_) parameter_wait_(part.parameters());
+  };
   DecoderOutput out;
+  ready(*model->embed_tokens);
   ResidualStream s{model->embed_tokens(tokens), {}};
   std::vector<at::Tensor> aux;
   for (size_t i = 0; i < model->layers->size(); ++i) {
     const auto layer = model->layers->ptr<DecoderLayerImpl>(i);
+    ready(*layer);
     AttentionOutput attn;
     if (checkpoint_layers_ && !cache && at::GradMode::is_enabled()) s = {checkpointed_layer(layer, s.h, rope, attn), {}};
     else s = layer->forward(s, rope, attn, cache ? &cache->layers[i] : nullptr, start);
@@ -117,6 +122,8 @@ DecoderOutput DecoderImpl::forward_last(const at::Tensor& tokens, int64_t last_p
   if (last_positions < T)
     for (at::Tensor* t : {&s.h, &s.pending})
       if (t->defined()) *t = t->narrow(1, T - last_positions, last_positions);
+  ready(*model->norm);
+  if (lm_head) ready(*lm_head);
   const at::Tensor h = model->norm->add_and_norm(s.h, s.pending).normed;
   out.logits = lm_head ? lm_head(h) : at::linear(h, model->embed_tokens->weight);
   out.aux_loss = aux.empty() ? at::zeros({}, h.options().dtype(at::kFloat)) : at::stack(aux).sum();

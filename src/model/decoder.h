@@ -3,6 +3,7 @@
 // Parameter names are exactly the Hugging Face Llama names ("model.layers.3.self_attn.q_proj.weight").
 #pragma once
 
+#include <functional>
 #include <vector>
 
 #include <torch/nn/module.h>
@@ -90,12 +91,19 @@ class DecoderImpl : public torch::nn::Module {
   // backward pass recomputes the layer (train.activation_checkpointing).
   void set_activation_checkpointing(bool on) { checkpoint_layers_ = on; }
 
+  // Called with each part's parameters (the embedding, each layer, the final norm and output) just
+  // before a forward pass reads them: a sharded optimizer's all-gathers finish there, overlapping
+  // the forward pass (GradientReducer::wait_for).
+  using ParameterWait = std::function<void(const std::vector<at::Tensor>&)>;
+  void set_parameter_wait(ParameterWait wait) { parameter_wait_ = std::move(wait); }
+
   DecoderBody model{nullptr};
   torch::nn::Linear lm_head{nullptr};  // only when embeddings are not tied
 
  private:
   ModelConfig config_;
   bool checkpoint_layers_ = false;
+  ParameterWait parameter_wait_;
 };
 TORCH_MODULE(Decoder);
 

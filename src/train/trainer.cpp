@@ -296,11 +296,14 @@ void Trainer::log_start(bool resumed) {
     log.info("data parallel: {} ranks ({} local) over {}, from {}; rank r takes samples [r*B/W, (r+1)*B/W) of each "
              "global batch", comm_->world(), env_.local_world, comm_->backend_name(), env_.source);
   log.info("optimizer: AdamW moments {:.2f} MiB ({} bytes) on each rank{}; gradients reduced in {} bucket(s) of up to "
-           "{} MiB{}{}", static_cast<double>(moments_bytes_) / (1 << 20), moments_bytes_,
+           "{} MiB{}{}{}", static_cast<double>(moments_bytes_) / (1 << 20), moments_bytes_,
            reducer_->sharded() ? fmt::format(", sharded over {} ranks", comm_->world()) : "",
            reducer_->layout().buckets.size(), config_.dist.bucket_mb,
            config_.dist.overlap_grad_reduce ? ", overlapped with the backward pass" : "",
-           config_.dist.reduce_dtype == Precision::bf16 ? ", in bf16" : "");
+           config_.dist.reduce_dtype == Precision::bf16 ? ", in bf16" : "",
+           !reducer_->sharded()                 ? ""
+           : config_.dist.overlap_param_gather ? "; parameters all-gathered during the next forward pass"
+                                               : "; parameters all-gathered after the update");
   log.debug("resolved config:\n{}", to_yaml(config_));
   log.debug("weight decay on: {}", fmt::join(optimizer_->decayed(), ", "));
   log.debug("no weight decay on: {}", fmt::join(optimizer_->not_decayed(), ", "));
@@ -453,6 +456,7 @@ void Trainer::evaluate() {
 }
 
 std::optional<fs::path> Trainer::save() {
+  reducer_->finish_gather();
   state_.clip = clipper_->state();
   state_.cpu_rng = comm_->all_gather(generator_state(at::kCPU));
   state_.cuda_rng = device_.is_cuda() ? comm_->all_gather(generator_state(device_)) : std::vector<std::string>{};
@@ -469,6 +473,7 @@ std::optional<fs::path> Trainer::save() {
 }
 
 void Trainer::check_replicas() {
+  reducer_->finish_gather();
   std::string all;
   for (const auto& p : model_->parameters()) {
     const at::Tensor t = p.detach().to(at::kCPU).contiguous();
@@ -598,6 +603,7 @@ void Trainer::train_to_budget() {
   std::vector<std::pair<std::string, at::Tensor>> named;
   for (const auto& p : model_->named_parameters()) named.emplace_back(p.key(), p.value());
   reducer_ = std::make_unique<GradientReducer>(*comm_, named, reducer_options(config_.dist));
+  model_->set_parameter_wait([reducer = reducer_.get()](const std::vector<at::Tensor>& p) { reducer->wait_for(p); });
   std::vector<OptimizedTensor> optimized;
   for (const GradientReducer::Slice& s : reducer_->slices()) optimized.push_back({s.name, s.value, s.dims}), grads_.push_back(s.grad);
   {
