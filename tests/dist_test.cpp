@@ -297,6 +297,8 @@ TEST_F(Distributed, TorchrunLaunchesTheSameJob) {
   EXPECT_EQ(dumped(steps_of(path("torchrun"))), dumped(steps_of(path("one"))));
 }
 
+const std::string kShard = " --set dist.shard_optimizer=true";
+
 // Waits for the launcher's ranks to be running and returns their pids.
 std::vector<int> ranks_of(int launcher) {
   std::vector<int> pids;
@@ -340,12 +342,13 @@ TEST_F(Distributed, ARankThatDiesFailsTheJobQuicklyWithItsName) {
   EXPECT_NE(f.out.find("gqe: rank 1 (pid " + std::to_string(f.pids[1]) + ") was killed by signal 9"), std::string::npos) << f.out;
 }
 
-// With buckets started from the backward pass's hooks, the survivor is most likely waiting on a
-// collective that a hook started (a wide model in 1 MiB buckets: most of a step is the backward
-// pass with buckets in flight): it fails just as fast, with one line.
+// With buckets started from the backward pass's hooks and (sharded) parameter gathers waited for
+// in the forward pass, the survivor is most likely waiting on a collective started earlier (a wide
+// model in 1 MiB buckets: most of a step has collectives in flight): it fails just as fast, with
+// one line.
 TEST_F(Distributed, ARankKilledWhileBucketsAreInFlightFailsTheJobQuickly) {
   const std::string wide = "--nproc 2 --set train.tokens=5120000 --set model.d_model=256 --set model.head_dim=64 "
-                           "--set model.ffn_hidden=512 --set dist.bucket_mb=1";
+                           "--set model.ffn_hidden=512 --set dist.bucket_mb=1 --set dist.check_replicas_every_steps=0" + kShard;
   const Fault f = signal_rank(1, train("killed-wide", wide), path("killed-wide"), path("killed-wide.out"), SIGKILL);
   ASSERT_EQ(f.pids.size(), 2u);
   EXPECT_NE(f.status, 0);
@@ -494,7 +497,6 @@ double moment_bytes(const std::string& out) {
 // 6 sequences of 32 per step: micro-batches of 2 on 3 ranks, of 3 on 2, 3 x 2 in one process.
 const std::string kSix = "--set train.global_batch_tokens=192 ";
 std::string ranks_of_six(int w) { return w == 1 ? kSix + "--set train.micro_batch_size=2" : kSix + fmt::format("--nproc {} --set train.micro_batch_size={}", w, 6 / w); }
-const std::string kShard = " --set dist.shard_optimizer=true";
 
 // ZeRO-1 against plain data parallel. The reduced gradients are the same sums (reduce-scatter adds
 // the same W terms per element as all-reduce; with 2 ranks a + b is bitwise either way), but the
