@@ -114,7 +114,7 @@ else
   run "$gqe" bench train configs/gqe-250m.yaml "${cuda[@]}" --steps 10 --warmup 3 --set dist.backend=nccl --set dist.shard_optimizer=true \
     --json "$out/bench_train_nccl1.json"
 fi
-say "4b. 3.'s 100 GPU steps again through NCCL (overlapped buckets, ZeRO-1): the same curve?"
+say "4b. 3.'s 100 GPU steps again through NCCL (overlapped buckets, ZeRO-1, parameters gathered in place during the forward pass): the same curve?"
 run_logged "$out/tiny-nccl.log" "$gqe" train configs/tiny/gqe.yaml --run-dir "$out/tiny-nccl" "${steps[@]}" "${cuda[@]}" \
   --set train.precision=bf16 --set dist.backend=nccl --set dist.shard_optimizer=true
 # Not bitwise: cuDNN's attention backward may sum in any order on a GPU, run to run. A reducer that
