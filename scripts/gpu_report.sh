@@ -90,6 +90,10 @@ fi
 say "2. prefill, one sequence, bf16 (gqe bench prefill)"
 run "$gqe" bench prefill configs/gqe-250m.yaml "${cuda[@]}" --seq-lens 2048,4096,8192,16384,32768,65536,131072 --repeats 5 \
   --json "$out/bench_prefill.json"
+# At 2k GQE took 2.2x GQA's time on an H100 and barely more than at 4k: if the GPU is busy for a
+# small part of the run, the host's launches are the cost (and CUDA graphs the cure), not kernels.
+say "2a. where the 2k prefill's time goes (GPU and host busy against wall time)"
+run "$gqe" bench prefill configs/gqe-250m.yaml "${cuda[@]}" --seq-lens 2048 --repeats 5 --profile 25
 
 say "3. 100 steps of configs/tiny/gqe.yaml: GPU bf16 vs CPU fp32"
 [[ -f data/sample/shards/manifest.json ]] || scripts/sample_data.sh

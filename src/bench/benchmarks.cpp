@@ -49,7 +49,7 @@ template <class F> double median_seconds(int repeats, at::Device device, F&& run
 }  // namespace
 
 // Kineto, as torch.profiler in Python.
-std::vector<KernelTime> profile_kernels(at::Device device, const std::function<void()>& run) {
+Profile profile_kernels(at::Device device, const std::function<void()>& run) {
   namespace profiler = torch::autograd::profiler;
   using torch::profiler::impl::ActivityType;
   const torch::profiler::impl::ProfilerConfig config(torch::profiler::impl::ProfilerState::KINETO);
@@ -63,11 +63,16 @@ std::vector<KernelTime> profile_kernels(at::Device device, const std::function<v
   synchronize(device);
   const std::unique_ptr<profiler::ProfilerResult> result = profiler::disableProfiler();
 
-  std::vector<ProfiledSpan> spans;
-  for (const profiler::KinetoEvent& e : result->events())
-    if (e.deviceType() == device.type() && e.durationNs() > 0)
-      spans.push_back({e.startNs(), e.endNs(), e.startThreadId(), e.name()});
-  return total_by_name(std::move(spans), /*nested=*/device.is_cpu());
+  std::vector<ProfiledSpan> device_spans, host_spans;
+  for (const profiler::KinetoEvent& e : result->events()) {
+    if (e.durationNs() == 0) continue;
+    if (e.deviceType() == device.type()) device_spans.push_back({e.startNs(), e.endNs(), e.startThreadId(), e.name()});
+    else if (e.deviceType() == c10::DeviceType::CPU) host_spans.push_back({e.startNs(), e.endNs(), e.startThreadId(), e.name()});
+  }
+  Profile profile;
+  profile.device = total_by_name(std::move(device_spans), /*nested=*/device.is_cpu());
+  profile.host = total_by_name(std::move(host_spans), /*nested=*/true);
+  return profile;
 }
 
 std::vector<KernelTime> total_by_name(std::vector<ProfiledSpan> spans, bool nested) {
@@ -132,7 +137,7 @@ std::vector<PrefillTiming> bench_prefill(const ModelConfig& config, const std::v
       };
       run();  // warm-up
       *seconds = median_seconds(repeats, device, run);
-      if (profile) (model == &gqa ? t.gqa_kernels : t.gqe_kernels) = profile_kernels(device, run);
+      if (profile) (model == &gqa ? t.gqa_profile : t.gqe_profile) = profile_kernels(device, run);
     }
     out.push_back(t);
   }
@@ -140,7 +145,7 @@ std::vector<PrefillTiming> bench_prefill(const ModelConfig& config, const std::v
 }
 
 TrainTiming bench_train_step(const Config& config, Communicator& comm, int steps, int warmup, at::Device device,
-                             std::vector<KernelTime>* kernels, int profile_steps) {
+                             Profile* profile, int profile_steps) {
   const ModelConfig& m = config.model;
   TrainTiming t;
   t.name = m.attention.type == AttentionType::gqa ? "gqa" : std::string("gqe/") + enum_name(m.attention.variant);
@@ -208,8 +213,8 @@ TrainTiming bench_train_step(const Config& config, Communicator& comm, int steps
   // Against the bf16 peak: only a bf16 step has one to compare with.
   if (const auto peak_flops = peak_bf16_flops(device_name(device)); peak_flops && bf16)
     t.mfu = t.tokens_per_second * t.flops_per_token / (*peak_flops * comm.world());
-  if (kernels)
-    *kernels = profile_kernels(device, [&] {
+  if (profile)
+    *profile = profile_kernels(device, [&] {
       for (int i = 0; i < profile_steps; ++i) step();
     });
   return t;

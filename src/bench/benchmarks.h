@@ -27,7 +27,12 @@ struct KernelTime {
   double seconds = 0;  // summed over the profiled runs
   int64_t calls = 0;
 };
-std::vector<KernelTime> profile_kernels(at::Device device, const std::function<void()>& run);
+// What profiled runs spent: the device's kernels (on the CPU: ATen ops by self time) and, on a GPU,
+// the host's ATen ops and CUDA runtime calls by self time (a launch-bound run shows there).
+struct Profile {
+  std::vector<KernelTime> device, host;
+};
+Profile profile_kernels(at::Device device, const std::function<void()>& run);
 
 // One profiled event: an op on a CPU thread, or a GPU kernel.
 struct ProfiledSpan {
@@ -41,7 +46,7 @@ std::vector<KernelTime> total_by_name(std::vector<ProfiledSpan> spans, bool nest
 struct PrefillTiming {
   int64_t tokens = 0;
   double gqa_seconds = 0, gqe_seconds = 0;
-  std::vector<KernelTime> gqa_kernels, gqe_kernels;  // one more run of each, when profiled
+  Profile gqa_profile, gqe_profile;  // one more run of each, when profiled
 };
 
 // A forward pass over one sequence of each length without gradients, logits of the last position
@@ -60,9 +65,9 @@ struct TrainTiming {
 // random tokens): forward, the loss with the balance term, backward, and gqe train's gradient
 // reduction (dist.*) and update (clip_and_step). tokens/s and MFU count the whole group. Peak
 // memory counts this rank's tensors: parameters, gradients, optimizer state and activations.
-// With `kernels`, the profile (profile_kernels) of `profile_steps` more steps goes there.
+// With `profile`, the profile (profile_kernels) of `profile_steps` more steps goes there.
 TrainTiming bench_train_step(const Config& config, Communicator& comm, int steps, int warmup, at::Device device,
-                             std::vector<KernelTime>* kernels = nullptr, int profile_steps = 3);
+                             Profile* profile = nullptr, int profile_steps = 3);
 
 // Micro-batches per second from TrainLoader::next() (prefetch 0: assembled on the calling thread).
 // gqe bench comm: each collective on one fp32 tensor of each size (bytes, of the whole tensor as

@@ -51,19 +51,25 @@ at::Device setup_device(const LoadedConfig& loaded, const DistEnvironment& env =
   return device;
 }
 
-// The top of a profile: time per run (of `runs`), share of the busy time.
-void print_kernels(const std::string& title, at::Device device, const std::vector<KernelTime>& kernels, int runs,
-                   double run_seconds, int top) {
-  if (kernels.empty())
+// The top of a profile: time per run (of `runs`), share of the busy time; on a GPU the host's too.
+void print_kernels(const std::string& title, at::Device device, const Profile& profile, int runs, double run_seconds,
+                   int top) {
+  if (profile.device.empty())
     return void(fmt::print("\n{}: no profile ({} recorded nothing)\n", title, device.is_cuda() ? "CUPTI" : "the profiler"));
-  double total = 0;
-  for (const KernelTime& k : kernels) total += k.seconds;
-  fmt::print("\n{}: {} busy {:.1f} ms per run ({:.0f}% of it), top {}\n", title, device.is_cuda() ? "GPU" : "CPU",
-             total / runs * 1e3, total / runs / run_seconds * 100, device.is_cuda() ? "kernels" : "ATen ops by self time");
-  fmt::print("  {:>9} {:>6} {:>6}  {}\n", "ms/run", "share", "calls", device.is_cuda() ? "kernel" : "op");
-  for (size_t i = 0; i < kernels.size() && i < static_cast<size_t>(top); ++i)
-    fmt::print("  {:>9.2f} {:>5.1f}% {:>6}  {}\n", kernels[i].seconds / runs * 1e3, kernels[i].seconds / total * 100,
-               kernels[i].calls / runs, kernels[i].name.substr(0, 110));
+  auto list = [&](const std::vector<KernelTime>& items, const std::string& busy, const std::string& what, const char* column) {
+    double total = 0;
+    for (const KernelTime& k : items) total += k.seconds;
+    fmt::print("\n{}: {} busy {:.1f} ms per run ({:.0f}% of it), top {}\n", title, busy, total / runs * 1e3,
+               total / runs / run_seconds * 100, what);
+    fmt::print("  {:>9} {:>6} {:>6}  {}\n", "ms/run", "share", "calls", column);
+    for (size_t i = 0; i < items.size() && i < static_cast<size_t>(top); ++i)
+      fmt::print("  {:>9.2f} {:>5.1f}% {:>6}  {}\n", items[i].seconds / runs * 1e3, items[i].seconds / total * 100,
+                 items[i].calls / runs, items[i].name.substr(0, 110));
+  };
+  if (device.is_cpu()) return list(profile.device, "CPU", "ATen ops by self time", "op");
+  list(profile.device, "GPU", "kernels", "kernel");
+  // A run whose host is busy for most of it while the GPU is not is bound by launching kernels.
+  if (!profile.host.empty()) list(profile.host, "host (CPU)", "ATen ops and CUDA calls by self time", "op or call");
 }
 
 std::string where(at::Device device) {
@@ -176,8 +182,8 @@ void add_bench_prefill(CLI::App& bench) {
     }
     if (o->profile > 0 && !timings.empty()) {
       const PrefillTiming& t = timings.back();
-      print_kernels(fmt::format("GQA prefill of {} tokens", t.tokens), device, t.gqa_kernels, 1, t.gqa_seconds, o->profile);
-      print_kernels(fmt::format("GQE prefill of {} tokens", t.tokens), device, t.gqe_kernels, 1, t.gqe_seconds, o->profile);
+      print_kernels(fmt::format("GQA prefill of {} tokens", t.tokens), device, t.gqa_profile, 1, t.gqa_seconds, o->profile);
+      print_kernels(fmt::format("GQE prefill of {} tokens", t.tokens), device, t.gqe_profile, 1, t.gqe_seconds, o->profile);
     }
     write_report(*o, device, "prefill", rows);
   });
@@ -218,12 +224,12 @@ void add_bench_train(CLI::App& bench, int argc, char** argv) {
     Communicator comm(env, c.dist.backend, device, std::chrono::seconds(c.dist.timeout_s));
     // Every rank runs the steps; rank 0 reports.
     std::vector<TrainTiming> timings;
-    std::vector<std::vector<KernelTime>> profiles(2);
+    std::vector<Profile> profiles(2);
     for (const ModelConfig& m : {as_gqa(c.model), as_gqe(c.model)}) {
       Config variant = c;
       variant.model = m;
-      std::vector<KernelTime>* kernels = o->profile > 0 ? &profiles[timings.size()] : nullptr;
-      timings.push_back(bench_train_step(variant, comm, o->steps, o->warmup, device, kernels, 3));
+      Profile* profile = o->profile > 0 ? &profiles[timings.size()] : nullptr;
+      timings.push_back(bench_train_step(variant, comm, o->steps, o->warmup, device, profile, 3));
     }
     comm.finish();
     if (!comm.main()) return;
