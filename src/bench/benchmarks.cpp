@@ -172,7 +172,8 @@ TrainTiming bench_train_step(const Config& config, Communicator& comm, int steps
   // what the forward pass waits for it on the host). The stream is synchronized there, which
   // costs a little overlap of the host with the device.
   double comm_seconds = 0;
-  model->set_parameter_wait([&](const std::vector<at::Tensor>& p) { comm_seconds += reducer.wait_for(p); });
+  if (reducer.sharded())
+    model->set_parameter_wait([&](const std::vector<at::Tensor>& p) { comm_seconds += reducer.wait_for(p); });
   auto stream_sync = [&] {
     if (device.is_cuda()) c10::impl::VirtualGuardImpl(device.type()).getStream(device).synchronize();
   };

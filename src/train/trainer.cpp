@@ -603,7 +603,8 @@ void Trainer::train_to_budget() {
   std::vector<std::pair<std::string, at::Tensor>> named;
   for (const auto& p : model_->named_parameters()) named.emplace_back(p.key(), p.value());
   reducer_ = std::make_unique<GradientReducer>(*comm_, named, reducer_options(config_.dist));
-  model_->set_parameter_wait([reducer = reducer_.get()](const std::vector<at::Tensor>& p) { reducer->wait_for(p); });
+  if (reducer_->sharded())
+    model_->set_parameter_wait([reducer = reducer_.get()](const std::vector<at::Tensor>& p) { reducer->wait_for(p); });
   std::vector<OptimizedTensor> optimized;
   for (const GradientReducer::Slice& s : reducer_->slices()) optimized.push_back({s.name, s.value, s.dims}), grads_.push_back(s.grad);
   {
