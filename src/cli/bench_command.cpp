@@ -245,9 +245,12 @@ void add_bench_train(CLI::App& bench, int argc, char** argv) {
                                : !bf16 ? std::string("none (the known peak is bf16's; this step is fp32)")
                                        : fmt::format("against {:.0f} TFLOP/s dense bf16 ({})", *peak / 1e12, device_name(device)));
     if (comm.world() > 1)
-      fmt::print("  data parallel: {} ranks over {}{}; comm: the share of the step spent waiting on gradient{} "
-                 "collectives after the backward pass\n", comm.world(), comm.backend_name(),
-                 c.dist.shard_optimizer ? ", sharded optimizer" : "", c.dist.shard_optimizer ? " and parameter" : "");
+      fmt::print("  data parallel: {} ranks over {}{}; comm: the share of the step spent waiting on gradient "
+                 "collectives after the backward pass{}\n", comm.world(), comm.backend_name(),
+                 c.dist.shard_optimizer ? ", sharded optimizer" : "",
+                 !c.dist.shard_optimizer ? ""
+                 : c.dist.overlap_param_gather ? " and, on the host, on the parameters' all-gather in the forward pass"
+                                               : " and on the parameters' all-gather after the update");
     fmt::print("  {:<18}{:>12}{:>14}{:>12}{:>10}{:>14}{:>8}\n", "attention", "step (ms)", "tokens/s", "GFLOP/token", "MFU",
                "peak memory", "comm");
     nlohmann::ordered_json rows = nlohmann::ordered_json::array();
