@@ -416,13 +416,16 @@ std::string node_env(int node, int port) {
   return fmt::format("NNODES=2 NODE_RANK={} MASTER_ADDR=127.0.0.1 MASTER_PORT={} ", node, port);
 }
 
+// ZeRO-1 too: a rank's shards go by its global rank, not its rank on the node.
 TEST_F(Distributed, TwoNodesTrainLikeOneMachine) {
   ASSERT_EQ(run_command(train("one")).status, 0);
   ASSERT_EQ(run_command(train("four", "--nproc 4 --set train.micro_batch_size=2")).status, 0);
-  for (int per_node : {1, 2}) {
-    SCOPED_TRACE(fmt::format("2 nodes x {} ranks", per_node));
-    const std::string run = fmt::format("nodes-x{}", per_node), port = std::to_string(free_port());
-    const std::string extra = fmt::format("--nproc {} --set train.micro_batch_size={}", per_node, 4 / per_node);
+  ASSERT_EQ(run_command(train("four-sharded", "--nproc 4 --set train.micro_batch_size=2" + kShard)).status, 0);
+  for (const auto& [per_node, sharded] : {std::pair{1, false}, std::pair{2, false}, std::pair{2, true}}) {
+    SCOPED_TRACE(fmt::format("2 nodes x {} ranks{}", per_node, sharded ? ", sharded" : ""));
+    const std::string run = fmt::format("nodes-x{}{}", per_node, sharded ? "-sharded" : ""), port = std::to_string(free_port());
+    const std::string extra =
+        fmt::format("--nproc {} --set train.micro_batch_size={}", per_node, 4 / per_node) + (sharded ? kShard : "");
     test::Background second("exec env " + node_env(1, std::stoi(port)) + train(run, extra) + " >" + path(run + ".1.out") + " 2>&1");
     const auto first = run_command(node_env(0, std::stoi(port)) + train(run, extra));
     ASSERT_EQ(first.status, 0) << first.err << first.out;
@@ -431,7 +434,7 @@ TEST_F(Distributed, TwoNodesTrainLikeOneMachine) {
         << first.out;
     // 2 ranks: bitwise like 1 (see TwoProcessesTrainBitwiseLikeOne); 4: like 4 on one machine
     // (the same sums in the same order; against 1 rank they differ in summation order).
-    EXPECT_EQ(dumped(steps_of(path(run))), dumped(steps_of(path(per_node == 1 ? "one" : "four"))));
+    EXPECT_EQ(dumped(steps_of(path(run))), dumped(steps_of(path(per_node == 1 ? "one" : sharded ? "four-sharded" : "four"))));
   }
 }
 
