@@ -8,6 +8,7 @@
 
 #include <ATen/ATen.h>
 #include <fmt/format.h>
+#include <c10/core/Event.h>
 #include <c10/core/InferenceMode.h>
 #include <c10/core/impl/VirtualGuardImpl.h>
 #include <torch/csrc/autograd/profiler_kineto.h>
@@ -168,14 +169,27 @@ TrainTiming bench_train_step(const Config& config, Communicator& comm, int steps
   const bool bf16 = config.train.precision == Precision::bf16;
   const double aux_coef = m.attention.type == AttentionType::gqe ? m.attention.aux_coef : 0.0;
   // Exposed communication: from the end of the backward pass's work on the compute stream to the
-  // reduced gradients, and the parameters' all-gather (sharded: with dist.overlap_param_gather,
-  // what the forward pass waits for it on the host). The stream is synchronized there, which
-  // costs a little overlap of the host with the device.
+  // reduced gradients, and the parameters' all-gather (sharded). The stream is synchronized there,
+  // which costs a little overlap of the host with the device. With dist.overlap_param_gather the
+  // forward pass waits for the gather: on the CPU the host waits; on a GPU the compute stream does,
+  // and timed events on each side of the wait measure its stall.
   double comm_seconds = 0;
+  const c10::impl::VirtualGuardImpl guard(device.type());
+  std::vector<std::pair<c10::Event, c10::Event>> stalls;
   if (reducer.sharded())
-    model->set_parameter_wait([&](const std::vector<at::Tensor>& p) { comm_seconds += reducer.wait_for(p); });
+    model->set_parameter_wait([&](const std::vector<at::Tensor>& p) {
+      if (!device.is_cuda()) return void(comm_seconds += reducer.wait_for(p));
+      auto& [before, after] = stalls.emplace_back(c10::Event(device.type(), c10::EventFlag::BACKEND_DEFAULT),
+                                                  c10::Event(device.type(), c10::EventFlag::BACKEND_DEFAULT));
+      before.record(guard.getStream(device));
+      reducer.wait_for(p);
+      after.record(guard.getStream(device));
+    });
   auto stream_sync = [&] {
-    if (device.is_cuda()) c10::impl::VirtualGuardImpl(device.type()).getStream(device).synchronize();
+    if (!device.is_cuda()) return;
+    guard.getStream(device).synchronize();
+    for (const auto& [before, after] : stalls) comm_seconds += before.elapsedTime(after) * 1e-3;  // ms
+    stalls.clear();
   };
   auto step = [&] {
     reducer.zero_grad();

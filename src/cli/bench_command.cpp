@@ -249,7 +249,7 @@ void add_bench_train(CLI::App& bench, int argc, char** argv) {
                  "collectives after the backward pass{}\n", comm.world(), comm.backend_name(),
                  c.dist.shard_optimizer ? ", sharded optimizer" : "",
                  !c.dist.shard_optimizer ? ""
-                 : c.dist.overlap_param_gather ? " and, on the host, on the parameters' all-gather in the forward pass"
+                 : c.dist.overlap_param_gather ? " and on the parameters' all-gather where the forward pass waits for it"
                                                : " and on the parameters' all-gather after the update");
     fmt::print("  {:<18}{:>12}{:>14}{:>12}{:>10}{:>14}{:>8}\n", "attention", "step (ms)", "tokens/s", "GFLOP/token", "MFU",
                "peak memory", "comm");
