@@ -3,7 +3,7 @@
 #   0. the tests that need a GPU (CI has none);
 #   1. training throughput, MFU and memory of gqa-250m and gqe-250m at seq 2048 (gqe bench train),
 #      also with activation checkpointing, with eager PyTorch (and, with GQE_REPORT_COMPILE=1, torch.compile) on the same step as the bar;
-#   2. the prefill table, GQA vs GQE, 2k to 128k tokens (gqe bench prefill);
+#   2. the prefill table, GQA vs GQE, 2k to 128k tokens (gqe bench prefill), and a profile of the 2k prefill;
 #   3. 100 steps of configs/tiny/gqe.yaml on the GPU (bf16) and on the CPU (fp32), compared;
 #   4. data parallel over NCCL, plain and ZeRO-1, with the communication share (one GPU: a group of one);
 #      then 3.'s GPU run again through NCCL with ZeRO-1, which must give the same curve;

@@ -60,7 +60,7 @@ BucketLayout::BucketLayout(const std::vector<int64_t>& numels, int64_t element_b
 
 int64_t BucketLayout::shard_numel() const {
   int64_t n = 0;
-  for (const Bucket& b : buckets) n += b.padded / world;
+  for (size_t b = 0; b < buckets.size(); ++b) n += part(b);
   return n;
 }
 
@@ -86,13 +86,13 @@ GradientReducer::GradientReducer(Communicator& comm, const std::vector<std::pair
           }(),
           named.empty() ? 4 : static_cast<int64_t>(named[0].second.element_size()), options.bucket_bytes, comm.world()),
       flight_(std::make_unique<Flight>()) {
-  const int W = comm.world(), r = comm.rank();
+  const int r = comm.rank();
   at::NoGradGuard no_grad;
   for (size_t b = 0; b < layout_.buckets.size(); ++b) {
     const BucketLayout::Bucket& bucket = layout_.buckets[b];
     const at::Tensor& first = params_[bucket.params[0]].second;
     flats_.push_back(at::zeros({bucket.padded}, first.options().requires_grad(false)));
-    const int64_t part = bucket.padded / W, lo = r * part, hi = lo + part;
+    const int64_t part = layout_.part(b), lo = r * part, hi = lo + part;
     if (options_.shard) {
       shards_.push_back(at::zeros({part}, first.options().requires_grad(false)));
       weights_.push_back(at::zeros({bucket.padded}, first.options().requires_grad(false)));
@@ -102,8 +102,8 @@ GradientReducer::GradientReducer(Communicator& comm, const std::vector<std::pair
       if (p.scalar_type() != first.scalar_type() || !p.is_contiguous())
         throw std::logic_error(fmt::format("gradient reducer: {} is not a contiguous tensor of the first one's type", name));
       const int64_t start = bucket.offsets[j], n = p.numel();
-      bucket_of_tensor_[p.unsafeGetTensorImpl()] = b;
       if (options_.shard) {  // the parameter moves into its bucket (every holder of it sees the move)
+        param_of_[p.unsafeGetTensorImpl()] = bucket.params[j];
         const at::Tensor home = weights_[b].narrow(0, start, n).view(p.sizes());
         home.copy_(p.detach());
         p.set_data(home);
@@ -213,8 +213,7 @@ double GradientReducer::gather_parameters() {
   finish_gather();
   // In place: this rank's part of each bucket is its updated slices.
   for (size_t b = layout_.buckets.size(); b-- > 0;) {
-    const int64_t part = layout_.buckets[b].padded / comm_.world();
-    at::Tensor mine = weights_[b].narrow(0, comm_.rank() * part, part);
+    at::Tensor mine = weights_[b].narrow(0, comm_.rank() * layout_.part(b), layout_.part(b));
     gathers_[b] = comm_.start_all_gather(weights_[b], mine);
   }
   ungathered_ = layout_.buckets.size();
@@ -226,7 +225,8 @@ double GradientReducer::wait_for(const std::vector<at::Tensor>& params) {
   if (ungathered_ == 0) return 0;
   size_t lowest = ungathered_;
   for (const at::Tensor& p : params)
-    if (const auto it = bucket_of_tensor_.find(p.unsafeGetTensorImpl()); it != bucket_of_tensor_.end()) lowest = std::min(lowest, it->second);
+    if (const auto it = param_of_.find(p.unsafeGetTensorImpl()); it != param_of_.end())
+      lowest = std::min(lowest, layout_.bucket_of[it->second]);
   const auto start = std::chrono::steady_clock::now();
   while (ungathered_ > lowest) gathers_[--ungathered_].wait();
   return seconds_since(start);
@@ -268,7 +268,7 @@ void GradientReducer::scatter(const std::map<std::string, at::Tensor>& whole, co
           all.narrow(0, bucket.offsets[j], params_[bucket.params[j]].second.numel()).copy_(whole.at(name + suffix).reshape(-1));
         }
       comm_.broadcast({all});
-      const int64_t lo = comm_.rank() * (bucket.padded / comm_.world());
+      const int64_t lo = comm_.rank() * layout_.part(b);
       for (const Slice& s : slices_)
         if (s.bucket == b) parts.at(s.name + suffix).view(-1).copy_(all.narrow(0, lo + s.shard_offset, s.value.numel()));
     }

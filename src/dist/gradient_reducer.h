@@ -53,6 +53,8 @@ struct BucketLayout {
   BucketLayout(const std::vector<int64_t>& numels, int64_t element_bytes, int64_t bucket_bytes, int world);
   // The elements of the whole model that rank `rank` owns when sharded.
   int64_t shard_numel() const;
+  // Each rank's part of bucket b when sharded: rank r owns [r * part, (r + 1) * part).
+  int64_t part(size_t b) const { return buckets[b].padded / world; }
   int world = 1;
 };
 
@@ -120,7 +122,7 @@ class GradientReducer {
   std::vector<at::Tensor> weights_;  // sharded, per bucket: the parameters (padded), which view it
   std::vector<Communicator::Pending> gathers_;  // sharded, per bucket
   size_t ungathered_ = 0;  // buckets [0, ungathered_) may still be in flight; they finish downward
-  std::map<const void*, size_t> bucket_of_tensor_;  // by parameter TensorImpl
+  std::map<const void*, size_t> param_of_;  // sharded: parameter index by TensorImpl
   std::vector<Slice> slices_;
   std::unique_ptr<Flight> flight_;
   std::mutex mutex_;
