@@ -643,5 +643,33 @@ TEST_F(Distributed, ShapesThatDoNotSplitOverTheRanksAreRefused) {
   EXPECT_FALSE(fs::exists(path("x")));
 }
 
+TEST_F(Distributed, BadInputThatOneRankFindsIsOneLineFromTheJob) {
+  const std::string ds = path("ten-shards");
+  const auto enc = run_command(std::string(GQE_DATA_BINARY) + " encode " + GQE_SOURCE_DIR +
+                               "/tests/data/prose.txt --doc-boundary blank-line --val-fraction 0.25 --quiet --shard-tokens 100"
+                               " --tokenizer " + (dir_->path() / "tok.model").string() + " --out " + ds);
+  ASSERT_EQ(enc.status, 0) << enc.err;
+
+  // Rank 0 alone reads a checkpoint: one made on other data stops the other rank too, quietly.
+  const auto other = run_command(train("other", "--set train.tokens=1280 --set data.dataset=" + ds));
+  ASSERT_EQ(other.status, 0) << other.err;
+  const std::string checkpoint = path("other") + "/checkpoints/step_00000005";
+  const auto resumed = run_command(train("x", "--nproc 2 --resume " + checkpoint));
+  EXPECT_EQ(resumed.status, 2);
+  EXPECT_EQ(resumed.err, "gqe: " + checkpoint + ": made on other data than " + (dir_->path() / "ds").string() +
+                             " (its data position would not mean the same samples)\n");
+
+  // Each rank verifies its share of the shards (rank r: shards r, r + W, ...): a damaged one that
+  // only rank 3 of 4 reads stops every rank, with the one line rank 0 prints, before any rank
+  // touches the run directory.
+  const fs::path damaged = fs::path(ds) / "train_000003.bin";
+  ASSERT_TRUE(fs::exists(fs::path(ds) / "train_000007.bin"));
+  test::flip_byte(damaged, static_cast<std::streamoff>(fs::file_size(damaged)) - 1);
+  const auto r = run_command(train("y", "--nproc 4 --set train.micro_batch_size=2 --set data.dataset=" + ds));
+  EXPECT_EQ(r.status, 2);
+  EXPECT_EQ(r.err, "gqe: " + damaged.string() + ": payload checksum mismatch (the tokens were changed or damaged)\n");
+  EXPECT_FALSE(fs::exists(path("y")));
+}
+
 }  // namespace
 }  // namespace gqe

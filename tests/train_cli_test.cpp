@@ -355,13 +355,15 @@ TEST_F(Train, ADatasetWhoseTokenizerIsNotItsOwnIsRefusedEverywhere) {
     const std::string expected = damage == "replaced"
                                      ? "gqe: " + tokenizer + ": not the tokenizer the dataset was made with (fingerprint "
                                      : "gqe: " + tokenizer + ": the dataset's tokenizer is missing (or not a file)\n";
-    for (const std::string command : {"train " + config_ + " --run-dir " + path("new") + ds, "eval " + path("run") + " --val",
+    for (const std::string& command : {"train " + config_ + " --run-dir " + path("new") + ds, "eval " + path("run") + " --val",
                                       "sample " + path("run") + " --prompt x --max-tokens 2",
                                       "export " + path("run") + "/checkpoints/step_00000010 --out " + path("hf")}) {
       const auto r = run_command(gqe(command));
       EXPECT_EQ(r.status, 2) << command << "\n" << r.err;
       EXPECT_EQ(r.err.rfind(expected, 0), 0u) << command << "\n" << r.err;
-      if (damage == "replaced") EXPECT_NE(r.err.find("the manifest records " + fingerprint + ")"), std::string::npos) << r.err;
+      if (damage == "replaced") {
+        EXPECT_NE(r.err.find("the manifest records " + fingerprint + ")"), std::string::npos) << r.err;
+      }
     }
     EXPECT_FALSE(fs::exists(path("new")));
     EXPECT_FALSE(fs::exists(path("hf")));

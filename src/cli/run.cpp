@@ -22,6 +22,8 @@ int run_cli(CLI::App& app, const char* program, int argc, char** argv) {
   } catch (const CLI::ParseError& e) {
     fmt::print(stderr, "{}: {} (see {} --help)\n", program, e.what(), program);
     return 2;
+  } catch (const ReportedElsewhere&) {
+    return 2;
   } catch (const UserError& e) {
     fmt::print(stderr, "{}: {}\n", program, e.what());
     return 2;

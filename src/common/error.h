@@ -12,4 +12,10 @@ struct UserError : std::runtime_error {
   using std::runtime_error::runtime_error;
 };
 
+// Bad input that another rank of the same job reports (Communicator::check_input): exit status 2,
+// nothing printed, so that a job of many ranks says what is wrong once.
+struct ReportedElsewhere : UserError {
+  using UserError::UserError;
+};
+
 }  // namespace gqe

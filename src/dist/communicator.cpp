@@ -260,6 +260,27 @@ std::string Communicator::receive(const std::string& key) {
   return value;
 }
 
+void Communicator::check_input(const std::function<void()>& check) {
+  std::exception_ptr mine;
+  std::string message;
+  try {
+    check();
+  } catch (const UserError& e) {
+    if (!grouped()) throw;
+    mine = std::current_exception();
+    message = e.what();
+  }
+  if (!grouped()) return;
+  const std::vector<std::string> found = all_gather(mine ? "error:" + message : std::string("ok"));
+  for (int r = 0; r < env_.world; ++r) {
+    const std::string& f = found[static_cast<size_t>(r)];
+    if (f == "ok") continue;
+    if (!main()) throw ReportedElsewhere(f.substr(6));
+    if (r == 0) std::rethrow_exception(mine);
+    throw UserError(f.substr(6));
+  }
+}
+
 void Communicator::barrier() {
   if (!grouped()) return;
   guarded("barrier", [&] { impl_->group->barrier()->wait(); });

@@ -94,7 +94,8 @@ int launch_local_ranks(int nproc, const std::vector<std::string>& args, const No
         if (!ok && failed_rank < 0) {
           failed_rank = r;
           job_status = WIFEXITED(status) ? WEXITSTATUS(status) : 1;
-          if (running > 0)
+          // Status 2 is bad input, which the job has said in one line already.
+          if (running > 0 && !(WIFEXITED(status) && WEXITSTATUS(status) == 2))
             fmt::print(stderr, "gqe: rank {} (pid {}) {}; stopping the other {} rank(s){}\n", first + r, done, describe(status), running,
                        node.nnodes > 1 ? " of this node" : "");
           for (pid_t pid : pids)

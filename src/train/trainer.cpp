@@ -496,7 +496,6 @@ void Trainer::synchronize_start(const std::optional<Checkpoint>& checkpoint) {
     comm_->publish("start", checkpoint ? trainer_state_json(state_) : std::string("fresh"));
   } else {
     const std::string start = comm_->receive("start");
-    if (start.rfind("error:", 0) == 0) throw UserError(start.substr(6));
     resumed = start != "fresh";
     if (resumed) {
       state_ = parse_trainer_state(start);
@@ -578,21 +577,12 @@ void Trainer::train_to_budget() {
                                          config_.dist.bucket_mb << 20);
   log.info("verifying {} ({} shards)", config_.data.dataset, manifest_.train.shards.size() + manifest_.val.shards.size());
   const auto part = static_cast<size_t>(env_.rank), parts = static_cast<size_t>(env_.world);  // ranks share the reading
-  train_stream_->verify(at::get_num_threads(), part, parts);
-  val_stream_->verify(at::get_num_threads(), part, parts);
-  comm_->barrier();
+  comm_->check_input([&] {
+    train_stream_->verify(at::get_num_threads(), part, parts);
+    val_stream_->verify(at::get_num_threads(), part, parts);
+  });
   state_.dataset_id = dataset_id(manifest_);
   state_.samples_per_epoch = samples_per_epoch(train_stream_->size(), static_cast<uint64_t>(config_.data.seq_len));
-
-  std::optional<Checkpoint> checkpoint;
-  if (comm_->main()) {
-    try {
-      checkpoint = prepare_run_dir();
-    } catch (const UserError& e) {
-      comm_->publish("start", std::string("error:") + e.what());  // the other ranks stop with the same message
-      throw;
-    }
-  }
 
   // Model and optimizer: initialised from train.seed, or from the checkpoint; rank 0's state wins.
   torch::manual_seed(static_cast<uint64_t>(t.seed));
@@ -613,10 +603,14 @@ void Trainer::train_to_budget() {
     // The CPU counter sees only what is allocated meanwhile; the CUDA peak includes the model.
     moments_bytes_ = device_.is_cpu() ? static_cast<int64_t>(allocated.bytes()) : optimizer_->state_bytes();
   }
-  if (checkpoint) {
-    restore(*checkpoint);
-    log.info("resuming from {} (step {}, {} tokens)", checkpoint->dir.string(), state_.step, state_.tokens);
-  }
+  // Rank 0 takes the run directory and reads the checkpoint; what is wrong there stops every rank.
+  std::optional<Checkpoint> checkpoint;
+  comm_->check_input([&] {
+    if (!comm_->main()) return;
+    checkpoint = prepare_run_dir();
+    if (checkpoint) restore(*checkpoint);
+  });
+  if (checkpoint) log.info("resuming from {} (step {}, {} tokens)", checkpoint->dir.string(), state_.step, state_.tokens);
   synchronize_start(checkpoint);
   if (state_.step > 0) loader_ = std::make_unique<TrainLoader>(train_stream_, lo, state_.loader);
   if (comm_->main())
