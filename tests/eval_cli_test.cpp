@@ -123,6 +123,19 @@ TEST_F(EvalCli, TwoRanksScoreTheSame) {
   const auto both = nlohmann::json::parse(read_file(path("run") + "/eval.json"));
   EXPECT_EQ(both["tasks"], one["tasks"]);
   EXPECT_NEAR(both["val_loss"].get<double>(), one["val_loss"].get<double>(), 1e-12);  // summed in another order
+
+  // Said once for the job, not once per rank: bad input (the launcher checks it before any rank
+  // starts) and the warning about a damaged newer checkpoint (rank 0's).
+  const auto wrong = run_command(gqe("eval " + path("run") + " --tasks piqa=" + path("hellaswag.jsonl") + " --nproc 2"));
+  EXPECT_EQ(wrong.status, 2);
+  EXPECT_EQ(wrong.err, "gqe: " + path("hellaswag.jsonl") + ": holds the task hellaswag, not piqa\n");
+  fs::copy(path("run"), path("damaged-run"), fs::copy_options::recursive);
+  const std::string newest = path("damaged-run") + "/checkpoints/step_00000020";
+  test::flip_byte(newest + "/model.safetensors", 100);
+  const auto older = run_command(gqe("eval " + path("damaged-run") + " --val --nproc 2"));
+  ASSERT_EQ(older.status, 0) << older.err;
+  EXPECT_EQ(older.err, "gqe: skipping a damaged checkpoint: " + newest + ": model.safetensors does not match its checksum (damaged)\n");
+  EXPECT_NE(older.out.find("checkpoints/step_00000010 (step 10, 2560 tokens)"), std::string::npos) << older.out;
 }
 
 TEST_F(EvalCli, SampleWritesTextDeterministicallyAtTemperatureZero) {

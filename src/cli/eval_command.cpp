@@ -67,6 +67,7 @@ void add_eval_commands(CLI::App& app, int argc, char** argv) {
     o.val = e->val;
     o.batch_size = e->batch_size;
     o.log_samples = e->log_samples;
+    if (const std::optional<DistEnvironment> last = last_launched_rank(e->nproc)) check_eval_input(o, *last);
     if (!launch_if_requested(e->nproc, argc, argv)) evaluate(o);
   });
 

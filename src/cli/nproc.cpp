@@ -10,7 +10,10 @@
 #include "dist/launcher.h"
 
 namespace gqe {
+namespace {
 
+// This machine's part of the job launch_if_requested would start; nothing when it would run in
+// this process.
 std::optional<NodeLayout> launch_layout(int nproc) {
   if (std::getenv("RANK")) {
     if (nproc > 1) throw UserError("--nproc: this process is already a rank of a launched job (RANK is set); drop --nproc");
@@ -19,6 +22,19 @@ std::optional<NodeLayout> launch_layout(int nproc) {
   const NodeLayout node = read_node_layout();
   if (nproc <= 1 && node.nnodes == 1) return std::nullopt;
   return node;
+}
+
+}  // namespace
+
+std::optional<DistEnvironment> last_launched_rank(int nproc) {
+  const std::optional<NodeLayout> node = launch_layout(nproc);
+  if (!node) return std::nullopt;
+  DistEnvironment last;
+  last.local_rank = nproc - 1;
+  last.local_world = nproc;
+  last.world = node->nnodes * nproc;
+  last.rank = node->node_rank * nproc + last.local_rank;
+  return last;
 }
 
 bool launch_if_requested(int nproc, int argc, char** argv) {

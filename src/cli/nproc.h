@@ -17,9 +17,10 @@ namespace gqe {
 // when --nproc is given inside a launched job, or for bad NNODES/NODE_RANK/MASTER_* values.
 bool launch_if_requested(int nproc, int argc, char** argv);
 
-// This machine's part of the job launch_if_requested would start; nothing when it would run in
-// this process. Throws as launch_if_requested does.
-std::optional<NodeLayout> launch_layout(int nproc);
+// The environment of this machine's last rank in the job launch_if_requested would start (the
+// launcher checks the input against it before it starts any rank: that rank's device must exist
+// too); nothing when the command would run in this process. Throws as launch_if_requested does.
+std::optional<DistEnvironment> last_launched_rank(int nproc);
 
 // Adds the --nproc option.
 void add_nproc_option(CLI::App* command, int& nproc);

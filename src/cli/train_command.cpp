@@ -45,14 +45,9 @@ void add_train_command(CLI::App& app, int argc, char** argv) {
                         config.origin("log.dir") + ": log.dir/log.name", /*directory=*/true);
     else
       check_output_path(*run_dir, "--run-dir", /*directory=*/true);
-    if (const std::optional<NodeLayout> node = launch_layout(*nproc)) {
-      DistEnvironment last;  // the last local rank: its device must exist too
-      last.local_rank = *nproc - 1;
-      last.local_world = *nproc;
-      last.world = node->nnodes * *nproc;
-      last.rank = node->node_rank * *nproc + last.local_rank;
-      const at::Device device = rank_device(config.config.train.device, last, config.origin("train.device"));
-      check_training_input(config, last.world, device, device.is_cpu() ? *nproc : 1);
+    if (const std::optional<DistEnvironment> last = last_launched_rank(*nproc)) {
+      const at::Device device = rank_device(config.config.train.device, *last, config.origin("train.device"));
+      check_training_input(config, last->world, device, device.is_cpu() ? *nproc : 1);
     }
     if (!launch_if_requested(*nproc, argc, argv)) train(config, *o);
   });

@@ -4,6 +4,7 @@
 #include <fmt/format.h>
 #include <torch/utils.h>
 
+#include <functional>
 #include <thread>
 
 #include "common/error.h"
@@ -31,13 +32,14 @@ struct Target {
   LoadedConfig config;
 };
 
-Target open_target(const fs::path& path) {
+// warn: what to do with a warning (a damaged newer checkpoint skipped); by default, print it.
+Target open_target(const fs::path& path, const std::function<void(const std::string&)>& warn = {}) {
   Target t;
   if (fs::exists(path / "state.json")) {
     t.checkpoint = load_checkpoint(path);
     t.run_dir = fs::absolute(path).lexically_normal().parent_path().parent_path();
   } else if (fs::is_directory(path / "checkpoints")) {
-    auto latest = load_latest_checkpoint(path, [](const std::string& w) { fmt::print(stderr, "gqe: {}\n", w); });
+    auto latest = load_latest_checkpoint(path, warn ? warn : [](const std::string& w) { fmt::print(stderr, "gqe: {}\n", w); });
     if (!latest) throw UserError(fmt::format("{}: the run has no complete checkpoint", path.string()));
     t.checkpoint = std::move(*latest);
     t.run_dir = path;
@@ -68,12 +70,50 @@ std::optional<Manifest> dataset_manifest(const Config& c) {
   return m;
 }
 
+// What an evaluation reads, checked.
+struct EvalInput {
+  Target target;
+  std::optional<Manifest> manifest;
+  std::vector<EvalSet> sets;
+};
+
+EvalInput open_eval_input(const EvalOptions& o, const std::function<void(const std::string&)>& warn = {}) {
+  EvalInput in{open_target(o.target, warn), {}, {}};
+  const Config& c = in.target.config.config;
+  std::vector<std::pair<std::string, std::string>> tasks = o.tasks;
+  if (tasks.empty()) tasks.assign(c.eval.tasks.begin(), c.eval.tasks.end());
+  if (tasks.empty() && !o.val) throw UserError("eval: nothing to do: give --tasks NAME=FILE,... or --val (or set eval.tasks)");
+  in.manifest = dataset_manifest(c);
+  if (o.val && !in.manifest) throw UserError(fmt::format("--val: the run's dataset {} is not there", c.data.dataset));
+  for (const auto& [name, file] : tasks) {
+    EvalSet set = read_eval_set(file);
+    if (set.task != name) throw UserError(fmt::format("{}: holds the task {}, not {}", file, set.task, name));
+    if (in.manifest && set.tokenizer_fingerprint != in.manifest->tokenizer.fingerprint)
+      throw UserError(fmt::format("{}: tokenized with another tokenizer ({}) than the run's dataset ({})", file,
+                                  hex64(set.tokenizer_fingerprint), hex64(in.manifest->tokenizer.fingerprint)));
+    if (set.vocab_size > static_cast<uint32_t>(c.model.vocab_size))
+      throw UserError(fmt::format("{}: ids up to {}, the model has {}", file, set.vocab_size, c.model.vocab_size));
+    in.sets.push_back(std::move(set));
+  }
+  return in;
+}
+
 }  // namespace
 
+void check_eval_input(const EvalOptions& o, const DistEnvironment& last) {
+  const EvalInput in = open_eval_input(o, [](const std::string&) {});  // the ranks warn
+  rank_device(in.target.config.config.train.device, last, in.target.config.origin("train.device"));
+}
+
 void evaluate(const EvalOptions& o) {
-  const Target t = open_target(o.target);
-  const Config& c = t.config.config;
   const DistEnvironment env = read_dist_environment();
+  const EvalInput in = open_eval_input(o, [&](const std::string& w) {
+    if (env.rank == 0) fmt::print(stderr, "gqe: {}\n", w);
+  });
+  const Target& t = in.target;
+  const Config& c = t.config.config;
+  const std::optional<Manifest>& manifest = in.manifest;
+  const std::vector<EvalSet>& sets = in.sets;
   const at::Device device = rank_device(c.train.device, env, t.config.origin("train.device"));
   prepare_fused_kernels(c.train.fused_kernels, device);
   const int cores = static_cast<int>(std::thread::hardware_concurrency());
@@ -81,22 +121,6 @@ void evaluate(const EvalOptions& o) {
   Communicator comm(env, c.dist.backend, device, std::chrono::seconds(c.dist.timeout_s));
   const bool bf16 = c.train.precision == Precision::bf16;
   const int64_t batch = o.batch_size > 0 ? o.batch_size : c.eval.batch_size;
-
-  std::vector<std::pair<std::string, std::string>> tasks = o.tasks;
-  if (tasks.empty()) tasks.assign(c.eval.tasks.begin(), c.eval.tasks.end());
-  if (tasks.empty() && !o.val) throw UserError("eval: nothing to do: give --tasks NAME=FILE,... or --val (or set eval.tasks)");
-  const std::optional<Manifest> manifest = dataset_manifest(c);
-  std::vector<EvalSet> sets;
-  for (const auto& [name, file] : tasks) {
-    EvalSet set = read_eval_set(file);
-    if (set.task != name) throw UserError(fmt::format("{}: holds the task {}, not {}", file, set.task, name));
-    if (manifest && set.tokenizer_fingerprint != manifest->tokenizer.fingerprint)
-      throw UserError(fmt::format("{}: tokenized with another tokenizer ({}) than the run's dataset ({})", file,
-                                  hex64(set.tokenizer_fingerprint), hex64(manifest->tokenizer.fingerprint)));
-    if (set.vocab_size > static_cast<uint32_t>(c.model.vocab_size))
-      throw UserError(fmt::format("{}: ids up to {}, the model has {}", file, set.vocab_size, c.model.vocab_size));
-    sets.push_back(std::move(set));
-  }
 
   // What an evaluation certainly holds: the weights and one batch's logits.
   const double logits = static_cast<double>(batch) * static_cast<double>(c.data.seq_len) * static_cast<double>(c.model.vocab_size) *
@@ -106,7 +130,6 @@ void evaluate(const EvalOptions& o) {
   Decoder model = load_model(t, device);
   std::optional<double> val;
   if (o.val) {
-    if (!manifest) throw UserError(fmt::format("--val: the run's dataset {} is not there", c.data.dataset));
     auto stream = std::make_shared<const TokenStream>(c.data.dataset, *manifest, Split::val);
     val = validation_loss(*model, stream, c.data.seq_len, static_cast<uint64_t>(c.eval.val_tokens / c.data.seq_len), batch,
                           bf16, comm);

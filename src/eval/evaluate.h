@@ -7,6 +7,7 @@
 #include <utility>
 #include <vector>
 
+#include "dist/environment.h"
 #include "eval/generate.h"
 
 namespace gqe {
@@ -21,6 +22,9 @@ struct EvalOptions {
 
 // Scores, prints a table, writes RUN_DIR/eval.json and a line of RUN_DIR/evals.jsonl (rank 0).
 void evaluate(const EvalOptions& options);
+// What evaluate() would refuse, checked by a launcher before it starts ranks that would each
+// refuse it: `last` is the last local rank (its device must exist too).
+void check_eval_input(const EvalOptions& options, const DistEnvironment& last);
 
 struct SampleCommand {
   std::filesystem::path target;
