@@ -643,7 +643,7 @@ TEST_F(Distributed, ShapesThatDoNotSplitOverTheRanksAreRefused) {
   EXPECT_FALSE(fs::exists(path("x")));
 }
 
-TEST_F(Distributed, BadInputThatOneRankFindsIsOneLineFromTheJob) {
+TEST_F(Distributed, BadInputIsOneLineFromTheWholeJob) {
   const std::string ds = path("ten-shards");
   const auto enc = run_command(std::string(GQE_DATA_BINARY) + " encode " + GQE_SOURCE_DIR +
                                "/tests/data/prose.txt --doc-boundary blank-line --val-fraction 0.25 --quiet --shard-tokens 100"
@@ -665,10 +665,33 @@ TEST_F(Distributed, BadInputThatOneRankFindsIsOneLineFromTheJob) {
   const fs::path damaged = fs::path(ds) / "train_000003.bin";
   ASSERT_TRUE(fs::exists(fs::path(ds) / "train_000007.bin"));
   test::flip_byte(damaged, static_cast<std::streamoff>(fs::file_size(damaged)) - 1);
+  const std::string mismatch = damaged.string() + ": payload checksum mismatch (the tokens were changed or damaged)\n";
   const auto r = run_command(train("y", "--nproc 4 --set train.micro_batch_size=2 --set data.dataset=" + ds));
   EXPECT_EQ(r.status, 2);
-  EXPECT_EQ(r.err, "gqe: " + damaged.string() + ": payload checksum mismatch (the tokens were changed or damaged)\n");
+  EXPECT_EQ(r.err, "gqe: rank 3: " + mismatch);
   EXPECT_FALSE(fs::exists(path("y")));
+
+  // Ranks that srun (or torchrun) starts check everything themselves, in the job: input every
+  // rank finds bad is rank 0's one line too, not one per rank.
+  const int port = free_port();
+  auto tasks = [&](const std::string& extra) {
+    auto slurm = [&](int task) {
+      return fmt::format("SLURM_PROCID={} SLURM_NTASKS=2 SLURM_LOCALID={} SLURM_NTASKS_PER_NODE=2 SLURM_JOB_NODELIST=localhost "
+                         "MASTER_PORT={} ", task, task, port);
+    };
+    test::Background second("exec env " + slurm(1) + train("z", extra) + " >" + path("z.1.out") + " 2>&1");
+    const auto first = run_command(slurm(0) + train("z", extra));
+    EXPECT_EQ(second.wait(), 2);
+    EXPECT_EQ(read_file(path("z.1.out")), "");
+    return first;
+  };
+  const auto missing = tasks("--set data.dataset=" + path("nowhere"));
+  EXPECT_EQ(missing.status, 2);
+  EXPECT_EQ(missing.err, "gqe: " + path("nowhere") + ": dataset directory not found\n");
+  const auto odd = tasks("--set data.dataset=" + ds);  // rank 1 reads the odd shards
+  EXPECT_EQ(odd.status, 2);
+  EXPECT_EQ(odd.err, "gqe: rank 1: " + mismatch);
+  EXPECT_FALSE(fs::exists(path("z")));
 }
 
 }  // namespace

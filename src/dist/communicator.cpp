@@ -277,7 +277,7 @@ void Communicator::check_input(const std::function<void()>& check) {
     if (f == "ok") continue;
     if (!main()) throw ReportedElsewhere(f.substr(6));
     if (r == 0) std::rethrow_exception(mine);
-    throw UserError(f.substr(6));
+    throw UserError(fmt::format("rank {}: {}", r, f.substr(6)));  // another machine's file, maybe
   }
 }
 

@@ -77,8 +77,8 @@ class Communicator {
   void barrier();
   // Every rank runs `check`: all of a check of the input, or its share of it. Bad input (a
   // UserError) found by any rank stops every rank, after all have checked: rank 0 throws the
-  // error of the lowest rank that found one, the others ReportedElsewhere (exit status 2, nothing
-  // printed). So a job says what is wrong once, where its console is, and no rank is left
+  // error of the lowest rank that found one ("rank R: " in front when it is not its own), the
+  // others ReportedElsewhere (exit status 2, nothing printed). So a job says what is wrong once, where its console is, and no rank is left
   // waiting at a collective for one that stopped.
   void check_input(const std::function<void()>& check);
   // The job's last collective: stops the watchdog (dist/watchdog.h), then waits for every rank.

@@ -548,7 +548,12 @@ void Trainer::train_to_budget() {
   const int cores = static_cast<int>(std::thread::hardware_concurrency());
   at::set_num_threads(t.threads > 0 ? static_cast<int>(t.threads) : std::max(1, cores / env_.local_world));
 
-  TrainingInput input = check_training_input(loaded_, env_.world, device_, device_.is_cpu() ? env_.local_world : 1);
+  // Ranks started by torchrun or srun check the input themselves (--nproc's launcher has already):
+  // in the job, so that bad input is one line for it (Communicator::check_input).
+  comm_ = std::make_unique<Communicator>(env_, config_.dist.backend, device_, std::chrono::seconds(config_.dist.timeout_s),
+                                         config_.dist.bucket_mb << 20);
+  TrainingInput input;
+  comm_->check_input([&] { input = check_training_input(loaded_, env_.world, device_, device_.is_cpu() ? env_.local_world : 1); });
   manifest_ = std::move(input.manifest);
   eval_sets_ = std::move(input.eval_sets);
   if (!input.memory.estimate_fits && env_.rank == 0) log.warn("{}", input.memory.text);
@@ -573,8 +578,6 @@ void Trainer::train_to_budget() {
   lo.seed = static_cast<uint64_t>(config_.data.seed);
   loader_ = std::make_unique<TrainLoader>(train_stream_, lo);  // checks the batch shape against data and ranks
 
-  comm_ = std::make_unique<Communicator>(env_, config_.dist.backend, device_, std::chrono::seconds(config_.dist.timeout_s),
-                                         config_.dist.bucket_mb << 20);
   log.info("verifying {} ({} shards)", config_.data.dataset, manifest_.train.shards.size() + manifest_.val.shards.size());
   const auto part = static_cast<size_t>(env_.rank), parts = static_cast<size_t>(env_.world);  // ranks share the reading
   comm_->check_input([&] {
