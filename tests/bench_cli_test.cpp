@@ -177,6 +177,12 @@ TEST(Bench, BadInputIsOneLineAndExitStatus2) {
     EXPECT_NE(r.err.find("not in range"), std::string::npos) << r.err;
     EXPECT_EQ(r.err.find('\n'), r.err.size() - 1) << r.err;
   }
+  // A model that cannot fit: one line for the job, not one per rank.
+  const auto huge = run_command(gqe("bench train " + config("tiny/gqe.yaml") + " --nproc 2 --set model.n_layers=4000 --set "
+                                    "model.d_model=4096 --set model.head_dim=1024 --set model.ffn_hidden=16384"));
+  EXPECT_EQ(huge.status, 2);
+  EXPECT_EQ(huge.err.rfind("gqe: " + config("tiny/gqe.yaml") + ": gqa cannot train here: memory on cpu: ", 0), 0u) << huge.err;
+  EXPECT_EQ(huge.err.find('\n'), huge.err.size() - 1) << huge.err;
 }
 
 }  // namespace

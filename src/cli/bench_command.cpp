@@ -214,14 +214,16 @@ void add_bench_train(CLI::App& bench, int argc, char** argv) {
     const DistEnvironment env = read_dist_environment();
     const at::Device device = setup_device(loaded, env);
     const Config& c = loaded.config;
-    for (const ModelConfig& m : {as_gqa(c.model), as_gqe(c.model)}) {  // before anything is allocated
-      Config variant = c;
-      variant.model = m;
-      const MemoryVerdict memory = memory_verdict(describe_model(variant, env.world), device_name(device),
-                                                  available_memory(device), device.is_cpu() ? env.local_world : 1);
-      if (!memory.fits) throw UserError(fmt::format("{}: {} cannot train here: {}", o->config, enum_name(m.attention.type), memory.text));
-    }
     Communicator comm(env, c.dist.backend, device, std::chrono::seconds(c.dist.timeout_s));
+    comm.check_input([&] {  // before anything is allocated; one line for all ranks
+      for (const ModelConfig& m : {as_gqa(c.model), as_gqe(c.model)}) {
+        Config variant = c;
+        variant.model = m;
+        const MemoryVerdict memory = memory_verdict(describe_model(variant, env.world), device_name(device),
+                                                    available_memory(device), device.is_cpu() ? env.local_world : 1);
+        if (!memory.fits) throw UserError(fmt::format("{}: {} cannot train here: {}", o->config, enum_name(m.attention.type), memory.text));
+      }
+    });
     // Every rank runs the steps; rank 0 reports.
     std::vector<TrainTiming> timings;
     std::vector<Profile> profiles(2);
