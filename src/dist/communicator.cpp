@@ -271,9 +271,17 @@ void Communicator::check_input(const std::function<void()>& check) {
     message = e.what();
   }
   if (!grouped()) return;
-  const std::vector<std::string> found = all_gather(mine ? "error:" + message : std::string("ok"));
+  // Each rank's verdict through the store, read after a barrier: a rank that died in its check
+  // (not bad input: a crash) fails the others at once there, not at the store's timeout.
+  const std::string prefix = fmt::format("gqe/input/{}/", sequence_++), verdict = mine ? "error:" + message : "ok";
+  guarded("input check", [&] { impl_->store->set(prefix + std::to_string(env_.rank), std::vector<uint8_t>(verdict.begin(), verdict.end())); });
+  barrier();
   for (int r = 0; r < env_.world; ++r) {
-    const std::string& f = found[static_cast<size_t>(r)];
+    std::string f;
+    guarded("input check", [&] {
+      const auto bytes = impl_->store->get(prefix + std::to_string(r));
+      f.assign(bytes.begin(), bytes.end());
+    });
     if (f == "ok") continue;
     if (!main()) throw ReportedElsewhere(f.substr(6));
     if (r == 0) std::rethrow_exception(mine);
