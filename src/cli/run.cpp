@@ -22,7 +22,7 @@ int run_cli(CLI::App& app, const char* program, int argc, char** argv) {
   } catch (const CLI::ParseError& e) {
     fmt::print(stderr, "{}: {} (see {} --help)\n", program, e.what(), program);
     return 2;
-  } catch (const ReportedElsewhere&) {
+  } catch (const AlreadyReported&) {
     return 2;
   } catch (const UserError& e) {
     fmt::print(stderr, "{}: {}\n", program, e.what());

@@ -12,9 +12,9 @@ struct UserError : std::runtime_error {
   using std::runtime_error::runtime_error;
 };
 
-// Bad input that another rank of the same job reports (Communicator::check_input): exit status 2,
-// nothing printed, so that a job of many ranks says what is wrong once.
-struct ReportedElsewhere : UserError {
+// Bad input whose line is printed already, by this rank or by rank 0 of the same job
+// (Communicator::check_input): exit status 2, nothing more printed.
+struct AlreadyReported : UserError {
   using UserError::UserError;
 };
 

@@ -11,6 +11,7 @@
 #include <torch/csrc/distributed/c10d/ProcessGroupNCCL.hpp>
 #endif
 
+#include <cstdio>
 #include <cstdlib>
 #include <utility>
 
@@ -261,31 +262,42 @@ std::string Communicator::receive(const std::string& key) {
 }
 
 void Communicator::check_input(const std::function<void()>& check) {
-  std::exception_ptr mine;
   std::string message;
   try {
     check();
   } catch (const UserError& e) {
     if (!grouped()) throw;
-    mine = std::current_exception();
     message = e.what();
   }
   if (!grouped()) return;
   // Each rank's verdict through the store, read after a barrier: a rank that died in its check
   // (not bad input: a crash) fails the others at once there, not at the store's timeout.
-  const std::string prefix = fmt::format("gqe/input/{}/", sequence_++), verdict = mine ? "error:" + message : "ok";
-  guarded("input check", [&] { impl_->store->set(prefix + std::to_string(env_.rank), std::vector<uint8_t>(verdict.begin(), verdict.end())); });
+  const std::string prefix = fmt::format("gqe/input/{}/", sequence_++);
+  auto set = [&](const std::string& key, const std::string& value) {
+    guarded("input check", [&] { impl_->store->set(prefix + key, std::vector<uint8_t>(value.begin(), value.end())); });
+  };
+  auto get = [&](const std::string& key) {
+    std::string value;
+    guarded("input check", [&] {
+      const auto bytes = impl_->store->get(prefix + key);
+      value.assign(bytes.begin(), bytes.end());
+    });
+    return value;
+  };
+  set(std::to_string(env_.rank), message.empty() ? "ok" : "error:" + message);
   barrier();
   for (int r = 0; r < env_.world; ++r) {
-    std::string f;
-    guarded("input check", [&] {
-      const auto bytes = impl_->store->get(prefix + std::to_string(r));
-      f.assign(bytes.begin(), bytes.end());
-    });
-    if (f == "ok") continue;
-    if (!main()) throw ReportedElsewhere(f.substr(6));
-    if (r == 0) std::rethrow_exception(mine);
-    throw UserError(fmt::format("rank {}: {}", r, f.substr(6)));  // another machine's file, maybe
+    const std::string verdict = get(std::to_string(r));
+    if (verdict == "ok") continue;
+    const std::string line = r == 0 ? verdict.substr(6) : fmt::format("rank {}: {}", r, verdict.substr(6));  // another machine's file, maybe
+    if (main()) {
+      fmt::print(stderr, "gqe: {}\n", line);
+      std::fflush(stderr);
+      set("reported", "1");
+    } else {
+      get("reported");  // the line is out before this rank's exit can make a launcher stop rank 0
+    }
+    throw AlreadyReported(line);
   }
 }
 

@@ -76,10 +76,12 @@ class Communicator {
   std::string receive(const std::string& key);
   void barrier();
   // Every rank runs `check`: all of a check of the input, or its share of it. Bad input (a
-  // UserError) found by any rank stops every rank, after all have checked: rank 0 throws the
-  // error of the lowest rank that found one ("rank R: " in front when it is not its own), the
-  // others ReportedElsewhere (exit status 2, nothing printed). So a job says what is wrong once, where its console is, and no rank is left
-  // waiting at a collective for one that stopped.
+  // UserError) found by any rank stops every rank, after all have checked: rank 0 prints the
+  // error of the lowest rank that found one ("rank R: " in front when it is not its own), and
+  // only then does any rank throw, AlreadyReported (exit status 2, nothing more printed): a
+  // launcher stops the rest of a job at its first exit, which must not be before the line is
+  // out. So a job says what is wrong once, where its console is, and no rank is left waiting at a
+  // collective for one that stopped.
   void check_input(const std::function<void()>& check);
   // The job's last collective: stops the watchdog (dist/watchdog.h), then waits for every rank.
   // Call it when the work is done; a rank that ends without it looks failed to the others.
