@@ -644,6 +644,11 @@ TEST_F(Distributed, ShapesThatDoNotSplitOverTheRanksAreRefused) {
 }
 
 TEST_F(Distributed, BadInputIsOneLineFromTheWholeJob) {
+  // What the launcher can check, it checks before any rank starts.
+  const auto nccl = run_command(train("x", "--nproc 2 --set dist.backend=nccl --set train.device=cpu"));
+  EXPECT_EQ(nccl.status, 2);
+  EXPECT_EQ(nccl.err, "gqe: --set: dist.backend is nccl, but training runs on the CPU (use gloo or auto)\n");
+
   const std::string ds = path("ten-shards");
   const auto enc = run_command(std::string(GQE_DATA_BINARY) + " encode " + GQE_SOURCE_DIR +
                                "/tests/data/prose.txt --doc-boundary blank-line --val-fraction 0.25 --quiet --shard-tokens 100"

@@ -71,6 +71,12 @@ at::Device rank_device(DeviceKind kind, const DistEnvironment& env, const std::s
   return at::Device(at::kCUDA, static_cast<c10::DeviceIndex>(env.local_rank));
 }
 
+void check_backend(DistBackend backend, at::Device device, const std::string& origin) {
+  if (backend == DistBackend::nccl && !device.is_cuda())
+    throw UserError(fmt::format("{}dist.backend is nccl, but training runs on the CPU (use gloo or auto)",
+                                origin.empty() ? "" : origin + ": "));
+}
+
 Communicator::Communicator(const DistEnvironment& env, DistBackend backend, at::Device device, std::chrono::seconds timeout,
                            int64_t bucket_bytes)
     : env_(env), impl_(std::make_unique<Impl>()), bucket_bytes_(bucket_bytes) {
@@ -84,9 +90,8 @@ Communicator::Communicator(const DistEnvironment& env, DistBackend backend, at::
     if (backend == DistBackend::auto_) return;
     if (env.source == DistEnvironment{}.source) env_.master_addr = "127.0.0.1", env_.master_port = free_port();
   }
+  check_backend(backend, device, "");
   const bool nccl = backend == DistBackend::nccl || (backend == DistBackend::auto_ && device.is_cuda());
-  if (nccl && !device.is_cuda())
-    throw UserError("dist.backend is nccl, but training runs on the CPU (use gloo or auto)");
   try {
     impl_->store = connect_store(env_, wait, env_.rank == 0);
     if (nccl) {

@@ -26,6 +26,9 @@ void quiet_torch_warnings();
 // The device of this rank: GPU LOCAL_RANK when running on CUDA (train.device cuda, or auto with a
 // GPU present), else the CPU. Throws UserError for cuda without a GPU; `origin` names the file.
 at::Device rank_device(DeviceKind kind, const DistEnvironment& env, const std::string& origin);
+// dist.backend against that device: nccl needs CUDA. Throws UserError; `origin` names the file
+// (or nothing, when empty).
+void check_backend(DistBackend backend, at::Device device, const std::string& origin);
 
 class Communicator {
  public:

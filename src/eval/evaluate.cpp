@@ -102,7 +102,8 @@ EvalInput open_eval_input(const EvalOptions& o, const std::function<void(const s
 
 void check_eval_input(const EvalOptions& o, const DistEnvironment& last) {
   const EvalInput in = open_eval_input(o, [](const std::string&) {});  // the ranks warn
-  rank_device(in.target.config.config.train.device, last, in.target.config.origin("train.device"));
+  const LoadedConfig& c = in.target.config;
+  check_backend(c.config.dist.backend, rank_device(c.config.train.device, last, c.origin("train.device")), c.origin("dist.backend"));
 }
 
 void evaluate(const EvalOptions& o) {
