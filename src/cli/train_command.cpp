@@ -46,8 +46,7 @@ void add_train_command(CLI::App& app, int argc, char** argv) {
     else
       check_output_path(*run_dir, "--run-dir", /*directory=*/true);
     if (const std::optional<DistEnvironment> last = last_launched_rank(*nproc)) {
-      const at::Device device = rank_device(config.config.train.device, *last, config.origin("train.device"));
-      check_backend(config.config.dist.backend, device, config.origin("dist.backend"));
+      const at::Device device = job_device(config, *last);
       check_training_input(config, last->world, device, device.is_cpu() ? *nproc : 1);
     }
     if (!launch_if_requested(*nproc, argc, argv)) train(config, *o);

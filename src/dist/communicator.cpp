@@ -53,6 +53,13 @@ c10::intrusive_ptr<c10d::Store> connect_store(const DistEnvironment& env, std::c
   return c10::make_intrusive<c10d::PrefixStore>(fmt::format("gqe/attempt_{}", attempt ? attempt : "0"), store);
 }
 
+// `origin`: the file that set dist.backend (none where it is not known).
+void check_backend(DistBackend backend, at::Device device, const std::string& origin) {
+  if (backend == DistBackend::nccl && !device.is_cuda())
+    throw UserError(fmt::format("{}dist.backend is nccl, but training runs on the CPU (use gloo or auto)",
+                                origin.empty() ? "" : origin + ": "));
+}
+
 }  // namespace
 
 void quiet_torch_warnings() {
@@ -71,11 +78,12 @@ at::Device rank_device(DeviceKind kind, const DistEnvironment& env, const std::s
   return at::Device(at::kCUDA, static_cast<c10::DeviceIndex>(env.local_rank));
 }
 
-void check_backend(DistBackend backend, at::Device device, const std::string& origin) {
-  if (backend == DistBackend::nccl && !device.is_cuda())
-    throw UserError(fmt::format("{}dist.backend is nccl, but training runs on the CPU (use gloo or auto)",
-                                origin.empty() ? "" : origin + ": "));
+at::Device job_device(const LoadedConfig& config, const DistEnvironment& env) {
+  const at::Device device = rank_device(config.config.train.device, env, config.origin("train.device"));
+  check_backend(config.config.dist.backend, device, config.origin("dist.backend"));
+  return device;
 }
+
 
 Communicator::Communicator(const DistEnvironment& env, DistBackend backend, at::Device device, std::chrono::seconds timeout,
                            int64_t bucket_bytes)
@@ -241,9 +249,12 @@ void Communicator::broadcast(const std::vector<at::Tensor>& tensors) {
 std::vector<std::string> Communicator::all_gather(const std::string& value) {
   if (!grouped()) return {value};
   std::vector<std::string> out;
+  const std::string prefix = fmt::format("gqe/gather/{}/", sequence_++);
+  guarded("all-gather", [&] { impl_->store->set(prefix + std::to_string(env_.rank), std::vector<uint8_t>(value.begin(), value.end())); });
+  // Read after a barrier: a rank that died before writing fails the others at once there (the
+  // closed connection), not at the store's timeout.
+  barrier();
   guarded("all-gather", [&] {
-    const std::string prefix = fmt::format("gqe/gather/{}/", sequence_++);
-    impl_->store->set(prefix + std::to_string(env_.rank), std::vector<uint8_t>(value.begin(), value.end()));
     for (int r = 0; r < env_.world; ++r) {
       const auto bytes = impl_->store->get(prefix + std::to_string(r));
       out.emplace_back(bytes.begin(), bytes.end());
@@ -275,32 +286,17 @@ void Communicator::check_input(const std::function<void()>& check) {
     message = e.what();
   }
   if (!grouped()) return;
-  // Each rank's verdict through the store, read after a barrier: a rank that died in its check
-  // (not bad input: a crash) fails the others at once there, not at the store's timeout.
-  const std::string prefix = fmt::format("gqe/input/{}/", sequence_++);
-  auto set = [&](const std::string& key, const std::string& value) {
-    guarded("input check", [&] { impl_->store->set(prefix + key, std::vector<uint8_t>(value.begin(), value.end())); });
-  };
-  auto get = [&](const std::string& key) {
-    std::string value;
-    guarded("input check", [&] {
-      const auto bytes = impl_->store->get(prefix + key);
-      value.assign(bytes.begin(), bytes.end());
-    });
-    return value;
-  };
-  set(std::to_string(env_.rank), message.empty() ? "ok" : "error:" + message);
-  barrier();
+  const std::vector<std::string> verdicts = all_gather(message.empty() ? "ok" : "error:" + message);
   for (int r = 0; r < env_.world; ++r) {
-    const std::string verdict = get(std::to_string(r));
+    const std::string& verdict = verdicts[static_cast<size_t>(r)];
     if (verdict == "ok") continue;
     const std::string line = r == 0 ? verdict.substr(6) : fmt::format("rank {}: {}", r, verdict.substr(6));  // another machine's file, maybe
     if (main()) {
       fmt::print(stderr, "gqe: {}\n", line);
       std::fflush(stderr);
-      set("reported", "1");
+      publish("input-reported", "1");
     } else {
-      get("reported");  // the line is out before this rank's exit can make a launcher stop rank 0
+      receive("input-reported");  // the line is out before this rank's exit can make a launcher stop rank 0
     }
     throw AlreadyReported(line);
   }

@@ -14,6 +14,7 @@
 #include <ATen/Tensor.h>
 
 #include "config/config.h"
+#include "config/config_loader.h"
 #include "dist/environment.h"
 
 namespace gqe {
@@ -26,9 +27,9 @@ void quiet_torch_warnings();
 // The device of this rank: GPU LOCAL_RANK when running on CUDA (train.device cuda, or auto with a
 // GPU present), else the CPU. Throws UserError for cuda without a GPU; `origin` names the file.
 at::Device rank_device(DeviceKind kind, const DistEnvironment& env, const std::string& origin);
-// dist.backend against that device: nccl needs CUDA. Throws UserError; `origin` names the file
-// (or nothing, when empty).
-void check_backend(DistBackend backend, at::Device device, const std::string& origin);
+// The device of a rank of a job (rank_device), with dist.backend checked against it (nccl needs
+// CUDA); a UserError names the file that set the key.
+at::Device job_device(const LoadedConfig& config, const DistEnvironment& env);
 
 class Communicator {
  public:
@@ -72,7 +73,8 @@ class Communicator {
   Pending start_reduce_scatter(at::Tensor& out, at::Tensor& in);
   // `in` may be this rank's part of `out` (out.narrow(0, rank * n, n)): gathered in place.
   Pending start_all_gather(at::Tensor& out, at::Tensor& in);
-  // Every rank's string, in rank order (through the store: for small control data).
+  // Every rank's string, in rank order (through the store: for small control data; read after a
+  // barrier, so a rank that died fails the others at once).
   std::vector<std::string> all_gather(const std::string& value);
   // Rank 0 tells the others something (through the store); receive() waits for it.
   void publish(const std::string& key, const std::string& value);

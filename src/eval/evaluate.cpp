@@ -102,8 +102,7 @@ EvalInput open_eval_input(const EvalOptions& o, const std::function<void(const s
 
 void check_eval_input(const EvalOptions& o, const DistEnvironment& last) {
   const EvalInput in = open_eval_input(o, [](const std::string&) {});  // the ranks warn
-  const LoadedConfig& c = in.target.config;
-  check_backend(c.config.dist.backend, rank_device(c.config.train.device, last, c.origin("train.device")), c.origin("dist.backend"));
+  job_device(in.target.config, last);
 }
 
 void evaluate(const EvalOptions& o) {
@@ -115,7 +114,7 @@ void evaluate(const EvalOptions& o) {
   const Config& c = t.config.config;
   const std::optional<Manifest>& manifest = in.manifest;
   const std::vector<EvalSet>& sets = in.sets;
-  const at::Device device = rank_device(c.train.device, env, t.config.origin("train.device"));
+  const at::Device device = job_device(t.config, env);
   prepare_fused_kernels(c.train.fused_kernels, device);
   const int cores = static_cast<int>(std::thread::hardware_concurrency());
   at::set_num_threads(c.train.threads > 0 ? static_cast<int>(c.train.threads) : std::max(1, cores / env.local_world));

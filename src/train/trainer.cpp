@@ -541,8 +541,7 @@ void Trainer::train_to_budget() {
   auto& log = console_->log();
 
   // Everything that can be wrong with the input is checked before the run directory is touched.
-  device_ = rank_device(t.device, env_, loaded_.origin("train.device"));
-  check_backend(config_.dist.backend, device_, loaded_.origin("dist.backend"));
+  device_ = job_device(loaded_, env_);
   prepare_fused_kernels(t.fused_kernels, device_, [&](const std::string& line) { log.warn("{}", line); });
   bf16_ = t.precision == Precision::bf16;
   // 0 threads: this rank's share of the machine's cores.
