@@ -184,6 +184,10 @@ TEST(Config, InconsistentValuesAreRefusedWithTheKeyAndFile) {
             std::string::npos);
   EXPECT_NE(error_loading(f, {"train.schedule.warmup_tokens=60000"}).find("overlap"), std::string::npos);
   EXPECT_NE(error_loading(f, {"log.name=a/b"}).find("log.name"), std::string::npos);
+  // A validation of less than a window would be none at all.
+  EXPECT_EQ(error_loading(f, {"eval.val_tokens=63"}),
+            "--set: eval.val_tokens: 63 is less than one window of data.seq_len = 64 (0: no validation loss)");
+  EXPECT_NO_THROW(load_config(f, {"eval.val_tokens=0"}));
   // top_k is only checked where it means something.
   EXPECT_NO_THROW(load_config(f, {"model.attention.top_k=3"}));
 }

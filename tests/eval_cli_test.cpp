@@ -7,11 +7,13 @@
 #include <random>
 #include <sstream>
 
+#include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
 #include "common/files.h"
 #include "common/utf8.h"
 #include "data/tokenizer.h"
+#include "dist/launcher.h"
 #include "eval/tasks.h"
 #include "test_util.h"
 
@@ -115,10 +117,10 @@ TEST_F(EvalCli, EvalReproducesTheTrainersValidationLossAndScoresTasks) {
 }
 
 TEST_F(EvalCli, TwoRanksScoreTheSame) {
-  const std::string tasks = " --tasks hellaswag=" + path("hellaswag.jsonl") + ",piqa=" + path("piqa.jsonl");
-  ASSERT_EQ(run_command(gqe("eval " + path("run") + " --val" + tasks)).status, 0);
+  const std::string tasks_of_both = " --tasks hellaswag=" + path("hellaswag.jsonl") + ",piqa=" + path("piqa.jsonl");
+  ASSERT_EQ(run_command(gqe("eval " + path("run") + " --val" + tasks_of_both)).status, 0);
   const auto one = nlohmann::json::parse(read_file(path("run") + "/eval.json"));
-  const auto two = run_command(gqe("eval " + path("run") + " --val" + tasks + " --nproc 2"));
+  const auto two = run_command(gqe("eval " + path("run") + " --val" + tasks_of_both + " --nproc 2"));
   ASSERT_EQ(two.status, 0) << two.err;
   const auto both = nlohmann::json::parse(read_file(path("run") + "/eval.json"));
   EXPECT_EQ(both["tasks"], one["tasks"]);
@@ -136,6 +138,26 @@ TEST_F(EvalCli, TwoRanksScoreTheSame) {
   ASSERT_EQ(older.status, 0) << older.err;
   EXPECT_EQ(older.err, "gqe: skipping a damaged checkpoint: " + newest + ": model.safetensors does not match its checksum (damaged)\n");
   EXPECT_NE(older.out.find("checkpoints/step_00000010 (step 10, 2560 tokens)"), std::string::npos) << older.out;
+
+  // Ranks that srun (or torchrun) starts check the eval sets in the job: one line, from rank 0.
+  const int port = free_port();
+  auto tasks = [&](const std::string& args) {
+    auto slurm = [&](int task) {
+      return fmt::format("SLURM_PROCID={} SLURM_NTASKS=2 SLURM_LOCALID={} SLURM_NTASKS_PER_NODE=2 SLURM_JOB_NODELIST=localhost "
+                         "MASTER_PORT={} ", task, task, port);
+    };
+    test::Background second("exec env " + slurm(1) + gqe("eval " + path("run") + args) + " >" + path("eval.1.out") + " 2>&1");
+    const auto first = run_command(slurm(0) + gqe("eval " + path("run") + args));
+    EXPECT_EQ(second.wait(), first.status);
+    EXPECT_EQ(read_file(path("eval.1.out")), "");
+    return first;
+  };
+  const auto slurm_wrong = tasks(" --tasks piqa=" + path("hellaswag.jsonl"));
+  EXPECT_EQ(slurm_wrong.status, 2);
+  EXPECT_EQ(slurm_wrong.err, wrong.err);
+  const auto slurm_right = tasks(" --val" + tasks_of_both);
+  ASSERT_EQ(slurm_right.status, 0) << slurm_right.err;
+  EXPECT_EQ(nlohmann::json::parse(read_file(path("run") + "/eval.json"))["tasks"], one["tasks"]);
 }
 
 TEST_F(EvalCli, SampleWritesTextDeterministicallyAtTemperatureZero) {
@@ -295,6 +317,15 @@ TEST_F(EvalCli, BadInputIsOneLine) {
   const auto swapped = run_command(gqe("eval " + path("run") + " --tasks hellaswag=" + path("piqa.jsonl")));
   EXPECT_EQ(swapped.status, 2);
   EXPECT_EQ(swapped.err, "gqe: " + path("piqa.jsonl") + ": holds the task piqa, not hellaswag\n");
+  // --val of a run trained without a validation loss: said before the model is loaded.
+  fs::copy(path("run"), path("no-val"), fs::copy_options::recursive);
+  std::string config = read_file(path("no-val") + "/config.yaml");
+  const size_t at = config.find("val_tokens: 256");
+  ASSERT_NE(at, std::string::npos) << config;
+  write_file_atomic(path("no-val") + "/config.yaml", config.replace(at, 15, "val_tokens: 0"));
+  const auto no_val = run_command(gqe("eval " + path("no-val") + " --val"));
+  EXPECT_EQ(no_val.status, 2);
+  EXPECT_EQ(no_val.err, "gqe: --val: the run's eval.val_tokens is 0 (no validation loss)\n");
   // An eval set made with another tokenizer.
   ASSERT_EQ(run_command(std::string(GQE_DATA_BINARY) + " train-tokenizer " + std::string(GQE_SOURCE_DIR) +
                         "/tests/data/prose.txt --vocab-size 420 --out " + path("other")).status, 0);

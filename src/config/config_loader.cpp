@@ -605,6 +605,9 @@ void validate(const LoadedConfig& loaded) {
   } catch (const SizeOverflow& e) {
     check.require(false, e.key, e.what());
   }
+  check.require(c.eval.val_tokens == 0 || c.eval.val_tokens >= c.data.seq_len, "eval.val_tokens",
+                fmt::format("{} is less than one window of data.seq_len = {} (0: no validation loss)", c.eval.val_tokens,
+                            c.data.seq_len));
 }
 
 LoadedConfig load_config(const std::string& path, const std::vector<std::string>& overrides) {

@@ -11,6 +11,7 @@
 #include "common/files.h"
 #include "config/config_loader.h"
 #include "data/dataset.h"
+#include "data/loader.h"
 #include "data/tokenizer.h"
 #include "dist/communicator.h"
 #include "dist/device_info.h"
@@ -70,21 +71,26 @@ std::optional<Manifest> dataset_manifest(const Config& c) {
   return m;
 }
 
-// What an evaluation reads, checked.
 struct EvalInput {
-  Target target;
   std::optional<Manifest> manifest;
+  std::shared_ptr<const TokenStream> val;  // with --val
   std::vector<EvalSet> sets;
 };
 
-EvalInput open_eval_input(const EvalOptions& o, const std::function<void(const std::string&)>& warn = {}) {
-  EvalInput in{open_target(o.target, warn), {}, {}};
-  const Config& c = in.target.config.config;
+// What an evaluation reads besides the checkpoint (the run's dataset, the eval sets), checked.
+EvalInput open_eval_input(const EvalOptions& o, const Config& c) {
+  EvalInput in;
   std::vector<std::pair<std::string, std::string>> tasks = o.tasks;
   if (tasks.empty()) tasks.assign(c.eval.tasks.begin(), c.eval.tasks.end());
   if (tasks.empty() && !o.val) throw UserError("eval: nothing to do: give --tasks NAME=FILE,... or --val (or set eval.tasks)");
   in.manifest = dataset_manifest(c);
-  if (o.val && !in.manifest) throw UserError(fmt::format("--val: the run's dataset {} is not there", c.data.dataset));
+  if (o.val) {
+    if (!in.manifest) throw UserError(fmt::format("--val: the run's dataset {} is not there", c.data.dataset));
+    if (c.eval.val_tokens == 0) throw UserError("--val: the run's eval.val_tokens is 0 (no validation loss)");
+    in.val = std::make_shared<const TokenStream>(c.data.dataset, *in.manifest, Split::val);
+    if (samples_per_epoch(in.val->size(), static_cast<uint64_t>(c.data.seq_len)) == 0)
+      throw UserError(fmt::format("--val: the val split of {} is shorter than one window", c.data.dataset));
+  }
   for (const auto& [name, file] : tasks) {
     EvalSet set = read_eval_set(file);
     if (set.task != name) throw UserError(fmt::format("{}: holds the task {}, not {}", file, set.task, name));
@@ -101,19 +107,19 @@ EvalInput open_eval_input(const EvalOptions& o, const std::function<void(const s
 }  // namespace
 
 void check_eval_input(const EvalOptions& o, const DistEnvironment& last) {
-  const EvalInput in = open_eval_input(o, [](const std::string&) {});  // the ranks warn
-  job_device(in.target.config, last);
+  const Target t = open_target(o.target, [](const std::string&) {});  // the ranks warn
+  job_device(t.config, last);
+  open_eval_input(o, t.config.config);
 }
 
 void evaluate(const EvalOptions& o) {
   const DistEnvironment env = read_dist_environment();
-  const EvalInput in = open_eval_input(o, [&](const std::string& w) {
+  // The checkpoint and its config (what the job is made from) each rank checks alone, as gqe
+  // train does its config; the rest in the job below.
+  const Target t = open_target(o.target, [&](const std::string& w) {
     if (env.rank == 0) fmt::print(stderr, "gqe: {}\n", w);
   });
-  const Target& t = in.target;
   const Config& c = t.config.config;
-  const std::optional<Manifest>& manifest = in.manifest;
-  const std::vector<EvalSet>& sets = in.sets;
   const at::Device device = job_device(t.config, env);
   prepare_fused_kernels(c.train.fused_kernels, device);
   const int cores = static_cast<int>(std::thread::hardware_concurrency());
@@ -121,20 +127,23 @@ void evaluate(const EvalOptions& o) {
   Communicator comm(env, c.dist.backend, device, std::chrono::seconds(c.dist.timeout_s));
   const bool bf16 = c.train.precision == Precision::bf16;
   const int64_t batch = o.batch_size > 0 ? o.batch_size : c.eval.batch_size;
-
-  // What an evaluation certainly holds: the weights and one batch's logits.
-  const double logits = static_cast<double>(batch) * static_cast<double>(c.data.seq_len) * static_cast<double>(c.model.vocab_size) *
-                        (bf16 ? 2.0 : 4.0);
-  require_memory(device, describe_model(c).weights_bytes + logits,
-                 fmt::format("{} {}: the model and the logits of a batch", o.batch_size > 0 ? "--batch-size" : "eval.batch_size", batch));
+  // Ranks started by torchrun or srun check the eval sets, the dataset and the memory in the job:
+  // bad input is one line for it (--nproc's launcher has checked all but the memory already).
+  EvalInput in;
+  comm.check_input([&] {
+    in = open_eval_input(o, c);
+    // What an evaluation certainly holds: the weights and one batch's logits.
+    const double logits = static_cast<double>(batch) * static_cast<double>(c.data.seq_len) *
+                          static_cast<double>(c.model.vocab_size) * (bf16 ? 2.0 : 4.0);
+    require_memory(device, describe_model(c).weights_bytes + logits,
+                   fmt::format("{} {}: the model and the logits of a batch", o.batch_size > 0 ? "--batch-size" : "eval.batch_size", batch));
+  });
+  const std::vector<EvalSet>& sets = in.sets;
   Decoder model = load_model(t, device);
   std::optional<double> val;
-  if (o.val) {
-    auto stream = std::make_shared<const TokenStream>(c.data.dataset, *manifest, Split::val);
-    val = validation_loss(*model, stream, c.data.seq_len, static_cast<uint64_t>(c.eval.val_tokens / c.data.seq_len), batch,
+  if (o.val)
+    val = validation_loss(*model, in.val, c.data.seq_len, static_cast<uint64_t>(c.eval.val_tokens / c.data.seq_len), batch,
                           bf16, comm);
-    if (!val) throw UserError(fmt::format("--val: the val split of {} is shorter than one window", c.data.dataset));
-  }
   std::vector<TaskScore> scores;
   std::string samples;
   for (const EvalSet& set : sets) {

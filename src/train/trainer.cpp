@@ -440,7 +440,10 @@ void Trainer::evaluate() {
   for (const EvalSet& set : eval_sets_)
     scores.push_back(score_eval_set(*model_, set, config_.eval.batch_size, config_.data.seq_len, bf16_, *comm_));
   if (!val && scores.empty()) {
-    console_->log().warn("no validation windows: the val split of {} is shorter than seq_len + 1", config_.data.dataset);
+    if (config_.eval.val_tokens == 0)
+      console_->log().warn("nothing to evaluate: eval.val_tokens is 0 and eval.tasks is empty");
+    else
+      console_->log().warn("no validation windows: the val split of {} is shorter than seq_len + 1", config_.data.dataset);
     return;
   }
   std::string summary;
