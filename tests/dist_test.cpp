@@ -278,7 +278,11 @@ TEST_F(Distributed, ARunContinuesExactlyOnAnotherNumberOfProcesses) {
       job.signal(SIGTERM);
       ASSERT_EQ(job.wait(), 0) << read_file(path(run + ".out"));
     }
-    ASSERT_NE(read_file(path(run + ".out")).find("stopped by SIGTERM"), std::string::npos);
+    const std::string stopped = read_file(path(run + ".out"));
+    ASSERT_NE(stopped.find("stopped by SIGTERM"), std::string::npos);
+    // The command it gives to continue launches as this one did.
+    EXPECT_NE(stopped.find(" --set train.tokens=51200 --run-dir " + path(run) + (first.empty() ? "" : " --nproc 2") + "\n"),
+              std::string::npos) << stopped;
     ASSERT_LT(steps_of(path(run)).size(), 200u);
     const auto r = run_command(train(run, then + " " + budget));
     ASSERT_EQ(r.status, 0) << r.err;

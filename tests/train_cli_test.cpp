@@ -134,21 +134,27 @@ TEST_F(Train, StopsWhenTheTokenBudgetIsSpent) {
 TEST_F(Train, ResumeAfterSigtermIsBitwiseExact) {
   const std::string budget = "--set train.tokens=51200";  // 200 steps
   ASSERT_EQ(run_command(train("straight", budget)).status, 0);
+  // A run directory whose name a shell would split: the command the run prints must still work.
+  const std::string run_dir = path("stopped run");
   {
-    test::Background run("exec " + train("stopped", budget) + " >" + path("stopped.out") + " 2>&1");
-    wait_for([&] { return lines_in(path("stopped") + "/metrics.jsonl") >= 30; });
+    test::Background run("exec " + gqe("train " + config_ + " --run-dir '" + run_dir + "' " + budget) + " >" +
+                         path("stopped.out") + " 2>&1");
+    wait_for([&] { return lines_in(run_dir + "/metrics.jsonl") >= 30; });
     run.signal(SIGTERM);
     ASSERT_EQ(run.wait(), 0);
   }
   const std::string out = read_file(path("stopped.out"));
   EXPECT_NE(out.find("stopped by SIGTERM at step"), std::string::npos) << out;
-  EXPECT_NE(out.find("continue with: gqe train"), std::string::npos);
-  const size_t stopped_at = lines_in(path("stopped") + "/metrics.jsonl");
+  const size_t hint = out.find("continue with: gqe train ");
+  ASSERT_NE(hint, std::string::npos) << out;
+  const std::string command = out.substr(hint + 19, out.find('\n', hint) - hint - 19);
+  EXPECT_EQ(command, "train " + config_ + " --set train.tokens=51200 --run-dir '" + run_dir + "'");
+  const size_t stopped_at = lines_in(run_dir + "/metrics.jsonl");
   ASSERT_LT(stopped_at, 150u);
-  const auto resumed = run_command(train("stopped", budget));
+  const auto resumed = run_command(gqe(command));
   ASSERT_EQ(resumed.status, 0) << resumed.err;
   EXPECT_NE(resumed.out.find("resuming from"), std::string::npos);
-  EXPECT_EQ(deterministic_metrics(path("stopped")), deterministic_metrics(path("straight")));
+  EXPECT_EQ(deterministic_metrics(run_dir), deterministic_metrics(path("straight")));
 }
 
 // The host reads a step's numbers after it has launched the next step, except where a checkpoint

@@ -35,7 +35,8 @@ DistEnvironment read_dist_environment(const std::function<std::optional<std::str
     return integer(name, *v);
   };
   if (getenv("RANK") || getenv("WORLD_SIZE")) {
-    e.source = "RANK/WORLD_SIZE (torchrun, gqe --nproc)";
+    e.source = getenv("GQE_NPROC") ? "gqe --nproc" : "RANK/WORLD_SIZE (torchrun)";
+    e.nproc = get_int("GQE_NPROC").value_or(0);
     const auto rank = get_int("RANK"), world = get_int("WORLD_SIZE");
     if (!rank || !world) throw UserError("environment: RANK and WORLD_SIZE must be set together");
     e.rank = *rank;

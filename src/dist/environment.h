@@ -16,6 +16,7 @@ struct DistEnvironment {
   std::string master_addr = "127.0.0.1";
   int master_port = 29500;
   std::string source = "single process";  // "torchrun", "SLURM", ...
+  int nproc = 0;  // started by `gqe ... --nproc N` (GQE_NPROC): N; else 0
   bool distributed() const { return world > 1; }
 };
 

@@ -68,6 +68,7 @@ int launch_local_ranks(int nproc, const std::vector<std::string>& args, const No
       ::setenv("LOCAL_WORLD_SIZE", std::to_string(nproc).c_str(), 1);
       ::setenv("MASTER_ADDR", node.master_addr.c_str(), 1);
       ::setenv("MASTER_PORT", std::to_string(port).c_str(), 1);
+      ::setenv("GQE_NPROC", std::to_string(nproc).c_str(), 1);  // who started it: its resume hint says --nproc
       std::vector<char*> argv;
       for (const auto& a : args) argv.push_back(const_cast<char*>(a.c_str()));
       argv.push_back(nullptr);

@@ -20,6 +20,7 @@
 #include "common/checksum.h"
 #include "common/error.h"
 #include "common/files.h"
+#include "common/process.h"
 #include "common/run_lock.h"
 #include "data/dataset.h"
 #include "data/loader.h"
@@ -517,9 +518,19 @@ void Trainer::synchronize_start(const std::optional<Checkpoint>& checkpoint) {
 }
 
 std::string Trainer::continue_command() const {
-  return fmt::format("gqe train {}{} --run-dir {}", options_.config_file,
-                     options_.overrides.empty() ? "" : " --set " + fmt::format("{}", fmt::join(options_.overrides, " --set ")),
-                     run_dir_.string());
+  // A command to paste into a shell: arguments quoted where a shell would split or expand them.
+  auto arg = [](const std::string& s) {
+    const bool plain = !s.empty() && s.find_first_not_of("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
+                                                         "_-./=:,+@%") == std::string::npos;
+    return plain ? s : shell_quoted(s);
+  };
+  std::string command = "gqe train " + arg(options_.config_file);
+  for (const std::string& o : options_.overrides) command += " --set " + arg(o);
+  command += " --run-dir " + arg(run_dir_.string());
+  // Launched by gqe --nproc: the same again (it may resume on any number of ranks, but the user's
+  // choice was this one).
+  if (env_.nproc > 0) command += fmt::format(" --nproc {}{}", env_.nproc, env_.world > env_.nproc ? " (on every node, as before)" : "");
+  return command;
 }
 
 void Trainer::run() {
