@@ -701,6 +701,22 @@ TEST_F(Distributed, BadInputIsOneLineFromTheWholeJob) {
   EXPECT_EQ(odd.status, 2);
   EXPECT_EQ(odd.err, "gqe: rank 1: " + mismatch);
   EXPECT_FALSE(fs::exists(path("z")));
+
+  // Two nodes of 2 ranks, the dataset missing on the second: its ranks check in the job, so node 0
+  // stops at once with the line (and node 1 shows it too), rather than waiting dist.timeout_s for
+  // ranks that node 1's launcher never started.
+  const int node_port = free_port();
+  const std::string nodes = "--nproc 2 --set train.micro_batch_size=2 --set dist.timeout_s=60";
+  const auto start = std::chrono::steady_clock::now();
+  test::Background node1("exec env " + node_env(1, node_port) + train("w", nodes + " --set data.dataset=" + path("nowhere")) + " >" +
+                         path("w.1.out") + " 2>&1");
+  const auto node0 = run_command(node_env(0, node_port) + train("w", nodes));
+  EXPECT_EQ(node1.wait(), 2);
+  EXPECT_LT(std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count(), 30.0);
+  EXPECT_EQ(node0.status, 2);
+  EXPECT_EQ(node0.err, "gqe: rank 2: " + path("nowhere") + ": dataset directory not found\n");
+  EXPECT_EQ(read_file(path("w.1.out")), "gqe: " + path("nowhere") + ": dataset directory not found\n");
+  EXPECT_FALSE(fs::exists(path("w")));
 }
 
 }  // namespace

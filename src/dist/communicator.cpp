@@ -11,6 +11,7 @@
 #include <torch/csrc/distributed/c10d/ProcessGroupNCCL.hpp>
 #endif
 
+#include <algorithm>
 #include <cstdio>
 #include <cstdlib>
 #include <utility>
@@ -287,6 +288,14 @@ void Communicator::check_input(const std::function<void()>& check) {
   }
   if (!grouped()) return;
   const std::vector<std::string> verdicts = all_gather(message.empty() ? "ok" : "error:" + message);
+  // A machine other than rank 0's shows the line of the first of its ranks that found bad input
+  // too: the file may be this machine's (its ranks are the local_world from rank - local_rank).
+  const int first_here = env_.rank - env_.local_rank;
+  if (!message.empty() && first_here != 0 &&
+      std::all_of(verdicts.begin() + first_here, verdicts.begin() + env_.rank, [](const std::string& v) { return v == "ok"; })) {
+    fmt::print(stderr, "gqe: {}\n", message);
+    std::fflush(stderr);
+  }
   for (int r = 0; r < env_.world; ++r) {
     const std::string& verdict = verdicts[static_cast<size_t>(r)];
     if (verdict == "ok") continue;

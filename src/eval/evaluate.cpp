@@ -109,7 +109,8 @@ EvalInput open_eval_input(const EvalOptions& o, const Config& c) {
 void check_eval_input(const EvalOptions& o, const DistEnvironment& last) {
   const Target t = open_target(o.target, [](const std::string&) {});  // the ranks warn
   job_device(t.config, last);
-  open_eval_input(o, t.config.config);
+  // On several machines the ranks check the rest in the job, which stops every node (as gqe train).
+  if (last.world == last.local_world) open_eval_input(o, t.config.config);
 }
 
 void evaluate(const EvalOptions& o) {
