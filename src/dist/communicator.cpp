@@ -129,7 +129,8 @@ Communicator::Communicator(const DistEnvironment& env, DistBackend backend, at::
   } catch (const UserError&) {
     throw;
   } catch (const std::exception& e) {
-    throw std::runtime_error(fmt::format("rank {}: cannot join the job at {}:{} within {}s: {}", env.rank,
+    throw std::runtime_error(fmt::format("rank {}: cannot join the job at {}:{} within {}s: {} (a rank that never started: "
+                                         "a node whose launcher stopped says why on its console)", env.rank,
                                          env_.master_addr, env_.master_port,
                                          std::chrono::duration_cast<std::chrono::seconds>(wait).count(), first_line(e.what())));
   }
