@@ -430,7 +430,9 @@ TEST_F(Distributed, TwoNodesTrainLikeOneMachine) {
     const std::string run = fmt::format("nodes-x{}{}", per_node, sharded ? "-sharded" : ""), port = std::to_string(free_port());
     const std::string extra =
         fmt::format("--nproc {} --set train.micro_batch_size={}", per_node, 4 / per_node) + (sharded ? kShard : "");
-    test::Background second("exec env " + node_env(1, std::stoi(port)) + train(run, extra) + " >" + path(run + ".1.out") + " 2>&1");
+    // Only rank 0's machine needs the run directory: on node 1 it may be a path that cannot be one.
+    const std::string unusable = test::gqe("train " + config_ + " --run-dir " + path("one") + "/config.yaml/run " + extra);
+    test::Background second("exec env " + node_env(1, std::stoi(port)) + unusable + " >" + path(run + ".1.out") + " 2>&1");
     const auto first = run_command(node_env(0, std::stoi(port)) + train(run, extra));
     ASSERT_EQ(first.status, 0) << first.err << first.out;
     ASSERT_EQ(second.wait(), 0) << read_file(path(run + ".1.out"));

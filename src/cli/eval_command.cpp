@@ -52,8 +52,7 @@ void add_eval_commands(CLI::App& app, int argc, char** argv) {
   eval->add_flag("--val", e->val, "Validation loss and perplexity over the run's val split");
   eval->add_option("--batch-size", e->batch_size, "Sequences per forward pass (default: eval.batch_size)")
       ->check(whole_at_least(1));
-  eval->add_option("--log-samples", e->log_samples, "Write each item's log-likelihoods and picks here (JSON Lines)")
-      ->each([](const std::string& file) { check_output_path(file, "--log-samples", /*directory=*/false); });
+  eval->add_option("--log-samples", e->log_samples, "Write each item's log-likelihoods and picks here (JSON Lines)");
   add_nproc_option(eval, e->nproc);
   eval->footer(
       "Examples:\n"
@@ -67,6 +66,7 @@ void add_eval_commands(CLI::App& app, int argc, char** argv) {
     o.val = e->val;
     o.batch_size = e->batch_size;
     o.log_samples = e->log_samples;
+    if (!o.log_samples.empty() && hosts_rank0(e->nproc)) check_output_path(o.log_samples, "--log-samples", /*directory=*/false);
     if (const std::optional<DistEnvironment> last = last_launched_rank(e->nproc)) check_eval_input(o, *last);
     if (!launch_if_requested(e->nproc, argc, argv)) evaluate(o);
   });

@@ -37,6 +37,11 @@ std::optional<DistEnvironment> last_launched_rank(int nproc) {
   return last;
 }
 
+bool hosts_rank0(int nproc) {
+  if (const std::optional<DistEnvironment> last = last_launched_rank(nproc)) return last->rank == last->local_rank;
+  return read_dist_environment().rank == 0;
+}
+
 bool launch_if_requested(int nproc, int argc, char** argv) {
   const std::optional<NodeLayout> node = launch_layout(nproc);
   if (!node) return false;

@@ -22,6 +22,12 @@ bool launch_if_requested(int nproc, int argc, char** argv);
 // too); nothing when the command would run in this process. Throws as launch_if_requested does.
 std::optional<DistEnvironment> last_launched_rank(int nproc);
 
+// Whether the job's rank 0 runs on this machine: in this process (a rank that torchrun or srun
+// started, or a single process), or among the ranks launch_if_requested would start. Only rank 0
+// writes the run directory and the reports, so only there are their paths checked. Throws as
+// launch_if_requested does.
+bool hosts_rank0(int nproc);
+
 // Adds the --nproc option.
 void add_nproc_option(CLI::App* command, int& nproc);
 

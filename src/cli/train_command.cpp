@@ -40,11 +40,13 @@ void add_train_command(CLI::App& app, int argc, char** argv) {
   cmd->callback([o, run_dir, nproc, argc, argv] {
     o->run_dir = *run_dir;
     const LoadedConfig config = load_config(o->config_file, o->overrides);  // bad input fails before any rank starts
-    if (run_dir->empty())
-      check_output_path(std::filesystem::path(config.config.log.dir) / config.config.log.name,
-                        config.origin("log.dir") + ": log.dir/log.name", /*directory=*/true);
-    else
-      check_output_path(*run_dir, "--run-dir", /*directory=*/true);
+    if (hosts_rank0(*nproc)) {  // only rank 0's machine needs the run directory
+      if (run_dir->empty())
+        check_output_path(std::filesystem::path(config.config.log.dir) / config.config.log.name,
+                          config.origin("log.dir") + ": log.dir/log.name", /*directory=*/true);
+      else
+        check_output_path(*run_dir, "--run-dir", /*directory=*/true);
+    }
     if (const std::optional<DistEnvironment> last = last_launched_rank(*nproc)) {
       const at::Device device = job_device(config, *last);
       // The data, the batch shape and the memory: before any rank starts on one machine. On several,
