@@ -52,6 +52,48 @@ TEST_F(FusedKernelSwitch, NonFiniteOrMissingOutputsAreDisagreements) {
   EXPECT_FALSE(fused_enabled(FusedKernel::add_rmsnorm));
 }
 
+// A kernel that cannot run at all (built for another GPU: "no kernel image is available", or a
+// launch that asks for too much) is a disagreement too, with the error's first line; the run goes on.
+TEST_F(FusedKernelSwitch, AKernelThatFailsToRunFallsBackWithItsError) {
+  const at::Tensor x = at::ones({4});
+  std::vector<KernelCheck> checks{
+      {FusedKernel::swiglu,
+       [&] {
+         TORCH_CHECK(!fused_enabled(FusedKernel::swiglu), "CUDA error: no kernel image is available for execution on the device\n"
+                                                          "CUDA kernel errors might be asynchronously reported");
+         return std::vector<at::Tensor>{x};
+       }},
+      {FusedKernel::cross_entropy, [&] {
+         if (fused_enabled(FusedKernel::cross_entropy)) throw std::runtime_error("too many resources requested for launch");
+         return std::vector<at::Tensor>{x};
+       }},
+      {FusedKernel::rope, [&] { return std::vector<at::Tensor>{x}; }}};
+  std::vector<std::string> warnings;
+  const auto disabled = check_fused_kernels(checks, 1e-4, [&](const std::string& w) { warnings.push_back(w); });
+  EXPECT_EQ(disabled, (std::vector<FusedKernel>{FusedKernel::swiglu, FusedKernel::cross_entropy}));
+  EXPECT_FALSE(fused_enabled(FusedKernel::swiglu));
+  EXPECT_FALSE(fused_enabled(FusedKernel::cross_entropy));
+  EXPECT_TRUE(fused_enabled(FusedKernel::rope));
+  EXPECT_EQ(warnings, (std::vector<std::string>{
+                          "the fused SwiGLU kernel fails on this GPU (CUDA error: no kernel image is available for execution on the "
+                          "device); ATen serves it for this run (train.fused_kernels: off turns all of them off)",
+                          "the fused cross-entropy kernel fails on this GPU (too many resources requested for launch); ATen serves it "
+                          "for this run (train.fused_kernels: off turns all of them off)"}));
+
+  // ATen's path failing after it (a kernel error that left the GPU unusable): the run cannot go on.
+  std::vector<KernelCheck> poisoned{{FusedKernel::add_rmsnorm, [&]() -> std::vector<at::Tensor> {
+                                       TORCH_CHECK(false, "CUDA error: an illegal memory access was encountered\nmore");
+                                     }}};
+  try {
+    check_fused_kernels(poisoned, 1e-4, [&](const std::string& w) { warnings.push_back(w); });
+    ADD_FAILURE() << "no error";
+  } catch (const std::runtime_error& e) {
+    EXPECT_STREQ(e.what(), "the first-contact check of the fused residual-add + RMSNorm kernel failed on this GPU: CUDA error: an illegal "
+                           "memory access was encountered (train.fused_kernels: off runs without our kernels)");
+  }
+  EXPECT_EQ(warnings.size(), 2u);
+}
+
 TEST_F(FusedKernelSwitch, OnAndOffSetEveryKernelWithoutChecking) {
   prepare_fused_kernels(FusedKernels::off, at::kCPU);
   for (FusedKernel k : kFusedKernels) EXPECT_FALSE(fused_enabled(k)) << fused_kernel_name(k);

@@ -33,6 +33,13 @@ std::vector<at::Tensor> with_grads(const std::vector<at::Tensor>& outputs, const
   return out;
 }
 
+// An error's first line, without c10's backtrace.
+std::string error_line(const std::exception& e) {
+  const auto* c10_error = dynamic_cast<const c10::Error*>(&e);
+  const std::string what = c10_error ? c10_error->what_without_backtrace() : e.what();
+  return what.substr(0, what.find('\n'));
+}
+
 at::Tensor leaf(at::IntArrayRef shape, at::Device device) {
   return at::randn(shape, at::TensorOptions().device(device)).requires_grad_(true);
 }
@@ -57,24 +64,39 @@ std::vector<FusedKernel> check_fused_kernels(const std::vector<KernelCheck>& che
                                              const std::function<void(const std::string&)>& warn) {
   std::vector<FusedKernel> disabled;
   for (const KernelCheck& check : checks) {
+    std::string failure;  // the kernel cannot run here: built for another GPU, a launch asking for too much, ...
+    std::vector<at::Tensor> fused, aten;
     set_fused_enabled(check.kernel, true);
-    const std::vector<at::Tensor> fused = check.run();
+    try {
+      fused = check.run();
+    } catch (const std::exception& e) {
+      failure = error_line(e);
+    }
     set_fused_enabled(check.kernel, false);
-    const std::vector<at::Tensor> aten = check.run();
     double worst = 0;
-    for (size_t i = 0; i < fused.size() && i < aten.size(); ++i) {
-      const double scale = aten[i].abs().max().item<double>() + 1e-30;
-      const double diff = (fused[i].to(at::kDouble) - aten[i].to(at::kDouble)).abs().max().item<double>();
-      worst = std::max(worst, std::isfinite(diff) ? diff / scale : INFINITY);
+    try {
+      aten = check.run();
+      for (size_t i = 0; failure.empty() && i < fused.size() && i < aten.size(); ++i) {
+        const double scale = aten[i].abs().max().item<double>() + 1e-30;
+        const double diff = (fused[i].to(at::kDouble) - aten[i].to(at::kDouble)).abs().max().item<double>();
+        worst = std::max(worst, std::isfinite(diff) ? diff / scale : INFINITY);
+      }
+    } catch (const std::exception& e) {
+      // ATen's path fails too: a kernel error that left the GPU unusable (an illegal memory access
+      // surfaces at a later synchronisation), which no fallback mends.
+      throw std::runtime_error(fmt::format("the first-contact check of the fused {} kernel failed on this GPU: {} "
+                                           "(train.fused_kernels: off runs without our kernels)",
+                                           fused_kernel_name(check.kernel), error_line(e)));
     }
-    const bool ok = fused.size() == aten.size() && worst <= tolerance;
+    const bool ok = failure.empty() && fused.size() == aten.size() && worst <= tolerance;
     set_fused_enabled(check.kernel, ok);
-    if (!ok) {
-      disabled.push_back(check.kernel);
-      warn(fmt::format("the fused {} kernel disagrees with ATen on this GPU (largest relative difference {:.3g}, tolerance {:.0e}); "
-                       "ATen serves it for this run (train.fused_kernels: off turns all of them off)",
-                       fused_kernel_name(check.kernel), worst, tolerance));
-    }
+    if (ok) continue;
+    disabled.push_back(check.kernel);
+    const std::string what =
+        failure.empty() ? fmt::format("disagrees with ATen on this GPU (largest relative difference {:.3g}, tolerance {:.0e})", worst, tolerance)
+                        : fmt::format("fails on this GPU ({})", failure);
+    warn(fmt::format("the fused {} kernel {}; ATen serves it for this run (train.fused_kernels: off turns all of them off)",
+                     fused_kernel_name(check.kernel), what));
   }
   return disabled;
 }
