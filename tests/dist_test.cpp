@@ -611,6 +611,15 @@ TEST_F(Distributed, OverlappedParameterGatherIsBitwiseTheBlockingOne) {
   EXPECT_EQ(model_hash("resumed"), model_hash("overlapped"));
 }
 
+// Warnings that every rank gives (eight GPUs where a fused kernel cannot run) are said once.
+TEST(RankLines, EachDistinctLineOnceWithTheRanksUnlessAllGaveIt) {
+  const std::string a = "the fused SwiGLU kernel fails on this GPU", b = "the fused RoPE kernel disagrees";
+  EXPECT_EQ(merge_rank_lines({{a, b}, {a}, {a, b}, {a}}), (std::vector<std::string>{a, "ranks 0, 2: " + b}));
+  EXPECT_EQ(merge_rank_lines({{}, {b}, {}}), (std::vector<std::string>{"rank 1: " + b}));
+  EXPECT_EQ(merge_rank_lines({{a, a}}), (std::vector<std::string>{a}));  // one process
+  EXPECT_TRUE(merge_rank_lines({{}, {}}).empty());
+}
+
 TEST(BucketLayout, FillsFromTheLastParameterAndPadsToTheRanks) {
   // 40-byte buckets of fp32: 10 elements. Parameters of 4, 3, 12, 2, 5 elements.
   const BucketLayout l({4, 3, 12, 2, 5}, 4, 40, 3);

@@ -41,13 +41,17 @@ void add_common(CLI::App* cmd, Common& c) {
 }
 
 // The config's device and thread count, as training would use them on one process.
-at::Device setup_device(const LoadedConfig& loaded, const DistEnvironment& env = {}) {
+// warnings: where the fused kernels' warnings go (for a job to say them once); by default, stderr.
+at::Device setup_device(const LoadedConfig& loaded, const DistEnvironment& env = {}, std::vector<std::string>* warnings = nullptr) {
   const Config& c = loaded.config;
   // 0 threads: this rank's share of the machine's cores (as gqe train).
   at::set_num_threads(c.train.threads > 0 ? static_cast<int>(c.train.threads)
                                           : std::max(1, static_cast<int>(std::thread::hardware_concurrency()) / env.local_world));
   const at::Device device = rank_device(c.train.device, env, loaded.origin("train.device"));
-  prepare_fused_kernels(c.train.fused_kernels, device);
+  if (warnings)
+    prepare_fused_kernels(c.train.fused_kernels, device, [&](const std::string& line) { warnings->push_back(line); });
+  else
+    prepare_fused_kernels(c.train.fused_kernels, device);
   return device;
 }
 
@@ -212,9 +216,11 @@ void add_bench_train(CLI::App& bench, int argc, char** argv) {
     const LoadedConfig loaded = load_config(o->config, o->overrides);
     if (launch_if_requested(o->nproc, argc, argv)) return;
     const DistEnvironment env = read_dist_environment();
-    const at::Device device = setup_device(loaded, env);
+    std::vector<std::string> kernel_warnings;
+    const at::Device device = setup_device(loaded, env, &kernel_warnings);
     const Config& c = loaded.config;
     Communicator comm(env, c.dist.backend, device, std::chrono::seconds(c.dist.timeout_s));
+    for (const std::string& line : comm.gather_warnings(kernel_warnings)) fmt::print(stderr, "gqe: warning: {}\n", line);
     comm.check_input([&] {  // before anything is allocated; one line for all ranks
       for (const ModelConfig& m : {as_gqa(c.model), as_gqe(c.model)}) {
         Config variant = c;

@@ -312,6 +312,36 @@ void Communicator::check_input(const std::function<void()>& check) {
   }
 }
 
+std::vector<std::string> merge_rank_lines(const std::vector<std::vector<std::string>>& per_rank) {
+  std::vector<std::pair<std::string, std::vector<size_t>>> lines;  // each line with the ranks that gave it
+  for (size_t r = 0; r < per_rank.size(); ++r)
+    for (const std::string& line : per_rank[r]) {
+      auto it = std::find_if(lines.begin(), lines.end(), [&](const auto& l) { return l.first == line; });
+      if (it == lines.end()) it = lines.insert(lines.end(), {line, {}});
+      if (it->second.empty() || it->second.back() != r) it->second.push_back(r);
+    }
+  std::vector<std::string> out;
+  for (const auto& [line, ranks] : lines)
+    out.push_back(ranks.size() == per_rank.size()
+                      ? line
+                      : fmt::format("{} {}: {}", ranks.size() == 1 ? "rank" : "ranks", fmt::join(ranks, ", "), line));
+  return out;
+}
+
+std::vector<std::string> Communicator::gather_warnings(const std::vector<std::string>& mine) {
+  std::vector<std::vector<std::string>> per_rank;
+  for (const std::string& joined : all_gather(fmt::format("{}", fmt::join(mine, "\n")))) {
+    std::vector<std::string> lines;
+    for (size_t start = 0; start < joined.size();) {
+      const size_t end = std::min(joined.find('\n', start), joined.size());
+      lines.push_back(joined.substr(start, end - start));
+      start = end + 1;
+    }
+    per_rank.push_back(std::move(lines));
+  }
+  return main() ? merge_rank_lines(per_rank) : std::vector<std::string>{};
+}
+
 void Communicator::barrier() {
   if (!grouped()) return;
   guarded("barrier", [&] { impl_->group->barrier()->wait(); });

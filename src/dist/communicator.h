@@ -31,6 +31,10 @@ at::Device rank_device(DeviceKind kind, const DistEnvironment& env, const std::s
 // CUDA); a UserError names the file that set the key.
 at::Device job_device(const LoadedConfig& config, const DistEnvironment& env);
 
+// Each distinct line of the ranks' (per_rank[r]: rank r's), once, in the order first given, with
+// "rank R: " or "ranks R1, R2, ...: " in front unless every rank gave it.
+std::vector<std::string> merge_rank_lines(const std::vector<std::vector<std::string>>& per_rank);
+
 class Communicator {
  public:
   Communicator(const DistEnvironment& env, DistBackend backend, at::Device device, std::chrono::seconds timeout,
@@ -88,6 +92,9 @@ class Communicator {
   // out. So a job says what is wrong once, where its console is, and no rank is left waiting at a
   // collective for one that stopped.
   void check_input(const std::function<void()>& check);
+  // Every rank's warnings (one line each), for rank 0 to print: merge_rank_lines of them on rank 0,
+  // nothing on the others. Eight GPUs that all warn say so once.
+  std::vector<std::string> gather_warnings(const std::vector<std::string>& mine);
   // The job's last collective: stops the watchdog (dist/watchdog.h), then waits for every rank.
   // Call it when the work is done; a rank that ends without it looks failed to the others.
   void finish();

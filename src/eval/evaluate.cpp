@@ -122,10 +122,12 @@ void evaluate(const EvalOptions& o) {
   });
   const Config& c = t.config.config;
   const at::Device device = job_device(t.config, env);
-  prepare_fused_kernels(c.train.fused_kernels, device);
+  std::vector<std::string> kernel_warnings;
+  prepare_fused_kernels(c.train.fused_kernels, device, [&](const std::string& line) { kernel_warnings.push_back(line); });
   const int cores = static_cast<int>(std::thread::hardware_concurrency());
   at::set_num_threads(c.train.threads > 0 ? static_cast<int>(c.train.threads) : std::max(1, cores / env.local_world));
   Communicator comm(env, c.dist.backend, device, std::chrono::seconds(c.dist.timeout_s));
+  for (const std::string& line : comm.gather_warnings(kernel_warnings)) fmt::print(stderr, "gqe: warning: {}\n", line);
   const bool bf16 = c.train.precision == Precision::bf16;
   const int64_t batch = o.batch_size > 0 ? o.batch_size : c.eval.batch_size;
   // Ranks started by torchrun or srun check the eval sets, the dataset and the memory in the job:

@@ -556,7 +556,8 @@ void Trainer::train_to_budget() {
 
   // Everything that can be wrong with the input is checked before the run directory is touched.
   device_ = job_device(loaded_, env_);
-  prepare_fused_kernels(t.fused_kernels, device_, [&](const std::string& line) { log.warn("{}", line); });
+  std::vector<std::string> kernel_warnings;  // said once for the job, below
+  prepare_fused_kernels(t.fused_kernels, device_, [&](const std::string& line) { kernel_warnings.push_back(line); });
   bf16_ = t.precision == Precision::bf16;
   // 0 threads: this rank's share of the machine's cores.
   const int cores = static_cast<int>(std::thread::hardware_concurrency());
@@ -566,6 +567,7 @@ void Trainer::train_to_budget() {
   // in the job, so that bad input is one line for it (Communicator::check_input).
   comm_ = std::make_unique<Communicator>(env_, config_.dist.backend, device_, std::chrono::seconds(config_.dist.timeout_s),
                                          config_.dist.bucket_mb << 20);
+  for (const std::string& line : comm_->gather_warnings(kernel_warnings)) log.warn("{}", line);
   TrainingInput input;
   comm_->check_input([&] { input = check_training_input(loaded_, env_.world, device_, device_.is_cpu() ? env_.local_world : 1); });
   manifest_ = std::move(input.manifest);
