@@ -9,6 +9,7 @@
 
 #include "bench/benchmarks.h"
 #include "common/files.h"
+#include "dist/launcher.h"
 #include "test_util.h"
 
 namespace gqe {
@@ -71,6 +72,19 @@ TEST(Bench, TrainOnRanksReportsTheCommunicationShare) {
     EXPECT_GT(row["comm_share"].get<double>(), 0.0);
     EXPECT_LT(row["comm_share"].get<double>(), 1.0);
   }
+
+  // On two nodes only rank 0's writes the report: another node's --json path need not be usable.
+  const std::string port = std::to_string(free_port()), nodes = dir.path() / "nodes.json";
+  auto node = [&](int i, const std::string& report) {
+    return "NNODES=2 NODE_RANK=" + std::to_string(i) + " MASTER_ADDR=127.0.0.1 MASTER_PORT=" + port + " " +
+           gqe("bench train " + config("tiny/gqe.yaml") + " --steps 2 --warmup 1 --set train.micro_batch_size=2 --set data.seq_len=32 "
+               "--set dist.timeout_s=30 --json " + report);
+  };
+  test::Background second("exec env " + node(1, json.string() + "/not-a-directory.json") + " >" + (dir.path() / "1.out").string() + " 2>&1");
+  const auto first = run_command(node(0, nodes));
+  ASSERT_EQ(first.status, 0) << first.err;
+  ASSERT_EQ(second.wait(), 0) << read_file(dir.path() / "1.out");
+  EXPECT_EQ(nlohmann::json::parse(read_file(nodes))["train"][0]["ranks"], 2);
 }
 
 TEST(Bench, PrefillReportsTheSpeedUpOfEachLength) {

@@ -87,9 +87,7 @@ struct Reported : Common {
 };
 
 void add_reporting(CLI::App* cmd, Reported& o, const std::string& profiled) {
-  cmd->add_option("--json", o.json, "Also write the timings to this file")->each([](const std::string& file) {
-    check_output_path(file, "--json", /*directory=*/false);  // before the benchmark, not after it
-  });
+  cmd->add_option("--json", o.json, "Also write the timings to this file");  // checked by the command, before it runs
   cmd->add_option("--profile", o.profile,
                   "Then list the GPU kernels (on a CPU: ATen ops, by self time) taking the most time (this many) " + profiled)
       ->check(whole_at_least(0, 100000));
@@ -154,6 +152,7 @@ void add_bench_prefill(CLI::App& bench) {
       "  gqe bench prefill configs/bench/prefill-cpu.yaml --seq-lens 2048,4096,8192\n"
       "  gqe bench prefill configs/gqe-250m.yaml --seq-lens 2048,4096,8192,16384,32768,65536,131072");
   cmd->callback([o] {
+    if (!o->json.empty()) check_output_path(o->json, "--json", /*directory=*/false);  // before the benchmark, not after it
     const LoadedConfig loaded = load_config(o->config, o->overrides);
     const at::Device device = setup_device(loaded);
     std::vector<int64_t> lengths;
@@ -213,6 +212,8 @@ void add_bench_train(CLI::App& bench, int argc, char** argv) {
       "  gqe bench train configs/gqe-250m.yaml --set train.micro_batch_size=16   # on a GPU: MFU\n"
       "  gqe bench train configs/gqe-250m.yaml --nproc 8 --set dist.shard_optimizer=true  # data parallel: comm share");
   cmd->callback([o, argc, argv] {
+    // Rank 0 writes the report: its path is checked where rank 0 runs, before the benchmark.
+    if (!o->json.empty() && hosts_rank0(o->nproc)) check_output_path(o->json, "--json", /*directory=*/false);
     const LoadedConfig loaded = load_config(o->config, o->overrides);
     if (launch_if_requested(o->nproc, argc, argv)) return;
     const DistEnvironment env = read_dist_environment();
@@ -309,7 +310,7 @@ void add_comm(CLI::App& bench, int argc, char** argv) {
         sizes.push_back(*v);
       }
     }
-    if (!o->json.empty()) check_output_path(o->json, "--json", /*directory=*/false);
+    if (!o->json.empty() && hosts_rank0(o->nproc)) check_output_path(o->json, "--json", /*directory=*/false);
     if (launch_if_requested(o->nproc, argc, argv)) return;
     const DistEnvironment env = read_dist_environment();
     const at::Device device = setup_device(loaded, env);
