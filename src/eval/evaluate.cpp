@@ -130,8 +130,8 @@ void evaluate(const EvalOptions& o) {
   for (const std::string& line : comm.gather_warnings(kernel_warnings)) fmt::print(stderr, "gqe: warning: {}\n", line);
   const bool bf16 = c.train.precision == Precision::bf16;
   const int64_t batch = o.batch_size > 0 ? o.batch_size : c.eval.batch_size;
-  // Ranks started by torchrun or srun check the eval sets, the dataset and the memory in the job:
-  // bad input is one line for it (--nproc's launcher has checked all but the memory already).
+  // The eval sets, the dataset and the memory, in the job: bad input is one line for it, whoever
+  // started the ranks (--nproc's launcher on one machine has checked all but the memory already).
   EvalInput in;
   comm.check_input([&] {
     in = open_eval_input(o, c);

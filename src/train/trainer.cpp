@@ -563,8 +563,9 @@ void Trainer::train_to_budget() {
   const int cores = static_cast<int>(std::thread::hardware_concurrency());
   at::set_num_threads(t.threads > 0 ? static_cast<int>(t.threads) : std::max(1, cores / env_.local_world));
 
-  // Ranks started by torchrun or srun check the input themselves (--nproc's launcher has already):
-  // in the job, so that bad input is one line for it (Communicator::check_input).
+  // The ranks check the input in the job, so that bad input is one line for it
+  // (Communicator::check_input): --nproc's launcher on one machine has checked it already, but
+  // not on several, nor torchrun or srun.
   comm_ = std::make_unique<Communicator>(env_, config_.dist.backend, device_, std::chrono::seconds(config_.dist.timeout_s),
                                          config_.dist.bucket_mb << 20);
   for (const std::string& line : comm_->gather_warnings(kernel_warnings)) log.warn("{}", line);
