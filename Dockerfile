@@ -15,6 +15,10 @@ ENV DEBIAN_FRONTEND=noninteractive
 RUN apt-get update && apt-get install -y --no-install-recommends python3 python3-venv ca-certificates \
     && rm -rf /var/lib/apt/lists/*
 
+# Our CUDA kernels' architectures: an image is built without a GPU to ask, so A100 (8.0) and
+# H100/H200 (9.0; later GPUs run its PTX). --build-arg TORCH_CUDA_ARCH_LIST=... to change it.
+ARG TORCH_CUDA_ARCH_LIST="8.0 9.0"
+
 WORKDIR /gqe
 COPY . .
 # The tests and their GoogleTest build stay out of the image; scripts/test.sh adds them.

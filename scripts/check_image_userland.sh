@@ -79,7 +79,7 @@ chroot "$dir" env PATH=/usr/local/cuda/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/r
   bash -euo pipefail -c "
     apt-get update -qq && apt-get install -y -qq --no-install-recommends python3 python3-venv ca-certificates >/dev/null
     cd /gqe
-    GQE_VENV=/opt/gqe-venv GQE_TARGETS='gqe gqe-data' scripts/setup.sh
+    TORCH_CUDA_ARCH_LIST='8.0 9.0' GQE_VENV=/opt/gqe-venv GQE_TARGETS='gqe gqe-data' scripts/setup.sh
     build/gqe info configs/gqe-250m.yaml | head -3
     if (( $tests )); then GQE_VENV=/opt/gqe-venv scripts/test.sh; fi"
 say "done: the Dockerfile's steps build gqe on Ubuntu 24.04"
