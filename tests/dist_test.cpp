@@ -695,15 +695,10 @@ TEST_F(Distributed, BadInputIsOneLineFromTheWholeJob) {
   // rank finds bad is rank 0's one line too, not one per rank.
   const int port = free_port();
   auto tasks = [&](const std::string& extra) {
-    auto slurm = [&](int task) {
-      return fmt::format("SLURM_PROCID={} SLURM_NTASKS=2 SLURM_LOCALID={} SLURM_NTASKS_PER_NODE=2 SLURM_JOB_NODELIST=localhost "
-                         "MASTER_PORT={} ", task, task, port);
-    };
-    test::Background second("exec env " + slurm(1) + train("z", extra) + " >" + path("z.1.out") + " 2>&1");
-    const auto first = run_command(slurm(0) + train("z", extra));
-    EXPECT_EQ(second.wait(), 2);
+    const test::TwoTasks t = test::run_as_two_slurm_tasks(train("z", extra), port, path("z.1.out"));
+    EXPECT_EQ(t.task1_status, 2);
     EXPECT_EQ(read_file(path("z.1.out")), "");
-    return first;
+    return t.task0;
   };
   const auto missing = tasks("--set data.dataset=" + path("nowhere"));
   EXPECT_EQ(missing.status, 2);

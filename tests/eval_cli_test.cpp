@@ -7,7 +7,6 @@
 #include <random>
 #include <sstream>
 
-#include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
 #include "common/files.h"
@@ -142,15 +141,10 @@ TEST_F(EvalCli, TwoRanksScoreTheSame) {
   // Ranks that srun (or torchrun) starts check the eval sets in the job: one line, from rank 0.
   const int port = free_port();
   auto tasks = [&](const std::string& args) {
-    auto slurm = [&](int task) {
-      return fmt::format("SLURM_PROCID={} SLURM_NTASKS=2 SLURM_LOCALID={} SLURM_NTASKS_PER_NODE=2 SLURM_JOB_NODELIST=localhost "
-                         "MASTER_PORT={} ", task, task, port);
-    };
-    test::Background second("exec env " + slurm(1) + gqe("eval " + path("run") + args) + " >" + path("eval.1.out") + " 2>&1");
-    const auto first = run_command(slurm(0) + gqe("eval " + path("run") + args));
-    EXPECT_EQ(second.wait(), first.status);
+    const test::TwoTasks t = test::run_as_two_slurm_tasks(gqe("eval " + path("run") + args), port, path("eval.1.out"));
+    EXPECT_EQ(t.task1_status, t.task0.status);
     EXPECT_EQ(read_file(path("eval.1.out")), "");
-    return first;
+    return t.task0;
   };
   const auto slurm_wrong = tasks(" --tasks piqa=" + path("hellaswag.jsonl"));
   EXPECT_EQ(slurm_wrong.status, 2);

@@ -4,6 +4,7 @@
 #include <nlohmann/json.hpp>
 
 #include <algorithm>
+#include <functional>
 #include <map>
 #include <memory>
 #include <sstream>
@@ -41,17 +42,15 @@ void add_common(CLI::App* cmd, Common& c) {
 }
 
 // The config's device and thread count, as training would use them on one process.
-// warnings: where the fused kernels' warnings go (for a job to say them once); by default, stderr.
-at::Device setup_device(const LoadedConfig& loaded, const DistEnvironment& env = {}, std::vector<std::string>* warnings = nullptr) {
+// warn: where the fused kernels' warnings go (for a job to say them once); by default, stderr.
+at::Device setup_device(const LoadedConfig& loaded, const DistEnvironment& env = {},
+                        const std::function<void(const std::string&)>& warn = {}) {
   const Config& c = loaded.config;
   // 0 threads: this rank's share of the machine's cores (as gqe train).
   at::set_num_threads(c.train.threads > 0 ? static_cast<int>(c.train.threads)
                                           : std::max(1, static_cast<int>(std::thread::hardware_concurrency()) / env.local_world));
   const at::Device device = rank_device(c.train.device, env, loaded.origin("train.device"));
-  if (warnings)
-    prepare_fused_kernels(c.train.fused_kernels, device, [&](const std::string& line) { warnings->push_back(line); });
-  else
-    prepare_fused_kernels(c.train.fused_kernels, device);
+  prepare_fused_kernels(c.train.fused_kernels, device, warn);
   return device;
 }
 
@@ -218,7 +217,7 @@ void add_bench_train(CLI::App& bench, int argc, char** argv) {
     if (launch_if_requested(o->nproc, argc, argv)) return;
     const DistEnvironment env = read_dist_environment();
     std::vector<std::string> kernel_warnings;
-    const at::Device device = setup_device(loaded, env, &kernel_warnings);
+    const at::Device device = setup_device(loaded, env, [&](const std::string& line) { kernel_warnings.push_back(line); });
     const Config& c = loaded.config;
     Communicator comm(env, c.dist.backend, device, std::chrono::seconds(c.dist.timeout_s));
     for (const std::string& line : comm.gather_warnings(kernel_warnings)) fmt::print(stderr, "gqe: warning: {}\n", line);

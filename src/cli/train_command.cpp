@@ -52,7 +52,7 @@ void add_train_command(CLI::App& app, int argc, char** argv) {
       // The data, the batch shape and the memory: before any rank starts on one machine. On several,
       // the ranks check them in the job (Communicator::check_input), which stops every node with
       // the line; a node that stopped here would leave the others waiting dist.timeout_s for it.
-      if (last->world == last->local_world) check_training_input(config, last->world, device, device.is_cpu() ? *nproc : 1);
+      if (last->one_machine()) check_training_input(config, last->world, device, device.is_cpu() ? *nproc : 1);
     }
     if (!launch_if_requested(*nproc, argc, argv)) train(config, *o);
   });

@@ -6,7 +6,7 @@
 
 namespace gqe {
 
-// `s` as one word for /bin/sh.
+// `s` as one word for /bin/sh: as it is where no character needs quoting, else in single quotes.
 std::string shell_quoted(const std::string& s);
 
 struct CommandOutput {

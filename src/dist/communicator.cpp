@@ -14,6 +14,7 @@
 #include <algorithm>
 #include <cstdio>
 #include <cstdlib>
+#include <sstream>
 #include <utility>
 
 #include "common/error.h"
@@ -331,13 +332,9 @@ std::vector<std::string> merge_rank_lines(const std::vector<std::vector<std::str
 std::vector<std::string> Communicator::gather_warnings(const std::vector<std::string>& mine) {
   std::vector<std::vector<std::string>> per_rank;
   for (const std::string& joined : all_gather(fmt::format("{}", fmt::join(mine, "\n")))) {
-    std::vector<std::string> lines;
-    for (size_t start = 0; start < joined.size();) {
-      const size_t end = std::min(joined.find('\n', start), joined.size());
-      lines.push_back(joined.substr(start, end - start));
-      start = end + 1;
-    }
-    per_rank.push_back(std::move(lines));
+    std::vector<std::string>& lines = per_rank.emplace_back();
+    std::istringstream in(joined);
+    for (std::string line; std::getline(in, line);) lines.push_back(line);
   }
   return main() ? merge_rank_lines(per_rank) : std::vector<std::string>{};
 }

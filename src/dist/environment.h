@@ -18,6 +18,7 @@ struct DistEnvironment {
   std::string source = "single process";  // "torchrun", "SLURM", ...
   int nproc = 0;  // started by `gqe ... --nproc N` (GQE_NPROC): N; else 0
   bool distributed() const { return world > 1; }
+  bool one_machine() const { return world == local_world; }
 };
 
 // `getenv` is injectable for tests. Throws UserError naming the variable for inconsistent values.

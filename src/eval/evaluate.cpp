@@ -110,7 +110,7 @@ void check_eval_input(const EvalOptions& o, const DistEnvironment& last) {
   const Target t = open_target(o.target, [](const std::string&) {});  // the ranks warn
   job_device(t.config, last);
   // On several machines the ranks check the rest in the job, which stops every node (as gqe train).
-  if (last.world == last.local_world) open_eval_input(o, t.config.config);
+  if (last.one_machine()) open_eval_input(o, t.config.config);
 }
 
 void evaluate(const EvalOptions& o) {

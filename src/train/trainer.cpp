@@ -518,15 +518,10 @@ void Trainer::synchronize_start(const std::optional<Checkpoint>& checkpoint) {
 }
 
 std::string Trainer::continue_command() const {
-  // A command to paste into a shell: arguments quoted where a shell would split or expand them.
-  auto arg = [](const std::string& s) {
-    const bool plain = !s.empty() && s.find_first_not_of("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
-                                                         "_-./=:,+@%") == std::string::npos;
-    return plain ? s : shell_quoted(s);
-  };
-  std::string command = "gqe train " + arg(options_.config_file);
-  for (const std::string& o : options_.overrides) command += " --set " + arg(o);
-  command += " --run-dir " + arg(run_dir_.string());
+  // A command to paste into a shell.
+  std::string command = "gqe train " + shell_quoted(options_.config_file);
+  for (const std::string& o : options_.overrides) command += " --set " + shell_quoted(o);
+  command += " --run-dir " + shell_quoted(run_dir_.string());
   // Launched by gqe --nproc: the same again (it may resume on any number of ranks, but the user's
   // choice was this one).
   if (env_.nproc > 0) command += fmt::format(" --nproc {}{}", env_.nproc, env_.world > env_.nproc ? " (on every node, as before)" : "");
