@@ -725,5 +725,62 @@ TEST_F(Distributed, BadInputIsOneLineFromTheWholeJob) {
   EXPECT_FALSE(fs::exists(path("w")));
 }
 
+
+// A process that stops before it joins the job (a node whose launcher finds no GPU, a config bad
+// on one node or in one task) tells the ranks already waiting: they stop at once with its line
+// (rank 0 prints it) instead of after dist.timeout_s (60 s here). A node that never comes is waited
+// for until the timeout.
+TEST_F(Distributed, AProcessThatStopsBeforeJoiningStopsTheJobAtOnce) {
+  const std::string extra = "--nproc 2 --set train.micro_batch_size=2 --set dist.timeout_s=60";
+  const std::string no_gpu = "--set: train.device is cuda, but no CUDA device is available";
+  const std::string bad_lr = "--set: train.optimizer.lr: expected a number, got 'fast'";
+  auto seconds_since = [](std::chrono::steady_clock::time_point t) {
+    return std::chrono::duration<double>(std::chrono::steady_clock::now() - t).count();
+  };
+  {  // node 1 has no GPU: node 0's ranks stop with its line
+    const int port = free_port();
+    const auto start = std::chrono::steady_clock::now();
+    test::Background node1("exec env " + node_env(1, port) + train("a", extra + " --set train.device=cuda") + " >" +
+                           path("a.1.out") + " 2>&1");
+    const auto node0 = run_command(node_env(0, port) + train("a", extra));
+    EXPECT_EQ(node1.wait(), 2);
+    EXPECT_LT(seconds_since(start), 30.0);
+    EXPECT_EQ(node0.status, 2);
+    EXPECT_EQ(node0.err, "gqe: node 1: " + no_gpu + "\n");
+    EXPECT_EQ(read_file(path("a.1.out")), "gqe: " + no_gpu + "\n");
+  }
+  {  // node 0 (where rank 0 would serve the store) stops: it serves it until node 1's ranks know
+    const int port = free_port();
+    const auto start = std::chrono::steady_clock::now();
+    test::Background node1("exec env " + node_env(1, port) + train("b", extra) + " >" + path("b.1.out") + " 2>&1");
+    const auto node0 = run_command(node_env(0, port) + train("b", extra + " --set train.optimizer.lr=fast"));
+    EXPECT_EQ(node1.wait(), 2);
+    EXPECT_LT(seconds_since(start), 30.0);
+    EXPECT_EQ(node0.status, 2);
+    EXPECT_EQ(node0.err, "gqe: " + bad_lr + "\n");
+    EXPECT_EQ(read_file(path("b.1.out")), "");  // node 0's console has the line
+  }
+  {  // srun's task 1 of 2 has a bad config
+    const auto start = std::chrono::steady_clock::now();
+    const test::TwoTasks t = test::run_as_two_slurm_tasks(train("c", "--set dist.timeout_s=60"), free_port(), path("c.1.out"),
+                                                          train("c", "--set dist.timeout_s=60 --set train.optimizer.lr=fast"));
+    EXPECT_LT(seconds_since(start), 30.0);
+    EXPECT_EQ(t.task1_status, 2);
+    EXPECT_EQ(t.task0.status, 2);
+    EXPECT_EQ(t.task0.err, "gqe: rank 1: " + bad_lr + "\n");
+    EXPECT_EQ(read_file(path("c.1.out")), "gqe: " + bad_lr + "\n");
+  }
+  {  // node 1 never starts: node 0 waits the timeout, and says how many ranks came
+    const int port = free_port();
+    const auto node0 = run_command(node_env(0, port) + train("d", "--nproc 2 --set train.micro_batch_size=2 --set dist.timeout_s=1"));
+    EXPECT_EQ(node0.status, 1);
+    EXPECT_NE(node0.err.find(fmt::format("gqe: error: rank 0: cannot join the job at 127.0.0.1:{} within 3s: 2 of 4 ranks came (", port)),
+              std::string::npos)
+        << node0.err;
+    EXPECT_NE(node0.err.find("gqe: error: rank 1: cannot join the job"), std::string::npos) << node0.err;
+  }
+  for (const char* run : {"a", "b", "c", "d"}) EXPECT_FALSE(fs::exists(path(run))) << run;
+}
+
 }  // namespace
 }  // namespace gqe

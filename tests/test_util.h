@@ -170,17 +170,19 @@ class Background {
 };
 
 // `command` run as two SLURM tasks of one node meeting at `port` (task 1 in the background, its
-// output in `task1_output`): task 0's result, and task 1's exit status.
+// output in `task1_output`; `task1_command` instead where given): task 0's result, and task 1's
+// exit status.
 struct TwoTasks {
   RunResult task0;
   int task1_status = -1;
 };
-inline TwoTasks run_as_two_slurm_tasks(const std::string& command, int port, const std::string& task1_output) {
+inline TwoTasks run_as_two_slurm_tasks(const std::string& command, int port, const std::string& task1_output,
+                                       const std::string& task1_command = "") {
   auto slurm = [&](int task) {
     return "SLURM_PROCID=" + std::to_string(task) + " SLURM_NTASKS=2 SLURM_LOCALID=" + std::to_string(task) +
            " SLURM_NTASKS_PER_NODE=2 SLURM_JOB_NODELIST=localhost MASTER_PORT=" + std::to_string(port) + " ";
   };
-  Background task1("exec env " + slurm(1) + command + " >" + task1_output + " 2>&1");
+  Background task1("exec env " + slurm(1) + (task1_command.empty() ? command : task1_command) + " >" + task1_output + " 2>&1");
   TwoTasks r;
   r.task0 = run_command(slurm(0) + command);
   r.task1_status = task1.wait();

@@ -211,69 +211,71 @@ void add_bench_train(CLI::App& bench, int argc, char** argv) {
       "  gqe bench train configs/gqe-250m.yaml --set train.micro_batch_size=16   # on a GPU: MFU\n"
       "  gqe bench train configs/gqe-250m.yaml --nproc 8 --set dist.shard_optimizer=true  # data parallel: comm share");
   cmd->callback([o, argc, argv] {
-    // Rank 0 writes the report: its path is checked where rank 0 runs, before the benchmark.
-    if (!o->json.empty() && hosts_rank0(o->nproc)) check_output_path(o->json, "--json", /*directory=*/false);
-    const LoadedConfig loaded = load_config(o->config, o->overrides);
-    if (launch_if_requested(o->nproc, argc, argv)) return;
-    const DistEnvironment env = read_dist_environment();
-    std::vector<std::string> kernel_warnings;
-    const at::Device device = setup_device(loaded, env, [&](const std::string& line) { kernel_warnings.push_back(line); });
-    const Config& c = loaded.config;
-    Communicator comm(env, c.dist.backend, device, std::chrono::seconds(c.dist.timeout_s));
-    for (const std::string& line : comm.gather_warnings(kernel_warnings)) fmt::print(stderr, "gqe: warning: {}\n", line);
-    comm.check_input([&] {  // before anything is allocated; one line for all ranks
+    job_command(o->nproc, [&] {
+      // Rank 0 writes the report: its path is checked where rank 0 runs, before the benchmark.
+      if (!o->json.empty() && hosts_rank0(o->nproc)) check_output_path(o->json, "--json", /*directory=*/false);
+      const LoadedConfig loaded = load_config(o->config, o->overrides);
+      if (launch_if_requested(o->nproc, argc, argv)) return;
+      const DistEnvironment env = read_dist_environment();
+      std::vector<std::string> kernel_warnings;
+      const at::Device device = setup_device(loaded, env, [&](const std::string& line) { kernel_warnings.push_back(line); });
+      const Config& c = loaded.config;
+      Communicator comm(env, c.dist.backend, device, std::chrono::seconds(c.dist.timeout_s));
+      for (const std::string& line : comm.gather_warnings(kernel_warnings)) fmt::print(stderr, "gqe: warning: {}\n", line);
+      comm.check_input([&] {  // before anything is allocated; one line for all ranks
+        for (const ModelConfig& m : {as_gqa(c.model), as_gqe(c.model)}) {
+          Config variant = c;
+          variant.model = m;
+          const MemoryVerdict memory = memory_verdict(describe_model(variant, env.world), device_name(device),
+                                                      available_memory(device), device.is_cpu() ? env.local_world : 1);
+          if (!memory.fits) throw UserError(fmt::format("{}: {} cannot train here: {}", o->config, enum_name(m.attention.type), memory.text));
+        }
+      });
+      // Every rank runs the steps; rank 0 reports.
+      std::vector<TrainTiming> timings;
+      std::vector<Profile> profiles(2);
       for (const ModelConfig& m : {as_gqa(c.model), as_gqe(c.model)}) {
         Config variant = c;
         variant.model = m;
-        const MemoryVerdict memory = memory_verdict(describe_model(variant, env.world), device_name(device),
-                                                    available_memory(device), device.is_cpu() ? env.local_world : 1);
-        if (!memory.fits) throw UserError(fmt::format("{}: {} cannot train here: {}", o->config, enum_name(m.attention.type), memory.text));
+        Profile* profile = o->profile > 0 ? &profiles[timings.size()] : nullptr;
+        timings.push_back(bench_train_step(variant, comm, o->steps, o->warmup, device, profile, 3));
       }
+      comm.finish();
+      if (!comm.main()) return;
+      const auto peak = peak_bf16_flops(device_name(device));
+      fmt::print("train step: {}, micro-batch {} x {} tokens, {}, {}, median of {} steps after {}\n", o->config,
+                 c.train.micro_batch_size, c.data.seq_len, enum_name(c.train.precision), where(device), o->steps, o->warmup);
+      fmt::print("  FLOPs per token: 6 x matmul params + 6 x layers x active heads x head_dim x seq_len (causal; see gqe info)\n");
+      if (c.train.activation_checkpointing)
+        fmt::print("  activation checkpointing: each layer recomputed in the backward pass (not counted in the FLOPs, as MFU does)\n");
+      fmt::print("  peak memory: parameters, gradients, AdamW state and activations, tensors only\n");
+      const bool bf16 = c.train.precision == Precision::bf16;
+      fmt::print("  MFU: {}\n", !peak ? std::string("none (the peak of this device is not known)")
+                                 : !bf16 ? std::string("none (the known peak is bf16's; this step is fp32)")
+                                         : fmt::format("against {:.0f} TFLOP/s dense bf16 ({})", *peak / 1e12, device_name(device)));
+      if (comm.world() > 1)
+        fmt::print("  data parallel: {} ranks over {}{}; comm: the share of the step spent waiting on gradient "
+                   "collectives after the backward pass{}\n", comm.world(), comm.backend_name(),
+                   c.dist.shard_optimizer ? ", sharded optimizer" : "",
+                   !c.dist.shard_optimizer ? ""
+                   : c.dist.overlap_param_gather ? " and on the parameters' all-gather where the forward pass waits for it"
+                                                 : " and on the parameters' all-gather after the update");
+      fmt::print("  {:<18}{:>12}{:>14}{:>12}{:>10}{:>14}{:>8}\n", "attention", "step (ms)", "tokens/s", "GFLOP/token", "MFU",
+                 "peak memory", "comm");
+      nlohmann::ordered_json rows = nlohmann::ordered_json::array();
+      for (const TrainTiming& t : timings) {
+        fmt::print("  {:<18}{:>12.1f}{:>14.0f}{:>12.4g}{:>10}{:>11.2f} GiB{:>7.1f}%\n", t.name, t.step_seconds * 1e3,
+                   t.tokens_per_second, t.flops_per_token / 1e9, t.mfu ? fmt::format("{:.1f}%", *t.mfu * 100) : "-",
+                   t.peak_memory / (1024.0 * 1024 * 1024), t.comm_share * 100);
+        rows.push_back({{"attention", t.name}, {"step_s", t.step_seconds}, {"tokens_per_s", t.tokens_per_second},
+                        {"flops_per_token", t.flops_per_token}, {"mfu", t.mfu ? nlohmann::ordered_json(*t.mfu) : nullptr},
+                        {"peak_memory_bytes", t.peak_memory}, {"comm_share", t.comm_share}, {"ranks", comm.world()}});
+      }
+      fmt::print("  GQE / GQA tokens/s: {:.3f}\n", timings[1].tokens_per_second / timings[0].tokens_per_second);
+      for (size_t i = 0; i < timings.size() && o->profile > 0; ++i)
+        print_kernels(timings[i].name + " training step", device, profiles[i], 3, timings[i].step_seconds, o->profile);
+      write_report(*o, device, "train", rows);
     });
-    // Every rank runs the steps; rank 0 reports.
-    std::vector<TrainTiming> timings;
-    std::vector<Profile> profiles(2);
-    for (const ModelConfig& m : {as_gqa(c.model), as_gqe(c.model)}) {
-      Config variant = c;
-      variant.model = m;
-      Profile* profile = o->profile > 0 ? &profiles[timings.size()] : nullptr;
-      timings.push_back(bench_train_step(variant, comm, o->steps, o->warmup, device, profile, 3));
-    }
-    comm.finish();
-    if (!comm.main()) return;
-    const auto peak = peak_bf16_flops(device_name(device));
-    fmt::print("train step: {}, micro-batch {} x {} tokens, {}, {}, median of {} steps after {}\n", o->config,
-               c.train.micro_batch_size, c.data.seq_len, enum_name(c.train.precision), where(device), o->steps, o->warmup);
-    fmt::print("  FLOPs per token: 6 x matmul params + 6 x layers x active heads x head_dim x seq_len (causal; see gqe info)\n");
-    if (c.train.activation_checkpointing)
-      fmt::print("  activation checkpointing: each layer recomputed in the backward pass (not counted in the FLOPs, as MFU does)\n");
-    fmt::print("  peak memory: parameters, gradients, AdamW state and activations, tensors only\n");
-    const bool bf16 = c.train.precision == Precision::bf16;
-    fmt::print("  MFU: {}\n", !peak ? std::string("none (the peak of this device is not known)")
-                               : !bf16 ? std::string("none (the known peak is bf16's; this step is fp32)")
-                                       : fmt::format("against {:.0f} TFLOP/s dense bf16 ({})", *peak / 1e12, device_name(device)));
-    if (comm.world() > 1)
-      fmt::print("  data parallel: {} ranks over {}{}; comm: the share of the step spent waiting on gradient "
-                 "collectives after the backward pass{}\n", comm.world(), comm.backend_name(),
-                 c.dist.shard_optimizer ? ", sharded optimizer" : "",
-                 !c.dist.shard_optimizer ? ""
-                 : c.dist.overlap_param_gather ? " and on the parameters' all-gather where the forward pass waits for it"
-                                               : " and on the parameters' all-gather after the update");
-    fmt::print("  {:<18}{:>12}{:>14}{:>12}{:>10}{:>14}{:>8}\n", "attention", "step (ms)", "tokens/s", "GFLOP/token", "MFU",
-               "peak memory", "comm");
-    nlohmann::ordered_json rows = nlohmann::ordered_json::array();
-    for (const TrainTiming& t : timings) {
-      fmt::print("  {:<18}{:>12.1f}{:>14.0f}{:>12.4g}{:>10}{:>11.2f} GiB{:>7.1f}%\n", t.name, t.step_seconds * 1e3,
-                 t.tokens_per_second, t.flops_per_token / 1e9, t.mfu ? fmt::format("{:.1f}%", *t.mfu * 100) : "-",
-                 t.peak_memory / (1024.0 * 1024 * 1024), t.comm_share * 100);
-      rows.push_back({{"attention", t.name}, {"step_s", t.step_seconds}, {"tokens_per_s", t.tokens_per_second},
-                      {"flops_per_token", t.flops_per_token}, {"mfu", t.mfu ? nlohmann::ordered_json(*t.mfu) : nullptr},
-                      {"peak_memory_bytes", t.peak_memory}, {"comm_share", t.comm_share}, {"ranks", comm.world()}});
-    }
-    fmt::print("  GQE / GQA tokens/s: {:.3f}\n", timings[1].tokens_per_second / timings[0].tokens_per_second);
-    for (size_t i = 0; i < timings.size() && o->profile > 0; ++i)
-      print_kernels(timings[i].name + " training step", device, profiles[i], 3, timings[i].step_seconds, o->profile);
-    write_report(*o, device, "train", rows);
   });
 }
 
@@ -295,37 +297,39 @@ void add_comm(CLI::App& bench, int argc, char** argv) {
       "  NNODES=2 NODE_RANK=$NODE MASTER_ADDR=node01 MASTER_PORT=29500 gqe bench comm configs/gqe-250m.yaml --nproc 8\n"
       "Bus bandwidth as nccl-tests reports it; check a cluster before a long run.");
   cmd->callback([o, argc, argv] {
-    const LoadedConfig loaded = load_config(o->config, o->overrides);
-    const Config& c = loaded.config;
-    std::vector<int64_t> sizes;
-    if (o->sizes.empty()) {
-      sizes = {c.dist.bucket_mb << 20, 4 * describe_model(c).total};
-    } else {
-      std::istringstream in(o->sizes);
-      for (std::string item; std::getline(in, item, ',');) {
-        const auto v = parse_integer(item);
-        if (!v || *v < 4 || *v > (int64_t{1} << 36))
-          throw UserError(fmt::format("--sizes: '{}' is not a size in bytes from 4 to 64 GiB (e.g. 25M, 1G)", item));
-        sizes.push_back(*v);
+    job_command(o->nproc, [&] {
+      const LoadedConfig loaded = load_config(o->config, o->overrides);
+      const Config& c = loaded.config;
+      std::vector<int64_t> sizes;
+      if (o->sizes.empty()) {
+        sizes = {c.dist.bucket_mb << 20, 4 * describe_model(c).total};
+      } else {
+        std::istringstream in(o->sizes);
+        for (std::string item; std::getline(in, item, ',');) {
+          const auto v = parse_integer(item);
+          if (!v || *v < 4 || *v > (int64_t{1} << 36))
+            throw UserError(fmt::format("--sizes: '{}' is not a size in bytes from 4 to 64 GiB (e.g. 25M, 1G)", item));
+          sizes.push_back(*v);
+        }
       }
-    }
-    if (!o->json.empty() && hosts_rank0(o->nproc)) check_output_path(o->json, "--json", /*directory=*/false);
-    if (launch_if_requested(o->nproc, argc, argv)) return;
-    const DistEnvironment env = read_dist_environment();
-    const at::Device device = setup_device(loaded, env);
-    Communicator comm(env, c.dist.backend, device, std::chrono::seconds(c.dist.timeout_s));
-    const std::vector<CommTiming> timings = bench_comm(comm, device, sizes, o->repeats);
-    comm.finish();
-    if (!comm.main()) return;
-    fmt::print("collectives: {} ranks ({} per node) over {}, fp32, {}, median of {} after a checked warm-up\n", comm.world(),
-               env.local_world, comm.backend_name(), where(device), o->repeats);
-    fmt::print("  {:<16}{:>12}{:>12}{:>14}{:>14}\n", "collective", "size", "time (ms)", "algbw (GB/s)", "busbw (GB/s)");
-    nlohmann::ordered_json rows = nlohmann::ordered_json::array();
-    for (const CommTiming& t : timings) {
-      fmt::print("  {:<16}{:>12}{:>12.3f}{:>14.2f}{:>14.2f}\n", t.op, fmt::format("{:.1f} MiB", static_cast<double>(t.bytes) / (1 << 20)), t.seconds * 1e3, t.algbw / 1e9, t.busbw / 1e9);
-      rows.push_back({{"collective", t.op}, {"bytes", t.bytes}, {"seconds", t.seconds}, {"algbw", t.algbw}, {"busbw", t.busbw}});
-    }
-    write_report(*o, device, "comm", rows);
+      if (!o->json.empty() && hosts_rank0(o->nproc)) check_output_path(o->json, "--json", /*directory=*/false);
+      if (launch_if_requested(o->nproc, argc, argv)) return;
+      const DistEnvironment env = read_dist_environment();
+      const at::Device device = setup_device(loaded, env);
+      Communicator comm(env, c.dist.backend, device, std::chrono::seconds(c.dist.timeout_s));
+      const std::vector<CommTiming> timings = bench_comm(comm, device, sizes, o->repeats);
+      comm.finish();
+      if (!comm.main()) return;
+      fmt::print("collectives: {} ranks ({} per node) over {}, fp32, {}, median of {} after a checked warm-up\n", comm.world(),
+                 env.local_world, comm.backend_name(), where(device), o->repeats);
+      fmt::print("  {:<16}{:>12}{:>12}{:>14}{:>14}\n", "collective", "size", "time (ms)", "algbw (GB/s)", "busbw (GB/s)");
+      nlohmann::ordered_json rows = nlohmann::ordered_json::array();
+      for (const CommTiming& t : timings) {
+        fmt::print("  {:<16}{:>12}{:>12.3f}{:>14.2f}{:>14.2f}\n", t.op, fmt::format("{:.1f} MiB", static_cast<double>(t.bytes) / (1 << 20)), t.seconds * 1e3, t.algbw / 1e9, t.busbw / 1e9);
+        rows.push_back({{"collective", t.op}, {"bytes", t.bytes}, {"seconds", t.seconds}, {"algbw", t.algbw}, {"busbw", t.busbw}});
+      }
+      write_report(*o, device, "comm", rows);
+    });
   });
 }
 

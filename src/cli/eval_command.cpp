@@ -60,15 +60,17 @@ void add_eval_commands(CLI::App& app, int argc, char** argv) {
       "  gqe eval runs/gqe --tasks hellaswag=data/eval/hellaswag.jsonl,piqa=data/eval/piqa.jsonl --nproc 2\n"
       "Writes RUN_DIR/eval.json and appends it to RUN_DIR/evals.jsonl (the training's metrics.jsonl is left alone).");
   eval->callback([e, argc, argv] {
-    EvalOptions o;
-    o.target = e->target;
-    o.tasks = parse_tasks(e->tasks);
-    o.val = e->val;
-    o.batch_size = e->batch_size;
-    o.log_samples = e->log_samples;
-    if (!o.log_samples.empty() && hosts_rank0(e->nproc)) check_output_path(o.log_samples, "--log-samples", /*directory=*/false);
-    if (const std::optional<DistEnvironment> last = last_launched_rank(e->nproc)) check_eval_input(o, *last);
-    if (!launch_if_requested(e->nproc, argc, argv)) evaluate(o);
+    job_command(e->nproc, [&] {
+      EvalOptions o;
+      o.target = e->target;
+      o.tasks = parse_tasks(e->tasks);
+      o.val = e->val;
+      o.batch_size = e->batch_size;
+      o.log_samples = e->log_samples;
+      if (!o.log_samples.empty() && hosts_rank0(e->nproc)) check_output_path(o.log_samples, "--log-samples", /*directory=*/false);
+      if (const std::optional<DistEnvironment> last = last_launched_rank(e->nproc)) check_eval_input(o, *last);
+      if (!launch_if_requested(e->nproc, argc, argv)) evaluate(o);
+    });
   });
 
   auto s = std::make_shared<SampleCommand>();

@@ -1,13 +1,17 @@
 #include "cli/nproc.h"
 
 #include <CLI/CLI.hpp>
+#include <fmt/format.h>
 
 #include <cstdlib>
+#include <exception>
 #include <string>
 #include <vector>
 
+#include "cli/run.h"
 #include "common/error.h"
 #include "dist/launcher.h"
+#include "dist/rendezvous.h"
 
 namespace gqe {
 namespace {
@@ -30,6 +34,8 @@ std::optional<DistEnvironment> last_launched_rank(int nproc) {
   const std::optional<NodeLayout> node = launch_layout(nproc);
   if (!node) return std::nullopt;
   DistEnvironment last;
+  last.master_addr = node->master_addr;
+  last.master_port = node->master_port;
   last.local_rank = nproc - 1;
   last.local_world = nproc;
   last.world = node->nnodes * nproc;
@@ -57,6 +63,36 @@ bool launch_if_requested(int nproc, int argc, char** argv) {
   const int status = launch_local_ranks(nproc, args, *node);
   if (status != 0) std::exit(status);  // the failing rank said why
   return true;
+}
+
+void job_command(int nproc, const std::function<void()>& body) {
+  try {
+    body();
+  } catch (const AlreadyReported&) {
+    throw;
+  } catch (const std::exception& e) {
+    const std::exception_ptr error = std::current_exception();
+    DistEnvironment first;  // the first rank this process stands for
+    int ranks = 1;
+    std::string who;
+    try {
+      if (const std::optional<DistEnvironment> last = last_launched_rank(nproc)) {
+        first = *last;
+        first.rank -= last->local_rank;
+        first.local_rank = 0;
+        ranks = nproc;
+        who = fmt::format("node {}", first.rank / nproc);
+      } else {
+        first = read_dist_environment();
+        who = fmt::format("rank {}", first.rank);
+      }
+    } catch (const std::exception&) {
+      std::rethrow_exception(error);  // the environment itself is wrong: it names no job to tell
+    }
+    const int status = report_error("gqe", e);  // at once: telling may take a while
+    tell_job_stopped(first, ranks, who, status, error_line(e));
+    throw AlreadyReported(e.what(), status);
+  }
 }
 
 void add_nproc_option(CLI::App* command, int& nproc) {

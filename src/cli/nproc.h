@@ -1,6 +1,7 @@
 // --nproc N for commands that can run as N local ranks (train, eval): the built-in launcher.
 #pragma once
 
+#include <functional>
 #include <optional>
 
 #include "dist/environment.h"
@@ -27,6 +28,12 @@ std::optional<DistEnvironment> last_launched_rank(int nproc);
 // writes the run directory and the reports, so only there are their paths checked. Throws as
 // launch_if_requested does.
 bool hosts_rank0(int nproc);
+
+// Runs the body of a command whose processes form a job (train, eval, bench train|comm). If it
+// stops with an error before this process joins the job (a config that is bad on one node only, a
+// missing GPU), the error is printed and the job told (tell_job_stopped): its waiting ranks stop
+// with the line at once instead of after dist.timeout_s. Rethrown as AlreadyReported.
+void job_command(int nproc, const std::function<void()>& body);
 
 // Adds the --nproc option.
 void add_nproc_option(CLI::App* command, int& nproc);

@@ -12,6 +12,23 @@
 
 namespace gqe {
 
+std::string error_line(const std::exception& e) {
+  const std::string what = e.what();
+  if (dynamic_cast<const UserError*>(&e) || std::getenv("GQE_DEBUG")) return what;
+  return what.substr(0, what.find('\n'));
+}
+
+int report_error(const char* program, const std::exception& e) {
+  if (dynamic_cast<const UserError*>(&e)) {
+    fmt::print(stderr, "{}: {}\n", program, e.what());
+    return 2;
+  }
+  // Training that cannot go on (diverged, a rank lost) or a bug: one line, torch's backtrace on request.
+  const bool cut = std::string(e.what()) != error_line(e);
+  fmt::print(stderr, "{}: error: {}{}\n", program, error_line(e), cut ? " (GQE_DEBUG=1 shows the full error)" : "");
+  return 1;
+}
+
 int run_cli(CLI::App& app, const char* program, int argc, char** argv) {
   try {
     app.parse(argc, argv);
@@ -22,18 +39,10 @@ int run_cli(CLI::App& app, const char* program, int argc, char** argv) {
   } catch (const CLI::ParseError& e) {
     fmt::print(stderr, "{}: {} (see {} --help)\n", program, e.what(), program);
     return 2;
-  } catch (const AlreadyReported&) {
-    return 2;
-  } catch (const UserError& e) {
-    fmt::print(stderr, "{}: {}\n", program, e.what());
-    return 2;
+  } catch (const AlreadyReported& e) {
+    return e.status;
   } catch (const std::exception& e) {
-    // Training that cannot go on (diverged, a rank lost) or a bug: one line, torch's backtrace on request.
-    const std::string what = e.what();
-    const bool debug = std::getenv("GQE_DEBUG") != nullptr;
-    fmt::print(stderr, "{}: error: {}{}\n", program, debug ? what : what.substr(0, what.find('\n')),
-               !debug && what.find('\n') != std::string::npos ? " (GQE_DEBUG=1 shows the full error)" : "");
-    return 1;
+    return report_error(program, e);
   }
   return 0;
 }

@@ -38,23 +38,25 @@ void add_train_command(CLI::App& app, int argc, char** argv) {
       "  gqe train configs/gqe-250m.yaml --resume runs/gqe-250m/checkpoints/step_00010000\n"
       "Ctrl-C (SIGINT) or SIGTERM: the current step finishes, a checkpoint is saved, and the same command continues.");
   cmd->callback([o, run_dir, nproc, argc, argv] {
-    o->run_dir = *run_dir;
-    const LoadedConfig config = load_config(o->config_file, o->overrides);  // bad input fails before any rank starts
-    if (hosts_rank0(*nproc)) {  // only rank 0's machine needs the run directory
-      if (run_dir->empty())
-        check_output_path(std::filesystem::path(config.config.log.dir) / config.config.log.name,
-                          config.origin("log.dir") + ": log.dir/log.name", /*directory=*/true);
-      else
-        check_output_path(*run_dir, "--run-dir", /*directory=*/true);
-    }
-    if (const std::optional<DistEnvironment> last = last_launched_rank(*nproc)) {
-      const at::Device device = job_device(config, *last);
-      // The data, the batch shape and the memory: before any rank starts on one machine. On several,
-      // the ranks check them in the job (Communicator::check_input), which stops every node with
-      // the line; a node that stopped here would leave the others waiting dist.timeout_s for it.
-      if (last->one_machine()) check_training_input(config, last->world, device, device.is_cpu() ? *nproc : 1);
-    }
-    if (!launch_if_requested(*nproc, argc, argv)) train(config, *o);
+    job_command(*nproc, [&] {
+      o->run_dir = *run_dir;
+      const LoadedConfig config = load_config(o->config_file, o->overrides);  // bad input fails before any rank starts
+      if (hosts_rank0(*nproc)) {  // only rank 0's machine needs the run directory
+        if (run_dir->empty())
+          check_output_path(std::filesystem::path(config.config.log.dir) / config.config.log.name,
+                            config.origin("log.dir") + ": log.dir/log.name", /*directory=*/true);
+        else
+          check_output_path(*run_dir, "--run-dir", /*directory=*/true);
+      }
+      if (const std::optional<DistEnvironment> last = last_launched_rank(*nproc)) {
+        const at::Device device = job_device(config, *last);
+        // The data, the batch shape and the memory: before any rank starts on one machine. On several,
+        // the ranks check them in the job (Communicator::check_input), each rank its share of the
+        // shards on its own machine.
+        if (last->one_machine()) check_training_input(config, last->world, device, device.is_cpu() ? *nproc : 1);
+      }
+      if (!launch_if_requested(*nproc, argc, argv)) train(config, *o);
+    });
   });
 }
 

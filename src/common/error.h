@@ -12,10 +12,12 @@ struct UserError : std::runtime_error {
   using std::runtime_error::runtime_error;
 };
 
-// Bad input whose line is printed already, by this rank or by rank 0 of the same job
-// (Communicator::check_input): exit status 2, nothing more printed.
+// An error whose line is printed already, by this process or by rank 0 of the same job
+// (Communicator::check_input, a process that stopped before joining): nothing more is printed, and
+// the exit status is `status` (2: bad input).
 struct AlreadyReported : UserError {
-  using UserError::UserError;
+  explicit AlreadyReported(const std::string& line, int exit_status = 2) : UserError(line), status(exit_status) {}
+  int status;
 };
 
 }  // namespace gqe

@@ -4,9 +4,8 @@
 #include <c10/core/impl/DeviceGuardImplInterface.h>
 #include <c10/util/Logging.h>
 #include <fmt/format.h>
-#include <torch/csrc/distributed/c10d/PrefixStore.hpp>
 #include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
-#include <torch/csrc/distributed/c10d/TCPStore.hpp>
+#include <torch/csrc/distributed/c10d/Store.hpp>
 #ifdef USE_C10D_NCCL  // defined whenever the torch in use was built with NCCL (i.e. with CUDA)
 #include <torch/csrc/distributed/c10d/ProcessGroupNCCL.hpp>
 #endif
@@ -19,6 +18,7 @@
 
 #include "common/error.h"
 #include "dist/launcher.h"
+#include "dist/rendezvous.h"
 #include "dist/watchdog.h"
 
 namespace gqe {
@@ -36,24 +36,6 @@ namespace {
 std::string first_line(const std::string& s) { return s.substr(0, s.find('\n')); }
 
 bool loopback(const std::string& addr) { return addr == "localhost" || addr.rfind("127.", 0) == 0; }
-
-// The job's store at MASTER_ADDR:MASTER_PORT: served by rank 0 (`serve`) unless torchrun's agent
-// already serves it, where every rank is a client and keys are namespaced by restart attempt (as
-// PyTorch's own rendezvous does).
-c10::intrusive_ptr<c10d::Store> connect_store(const DistEnvironment& env, std::chrono::milliseconds timeout, bool serve) {
-  const char* agent = std::getenv("TORCHELASTIC_USE_AGENT_STORE");
-  const bool agent_store = agent && std::string(agent) == "True";
-  c10d::TCPStoreOptions so;
-  so.port = static_cast<uint16_t>(env.master_port);
-  so.isServer = serve && !agent_store;
-  so.numWorkers = static_cast<size_t>(env.world);
-  so.waitWorkers = !agent_store;  // clients count themselves in, the server waits for all
-  so.timeout = timeout;
-  c10::intrusive_ptr<c10d::Store> store = c10::make_intrusive<c10d::TCPStore>(env.master_addr, so);
-  if (!agent_store) return store;
-  const char* attempt = std::getenv("TORCHELASTIC_RESTART_COUNT");
-  return c10::make_intrusive<c10d::PrefixStore>(fmt::format("gqe/attempt_{}", attempt ? attempt : "0"), store);
-}
 
 // `origin`: the file that set dist.backend (none where it is not known).
 void check_backend(DistBackend backend, at::Device device, const std::string& origin) {
@@ -103,7 +85,7 @@ Communicator::Communicator(const DistEnvironment& env, DistBackend backend, at::
   check_backend(backend, device, "");
   const bool nccl = backend == DistBackend::nccl || (backend == DistBackend::auto_ && device.is_cuda());
   try {
-    impl_->store = connect_store(env_, wait, env_.rank == 0);
+    impl_->store = join_job(env_, wait);
     if (nccl) {
 #ifdef USE_C10D_NCCL
       c10::impl::getDeviceGuardImpl(c10::DeviceType::CUDA)->setDevice(device);
@@ -130,10 +112,7 @@ Communicator::Communicator(const DistEnvironment& env, DistBackend backend, at::
   } catch (const UserError&) {
     throw;
   } catch (const std::exception& e) {
-    throw std::runtime_error(fmt::format("rank {}: cannot join the job at {}:{} within {}s: {} (a rank that never started: "
-                                         "a node whose launcher stopped says why on its console)", env.rank,
-                                         env_.master_addr, env_.master_port,
-                                         std::chrono::duration_cast<std::chrono::seconds>(wait).count(), first_line(e.what())));
+    throw std::runtime_error(cannot_join(env_, wait, first_line(e.what())));
   }
 }
 

@@ -1,0 +1,123 @@
+#include "dist/rendezvous.h"
+
+#include <fmt/format.h>
+#include <torch/csrc/distributed/c10d/PrefixStore.hpp>
+#include <torch/csrc/distributed/c10d/TCPStore.hpp>
+
+#include <atomic>
+#include <cstdio>
+#include <cstdlib>
+#include <thread>
+
+#include "common/error.h"
+
+namespace gqe {
+namespace {
+
+// The meeting's keys. The verdict is set once (compareSet): "go" by rank 0 when all ranks came,
+// "late <how many came>" by rank 0 when they did not in time, or "stop <status> <line>" by the first
+// process that stopped before it joined.
+constexpr const char* kJoined = "gqe/join/joined";    // ranks that came
+constexpr const char* kVerdict = "gqe/join/verdict";
+constexpr const char* kPrinted = "gqe/join/printed";  // the stop's line is out on rank 0's console
+constexpr const char* kKnown = "gqe/join/known";      // ranks that read a verdict other than go (a teller counts its own)
+
+std::atomic<bool> g_joining{false};  // this process has begun to join: it no longer tells
+
+using Clock = std::chrono::steady_clock;
+
+bool agent_store() {
+  const char* agent = std::getenv("TORCHELASTIC_USE_AGENT_STORE");
+  return agent && std::string(agent) == "True";
+}
+
+// The process that serves the store stays until `ranks` ranks have read the verdict there.
+void serve_until_known(c10d::Store& store, int64_t ranks) {
+  const auto until = Clock::now() + kTellFor;
+  while (store.add(kKnown, 0) < ranks && Clock::now() < until) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+}
+
+}  // namespace
+
+c10::intrusive_ptr<c10d::Store> connect_store(const DistEnvironment& env, std::chrono::milliseconds timeout, bool serve) {
+  c10d::TCPStoreOptions so;
+  so.port = static_cast<uint16_t>(env.master_port);
+  so.isServer = serve && !agent_store();
+  so.waitWorkers = false;  // join_job counts the ranks in, and hears of a process that stopped meanwhile
+  so.timeout = timeout;
+  c10::intrusive_ptr<c10d::Store> store = c10::make_intrusive<c10d::TCPStore>(env.master_addr, so);
+  if (!agent_store()) return store;
+  const char* attempt = std::getenv("TORCHELASTIC_RESTART_COUNT");
+  return c10::make_intrusive<c10d::PrefixStore>(fmt::format("gqe/attempt_{}", attempt ? attempt : "0"), store);
+}
+
+c10::intrusive_ptr<c10d::Store> join_job(const DistEnvironment& env, std::chrono::milliseconds timeout) {
+  g_joining = true;
+  const auto deadline = Clock::now() + timeout;
+  const bool serving = env.rank == 0 && !agent_store();
+  c10::intrusive_ptr<c10d::Store> store = connect_store(env, timeout, env.rank == 0);
+  store->add(kJoined, 1);
+  if (env.rank == 0) {  // counts the others in
+    while (!store->check({kVerdict})) {
+      const int64_t joined = store->add(kJoined, 0);
+      if (joined >= env.world) {
+        store->compareSet(kVerdict, "", "go");
+      } else if (Clock::now() > deadline) {
+        store->compareSet(kVerdict, "", fmt::format("late {}", joined));  // the ranks that came fail with rank 0
+      } else {
+        std::this_thread::sleep_for(std::chrono::milliseconds(10));
+      }
+    }
+  } else {
+    try {
+      store->wait({kVerdict}, std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now()));
+    } catch (const c10::DistStoreError&) {
+      // torchrun's agent serves the store, and rank 0 is missing
+      throw std::runtime_error(fmt::format("{} of {} ranks came", store->add(kJoined, 0), env.world));
+    }
+  }
+  const std::string verdict = store->get_to_str(kVerdict);
+  if (verdict == "go") return store;
+  // Rank 0's line is out before any rank's exit can make a launcher stop rank 0. A process that
+  // stopped is named by rank 0 alone; a job not whole in time, by every rank that came.
+  const bool late = verdict.rfind("late ", 0) == 0;
+  const int status = late || verdict.rfind("stop 1 ", 0) == 0 ? 1 : 2;
+  const std::string line =
+      late ? cannot_join(env, timeout, fmt::format("{} of {} ranks came", verdict.substr(5), env.world)) : verdict.substr(7);
+  if (env.rank != 0) {
+    try {
+      store->wait({kPrinted}, std::chrono::seconds(5));
+    } catch (const std::exception&) {
+    }
+  }
+  if (env.rank == 0 || late) {
+    fmt::print(stderr, "gqe: {}{}\n", status == 2 ? "" : "error: ", line);
+    std::fflush(stderr);
+  }
+  if (env.rank == 0) store->set(kPrinted, "1");
+  store->add(kKnown, 1);
+  if (serving) serve_until_known(*store, late ? std::stoll(verdict.substr(5)) : env.world);  // a teller counted its own ranks
+  throw AlreadyReported(line, status);
+}
+
+std::string cannot_join(const DistEnvironment& env, std::chrono::milliseconds timeout, const std::string& why) {
+  return fmt::format("rank {}: cannot join the job at {}:{} within {}s: {} (is a node not running, or unable to reach this "
+                     "address? a launcher that stopped says why on its console)",
+                     env.rank, env.master_addr, env.master_port, std::chrono::duration_cast<std::chrono::seconds>(timeout).count(), why);
+}
+
+void tell_job_stopped(const DistEnvironment& first, int ranks, const std::string& who, int status, const std::string& line) {
+  if (g_joining || first.world <= ranks) return;
+  try {
+    const bool serving = first.rank == 0 && !agent_store();  // rank 0 would have served the store
+    c10::intrusive_ptr<c10d::Store> store = connect_store(first, kTellFor, serving);
+    store->compareSet(kVerdict, "", fmt::format("stop {} {}: {}", status == 2 ? 2 : 1, who, line));  // the first to stop is named
+    if (serving) store->set(kPrinted, "1");  // this process printed it, on rank 0's console
+    store->add(kKnown, ranks);
+    if (serving) serve_until_known(*store, first.world);
+  } catch (const std::exception&) {
+    // No job to tell: rank 0's machine stopped too, or never started.
+  }
+}
+
+}  // namespace gqe

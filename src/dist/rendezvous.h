@@ -1,0 +1,45 @@
+// How the processes of a job meet (docs/distributed.md): at the store at MASTER_ADDR:MASTER_PORT,
+// served by rank 0 (or by torchrun's agent), where every rank counts itself in. And how a process
+// that stops before it meets the others (a node whose launcher finds its config bad, a rank whose
+// GPU is missing) tells them, so that they stop at once with its line rather than wait
+// dist.timeout_s for ranks that will never come.
+#pragma once
+
+#include <chrono>
+#include <string>
+
+#include <c10/util/intrusive_ptr.h>
+
+#include "dist/environment.h"
+
+namespace c10d {
+class Store;
+}
+
+namespace gqe {
+
+// A connection to the job's store: the server itself where `serve` (and torchrun's agent does not
+// serve it), else a client that retries until `timeout`. Keys are namespaced by torchrun's restart
+// attempt, as PyTorch's own rendezvous does.
+c10::intrusive_ptr<c10d::Store> connect_store(const DistEnvironment& env, std::chrono::milliseconds timeout, bool serve);
+
+// This rank's way into the job: connects (rank 0 serves), counts itself in and waits until all
+// env.world ranks have. If a process of the job told it stopped (tell_job_stopped), rank 0 prints
+// that process's line, and every rank throws AlreadyReported with its exit status. If the job is
+// not whole within `timeout`, each rank that came prints cannot_join(), rank 0 first, and throws
+// AlreadyReported (status 1). A store that cannot be reached throws as c10d does.
+c10::intrusive_ptr<c10d::Store> join_job(const DistEnvironment& env, std::chrono::milliseconds timeout);
+// The line of a rank that could not join the job within `timeout`, and why.
+std::string cannot_join(const DistEnvironment& env, std::chrono::milliseconds timeout, const std::string& why);
+
+// For a process of a job that stops before joining it, with `line` printed already and exit status
+// `status`: tells the job, so that its ranks stop with "<who>: <line>" (rank 0 prints it). `first`
+// is the environment of the first of the `ranks` ranks this process stands for (a launcher: its
+// node's; a rank that torchrun or srun started: its own). Nothing is told where the job is these
+// ranks alone, or once this process has begun to join. A process in rank 0's place (a rank 0,
+// node 0's launcher) serves the store until every rank has read it, at most kTellFor; any other
+// reaches the store within kTellFor or gives up.
+void tell_job_stopped(const DistEnvironment& first, int ranks, const std::string& who, int status, const std::string& line);
+inline constexpr std::chrono::seconds kTellFor{10};
+
+}  // namespace gqe
