@@ -760,15 +760,21 @@ TEST_F(Distributed, AProcessThatStopsBeforeJoiningStopsTheJobAtOnce) {
     EXPECT_EQ(node0.err, "gqe: " + bad_lr + "\n");
     EXPECT_EQ(read_file(path("b.1.out")), "");  // node 0's console has the line
   }
-  {  // srun's task 1 of 2 has a bad config
+  {  // srun's task 1 of 2 (on rank 0's machine) has a bad config: rank 0 says so, once
     const auto start = std::chrono::steady_clock::now();
-    const test::TwoTasks t = test::run_as_two_slurm_tasks(train("c", "--set dist.timeout_s=60"), free_port(), path("c.1.out"),
-                                                          train("c", "--set dist.timeout_s=60 --set train.optimizer.lr=fast"));
+    const std::string good = train("c", "--set dist.timeout_s=60"), bad = train("c", "--set dist.timeout_s=60 --set train.optimizer.lr=fast");
+    const test::TwoTasks t = test::run_as_two_slurm_tasks(good, free_port(), path("c.1.out"), bad);
     EXPECT_LT(seconds_since(start), 30.0);
     EXPECT_EQ(t.task1_status, 2);
     EXPECT_EQ(t.task0.status, 2);
     EXPECT_EQ(t.task0.err, "gqe: rank 1: " + bad_lr + "\n");
-    EXPECT_EQ(read_file(path("c.1.out")), "gqe: " + bad_lr + "\n");
+    EXPECT_EQ(read_file(path("c.1.out")), "");
+    // Both have it (as srun's eight tasks of a node would): one line, not one per task.
+    const test::TwoTasks both = test::run_as_two_slurm_tasks(bad, free_port(), path("c.1.out"));
+    EXPECT_EQ(both.task1_status, 2);
+    EXPECT_EQ(both.task0.status, 2);
+    EXPECT_EQ(both.task0.err, "gqe: " + bad_lr + "\n");
+    EXPECT_EQ(read_file(path("c.1.out")), "");
   }
   {  // node 1 never starts: node 0 waits the timeout, and says how many ranks came
     const int port = free_port();

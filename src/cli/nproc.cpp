@@ -89,8 +89,12 @@ void job_command(int nproc, const std::function<void()>& body) {
     } catch (const std::exception&) {
       std::rethrow_exception(error);  // the environment itself is wrong: it names no job to tell
     }
-    const int status = report_error("gqe", e);  // at once: telling may take a while
-    tell_job_stopped(first, ranks, who, status, error_line(e));
+    // A launcher's line, or rank 0's, is printed at once (telling may take a while); another rank's
+    // where the job cannot show it.
+    const int status = dynamic_cast<const UserError*>(&e) ? 2 : 1;
+    const bool at_once = ranks > 1 || first.rank == 0;
+    if (at_once) report_error("gqe", e);
+    if (tell_job_stopped(first, ranks, who, status, error_line(e)) && !at_once) report_error("gqe", e);
     throw AlreadyReported(e.what(), status);
   }
 }

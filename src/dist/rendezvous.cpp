@@ -106,17 +106,20 @@ std::string cannot_join(const DistEnvironment& env, std::chrono::milliseconds ti
                      env.rank, env.master_addr, env.master_port, std::chrono::duration_cast<std::chrono::seconds>(timeout).count(), why);
 }
 
-void tell_job_stopped(const DistEnvironment& first, int ranks, const std::string& who, int status, const std::string& line) {
-  if (g_joining || first.world <= ranks) return;
+bool tell_job_stopped(const DistEnvironment& first, int ranks, const std::string& who, int status, const std::string& line) {
+  if (g_joining || first.world <= ranks) return true;
   try {
     const bool serving = first.rank == 0 && !agent_store();  // rank 0 would have served the store
     c10::intrusive_ptr<c10d::Store> store = connect_store(first, kTellFor, serving);
+    const int machine = first.rank - first.local_rank;  // its first rank
+    const bool first_here = store->add(fmt::format("gqe/join/shown/{}", machine), 1) == 1;
     store->compareSet(kVerdict, "", fmt::format("stop {} {}: {}", status == 2 ? 2 : 1, who, line));  // the first to stop is named
     if (serving) store->set(kPrinted, "1");  // this process printed it, on rank 0's console
     store->add(kKnown, ranks);
     if (serving) serve_until_known(*store, first.world);
+    return first_here && machine != 0;  // rank 0 shows the line where its console is
   } catch (const std::exception&) {
-    // No job to tell: rank 0's machine stopped too, or never started.
+    return true;  // no job to tell: rank 0's machine stopped too, or never started
   }
 }
 

@@ -32,14 +32,16 @@ c10::intrusive_ptr<c10d::Store> join_job(const DistEnvironment& env, std::chrono
 // The line of a rank that could not join the job within `timeout`, and why.
 std::string cannot_join(const DistEnvironment& env, std::chrono::milliseconds timeout, const std::string& why);
 
-// For a process of a job that stops before joining it, with `line` printed already and exit status
-// `status`: tells the job, so that its ranks stop with "<who>: <line>" (rank 0 prints it). `first`
-// is the environment of the first of the `ranks` ranks this process stands for (a launcher: its
-// node's; a rank that torchrun or srun started: its own). Nothing is told where the job is these
-// ranks alone, or once this process has begun to join. A process in rank 0's place (a rank 0,
-// node 0's launcher) serves the store until every rank has read it, at most kTellFor; any other
-// reaches the store within kTellFor or gives up.
-void tell_job_stopped(const DistEnvironment& first, int ranks, const std::string& who, int status, const std::string& line);
+// For a process of a job that stops before joining it, with exit status `status`: tells the job,
+// so that its ranks stop with "<who>: <line>" (rank 0 prints it). `first` is the environment of
+// the first of the `ranks` ranks this process stands for (a launcher: its node's; a rank that
+// torchrun or srun started: its own). Nothing is told where the job is these ranks alone, or once
+// this process has begun to join. A process in rank 0's place (a rank 0, node 0's launcher) serves
+// the store until every rank has read it, at most kTellFor; any other reaches the store within
+// kTellFor or gives up. Returns whether this machine still needs the line: the job could not be
+// told, or this is the first process of a machine other than rank 0's to stop (srun and torchrun
+// start one per GPU, and eight that stop alike say so once).
+bool tell_job_stopped(const DistEnvironment& first, int ranks, const std::string& who, int status, const std::string& line);
 inline constexpr std::chrono::seconds kTellFor{10};
 
 }  // namespace gqe
