@@ -4,6 +4,7 @@
 #include <torch/csrc/distributed/c10d/PrefixStore.hpp>
 #include <torch/csrc/distributed/c10d/TCPStore.hpp>
 
+#include <algorithm>
 #include <atomic>
 #include <cstdio>
 #include <cstdlib>
@@ -70,7 +71,9 @@ c10::intrusive_ptr<c10d::Store> join_job(const DistEnvironment& env, std::chrono
     }
   } else {
     try {
-      store->wait({kVerdict}, std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now()));
+      // At least 1 ms: c10d reads a zero timeout as none.
+      const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now());
+      store->wait({kVerdict}, std::max(left, std::chrono::milliseconds(1)));
     } catch (const c10::DistStoreError&) {
       // torchrun's agent serves the store, and rank 0 is missing
       throw std::runtime_error(fmt::format("{} of {} ranks came", store->add(kJoined, 0), env.world));
