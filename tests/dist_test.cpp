@@ -301,6 +301,40 @@ TEST_F(Distributed, TorchrunLaunchesTheSameJob) {
   EXPECT_EQ(dumped(steps_of(path("torchrun"))), dumped(steps_of(path("one"))));
 }
 
+// torchrun --max-restarts: a worker killed mid-run (kill -9) makes the agent restart the job, which
+// joins again (keys of a new attempt in the agent's store) and continues from the last complete
+// checkpoint, ending bitwise where an uninterrupted run ends.
+TEST_F(Distributed, TorchrunRestartsAKilledWorkerFromTheLastCheckpoint) {
+  const std::string torchrun = GQE_TORCHRUN;
+  if (torchrun.empty() || !fs::exists(torchrun)) GTEST_SKIP() << "torchrun is not installed next to the build's Python";
+  const std::string budget = "--set train.tokens=51200";  // 200 steps
+  ASSERT_EQ(run_command(train("straight", budget)).status, 0);
+  test::Background job("exec " + torchrun + " --nproc-per-node 2 --max-restarts 1 --no-python " + train("elastic", budget) + " >" +
+                       path("elastic.out") + " 2>&1");
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+  while (!fs::exists(path("elastic") + "/checkpoints/latest") && std::chrono::steady_clock::now() < deadline)
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  int killed = 0;  // rank 1: the gqe process of this run with RANK=1 in its environment
+  for (const auto& entry : fs::directory_iterator("/proc")) {
+    if (!std::isdigit(static_cast<unsigned char>(entry.path().filename().string()[0]))) continue;
+    std::string cmdline, environ;
+    try {
+      cmdline = read_file(entry.path() / "cmdline"), environ = std::string(1, '\0') + read_file(entry.path() / "environ");
+    } catch (const std::exception&) {
+      continue;  // gone, or not ours
+    }
+    if (cmdline.rfind(GQE_BINARY, 0) == 0 && cmdline.find(path("elastic")) != std::string::npos &&
+        environ.find(std::string("\0RANK=1\0", 8)) != std::string::npos)
+      killed += ::kill(std::stoi(entry.path().filename().string()), SIGKILL) == 0;
+  }
+  ASSERT_EQ(killed, 1);
+  ASSERT_EQ(job.wait(), 0) << read_file(path("elastic.out"));
+  const std::string out = read_file(path("elastic.out"));
+  EXPECT_NE(out.find("resuming from " + path("elastic") + "/checkpoints/step_"), std::string::npos) << out;
+  EXPECT_EQ(dumped(steps_of(path("elastic"))), dumped(steps_of(path("straight"))));
+  EXPECT_EQ(model_hash("elastic"), model_hash("straight"));
+}
+
 const std::string kShard = " --set dist.shard_optimizer=true";
 
 // Waits for the launcher's ranks to be running and returns their pids.
