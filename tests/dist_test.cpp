@@ -822,5 +822,42 @@ TEST_F(Distributed, AProcessThatStopsBeforeJoiningStopsTheJobAtOnce) {
   for (const char* run : {"a", "b", "c", "d"}) EXPECT_FALSE(fs::exists(path(run))) << run;
 }
 
+// Nodes that do not make the job their variables describe stop at once, saying why, instead of
+// waiting dist.timeout_s (60 s here) or mixing ranks up in the collectives.
+TEST_F(Distributed, AJobOfTheWrongShapeStopsAtOnceSayingWhy) {
+  const std::string timeout = " --set dist.timeout_s=60 --set train.micro_batch_size=2";
+  auto node = [&](int n, int nodes, int port, const std::string& run, const std::string& extra) {
+    return fmt::format("NNODES={} NODE_RANK={} MASTER_ADDR=127.0.0.1 MASTER_PORT={} ", nodes, n, port) + train(run, extra + timeout);
+  };
+  auto background = [&](const std::string& command, const std::string& out) {
+    return std::make_unique<test::Background>("exec env " + command + " >" + path(out) + " 2>&1");
+  };
+  const auto start = std::chrono::steady_clock::now();
+  {  // node 1 starts one rank where node 0 starts two: its rank 1 is of a job of 2
+    const int port = free_port();
+    const auto node1 = background(node(1, 2, port, "nproc", "--nproc 1"), "nproc.1.out");
+    const auto node0 = run_command(node(0, 2, port, "nproc", "--nproc 2"));
+    const std::string line = "rank 1: a job of 2 ranks here, of 4 on rank 0: every node must start as many ranks (--nproc, NNODES)\n";
+    EXPECT_EQ(node1->wait(), 2);
+    EXPECT_EQ(node0.status, 2);
+    EXPECT_EQ(node0.err, "gqe: " + line);
+    EXPECT_EQ(read_file(path("nproc.1.out")), "gqe: " + line);  // its own console says it too
+  }
+  {  // two nodes given NODE_RANK=1 (of 3): rank 1 comes twice
+    const int port = free_port();
+    const auto a = background(node(1, 3, port, "twice", "--nproc 1"), "twice.a.out");
+    const auto b = background(node(1, 3, port, "twice", "--nproc 1"), "twice.b.out");
+    const auto node0 = run_command(node(0, 3, port, "twice", "--nproc 1"));
+    EXPECT_EQ(a->wait(), 2);
+    EXPECT_EQ(b->wait(), 2);
+    EXPECT_EQ(node0.status, 2);
+    const std::string line = "gqe: rank 1 came twice: two nodes with the same NODE_RANK?\n";
+    EXPECT_EQ(node0.err, line);
+    EXPECT_EQ(read_file(path("twice.a.out")) + read_file(path("twice.b.out")), line);  // the one that came second
+  }
+  EXPECT_LT(std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count(), 45.0);
+  for (const char* run : {"nproc", "twice"}) EXPECT_FALSE(fs::exists(path(run))) << run;
+}
+
 }  // namespace
 }  // namespace gqe

@@ -18,6 +18,7 @@ namespace {
 // The meeting's keys. The verdict is set once (compareSet): "go" by rank 0 when all ranks came,
 // "late <how many came>" by rank 0 when they did not in time, or "stop <status> <line>" by the first
 // process that stopped before it joined.
+constexpr const char* kWorld = "gqe/join/world";      // the job's size, as rank 0 sees it
 constexpr const char* kJoined = "gqe/join/joined";    // ranks that came
 constexpr const char* kVerdict = "gqe/join/verdict";
 constexpr const char* kPrinted = "gqe/join/printed";  // the stop's line is out on rank 0's console
@@ -36,6 +37,13 @@ bool agent_store() {
 void serve_until_known(c10d::Store& store, int64_t ranks) {
   const auto until = Clock::now() + kTellFor;
   while (store.add(kKnown, 0) < ranks && Clock::now() < until) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+}
+
+// Whether this process is the first of a machine other than rank 0's to show a line that rank 0
+// shows too (machines by their first rank: rank - local_rank).
+bool first_to_show(c10d::Store& store, const DistEnvironment& env) {
+  const int machine = env.rank - env.local_rank;
+  return store.add(fmt::format("gqe/join/shown/{}", machine), 1) == 1 && machine != 0;
 }
 
 }  // namespace
@@ -57,8 +65,34 @@ c10::intrusive_ptr<c10d::Store> join_job(const DistEnvironment& env, std::chrono
   const auto deadline = Clock::now() + timeout;
   const bool serving = env.rank == 0 && !agent_store();
   c10::intrusive_ptr<c10d::Store> store = connect_store(env, timeout, env.rank == 0);
-  store->add(kJoined, 1);
-  if (env.rank == 0) {  // counts the others in
+  // Under torchrun the agent serves the store, so a rank may wait there for a rank 0 that is missing.
+  auto wait_for = [&](const char* key, const char* missing) {
+    try {
+      // At least 1 ms: c10d reads a zero timeout as none.
+      const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now());
+      store->wait({key}, std::max(left, std::chrono::milliseconds(1)));
+    } catch (const c10::DistStoreError&) {
+      throw std::runtime_error(missing ? std::string(missing) : fmt::format("{} of {} ranks came", store->add(kJoined, 0), env.world));
+    }
+  };
+
+  // A job of the wrong shape (nodes that start different numbers of ranks, two nodes with the same
+  // NODE_RANK) stops here, where it can still say why: its collectives would hang or mix ranks up.
+  std::string wrong;
+  if (env.rank == 0) store->compareSet(kWorld, "", std::to_string(env.world));
+  wait_for(kWorld, "rank 0 did not come");
+  const std::string world0 = store->get_to_str(kWorld);
+  if (world0 != std::to_string(env.world))
+    wrong = fmt::format("rank {}: a job of {} ranks here, of {} on rank 0: every node must start as many ranks (--nproc, "
+                        "NNODES)", env.rank, env.world, world0);
+  else if (store->add(fmt::format("gqe/join/rank/{}", env.rank), 1) > 1)
+    wrong = fmt::format("rank {} came twice: two nodes with the same NODE_RANK?", env.rank);
+  if (!wrong.empty()) {
+    store->compareSet(kVerdict, "", "stop 2 " + wrong);
+  } else {
+    store->add(kJoined, 1);
+  }
+  if (env.rank == 0 && wrong.empty()) {  // counts the others in
     while (!store->check({kVerdict})) {
       const int64_t joined = store->add(kJoined, 0);
       if (joined >= env.world) {
@@ -70,17 +104,15 @@ c10::intrusive_ptr<c10d::Store> join_job(const DistEnvironment& env, std::chrono
       }
     }
   } else {
-    try {
-      // At least 1 ms: c10d reads a zero timeout as none.
-      const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now());
-      store->wait({kVerdict}, std::max(left, std::chrono::milliseconds(1)));
-    } catch (const c10::DistStoreError&) {
-      // torchrun's agent serves the store, and rank 0 is missing
-      throw std::runtime_error(fmt::format("{} of {} ranks came", store->add(kJoined, 0), env.world));
-    }
+    wait_for(kVerdict, nullptr);
   }
   const std::string verdict = store->get_to_str(kVerdict);
-  if (verdict == "go") return store;
+  if (verdict == "go" && wrong.empty()) return store;
+  if (verdict == "go") throw UserError(wrong);  // the job formed without this rank
+  if (!wrong.empty() && first_to_show(*store, env)) {
+    fmt::print(stderr, "gqe: {}\n", wrong);  // this machine's console shows what is wrong here too
+    std::fflush(stderr);
+  }
   // Rank 0's line is out before any rank's exit can make a launcher stop rank 0. A process that
   // stopped is named by rank 0 alone; a job not whole in time, by every rank that came.
   const bool late = verdict.rfind("late ", 0) == 0;
@@ -114,13 +146,13 @@ bool tell_job_stopped(const DistEnvironment& first, int ranks, const std::string
   try {
     const bool serving = first.rank == 0 && !agent_store();  // rank 0 would have served the store
     c10::intrusive_ptr<c10d::Store> store = connect_store(first, kTellFor, serving);
-    const int machine = first.rank - first.local_rank;  // its first rank
-    const bool first_here = store->add(fmt::format("gqe/join/shown/{}", machine), 1) == 1;
+    const bool show_here = first_to_show(*store, first);
+    if (first.rank == 0) store->compareSet(kWorld, "", std::to_string(first.world));  // in rank 0's place
     store->compareSet(kVerdict, "", fmt::format("stop {} {}: {}", status == 2 ? 2 : 1, who, line));  // the first to stop is named
     if (serving) store->set(kPrinted, "1");  // this process printed it, on rank 0's console
     store->add(kKnown, ranks);
     if (serving) serve_until_known(*store, first.world);
-    return first_here && machine != 0;  // rank 0 shows the line where its console is
+    return show_here;  // rank 0 shows the line where its console is
   } catch (const std::exception&) {
     return true;  // no job to tell: rank 0's machine stopped too, or never started
   }

@@ -24,8 +24,9 @@ namespace gqe {
 c10::intrusive_ptr<c10d::Store> connect_store(const DistEnvironment& env, std::chrono::milliseconds timeout, bool serve);
 
 // This rank's way into the job: connects (rank 0 serves), counts itself in and waits until all
-// env.world ranks have. If a process of the job told it stopped (tell_job_stopped), rank 0 prints
-// that process's line, and every rank throws AlreadyReported with its exit status. If the job is
+// env.world ranks have. If a process of the job told it stopped (tell_job_stopped), or a rank finds
+// the job of the wrong shape (its WORLD_SIZE not rank 0's, its rank taken), rank 0 prints that
+// line, and every rank throws AlreadyReported with its exit status. If the job is
 // not whole within `timeout`, each rank that came prints cannot_join(), rank 0 first, and throws
 // AlreadyReported (status 1). A store that cannot be reached throws as c10d does.
 c10::intrusive_ptr<c10d::Store> join_job(const DistEnvironment& env, std::chrono::milliseconds timeout);
