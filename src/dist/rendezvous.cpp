@@ -8,6 +8,7 @@
 #include <atomic>
 #include <cstdio>
 #include <cstdlib>
+#include <functional>
 #include <thread>
 
 #include "common/error.h"
@@ -46,6 +47,58 @@ bool first_to_show(c10d::Store& store, const DistEnvironment& env) {
   return store.add(fmt::format("gqe/join/shown/{}", machine), 1) == 1 && machine != 0;
 }
 
+// Waits for `key` until `deadline`; then throws what why() says. (Under torchrun the agent serves
+// the store, so a rank may wait there for ranks that never come, rank 0 included.)
+void wait_until(c10d::Store& store, const char* key, Clock::time_point deadline, const std::function<std::string()>& why) {
+  try {
+    // At least 1 ms: c10d reads a zero timeout as none.
+    const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now());
+    store.wait({key}, std::max(left, std::chrono::milliseconds(1)));
+  } catch (const c10::DistStoreError&) {
+    throw std::runtime_error(why());
+  }
+}
+
+// What makes the job of the wrong shape for this rank (empty if nothing): nodes that start
+// different numbers of ranks, two nodes with the same NODE_RANK. Said here, where it can still be
+// said: the collectives would hang on it, or mix ranks up.
+std::string wrong_shape(c10d::Store& store, const DistEnvironment& env, Clock::time_point deadline) {
+  if (env.rank == 0) store.compareSet(kWorld, "", std::to_string(env.world));
+  wait_until(store, kWorld, deadline, [] { return std::string("rank 0 did not come"); });
+  const std::string world0 = store.get_to_str(kWorld);
+  if (world0 != std::to_string(env.world))
+    return fmt::format("rank {}: a job of {} ranks here, of {} on rank 0: every node must start as many ranks (--nproc, NNODES)",
+                       env.rank, env.world, world0);
+  if (store.add(fmt::format("gqe/join/rank/{}", env.rank), 1) > 1)
+    return fmt::format("rank {} came twice: two nodes with the same NODE_RANK?", env.rank);
+  return "";
+}
+
+// The end of a join whose verdict is not go. Rank 0's line is out before any rank's exit can make
+// a launcher stop rank 0. A process that stopped is named by rank 0 alone; a job not whole in
+// time, by every rank that came.
+[[noreturn]] void stop(c10d::Store& store, const DistEnvironment& env, const std::string& verdict, std::chrono::milliseconds timeout) {
+  const bool late = verdict.rfind("late ", 0) == 0;
+  const int status = late || verdict.rfind("stop 1 ", 0) == 0 ? 1 : 2;
+  const std::string line =
+      late ? cannot_join(env, timeout, fmt::format("{} of {} ranks came", verdict.substr(5), env.world)) : verdict.substr(7);
+  if (env.rank != 0) {
+    try {
+      store.wait({kPrinted}, std::chrono::seconds(5));
+    } catch (const std::exception&) {
+    }
+  }
+  if (env.rank == 0 || late) {
+    fmt::print(stderr, "gqe: {}{}\n", status == 2 ? "" : "error: ", line);
+    std::fflush(stderr);
+  }
+  if (env.rank == 0) store.set(kPrinted, "1");
+  store.add(kKnown, 1);
+  // The store's server stays until the others have read the verdict (a teller counted its own ranks).
+  if (env.rank == 0 && !agent_store()) serve_until_known(store, late ? std::stoll(verdict.substr(5)) : env.world);
+  throw AlreadyReported(line, status);
+}
+
 }  // namespace
 
 c10::intrusive_ptr<c10d::Store> connect_store(const DistEnvironment& env, std::chrono::milliseconds timeout, bool serve) {
@@ -63,30 +116,8 @@ c10::intrusive_ptr<c10d::Store> connect_store(const DistEnvironment& env, std::c
 c10::intrusive_ptr<c10d::Store> join_job(const DistEnvironment& env, std::chrono::milliseconds timeout) {
   g_joining = true;
   const auto deadline = Clock::now() + timeout;
-  const bool serving = env.rank == 0 && !agent_store();
   c10::intrusive_ptr<c10d::Store> store = connect_store(env, timeout, env.rank == 0);
-  // Under torchrun the agent serves the store, so a rank may wait there for a rank 0 that is missing.
-  auto wait_for = [&](const char* key, const char* missing) {
-    try {
-      // At least 1 ms: c10d reads a zero timeout as none.
-      const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now());
-      store->wait({key}, std::max(left, std::chrono::milliseconds(1)));
-    } catch (const c10::DistStoreError&) {
-      throw std::runtime_error(missing ? std::string(missing) : fmt::format("{} of {} ranks came", store->add(kJoined, 0), env.world));
-    }
-  };
-
-  // A job of the wrong shape (nodes that start different numbers of ranks, two nodes with the same
-  // NODE_RANK) stops here, where it can still say why: its collectives would hang or mix ranks up.
-  std::string wrong;
-  if (env.rank == 0) store->compareSet(kWorld, "", std::to_string(env.world));
-  wait_for(kWorld, "rank 0 did not come");
-  const std::string world0 = store->get_to_str(kWorld);
-  if (world0 != std::to_string(env.world))
-    wrong = fmt::format("rank {}: a job of {} ranks here, of {} on rank 0: every node must start as many ranks (--nproc, "
-                        "NNODES)", env.rank, env.world, world0);
-  else if (store->add(fmt::format("gqe/join/rank/{}", env.rank), 1) > 1)
-    wrong = fmt::format("rank {} came twice: two nodes with the same NODE_RANK?", env.rank);
+  const std::string wrong = wrong_shape(*store, env, deadline);
   if (!wrong.empty()) {
     store->compareSet(kVerdict, "", "stop 2 " + wrong);
   } else {
@@ -104,7 +135,7 @@ c10::intrusive_ptr<c10d::Store> join_job(const DistEnvironment& env, std::chrono
       }
     }
   } else {
-    wait_for(kVerdict, nullptr);
+    wait_until(*store, kVerdict, deadline, [&] { return fmt::format("{} of {} ranks came", store->add(kJoined, 0), env.world); });
   }
   const std::string verdict = store->get_to_str(kVerdict);
   if (verdict == "go" && wrong.empty()) return store;
@@ -113,26 +144,7 @@ c10::intrusive_ptr<c10d::Store> join_job(const DistEnvironment& env, std::chrono
     fmt::print(stderr, "gqe: {}\n", wrong);  // this machine's console shows what is wrong here too
     std::fflush(stderr);
   }
-  // Rank 0's line is out before any rank's exit can make a launcher stop rank 0. A process that
-  // stopped is named by rank 0 alone; a job not whole in time, by every rank that came.
-  const bool late = verdict.rfind("late ", 0) == 0;
-  const int status = late || verdict.rfind("stop 1 ", 0) == 0 ? 1 : 2;
-  const std::string line =
-      late ? cannot_join(env, timeout, fmt::format("{} of {} ranks came", verdict.substr(5), env.world)) : verdict.substr(7);
-  if (env.rank != 0) {
-    try {
-      store->wait({kPrinted}, std::chrono::seconds(5));
-    } catch (const std::exception&) {
-    }
-  }
-  if (env.rank == 0 || late) {
-    fmt::print(stderr, "gqe: {}{}\n", status == 2 ? "" : "error: ", line);
-    std::fflush(stderr);
-  }
-  if (env.rank == 0) store->set(kPrinted, "1");
-  store->add(kKnown, 1);
-  if (serving) serve_until_known(*store, late ? std::stoll(verdict.substr(5)) : env.world);  // a teller counted its own ranks
-  throw AlreadyReported(line, status);
+  stop(*store, env, verdict, timeout);
 }
 
 std::string cannot_join(const DistEnvironment& env, std::chrono::milliseconds timeout, const std::string& why) {
