@@ -1,6 +1,7 @@
 #include "dist/rendezvous.h"
 
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 #include <torch/csrc/distributed/c10d/PrefixStore.hpp>
 #include <torch/csrc/distributed/c10d/TCPStore.hpp>
 
@@ -10,6 +11,7 @@
 #include <cstdlib>
 #include <functional>
 #include <thread>
+#include <vector>
 
 #include "common/error.h"
 
@@ -74,6 +76,22 @@ std::string wrong_shape(c10d::Store& store, const DistEnvironment& env, Clock::t
   return "";
 }
 
+// A job that is slow to gather says on rank 0's console whom it waits for: a node not started, or
+// one that cannot reach the store, is otherwise a silent wait of dist.timeout_s.
+void say_who_is_missing(c10d::Store& store, const DistEnvironment& env, Clock::duration waited, std::chrono::milliseconds timeout) {
+  std::vector<int> missing;
+  for (int r = 0; r < env.world; ++r)
+    if (!store.check({fmt::format("gqe/join/rank/{}", r)})) missing.push_back(r);
+  if (missing.empty()) return;  // all came; some of a wrong shape
+  const size_t listed = std::min<size_t>(missing.size(), 8);
+  std::string ranks = fmt::format("{}", fmt::join(missing.begin(), missing.begin() + static_cast<std::ptrdiff_t>(listed), ", "));
+  if (missing.size() > listed) ranks += fmt::format(" and {} more", missing.size() - listed);
+  fmt::print(stderr, "gqe: waiting at {}:{} for {} of {} ranks ({}): {} s so far, giving up at {} s\n", env.master_addr,
+             env.master_port, missing.size(), env.world, ranks, std::chrono::duration_cast<std::chrono::seconds>(waited).count(),
+             std::chrono::duration_cast<std::chrono::seconds>(timeout).count());
+  std::fflush(stderr);
+}
+
 // The end of a join whose verdict is not go. Rank 0's line is out before any rank's exit can make
 // a launcher stop rank 0. A process that stopped is named by rank 0 alone; a job not whole in
 // time, by every rank that came.
@@ -123,13 +141,18 @@ c10::intrusive_ptr<c10d::Store> join_job(const DistEnvironment& env, std::chrono
   } else {
     store->add(kJoined, 1);
   }
-  if (env.rank == 0 && wrong.empty()) {  // counts the others in
+  if (env.rank == 0 && wrong.empty()) {  // counts the others in, and says whom it waits for
+    const auto start = Clock::now();
+    auto notice_at = start + std::chrono::seconds(10);
     while (!store->check({kVerdict})) {
       const int64_t joined = store->add(kJoined, 0);
       if (joined >= env.world) {
         store->compareSet(kVerdict, "", "go");
       } else if (Clock::now() > deadline) {
         store->compareSet(kVerdict, "", fmt::format("late {}", joined));  // the ranks that came fail with rank 0
+      } else if (Clock::now() > notice_at) {
+        say_who_is_missing(*store, env, Clock::now() - start, timeout);
+        notice_at += std::chrono::seconds(60);
       } else {
         std::this_thread::sleep_for(std::chrono::milliseconds(10));
       }
