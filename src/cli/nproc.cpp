@@ -91,7 +91,7 @@ void job_command(int nproc, const std::function<void()>& body) {
     }
     // A launcher's line, or rank 0's, is printed at once (telling may take a while); another rank's
     // where the job cannot show it.
-    const int status = dynamic_cast<const UserError*>(&e) ? 2 : 1;
+    const int status = exit_status(e);
     const bool at_once = ranks > 1 || first.rank == 0;
     if (at_once) report_error("gqe", e);
     if (tell_job_stopped(first, ranks, who, status, error_line(e)) && !at_once) report_error("gqe", e);

@@ -18,8 +18,10 @@ std::string error_line(const std::exception& e) {
   return what.substr(0, what.find('\n'));
 }
 
+int exit_status(const std::exception& e) { return dynamic_cast<const UserError*>(&e) ? 2 : 1; }
+
 int report_error(const char* program, const std::exception& e) {
-  if (dynamic_cast<const UserError*>(&e)) {
+  if (exit_status(e) == 2) {
     fmt::print(stderr, "{}: {}\n", program, e.what());
     return 2;
   }

@@ -274,16 +274,14 @@ void Communicator::check_input(const std::function<void()>& check) {
   const int first_here = env_.rank - env_.local_rank;
   if (!message.empty() && first_here != 0 &&
       std::all_of(verdicts.begin() + first_here, verdicts.begin() + env_.rank, [](const std::string& v) { return v == "ok"; })) {
-    fmt::print(stderr, "gqe: {}\n", message);
-    std::fflush(stderr);
+    print_now(message);
   }
   for (int r = 0; r < env_.world; ++r) {
     const std::string& verdict = verdicts[static_cast<size_t>(r)];
     if (verdict == "ok") continue;
     const std::string line = r == 0 ? verdict.substr(6) : fmt::format("rank {}: {}", r, verdict.substr(6));  // another machine's file, maybe
     if (main()) {
-      fmt::print(stderr, "gqe: {}\n", line);
-      std::fflush(stderr);
+      print_now(line);
       publish("input-reported", "1");
     } else {
       receive("input-reported");  // the line is out before this rank's exit can make a launcher stop rank 0

@@ -27,6 +27,8 @@ constexpr const char* kVerdict = "gqe/join/verdict";
 constexpr const char* kPrinted = "gqe/join/printed";  // the stop's line is out on rank 0's console
 constexpr const char* kKnown = "gqe/join/known";      // ranks that read a verdict other than go (a teller counts its own)
 
+std::string rank_key(int rank) { return fmt::format("gqe/join/rank/{}", rank); }  // claimed by the rank that came
+
 std::atomic<bool> g_joining{false};  // this process has begun to join: it no longer tells
 
 using Clock = std::chrono::steady_clock;
@@ -71,7 +73,7 @@ std::string wrong_shape(c10d::Store& store, const DistEnvironment& env, Clock::t
   if (world0 != std::to_string(env.world))
     return fmt::format("rank {}: a job of {} ranks here, of {} on rank 0: every node must start as many ranks (--nproc, NNODES)",
                        env.rank, env.world, world0);
-  if (store.add(fmt::format("gqe/join/rank/{}", env.rank), 1) > 1)
+  if (store.add(rank_key(env.rank), 1) > 1)
     return fmt::format("rank {} came twice: two nodes with the same NODE_RANK?", env.rank);
   return "";
 }
@@ -81,39 +83,35 @@ std::string wrong_shape(c10d::Store& store, const DistEnvironment& env, Clock::t
 void say_who_is_missing(c10d::Store& store, const DistEnvironment& env, Clock::duration waited, std::chrono::milliseconds timeout) {
   std::vector<int> missing;
   for (int r = 0; r < env.world; ++r)
-    if (!store.check({fmt::format("gqe/join/rank/{}", r)})) missing.push_back(r);
+    if (!store.check({rank_key(r)})) missing.push_back(r);
   if (missing.empty()) return;  // all came; some of a wrong shape
   const size_t listed = std::min<size_t>(missing.size(), 8);
   std::string ranks = fmt::format("{}", fmt::join(missing.begin(), missing.begin() + static_cast<std::ptrdiff_t>(listed), ", "));
   if (missing.size() > listed) ranks += fmt::format(" and {} more", missing.size() - listed);
-  fmt::print(stderr, "gqe: waiting at {}:{} for {} of {} ranks ({}): {} s so far, giving up at {} s\n", env.master_addr,
-             env.master_port, missing.size(), env.world, ranks, std::chrono::duration_cast<std::chrono::seconds>(waited).count(),
-             std::chrono::duration_cast<std::chrono::seconds>(timeout).count());
-  std::fflush(stderr);
+  print_now(fmt::format("waiting at {}:{} for {} of {} ranks ({}): {} s so far, giving up at {} s", env.master_addr, env.master_port,
+                        missing.size(), env.world, ranks, std::chrono::duration_cast<std::chrono::seconds>(waited).count(),
+                        std::chrono::duration_cast<std::chrono::seconds>(timeout).count()));
 }
 
 // The end of a join whose verdict is not go. Rank 0's line is out before any rank's exit can make
 // a launcher stop rank 0. A process that stopped is named by rank 0 alone; a job not whole in
 // time, by every rank that came.
 [[noreturn]] void stop(c10d::Store& store, const DistEnvironment& env, const std::string& verdict, std::chrono::milliseconds timeout) {
-  const bool late = verdict.rfind("late ", 0) == 0;
+  const bool late = verdict.rfind("late ", 0) == 0;  // "late <came>", else "stop <status> <line>"
+  const int64_t came = late ? std::stoll(verdict.substr(5)) : 0;
   const int status = late || verdict.rfind("stop 1 ", 0) == 0 ? 1 : 2;
-  const std::string line =
-      late ? cannot_join(env, timeout, fmt::format("{} of {} ranks came", verdict.substr(5), env.world)) : verdict.substr(7);
+  const std::string line = late ? cannot_join(env, timeout, fmt::format("{} of {} ranks came", came, env.world)) : verdict.substr(7);
   if (env.rank != 0) {
     try {
       store.wait({kPrinted}, std::chrono::seconds(5));
     } catch (const std::exception&) {
     }
   }
-  if (env.rank == 0 || late) {
-    fmt::print(stderr, "gqe: {}{}\n", status == 2 ? "" : "error: ", line);
-    std::fflush(stderr);
-  }
+  if (env.rank == 0 || late) print_now((status == 2 ? "" : "error: ") + line);
   if (env.rank == 0) store.set(kPrinted, "1");
   store.add(kKnown, 1);
   // The store's server stays until the others have read the verdict (a teller counted its own ranks).
-  if (env.rank == 0 && !agent_store()) serve_until_known(store, late ? std::stoll(verdict.substr(5)) : env.world);
+  if (env.rank == 0 && !agent_store()) serve_until_known(store, late ? came : env.world);
   throw AlreadyReported(line, status);
 }
 
@@ -163,11 +161,13 @@ c10::intrusive_ptr<c10d::Store> join_job(const DistEnvironment& env, std::chrono
   const std::string verdict = store->get_to_str(kVerdict);
   if (verdict == "go" && wrong.empty()) return store;
   if (verdict == "go") throw UserError(wrong);  // the job formed without this rank
-  if (!wrong.empty() && first_to_show(*store, env)) {
-    fmt::print(stderr, "gqe: {}\n", wrong);  // this machine's console shows what is wrong here too
-    std::fflush(stderr);
-  }
+  if (!wrong.empty() && first_to_show(*store, env)) print_now(wrong);  // this machine's console shows it too
   stop(*store, env, verdict, timeout);
+}
+
+void print_now(const std::string& line) {
+  fmt::print(stderr, "gqe: {}\n", line);
+  std::fflush(stderr);
 }
 
 std::string cannot_join(const DistEnvironment& env, std::chrono::milliseconds timeout, const std::string& why) {

@@ -30,6 +30,8 @@ c10::intrusive_ptr<c10d::Store> connect_store(const DistEnvironment& env, std::c
 // not whole within `timeout`, each rank that came prints cannot_join(), rank 0 first, and throws
 // AlreadyReported (status 1). A store that cannot be reached throws as c10d does.
 c10::intrusive_ptr<c10d::Store> join_job(const DistEnvironment& env, std::chrono::milliseconds timeout);
+// One line of this process on stderr, out at once: "gqe: <line>" (a rank may be stopped right after).
+void print_now(const std::string& line);
 // The line of a rank that could not join the job within `timeout`, and why.
 std::string cannot_join(const DistEnvironment& env, std::chrono::milliseconds timeout, const std::string& why);
 
