@@ -685,7 +685,8 @@ TEST_F(Distributed, ShapesThatDoNotSplitOverTheRanksAreRefused) {
   const auto r = run_command(train("x", "--nproc 3"));
   EXPECT_EQ(r.status, 2);
   // Once, before any rank starts (not once per rank and again from the launcher).
-  EXPECT_EQ(r.err, "gqe: a global batch of 8 sequences does not split into 3 ranks x micro-batches of 4\n");
+  EXPECT_EQ(r.err, "gqe: " + config_ + ": a global batch of 8 sequences does not split into 3 ranks x micro-batches of 4: "
+                   "train on 1 or 2 ranks, or make train.global_batch_tokens a multiple of 384 (3 x 4 sequences of 32)\n");
   const auto nested = run_command("RANK=0 WORLD_SIZE=1 " + train("y", "--nproc 2"));
   EXPECT_EQ(nested.status, 2);
   EXPECT_EQ(nested.err, "gqe: --nproc: this process is already a rank of a launched job (RANK is set); drop --nproc\n");

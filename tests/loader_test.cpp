@@ -146,8 +146,14 @@ TEST_F(Loader, ImpossibleShapesAndPositionsAreRefused) {
     }
     return std::string("no error");
   };
-  EXPECT_EQ(error(options(3)), "a global batch of 8 sequences does not split into 1 ranks x micro-batches of 3");
-  EXPECT_EQ(error(options(1, 0, 3)), "a global batch of 8 sequences does not split into 3 ranks x micro-batches of 1");
+  // Each names what would fit: the micro-batches that divide a rank's share, or the ranks (and
+  // global batches) that the micro-batch splits.
+  EXPECT_EQ(error(options(3)), "a global batch of 8 sequences does not split into 1 rank x micro-batches of 3: each rank gets "
+                               "8 sequences, so train.micro_batch_size must divide 8 (1, 2, 4 or 8)");
+  EXPECT_EQ(error(options(1, 0, 3)), "a global batch of 8 sequences does not split into 3 ranks x micro-batches of 1: train on "
+                                     "1, 2, 4 or 8 ranks, or make train.global_batch_tokens a multiple of 96 (3 x 1 sequences of 32)");
+  EXPECT_EQ(error(options(4, 0, 3)), "a global batch of 8 sequences does not split into 3 ranks x micro-batches of 4: train on "
+                                     "1 or 2 ranks, or make train.global_batch_tokens a multiple of 384 (3 x 4 sequences of 32)");
   EXPECT_EQ(error(options(2), {0, 4}), "loader position 4 is not at a global batch boundary (batches of 8)");
   EXPECT_EQ(error(options(2), {1, 3}), "no error");  // 104 = 13 batches
   EXPECT_EQ(error(options(2), {0, 101}), "loader position: cursor 101 is past the 101 samples of an epoch");

@@ -24,11 +24,30 @@ uint64_t SampleOrder::sample_at(uint64_t position) {
 
 uint64_t samples_per_epoch(uint64_t tokens, uint64_t seq_len) { return tokens > seq_len ? (tokens - 1) / seq_len : 0; }
 
-void check_batch_split(uint64_t global_batch, int world, uint64_t micro_batch) {
-  const uint64_t per_rank = global_batch / static_cast<uint64_t>(world);
-  if (global_batch % static_cast<uint64_t>(world) != 0 || per_rank % micro_batch != 0)
-    throw UserError(fmt::format("a global batch of {} sequences does not split into {} ranks x micro-batches of {}",
-                                global_batch, world, micro_batch));
+void check_batch_split(uint64_t global_batch, int world, uint64_t micro_batch, uint64_t seq_len) {
+  const uint64_t w = static_cast<uint64_t>(world), per_rank = global_batch / w;
+  if (global_batch % w == 0 && per_rank % micro_batch == 0) return;
+  // Say what would fit, since the fix is a number to pick.
+  auto or_list = [](const std::vector<uint64_t>& v) {
+    std::string s;
+    for (size_t i = 0; i < v.size(); ++i) s += (i == 0 ? "" : i + 1 == v.size() ? " or " : ", ") + std::to_string(v[i]);
+    return s;
+  };
+  std::vector<uint64_t> fits;
+  std::string fix;
+  if (global_batch % w == 0) {
+    for (uint64_t m = 1; m <= per_rank; ++m)
+      if (per_rank % m == 0) fits.push_back(m);
+    fix = fmt::format("each rank gets {} sequences, so train.micro_batch_size must divide {} ({})", per_rank, per_rank, or_list(fits));
+  } else {
+    for (uint64_t r = 1; r <= global_batch / micro_batch; ++r)
+      if (global_batch % (r * micro_batch) == 0) fits.push_back(r);
+    fix = fmt::format("train on {} rank{}, or make train.global_batch_tokens a multiple of {} ({} x {} sequences of {})",
+                      or_list(fits), fits.size() == 1 && fits[0] == 1 ? "" : "s", w * micro_batch * seq_len, world,
+                      micro_batch, seq_len);
+  }
+  throw UserError(fmt::format("a global batch of {} sequences does not split into {} rank{} x micro-batches of {}: {}",
+                              global_batch, world, world == 1 ? "" : "s", micro_batch, fix));
 }
 
 TrainLoader::TrainLoader(std::shared_ptr<const TokenStream> stream, const LoaderOptions& o, LoaderPosition start)
@@ -41,7 +60,7 @@ TrainLoader::TrainLoader(std::shared_ptr<const TokenStream> stream, const Loader
   if (samples_per_epoch_ == 0)
     throw UserError(fmt::format("the train split has {} tokens, fewer than one sample of seq_len + 1 = {}",
                                 stream_->size(), o.seq_len + 1));
-  check_batch_split(o.global_batch, o.world, o.micro_batch);
+  check_batch_split(o.global_batch, o.world, o.micro_batch, o.seq_len);
   accumulation_ = o.global_batch / static_cast<uint64_t>(o.world) / o.micro_batch;
   if (start.cursor >= samples_per_epoch_)
     throw UserError(fmt::format("loader position: cursor {} is past the {} samples of an epoch", start.cursor,

@@ -65,8 +65,8 @@ struct MicroBatch {
 };
 
 // Throws UserError unless a global batch of `global_batch` sequences splits into `world` equal
-// rank slices of whole micro-batches.
-void check_batch_split(uint64_t global_batch, int world, uint64_t micro_batch);
+// rank slices of whole micro-batches (of sequences of `seq_len`), saying what would.
+void check_batch_split(uint64_t global_batch, int world, uint64_t micro_batch, uint64_t seq_len);
 
 class TrainLoader {
  public:

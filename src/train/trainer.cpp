@@ -767,8 +767,12 @@ TrainingInput check_training_input(const LoadedConfig& loaded, int world, at::De
                                   loaded.origin("eval.tasks"), name, file, c.data.dataset));
     in.eval_sets.push_back(std::move(set));
   }
-  check_batch_split(static_cast<uint64_t>(c.train.global_batch_tokens / c.data.seq_len), world,
-                    static_cast<uint64_t>(c.train.micro_batch_size));
+  try {
+    check_batch_split(static_cast<uint64_t>(c.train.global_batch_tokens / c.data.seq_len), world,
+                      static_cast<uint64_t>(c.train.micro_batch_size), static_cast<uint64_t>(c.data.seq_len));
+  } catch (const UserError& e) {
+    throw UserError(fmt::format("{}: {}", loaded.file, e.what()));
+  }
   in.memory = memory_verdict(describe_model(c, world), device_name(device), available_memory(device), ranks_on_device);
   if (!in.memory.fits)
     throw UserError(fmt::format("{}: the model cannot train here: {}", loaded.file, in.memory.text));
