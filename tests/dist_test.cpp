@@ -826,6 +826,69 @@ TEST_F(Distributed, AProcessThatStopsBeforeJoiningStopsTheJobAtOnce) {
   for (const char* run : {"a", "b", "c", "d"}) EXPECT_FALSE(fs::exists(path(run))) << run;
 }
 
+// Whether every process in `pids` catches SIGINT (/proc's SigCgt): a rank of gqe train does from
+// just before it joins the job.
+bool catch_sigint(const std::vector<int>& pids) {
+  for (int pid : pids) {
+    std::smatch m;
+    const std::string status = read_file("/proc/" + std::to_string(pid) + "/status");
+    if (!std::regex_search(status, m, std::regex("SigCgt:\\s*([0-9a-f]+)")) || !((std::stoull(m[1], nullptr, 16) >> (SIGINT - 1)) & 1))
+      return false;
+  }
+  return !pids.empty();
+}
+
+// Ctrl-C (or SIGTERM) while the job gathers, waiting for a node that is not there, stops it within
+// a second instead of at dist.timeout_s (60 s here), on every node: nothing is written, exit status
+// 0 as for any stop, and the line says so on the consoles of rank 0 and of the node stopped.
+TEST_F(Distributed, AStopSignalWhileTheJobGathersStopsItAtOnce) {
+  const std::string extra = "--nproc 2 --set train.micro_batch_size=2 --set dist.timeout_s=60";
+  auto node = [&](int n, int nodes, int port, const std::string& out) {
+    return std::make_unique<test::Background>(fmt::format("exec env NNODES={} NODE_RANK={} MASTER_ADDR=127.0.0.1 MASTER_PORT={} ", nodes, n, port) +
+                                              train("s", extra) + " >" + path(out) + " 2>&1");
+  };
+  auto seconds_to_end = [](test::Background& b, int& status) {
+    const auto start = std::chrono::steady_clock::now();
+    status = b.wait();
+    return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  };
+  const std::string nothing = ": nothing was written; the same command starts the job\n";
+  {  // node 1 alone: its ranks wait for node 0's store
+    const int port = free_port();
+    const auto node1 = node(1, 2, port, "alone.out");
+    const std::vector<int> ranks = ranks_of(node1->pid());
+    for (int i = 0; i < 3000 && !catch_sigint(ranks); ++i) std::this_thread::sleep_for(10ms);
+    ASSERT_TRUE(catch_sigint(ranks));
+    node1->signal(SIGINT);
+    int status = -1;
+    EXPECT_LT(seconds_to_end(*node1, status), 10.0);
+    EXPECT_EQ(status, 0);
+    EXPECT_EQ(read_file(path("alone.out")), fmt::format("gqe: rank 2: stopped by SIGINT while waiting for the job's store at 127.0.0.1:{}", port) + nothing);
+  }
+  {  // 3 nodes, node 2 missing; node 1 is stopped: node 0's ranks stop too
+    const int port = free_port();
+    const auto node0 = node(0, 3, port, "three.0.out");
+    const auto node1 = node(1, 3, port, "three.1.out");
+    // Rank 0's notice (after 10 s) says that nodes 0 and 1 have joined.
+    const std::string notice = fmt::format("gqe: waiting at 127.0.0.1:{} for 2 of 6 ranks (4, 5)", port);
+    auto heard = [&] { return fs::exists(path("three.0.out")) && read_file(path("three.0.out")).find(notice) != std::string::npos; };
+    for (int i = 0; i < 3000 && !heard(); ++i) std::this_thread::sleep_for(10ms);
+    ASSERT_TRUE(heard());
+    node1->signal(SIGINT);
+    int status0 = -1, status1 = -1;
+    EXPECT_LT(seconds_to_end(*node1, status1), 10.0);
+    EXPECT_LT(seconds_to_end(*node0, status0), 10.0);
+    EXPECT_EQ(status0, 0);
+    EXPECT_EQ(status1, 0);
+    // Either of node 1's ranks may say it first.
+    const std::regex line("gqe: rank [23]: stopped by SIGINT while the job gathered \\(4 of 6 ranks had come\\)" + std::regex_replace(nothing, std::regex("[().]"), "\\$&"));
+    const std::string out0 = read_file(path("three.0.out")), out1 = read_file(path("three.1.out"));
+    EXPECT_TRUE(std::regex_match(out0.substr(out0.find('\n') + 1), line)) << out0;
+    EXPECT_TRUE(std::regex_match(out1, line)) << out1;
+  }
+  EXPECT_FALSE(fs::exists(path("s")));
+}
+
 // Nodes that do not make the job their variables describe stop at once, saying why, instead of
 // waiting dist.timeout_s (60 s here) or mixing ranks up in the collectives.
 TEST_F(Distributed, AJobOfTheWrongShapeStopsAtOnceSayingWhy) {

@@ -5,8 +5,14 @@
 #include <torch/csrc/distributed/c10d/PrefixStore.hpp>
 #include <torch/csrc/distributed/c10d/TCPStore.hpp>
 
+#include <netdb.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
 #include <algorithm>
 #include <atomic>
+#include <cerrno>
 #include <cstdio>
 #include <cstdlib>
 #include <functional>
@@ -14,6 +20,7 @@
 #include <vector>
 
 #include "common/error.h"
+#include "common/stop_signals.h"
 
 namespace gqe {
 namespace {
@@ -51,15 +58,75 @@ bool first_to_show(c10d::Store& store, const DistEnvironment& env) {
   return store.add(fmt::format("gqe/join/shown/{}", machine), 1) == 1 && machine != 0;
 }
 
-// Waits for `key` until `deadline`; then throws what why() says. (Under torchrun the agent serves
-// the store, so a rank may wait there for ranks that never come, rank 0 included.)
-void wait_until(c10d::Store& store, const char* key, Clock::time_point deadline, const std::function<std::string()>& why) {
-  try {
-    // At least 1 ms: c10d reads a zero timeout as none.
+// Whether something accepts a TCP connection at addr:port within `wait`.
+bool accepts(const std::string& addr, int port, std::chrono::milliseconds wait) {
+  addrinfo hints{};
+  hints.ai_socktype = SOCK_STREAM;
+  addrinfo* found = nullptr;
+  if (::getaddrinfo(addr.c_str(), std::to_string(port).c_str(), &hints, &found) != 0) return false;
+  bool ok = false;
+  for (addrinfo* a = found; a && !ok; a = a->ai_next) {
+    const int fd = ::socket(a->ai_family, a->ai_socktype | SOCK_NONBLOCK | SOCK_CLOEXEC, a->ai_protocol);
+    if (fd < 0) continue;
+    if (::connect(fd, a->ai_addr, a->ai_addrlen) == 0) {
+      ok = true;
+    } else if (errno == EINPROGRESS) {
+      pollfd p{fd, POLLOUT, 0};
+      int error = 0;
+      socklen_t size = sizeof(error);
+      ok = ::poll(&p, 1, static_cast<int>(wait.count())) == 1 && ::getsockopt(fd, SOL_SOCKET, SO_ERROR, &error, &size) == 0 &&
+           error == 0;
+    }
+    ::close(fd);
+  }
+  ::freeaddrinfo(found);
+  return ok;
+}
+
+// A stop signal before the job formed: nothing was written, and the same command starts it.
+std::string stopped_line(const DistEnvironment& env, int sig, const std::string& while_what) {
+  return fmt::format("rank {}: stopped by {} {}: nothing was written; the same command starts the job", env.rank,
+                     stop_signal_name(sig), while_what);
+}
+
+// Before a client connects: the store's server is up (c10d's own connect would retry in silence,
+// deaf to a stop signal, then fail with a stack trace). Throws when `deadline` passes, or
+// AlreadyReported (status 0) on a stop signal, said on this machine's console once.
+void await_server(const DistEnvironment& env, Clock::time_point deadline) {
+  while (!accepts(env.master_addr, env.master_port, std::chrono::milliseconds(200))) {
+    if (const int sig = stop_signal()) {
+      const std::string line = stopped_line(env, sig, fmt::format("while waiting for the job's store at {}:{}", env.master_addr, env.master_port));
+      if (env.local_rank == 0) print_now(line);
+      throw AlreadyReported(line, 0);
+    }
+    if (Clock::now() > deadline)
+      throw std::runtime_error("nothing answers there");
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+}
+
+// The verdict of a stop signal here, unless the job has one already.
+void tell_stopped_by_signal(c10d::Store& store, const DistEnvironment& env, int sig) {
+  const std::string line = stopped_line(env, sig, fmt::format("while the job gathered ({} of {} ranks had come)", store.add(kJoined, 0), env.world));
+  store.compareSet(kVerdict, "", "stop 0 " + line);
+}
+
+// Waits for `key` until `deadline`, then throws what why() says; a stop signal meanwhile becomes
+// the job's verdict. (Under torchrun the agent serves the store, so a rank may wait there for
+// ranks that never come, rank 0 included.)
+void wait_until(c10d::Store& store, const DistEnvironment& env, const char* key, Clock::time_point deadline,
+                const std::function<std::string()>& why) {
+  while (true) {
+    if (const int sig = stop_signal()) tell_stopped_by_signal(store, env, sig);
+    if (std::string(key) != kVerdict && store.check({kVerdict})) return;  // the job stops: no point waiting for more
+    // Slices of at most half a second, to hear a signal; at least 1 ms: c10d reads a zero timeout as none.
     const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now());
-    store.wait({key}, std::max(left, std::chrono::milliseconds(1)));
-  } catch (const c10::DistStoreError&) {
-    throw std::runtime_error(why());
+    try {
+      store.wait({key}, std::clamp(left, std::chrono::milliseconds(1), std::chrono::milliseconds(500)));
+      return;
+    } catch (const c10::DistStoreError&) {
+      if (left <= std::chrono::milliseconds(500)) throw std::runtime_error(why());
+    }
   }
 }
 
@@ -68,7 +135,8 @@ void wait_until(c10d::Store& store, const char* key, Clock::time_point deadline,
 // said: the collectives would hang on it, or mix ranks up.
 std::string wrong_shape(c10d::Store& store, const DistEnvironment& env, Clock::time_point deadline) {
   if (env.rank == 0) store.compareSet(kWorld, "", std::to_string(env.world));
-  wait_until(store, kWorld, deadline, [] { return std::string("rank 0 did not come"); });
+  wait_until(store, env, kWorld, deadline, [] { return std::string("rank 0 did not come"); });
+  if (!store.check({kWorld})) return "";  // the job stopped before rank 0 came
   const std::string world0 = store.get_to_str(kWorld);
   if (world0 != std::to_string(env.world))
     return fmt::format("rank {}: a job of {} ranks here, of {} on rank 0: every node must start as many ranks (--nproc, NNODES)",
@@ -97,9 +165,9 @@ void say_who_is_missing(c10d::Store& store, const DistEnvironment& env, Clock::d
 // a launcher stop rank 0. A process that stopped is named by rank 0 alone; a job not whole in
 // time, by every rank that came.
 [[noreturn]] void stop(c10d::Store& store, const DistEnvironment& env, const std::string& verdict, std::chrono::milliseconds timeout) {
-  const bool late = verdict.rfind("late ", 0) == 0;  // "late <came>", else "stop <status> <line>"
+  const bool late = verdict.rfind("late ", 0) == 0;  // "late <came>", else "stop <status digit> <line>"
   const int64_t came = late ? std::stoll(verdict.substr(5)) : 0;
-  const int status = late || verdict.rfind("stop 1 ", 0) == 0 ? 1 : 2;
+  const int status = late ? 1 : verdict[5] - '0';
   const std::string line = late ? cannot_join(env, timeout, fmt::format("{} of {} ranks came", came, env.world)) : verdict.substr(7);
   if (env.rank != 0) {
     try {
@@ -107,17 +175,19 @@ void say_who_is_missing(c10d::Store& store, const DistEnvironment& env, Clock::d
     } catch (const std::exception&) {
     }
   }
-  if (env.rank == 0 || late) print_now((status == 2 ? "" : "error: ") + line);
+  if (env.rank == 0 || late) print_now((status == 1 ? "error: " : "") + line);
   if (env.rank == 0) store.set(kPrinted, "1");
   store.add(kKnown, 1);
-  // The store's server stays until the others have read the verdict (a teller counted its own ranks).
-  if (env.rank == 0 && !agent_store()) serve_until_known(store, late ? came : env.world);
+  // The store's server stays until the others have read the verdict (a teller counted its own
+  // ranks); after a stop signal, those that came (the others may never come).
+  if (env.rank == 0 && !agent_store()) serve_until_known(store, late ? came : status == 0 ? store.add(kJoined, 0) : env.world);
   throw AlreadyReported(line, status);
 }
 
 }  // namespace
 
 c10::intrusive_ptr<c10d::Store> connect_store(const DistEnvironment& env, std::chrono::milliseconds timeout, bool serve) {
+  if (!serve || agent_store()) await_server(env, Clock::now() + timeout);
   c10d::TCPStoreOptions so;
   so.port = static_cast<uint16_t>(env.master_port);
   so.isServer = serve && !agent_store();
@@ -143,6 +213,10 @@ c10::intrusive_ptr<c10d::Store> join_job(const DistEnvironment& env, std::chrono
     const auto start = Clock::now();
     auto notice_at = start + std::chrono::seconds(10);
     while (!store->check({kVerdict})) {
+      if (const int sig = stop_signal()) {
+        tell_stopped_by_signal(*store, env, sig);
+        continue;
+      }
       const int64_t joined = store->add(kJoined, 0);
       if (joined >= env.world) {
         store->compareSet(kVerdict, "", "go");
@@ -156,12 +230,14 @@ c10::intrusive_ptr<c10d::Store> join_job(const DistEnvironment& env, std::chrono
       }
     }
   } else {
-    wait_until(*store, kVerdict, deadline, [&] { return fmt::format("{} of {} ranks came", store->add(kJoined, 0), env.world); });
+    wait_until(*store, env, kVerdict, deadline, [&] { return fmt::format("{} of {} ranks came", store->add(kJoined, 0), env.world); });
   }
   const std::string verdict = store->get_to_str(kVerdict);
   if (verdict == "go" && wrong.empty()) return store;
   if (verdict == "go") throw UserError(wrong);  // the job formed without this rank
-  if (!wrong.empty() && first_to_show(*store, env)) print_now(wrong);  // this machine's console shows it too
+  // This machine's console shows it too: a wrong shape found here, a stop signal received here.
+  if (!wrong.empty() && first_to_show(*store, env)) print_now(wrong);
+  if (wrong.empty() && stop_signal() && verdict.rfind("stop 0 ", 0) == 0 && first_to_show(*store, env)) print_now(verdict.substr(7));
   stop(*store, env, verdict, timeout);
 }
 

@@ -19,7 +19,8 @@ class Store;
 namespace gqe {
 
 // A connection to the job's store: the server itself where `serve` (and torchrun's agent does not
-// serve it), else a client that retries until `timeout`. Keys are namespaced by torchrun's restart
+// serve it), else a client that waits up to `timeout` for the server to answer (and stops at a
+// stop signal, as join_job). Keys are namespaced by torchrun's restart
 // attempt, as PyTorch's own rendezvous does.
 c10::intrusive_ptr<c10d::Store> connect_store(const DistEnvironment& env, std::chrono::milliseconds timeout, bool serve);
 
@@ -28,7 +29,9 @@ c10::intrusive_ptr<c10d::Store> connect_store(const DistEnvironment& env, std::c
 // the job of the wrong shape (its WORLD_SIZE not rank 0's, its rank taken), rank 0 prints that
 // line, and every rank throws AlreadyReported with its exit status. If the job is
 // not whole within `timeout`, each rank that came prints cannot_join(), rank 0 first, and throws
-// AlreadyReported (status 1). A store that cannot be reached throws as c10d does.
+// AlreadyReported (status 1). A stop signal meanwhile (common/stop_signals.h) stops every rank that
+// came alike, with AlreadyReported of status 0. A store that nothing serves within `timeout`
+// throws std::runtime_error.
 c10::intrusive_ptr<c10d::Store> join_job(const DistEnvironment& env, std::chrono::milliseconds timeout);
 // One line of this process on stderr, out at once: "gqe: <line>" (a rank may be stopped right after).
 void print_now(const std::string& line);

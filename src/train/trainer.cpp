@@ -22,6 +22,7 @@
 #include "common/files.h"
 #include "common/process.h"
 #include "common/run_lock.h"
+#include "common/stop_signals.h"
 #include "data/dataset.h"
 #include "data/loader.h"
 #include "dist/communicator.h"
@@ -49,15 +50,6 @@ using nlohmann::ordered_json;
 namespace gqe {
 namespace {
 
-// SIGINT/SIGTERM ask the loop to save and stop after the current step; a second one stops at once.
-std::atomic<int> g_stop_signal{0};
-extern "C" void on_stop_signal(int sig) {
-  if (g_stop_signal.exchange(sig) != 0) {
-    std::signal(sig, SIG_DFL);
-    std::raise(sig);
-  }
-}
-
 // The shards are memory-mapped: one truncated or removed under a running trainer makes the next
 // read of a lost page a SIGBUS. Say what happened in one line instead of dying of the signal;
 // everything written before (checkpoints, metrics lines) is whole.
@@ -77,24 +69,6 @@ class BusErrorMessage {
 
  private:
   void (*previous_)(int);
-};
-
-class StopSignals {
- public:
-  StopSignals() {
-    g_stop_signal = 0;
-    previous_int_ = std::signal(SIGINT, on_stop_signal);
-    previous_term_ = std::signal(SIGTERM, on_stop_signal);
-  }
-  ~StopSignals() {
-    std::signal(SIGINT, previous_int_);
-    std::signal(SIGTERM, previous_term_);
-  }
-  int received() const { return g_stop_signal.load(); }
-
- private:
-  void (*previous_int_)(int);
-  void (*previous_term_)(int);
 };
 
 // A torch generator's state as hex, and back (the generator handle shares its implementation).
@@ -708,7 +682,7 @@ void Trainer::train_to_budget() {
     const int64_t tokens_after = tokens_before + global_batch_;
     const bool log_step = (state_.step + 1) % config_.log.every_steps == 0 || tokens_after >= t.tokens;
     const double lr = learning_rate(t, tokens_after);
-    LaunchedStep launched = launch(lr, log_step, signals.received() != 0);
+    LaunchedStep launched = launch(lr, log_step, stop_signal() != 0);
     state_.step += 1;
     state_.tokens = tokens_after;
     state_.loader = loader_->position();
@@ -736,7 +710,7 @@ void Trainer::train_to_budget() {
       console_->clear_progress();
       comm_->finish();
       log.info("stopped by {} at step {}; continue with: {}",
-               signals.received() == SIGINT ? "SIGINT" : signals.received() == SIGTERM ? "SIGTERM" : "a signal to another rank",
+               stop_signal() != 0 ? stop_signal_name(stop_signal()) : "a signal to another rank",
                state_.step, continue_command());
       return;
     }
