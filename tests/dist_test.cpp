@@ -840,7 +840,8 @@ bool catch_sigint(const std::vector<int>& pids) {
 
 // Ctrl-C (or SIGTERM) while the job gathers, waiting for a node that is not there, stops it within
 // a second instead of at dist.timeout_s (60 s here), on every node: nothing is written, exit status
-// 0 as for any stop, and the line says so on the consoles of rank 0 and of the node stopped.
+// 0 as for any stop of gqe train, and the line says so on the consoles of rank 0 and of the node
+// stopped.
 TEST_F(Distributed, AStopSignalWhileTheJobGathersStopsItAtOnce) {
   const std::string extra = "--nproc 2 --set train.micro_batch_size=2 --set dist.timeout_s=60";
   auto node = [&](int n, int nodes, int port, const std::string& out) {
@@ -885,6 +886,16 @@ TEST_F(Distributed, AStopSignalWhileTheJobGathersStopsItAtOnce) {
     const std::string out0 = read_file(path("three.0.out")), out1 = read_file(path("three.1.out"));
     EXPECT_TRUE(std::regex_match(out0.substr(out0.find('\n') + 1), line)) << out0;
     EXPECT_TRUE(std::regex_match(out1, line)) << out1;
+  }
+  {  // a command that leaves the signal to its default (bench comm, eval): the shell's status for
+     // it, and no line from the launcher about a rank that was killed
+    const auto node0 = std::make_unique<test::Background>(
+        fmt::format("exec env NNODES=2 NODE_RANK=0 MASTER_ADDR=127.0.0.1 MASTER_PORT={} ", free_port()) +
+        test::gqe("bench comm " + config_ + " --nproc 2") + " >" + path("comm.out") + " 2>&1");
+    ASSERT_EQ(ranks_of(node0->pid()).size(), 2u);
+    node0->signal(SIGINT);
+    EXPECT_EQ(node0->wait(), 128 + SIGINT);
+    EXPECT_EQ(read_file(path("comm.out")), "");
   }
   EXPECT_FALSE(fs::exists(path("s")));
 }

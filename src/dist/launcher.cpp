@@ -78,12 +78,14 @@ int launch_local_ranks(int nproc, const std::vector<std::string>& args, const No
     pids[static_cast<size_t>(r)] = pid;
   }
 
-  int failed_rank = -1, job_status = 0, running = nproc;
+  int failed_rank = -1, job_status = 0, running = nproc, forwarded = 0;
   std::chrono::steady_clock::time_point kill_at{};
   while (running > 0) {
-    if (const int sig = g_forward.exchange(0))
+    if (const int sig = g_forward.exchange(0)) {
+      forwarded = sig;
       for (pid_t pid : pids)
         if (pid > 0) ::kill(pid, sig);
+    }
     int status = 0;
     const pid_t done = ::waitpid(-1, &status, WNOHANG);
     if (done > 0) {
@@ -94,9 +96,12 @@ int launch_local_ranks(int nproc, const std::vector<std::string>& args, const No
         const bool ok = WIFEXITED(status) && WEXITSTATUS(status) == 0;
         if (!ok && failed_rank < 0) {
           failed_rank = r;
-          job_status = WIFEXITED(status) ? WEXITSTATUS(status) : 1;
+          // Ended by the signal the user sent (a command that does not catch it: gqe eval, bench):
+          // the shell's status for it, and nothing to announce.
+          const bool stopped = forwarded != 0 && WIFSIGNALED(status) && WTERMSIG(status) == forwarded;
+          job_status = WIFEXITED(status) ? WEXITSTATUS(status) : stopped ? 128 + forwarded : 1;
           // Status 2 is bad input, which the job has said in one line already.
-          if (running > 0 && !(WIFEXITED(status) && WEXITSTATUS(status) == 2))
+          if (running > 0 && !stopped && !(WIFEXITED(status) && WEXITSTATUS(status) == 2))
             fmt::print(stderr, "gqe: rank {} (pid {}) {}; stopping the other {} rank(s){}\n", first + r, done, describe(status), running,
                        node.nnodes > 1 ? " of this node" : "");
           for (pid_t pid : pids)
