@@ -519,7 +519,7 @@ void Trainer::run() {
 
 void Trainer::train_to_budget() {
   const TrainConfig& t = config_.train;
-  StopSignals signals;
+  const StopSignals stop_signals;  // from here, SIGINT/SIGTERM stop the job at the next safe point
   BusErrorMessage bus_error;
   auto& log = console_->log();
 
