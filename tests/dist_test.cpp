@@ -764,7 +764,7 @@ TEST_F(Distributed, BadInputIsOneLineFromTheWholeJob) {
 // A process that stops before it joins the job (a node whose launcher finds no GPU, a config bad
 // on one node or in one task) tells the ranks already waiting: they stop at once with its line
 // (rank 0 prints it) instead of after dist.timeout_s (60 s here). A node that never comes is waited
-// for until the timeout, and rank 0 says whom it waits for.
+// for until the timeout, and rank 0 says whom it waits for; node 0 that never comes, too.
 TEST_F(Distributed, AProcessThatStopsBeforeJoiningStopsTheJobAtOnce) {
   const std::string extra = "--nproc 2 --set train.micro_batch_size=2 --set dist.timeout_s=60";
   const std::string no_gpu = "--set: train.device is cuda, but no CUDA device is available";
@@ -822,8 +822,20 @@ TEST_F(Distributed, AProcessThatStopsBeforeJoiningStopsTheJobAtOnce) {
                                          "node not running", port)),
               std::string::npos)
         << node0.err;
+    EXPECT_EQ(std::regex_search(node0.err, std::regex("rank 1: cannot join")), false) << "once per machine: " << node0.err;
   }
-  for (const char* run : {"a", "b", "c", "d"}) EXPECT_FALSE(fs::exists(path(run))) << run;
+  {  // node 0 never starts: nothing answers at its address, said once per machine, without c10d's trace
+    const int port = free_port();
+    const auto node1 = run_command(node_env(1, port) + train("e", "--nproc 2 --set train.micro_batch_size=2 --set dist.timeout_s=3"));
+    EXPECT_EQ(node1.status, 1);
+    EXPECT_EQ(node1.err.rfind(fmt::format("gqe: error: rank 2: cannot join the job at 127.0.0.1:{} within 5s: nothing answers there (is a "
+                                          "node not running", port), 0),
+              0u)
+        << node1.err;
+    EXPECT_EQ(node1.err.find("rank 3: cannot join"), std::string::npos) << node1.err;
+    EXPECT_EQ(node1.err.find("c10d"), std::string::npos) << node1.err;
+  }
+  for (const char* run : {"a", "b", "c", "d", "e"}) EXPECT_FALSE(fs::exists(path(run))) << run;
 }
 
 // Whether every process in `pids` catches SIGINT (/proc's SigCgt): a rank of gqe train does from

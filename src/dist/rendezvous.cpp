@@ -89,20 +89,20 @@ std::string stopped_line(const DistEnvironment& env, int sig, const std::string&
                      stop_signal_name(sig), while_what);
 }
 
-// Before a client connects: the store's server is up (c10d's own connect would retry in silence,
-// deaf to a stop signal, then fail with a stack trace). Throws when `deadline` passes, or
-// AlreadyReported (status 0) on a stop signal, said on this machine's console once.
-void await_server(const DistEnvironment& env, Clock::time_point deadline) {
+// Before a client connects: whether the store's server answers by `deadline` (c10d's own connect
+// would retry in silence, deaf to a stop signal, then fail with a stack trace). A stop signal
+// meanwhile throws AlreadyReported (status 0), said on this machine's console once.
+bool await_server(const DistEnvironment& env, Clock::time_point deadline) {
   while (!accepts(env.master_addr, env.master_port, std::chrono::milliseconds(200))) {
     if (const int sig = stop_signal()) {
       const std::string line = stopped_line(env, sig, fmt::format("while waiting for the job's store at {}:{}", env.master_addr, env.master_port));
       if (env.local_rank == 0) print_now(line);
       throw AlreadyReported(line, 0);
     }
-    if (Clock::now() > deadline)
-      throw std::runtime_error("nothing answers there");
+    if (Clock::now() > deadline) return false;
     std::this_thread::sleep_for(std::chrono::milliseconds(100));
   }
+  return true;
 }
 
 // The verdict of a stop signal here, unless the job has one already.
@@ -163,7 +163,7 @@ void say_who_is_missing(c10d::Store& store, const DistEnvironment& env, Clock::d
 
 // The end of a join whose verdict is not go. Rank 0's line is out before any rank's exit can make
 // a launcher stop rank 0. A process that stopped is named by rank 0 alone; a job not whole in
-// time, by every rank that came.
+// time, by rank 0 and once on every other machine that came.
 [[noreturn]] void stop(c10d::Store& store, const DistEnvironment& env, const std::string& verdict, std::chrono::milliseconds timeout) {
   const bool late = verdict.rfind("late ", 0) == 0;  // "late <came>", else "stop <status digit> <line>"
   const int64_t came = late ? std::stoll(verdict.substr(5)) : 0;
@@ -175,7 +175,7 @@ void say_who_is_missing(c10d::Store& store, const DistEnvironment& env, Clock::d
     } catch (const std::exception&) {
     }
   }
-  if (env.rank == 0 || late) print_now((status == 1 ? "error: " : "") + line);
+  if (env.rank == 0 || (late && first_to_show(store, env))) print_now((status == 1 ? "error: " : "") + line);
   if (env.rank == 0) store.set(kPrinted, "1");
   store.add(kKnown, 1);
   // The store's server stays until the others have read the verdict (a teller counted its own
@@ -187,7 +187,7 @@ void say_who_is_missing(c10d::Store& store, const DistEnvironment& env, Clock::d
 }  // namespace
 
 c10::intrusive_ptr<c10d::Store> connect_store(const DistEnvironment& env, std::chrono::milliseconds timeout, bool serve) {
-  if (!serve || agent_store()) await_server(env, Clock::now() + timeout);
+  if ((!serve || agent_store()) && !await_server(env, Clock::now() + timeout)) throw std::runtime_error("nothing answers there");
   c10d::TCPStoreOptions so;
   so.port = static_cast<uint16_t>(env.master_port);
   so.isServer = serve && !agent_store();
@@ -202,6 +202,11 @@ c10::intrusive_ptr<c10d::Store> connect_store(const DistEnvironment& env, std::c
 c10::intrusive_ptr<c10d::Store> join_job(const DistEnvironment& env, std::chrono::milliseconds timeout) {
   g_joining = true;
   const auto deadline = Clock::now() + timeout;
+  if ((env.rank != 0 || agent_store()) && !await_server(env, deadline)) {  // said once per machine
+    const std::string line = cannot_join(env, timeout, "nothing answers there");
+    if (env.local_rank == 0) print_now("error: " + line);
+    throw AlreadyReported(line, 1);
+  }
   c10::intrusive_ptr<c10d::Store> store = connect_store(env, timeout, env.rank == 0);
   const std::string wrong = wrong_shape(*store, env, deadline);
   if (!wrong.empty()) {
@@ -230,7 +235,10 @@ c10::intrusive_ptr<c10d::Store> join_job(const DistEnvironment& env, std::chrono
       }
     }
   } else {
-    wait_until(*store, env, kVerdict, deadline, [&] { return fmt::format("{} of {} ranks came", store->add(kJoined, 0), env.world); });
+    // Rank 0 gives the verdict at the deadline: a moment more for it to arrive. (Under torchrun,
+    // rank 0 may never come: each rank decides at the deadline.)
+    const auto verdict_by = agent_store() ? deadline : deadline + std::chrono::seconds(2);
+    wait_until(*store, env, kVerdict, verdict_by, [&] { return fmt::format("{} of {} ranks came", store->add(kJoined, 0), env.world); });
   }
   const std::string verdict = store->get_to_str(kVerdict);
   if (verdict == "go" && wrong.empty()) return store;

@@ -27,11 +27,11 @@ c10::intrusive_ptr<c10d::Store> connect_store(const DistEnvironment& env, std::c
 // This rank's way into the job: connects (rank 0 serves), counts itself in and waits until all
 // env.world ranks have. If a process of the job told it stopped (tell_job_stopped), or a rank finds
 // the job of the wrong shape (its WORLD_SIZE not rank 0's, its rank taken), rank 0 prints that
-// line, and every rank throws AlreadyReported with its exit status. If the job is
-// not whole within `timeout`, each rank that came prints cannot_join(), rank 0 first, and throws
-// AlreadyReported (status 1). A stop signal meanwhile (common/stop_signals.h) stops every rank that
-// came alike, with AlreadyReported of status 0. A store that nothing serves within `timeout`
-// throws std::runtime_error.
+// line, and every rank throws AlreadyReported with its exit status. If the job is not whole
+// within `timeout`, rank 0 and one rank of every other machine that came print cannot_join(), and
+// every rank throws AlreadyReported (status 1); so where nothing serves the store. A stop signal
+// meanwhile (common/stop_signals.h) stops every rank that came alike, with AlreadyReported of
+// status 0.
 c10::intrusive_ptr<c10d::Store> join_job(const DistEnvironment& env, std::chrono::milliseconds timeout);
 // One line of this process on stderr, out at once: "gqe: <line>" (a rank may be stopped right after).
 void print_now(const std::string& line);
