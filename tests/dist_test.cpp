@@ -2,6 +2,11 @@
 // processes, resume on another number of processes, torchrun, and ranks that die or hang.
 #include <gtest/gtest.h>
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
 #include <chrono>
 #include <csignal>
 #include <filesystem>
@@ -678,6 +683,21 @@ TEST_F(Distributed, NodeVariablesThatDoNotFitAreRefused) {
   EXPECT_EQ(m.status, 2);
   EXPECT_EQ(m.err, "gqe: environment: NNODES=2 needs NODE_RANK, MASTER_ADDR and MASTER_PORT (node 0's address and a free port on it, "
                    "the same on every node)\n");
+  // A port that another program listens on (another job's store) is the user's to change.
+  const int busy = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  socklen_t len = sizeof addr;
+  ASSERT_EQ(::bind(busy, reinterpret_cast<sockaddr*>(&addr), sizeof addr), 0);
+  ASSERT_EQ(::listen(busy, 4), 0);
+  ASSERT_EQ(::getsockname(busy, reinterpret_cast<sockaddr*>(&addr), &len), 0);
+  const int port = ntohs(addr.sin_port);
+  const auto in_use = run_command(fmt::format("NNODES=2 NODE_RANK=0 MASTER_ADDR=127.0.0.1 MASTER_PORT={} ", port) + train("x", "--nproc 1"));
+  ::close(busy);
+  EXPECT_EQ(in_use.status, 2);
+  EXPECT_EQ(in_use.err, fmt::format("gqe: environment: MASTER_PORT={} is in use on this machine (by another job?): choose another port, "
+                                    "the same on every node\n", port));
   EXPECT_FALSE(fs::exists(path("x")));
 }
 

@@ -193,7 +193,17 @@ c10::intrusive_ptr<c10d::Store> connect_store(const DistEnvironment& env, std::c
   so.isServer = serve && !agent_store();
   so.waitWorkers = false;  // join_job counts the ranks in, and hears of a process that stopped meanwhile
   so.timeout = timeout;
-  c10::intrusive_ptr<c10d::Store> store = c10::make_intrusive<c10d::TCPStore>(env.master_addr, so);
+  c10::intrusive_ptr<c10d::Store> store;
+  try {
+    store = c10::make_intrusive<c10d::TCPStore>(env.master_addr, so);
+  } catch (const c10::DistNetworkError& e) {
+    // Two jobs given the same MASTER_PORT on one machine: the user's to change, and c10d says so
+    // only deep in its message.
+    if (so.isServer && std::string(e.what()).find("EADDRINUSE") != std::string::npos)
+      throw UserError(fmt::format("environment: MASTER_PORT={} is in use on this machine (by another job?): choose another "
+                                  "port, the same on every node", env.master_port));
+    throw;
+  }
   if (!agent_store()) return store;
   const char* attempt = std::getenv("TORCHELASTIC_RESTART_COUNT");
   return c10::make_intrusive<c10d::PrefixStore>(fmt::format("gqe/attempt_{}", attempt ? attempt : "0"), store);
