@@ -6,6 +6,7 @@
 #include <chrono>
 #include <csignal>
 #include <filesystem>
+#include <fstream>
 #include <sstream>
 #include <thread>
 
@@ -193,6 +194,27 @@ TEST_F(ExperimentRunning, AnInterruptedArmResumesAndFinishedArmsAreSkipped) {
   EXPECT_NE(third.out.find("[experiment] gqe: finished at step 100 (25600 tokens), skipped"), std::string::npos);
   EXPECT_EQ(third.out.find("resuming from"), std::string::npos);
   EXPECT_EQ(read_file(runs / "gqa/metrics.jsonl"), metrics_before);  // nothing trained or evaluated again
+
+  // Ctrl-C while an arm is evaluated: a stop, said as such (the evaluation ends at once), and the
+  // next run evaluates it.
+  fs::remove(runs / "gqe/eval.json");
+  {
+    test::Background job("exec " + gqe("experiment run " + experiment_) + " >" + (dir_.path() / "fourth.out").string() + " 2>&1");
+    auto evaluating = [&] {  // the child has become `gqe eval` (not a fork of the experiment that is yet to exec)
+      const std::string child = run_command("pgrep -P " + std::to_string(job.pid())).out;
+      std::ifstream cmdline("/proc/" + child.substr(0, child.find('\n')) + "/cmdline");
+      const std::string args((std::istreambuf_iterator<char>(cmdline)), std::istreambuf_iterator<char>());
+      return !child.empty() && args.find("eval") != std::string::npos;
+    };
+    for (int i = 0; i < 3000 && !evaluating(); ++i) std::this_thread::sleep_for(std::chrono::milliseconds(2));
+    ASSERT_TRUE(evaluating());
+    job.signal(SIGINT);
+    ASSERT_EQ(job.wait(), 0) << read_file(dir_.path() / "fourth.out");
+  }
+  const std::string fourth = read_file(dir_.path() / "fourth.out");
+  EXPECT_NE(fourth.find("[experiment] stopped while evaluating gqe; run the same command to continue"), std::string::npos) << fourth;
+  EXPECT_EQ(fourth.find("failed"), std::string::npos) << fourth;
+  EXPECT_FALSE(fs::exists(runs / "gqe/eval.json"));
 }
 
 TEST_F(ExperimentRunning, OneTrainerPerRunDirectory) {

@@ -5,6 +5,7 @@
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
+#include <csignal>
 #include <sstream>
 
 #include "common/error.h"
@@ -172,6 +173,9 @@ std::optional<double> final_validation_loss(const fs::path& run_dir) {
   return val;
 }
 
+// A launch ended by the user's Ctrl-C or SIGTERM (a second one for training): a stop, not a failure.
+bool stopped_by_user(int code) { return code == 128 + SIGINT || code == 128 + SIGTERM; }
+
 bool train_runs(const std::string& base, const std::vector<ExperimentRun>& runs, int nproc, const std::string& tag) {
   for (const ExperimentRun& run : runs) {
     const std::string label = run.label;
@@ -189,7 +193,7 @@ bool train_runs(const std::string& base, const std::vector<ExperimentRun>& runs,
     std::vector<std::string> args{"gqe", "train", base, "--run-dir", run.run_dir.string()};
     for (const auto& o : run.overrides) args.insert(args.end(), {"--set", o});
     const int code = launch_local_ranks(nproc, args);
-    if (code != 0)
+    if (code != 0 && !stopped_by_user(code))
       throw std::runtime_error(fmt::format("{} failed (exit status {}); once fixed, the same command continues it", label, code));
     if (run_status(run).state != RunState::finished) {
       fmt::print("[{}] stopped during {}; run the same command to continue\n", tag, label);
@@ -212,6 +216,7 @@ void run_experiment(const Experiment& e, int nproc) {
     if (!tasks.empty()) args.insert(args.end(), {"--tasks", tasks});
     if (!e.eval_val && tasks.empty()) continue;
     const int code = launch_local_ranks(nproc, args);
+    if (stopped_by_user(code)) return void(fmt::print("[experiment] stopped while evaluating {}; run the same command to continue\n", run.label));
     if (code != 0) throw std::runtime_error(fmt::format("evaluating {} failed (exit status {})", run.run_dir.string(), code));
   }
   CompareOptions compare;

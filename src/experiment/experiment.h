@@ -80,7 +80,7 @@ bool train_runs(const std::string& base, const std::vector<ExperimentRun>& runs,
 
 // Trains what is not finished (each run as `gqe train` on nproc local ranks), evaluates what is
 // not evaluated, then writes the comparison to out/comparison. Stops, saying how to continue, when
-// an arm is interrupted.
+// an arm's training or evaluation is interrupted.
 void run_experiment(const Experiment& experiment, int nproc);
 
 // A table: each run's state, tokens and latest losses.
