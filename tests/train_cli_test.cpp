@@ -218,7 +218,7 @@ TEST_F(Train, AnExistingRunIsNeverSilentlyReplacedOrChanged) {
   // A longer budget or another learning rate continues the run, with a warning.
   const auto longer = run_command(train("a", "--set train.tokens=5120 --set train.optimizer.lr=1e-3"));
   ASSERT_EQ(longer.status, 0) << longer.err;
-  EXPECT_NE(longer.out.find("changed since the run started: train.tokens: 2560 -> 5120"), std::string::npos) << longer.out;
+  EXPECT_NE(longer.out.find("changed since the run's last start: train.tokens: 2560 -> 5120"), std::string::npos) << longer.out;
   EXPECT_EQ(metrics_of(path("a")).back()["step"], 20);
 }
 

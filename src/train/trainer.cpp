@@ -239,7 +239,7 @@ std::optional<Checkpoint> Trainer::prepare_run_dir() {
       throw UserError(fmt::format("{}: the config changed in ways the run cannot continue with: {} (start a new run "
                                   "with another --run-dir, or --resume never)",
                                   run_dir_.string(), fmt::join(breaking, "; ")));
-    for (const auto& d : other) console_->log().warn("changed since the run started: {}", d);
+    for (const auto& d : other) console_->log().warn("changed since the run's last start: {}", d);
   }
   write_file_atomic(stored, to_yaml(config_));
   return checkpoint;
