@@ -28,9 +28,12 @@ void check_batch_split(uint64_t global_batch, int world, uint64_t micro_batch, u
   const uint64_t w = static_cast<uint64_t>(world), per_rank = global_batch / w;
   if (global_batch % w == 0 && per_rank % micro_batch == 0) return;
   // Say what would fit, since the fix is a number to pick.
-  auto or_list = [](const std::vector<uint64_t>& v) {
+  auto or_list = [](std::vector<uint64_t> v) {
+    const bool cut = v.size() > 12;  // a batch with many divisors: the small ones and the largest
+    if (cut) v.erase(v.begin() + 10, v.end() - 1);
     std::string s;
-    for (size_t i = 0; i < v.size(); ++i) s += (i == 0 ? "" : i + 1 == v.size() ? " or " : ", ") + std::to_string(v[i]);
+    for (size_t i = 0; i < v.size(); ++i)
+      s += (i == 0 ? "" : i + 1 == v.size() ? (cut ? ", ... or " : " or ") : ", ") + std::to_string(v[i]);
     return s;
   };
   std::vector<uint64_t> fits;
