@@ -667,7 +667,8 @@ void Trainer::train_to_budget() {
                s.step, total_steps_, human(static_cast<double>(s.tokens)), human(static_cast<double>(t.tokens)),
                r.loss, r.aux, s.lr, r.grad_norm, r.clip_scale < 1 ? fmt::format(" (clipped x{:.2f})", r.clip_scale) : "",
                human(rate), interval_mfu ? fmt::format(" | MFU {:.1f}%", *interval_mfu * 100) : "",
-               duration(static_cast<double>(t.tokens - s.tokens) / std::max(rate, 1e-9)));
+               // The run trains whole batches: to the end of the last one, not to the budget.
+               duration(static_cast<double>(total_steps_ * global_batch_ - s.tokens) / std::max(rate, 1e-9)));
       interval_seconds = 0;
       interval_tokens = 0;
     }
