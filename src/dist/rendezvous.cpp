@@ -184,10 +184,8 @@ void say_who_is_missing(c10d::Store& store, const DistEnvironment& env, Clock::d
   throw AlreadyReported(line, status);
 }
 
-}  // namespace
-
-c10::intrusive_ptr<c10d::Store> connect_store(const DistEnvironment& env, std::chrono::milliseconds timeout, bool serve) {
-  if ((!serve || agent_store()) && !await_server(env, Clock::now() + timeout)) throw std::runtime_error("nothing answers there");
+// The store as its server or a client, once a client knows the server answers (await_server).
+c10::intrusive_ptr<c10d::Store> open_store(const DistEnvironment& env, std::chrono::milliseconds timeout, bool serve) {
   c10d::TCPStoreOptions so;
   so.port = static_cast<uint16_t>(env.master_port);
   so.isServer = serve && !agent_store();
@@ -209,6 +207,13 @@ c10::intrusive_ptr<c10d::Store> connect_store(const DistEnvironment& env, std::c
   return c10::make_intrusive<c10d::PrefixStore>(fmt::format("gqe/attempt_{}", attempt ? attempt : "0"), store);
 }
 
+}  // namespace
+
+c10::intrusive_ptr<c10d::Store> connect_store(const DistEnvironment& env, std::chrono::milliseconds timeout, bool serve) {
+  if ((!serve || agent_store()) && !await_server(env, Clock::now() + timeout)) throw std::runtime_error("nothing answers there");
+  return open_store(env, timeout, serve);
+}
+
 c10::intrusive_ptr<c10d::Store> join_job(const DistEnvironment& env, std::chrono::milliseconds timeout) {
   g_joining = true;
   const auto deadline = Clock::now() + timeout;
@@ -217,7 +222,7 @@ c10::intrusive_ptr<c10d::Store> join_job(const DistEnvironment& env, std::chrono
     if (env.local_rank == 0) print_now("error: " + line);
     throw AlreadyReported(line, 1);
   }
-  c10::intrusive_ptr<c10d::Store> store = connect_store(env, timeout, env.rank == 0);
+  c10::intrusive_ptr<c10d::Store> store = open_store(env, timeout, env.rank == 0);
   const std::string wrong = wrong_shape(*store, env, deadline);
   if (!wrong.empty()) {
     store->compareSet(kVerdict, "", "stop 2 " + wrong);

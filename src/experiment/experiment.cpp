@@ -216,7 +216,10 @@ void run_experiment(const Experiment& e, int nproc) {
     if (!tasks.empty()) args.insert(args.end(), {"--tasks", tasks});
     if (!e.eval_val && tasks.empty()) continue;
     const int code = launch_local_ranks(nproc, args);
-    if (stopped_by_user(code)) return void(fmt::print("[experiment] stopped while evaluating {}; run the same command to continue\n", run.label));
+    if (stopped_by_user(code)) {
+      fmt::print("[experiment] stopped while evaluating {}; run the same command to continue\n", run.label);
+      return;
+    }
     if (code != 0) throw std::runtime_error(fmt::format("evaluating {} failed (exit status {})", run.run_dir.string(), code));
   }
   CompareOptions compare;
