@@ -780,6 +780,45 @@ TEST_F(Distributed, BadInputIsOneLineFromTheWholeJob) {
   EXPECT_FALSE(fs::exists(path("w")));
 }
 
+// The nodes of a job are started one by one: one started with another --set, or holding another
+// copy of the data, would train something else than rank 0 (or hang in a collective). The job
+// stops before anything is written, with one line naming the first keys that differ. The data
+// goes by content: its path may differ from machine to machine.
+TEST_F(Distributed, ANodeWithAnotherConfigOrOtherDataStopsTheJob) {
+  const std::string ds = path("copy"), other = path("other-data");
+  fs::copy(dir_->path() / "ds", ds);
+  const auto enc = run_command(std::string(GQE_DATA_BINARY) + " encode " + GQE_SOURCE_DIR +
+                               "/tests/data/prose.txt --doc-boundary blank-line --val-fraction 0.25 --quiet --shard-tokens 100"
+                               " --tokenizer " + (dir_->path() / "tok.model").string() + " --out " + other);
+  ASSERT_EQ(enc.status, 0) << enc.err;
+  auto job = [&](const std::string& run, const std::string& node1_extra) {
+    const int port = free_port();
+    test::Background node1("exec env " + node_env(1, port) + train(run, node1_extra) + " >" + path(run + ".1.out") + " 2>&1");
+    const auto node0 = run_command(node_env(0, port) + train(run));
+    EXPECT_EQ(node1.wait(), node0.status);
+    return node0;
+  };
+  const auto lr = job("lr", "--set train.optimizer.lr=0.001 --set train.optimizer.beta2=0.99");
+  EXPECT_EQ(lr.status, 2);
+  EXPECT_EQ(lr.err, "gqe: rank 1: its config differs from rank 0's (rank 0's -> this rank's): train.optimizer.lr: 0.003 -> 0.001; "
+                    "train.optimizer.beta2: 0.95 -> 0.99: start every node with the same command and config files\n");
+  EXPECT_EQ(read_file(path("lr.1.out")), "gqe: " + lr.err.substr(13));  // node 1's console shows it too
+  EXPECT_FALSE(fs::exists(path("lr")));
+
+  const auto data = job("data", "--set data.dataset=" + other);
+  EXPECT_EQ(data.status, 2);
+  EXPECT_EQ(data.err, "gqe: rank 1: data.dataset " + other +
+                          " holds other data here than on rank 0 (another tokenizer or other shards): every node needs the same copy\n");
+  EXPECT_FALSE(fs::exists(path("data")));
+
+  // The same data at another path trains.
+  const auto copy = job("copy", "--set data.dataset=" + ds + " --set train.tokens=3840");
+  EXPECT_EQ(copy.status, 2);  // train.tokens is compared too
+  EXPECT_NE(copy.err.find("train.tokens: 5120 -> 3840"), std::string::npos) << copy.err;
+  const auto same = job("same", "--set data.dataset=" + ds);
+  EXPECT_EQ(same.status, 0) << same.err << read_file(path("same.1.out"));
+}
+
 
 // A process that stops before it joins the job (a node whose launcher finds no GPU, a config bad
 // on one node or in one task) tells the ranks already waiting: they stop at once with its line

@@ -475,9 +475,13 @@ void flatten(const YAML::Node& node, const std::string& path, std::map<std::stri
 }  // namespace
 
 std::vector<std::string> config_differences(const Config& before, const Config& after) {
+  return config_differences(to_yaml(before), to_yaml(after));
+}
+
+std::vector<std::string> config_differences(const std::string& before_yaml, const std::string& after_yaml) {
   std::map<std::string, std::string> a, b;
-  flatten(YAML::Load(to_yaml(before)), "", a);
-  flatten(YAML::Load(to_yaml(after)), "", b);
+  flatten(YAML::Load(before_yaml), "", a);
+  flatten(YAML::Load(after_yaml), "", b);
   const std::vector<std::string> keys = config_keys();
   std::vector<std::string> out;
   for (const auto& key : keys) {

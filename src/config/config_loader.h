@@ -39,6 +39,8 @@ std::optional<int64_t> parse_integer(std::string text);
 
 // Keys whose values differ, as "key: old -> new", in schema order.
 std::vector<std::string> config_differences(const Config& before, const Config& after);
+// The same, of two to_yaml texts (another process's config, as it sent it).
+std::vector<std::string> config_differences(const std::string& before_yaml, const std::string& after_yaml);
 
 // Every dotted key the schema knows (leaves and sections), in declaration order.
 std::vector<std::string> config_keys();

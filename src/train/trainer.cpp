@@ -120,6 +120,35 @@ std::string dataset_id(const Manifest& m) {
   return hex64(checksum64(all.data(), all.size()));
 }
 
+// Every rank must train what rank 0 trains. The nodes of a job are started one by one, and one
+// with another config (a --set left out, a stale file) would train something else without a word,
+// or hang in a collective; one with another copy of the data would train on other tokens. Paths
+// may differ from machine to machine: the data is compared by its content.
+void check_same_as_rank0(Communicator& comm, const Config& config, const Manifest& manifest) {
+  std::string data = dataset_id(manifest);
+  for (const ShardEntry& e : manifest.val.shards) data += hex64(e.checksum);
+  const std::string mine = to_yaml(config);
+  if (comm.main()) {
+    comm.publish("rank0-config", mine);
+    comm.publish("rank0-data", data);
+    return;
+  }
+  std::vector<std::string> differences;
+  for (const std::string& d : config_differences(comm.receive("rank0-config"), mine))
+    if (d.rfind("data.dataset:", 0) != 0 && d.rfind("log.dir:", 0) != 0) differences.push_back(d);
+  if (!differences.empty()) {
+    const size_t shown = std::min<size_t>(differences.size(), 3);
+    throw UserError(fmt::format("its config differs from rank 0's (rank 0's -> this rank's): {}{}: start every node with the "
+                                "same command and config files",
+                                fmt::join(differences.begin(), differences.begin() + static_cast<std::ptrdiff_t>(shown), "; "),
+                                differences.size() > shown ? fmt::format(" (and {} more)", differences.size() - shown) : ""));
+  }
+  if (comm.receive("rank0-data") != data)
+    throw UserError(fmt::format("data.dataset {} holds other data here than on rank 0 (another tokenizer or other shards): "
+                                "every node needs the same copy",
+                                config.data.dataset));
+}
+
 // Keys whose change makes a run something else than what its checkpoints hold.
 bool breaks_the_run(const std::string& difference) {
   return difference.rfind("model.", 0) == 0 || difference.rfind("data.", 0) == 0 ||
@@ -542,6 +571,7 @@ void Trainer::train_to_budget() {
   comm_->check_input([&] { input = check_training_input(loaded_, env_.world, device_, device_.is_cpu() ? env_.local_world : 1); });
   manifest_ = std::move(input.manifest);
   eval_sets_ = std::move(input.eval_sets);
+  comm_->check_input([&] { check_same_as_rank0(*comm_, config_, manifest_); });
   if (!input.memory.estimate_fits && env_.rank == 0) log.warn("{}", input.memory.text);
   train_stream_ = std::make_shared<const TokenStream>(config_.data.dataset, manifest_, Split::train);
   val_stream_ = std::make_shared<const TokenStream>(config_.data.dataset, manifest_, Split::val);
