@@ -91,8 +91,12 @@ std::string stopped_line(const DistEnvironment& env, int sig, const std::string&
 
 // Before a client connects: whether the store's server answers by `deadline` (c10d's own connect
 // would retry in silence, deaf to a stop signal, then fail with a stack trace). A stop signal
-// meanwhile throws AlreadyReported (status 0), said on this machine's console once.
+// meanwhile throws AlreadyReported (status 0), said on this machine's console once. A long wait
+// (a node started well before node 0, or left waiting for a job node 0 will not start) says so on
+// the machine's console, as rank 0 says whom it waits for.
 bool await_server(const DistEnvironment& env, Clock::time_point deadline) {
+  const auto start = Clock::now();
+  auto notice_at = start + std::chrono::seconds(10);
   while (!accepts(env.master_addr, env.master_port, std::chrono::milliseconds(200))) {
     if (const int sig = stop_signal()) {
       const std::string line = stopped_line(env, sig, fmt::format("while waiting for the job's store at {}:{}", env.master_addr, env.master_port));
@@ -100,6 +104,13 @@ bool await_server(const DistEnvironment& env, Clock::time_point deadline) {
       throw AlreadyReported(line, 0);
     }
     if (Clock::now() > deadline) return false;
+    if (Clock::now() > notice_at) {
+      auto seconds = [](Clock::duration d) { return std::chrono::round<std::chrono::seconds>(d).count(); };
+      if (env.local_rank == 0)
+        print_now(fmt::format("rank {}: waiting for the job's store at {}:{} (rank 0 serves it): {} s so far, giving up at {} s",
+                              env.rank, env.master_addr, env.master_port, seconds(Clock::now() - start), seconds(deadline - start)));
+      notice_at += std::chrono::seconds(60);
+    }
     std::this_thread::sleep_for(std::chrono::milliseconds(100));
   }
   return true;
