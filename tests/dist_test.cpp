@@ -883,12 +883,15 @@ TEST_F(Distributed, AProcessThatStopsBeforeJoiningStopsTheJobAtOnce) {
         << node0.err;
     EXPECT_EQ(std::regex_search(node0.err, std::regex("rank 1: cannot join")), false) << "once per machine: " << node0.err;
   }
-  {  // node 0 never starts: nothing answers at its address, said once per machine, without c10d's trace
+  {  // node 0 never starts: nothing answers at its address, said once per machine (after 10 s and
+     // at the end), without c10d's trace
     const int port = free_port();
-    const auto node1 = run_command(node_env(1, port) + train("e", "--nproc 2 --set train.micro_batch_size=2 --set dist.timeout_s=3"));
+    const auto node1 = run_command(node_env(1, port) + train("e", "--nproc 2 --set train.micro_batch_size=2 --set dist.timeout_s=9"));
     EXPECT_EQ(node1.status, 1);
-    EXPECT_EQ(node1.err.rfind(fmt::format("gqe: error: rank 2: cannot join the job at 127.0.0.1:{} within 5s: nothing answers there (is a "
-                                          "node not running", port), 0),
+    EXPECT_EQ(node1.err.rfind(fmt::format("gqe: rank 2: waiting for the job's store at 127.0.0.1:{} (rank 0 serves it): 10 s so far, "
+                                          "giving up at 11 s\n"
+                                          "gqe: error: rank 2: cannot join the job at 127.0.0.1:{} within 11s: nothing answers there (is a "
+                                          "node not running", port, port), 0),
               0u)
         << node1.err;
     EXPECT_EQ(node1.err.find("rank 3: cannot join"), std::string::npos) << node1.err;

@@ -15,6 +15,7 @@
 
 #include "common/files.h"
 #include "config/config_loader.h"
+#include "dist/launcher.h"
 #include "experiment/compare.h"
 #include "experiment/experiment.h"
 #include "experiment/stats.h"
@@ -215,6 +216,55 @@ TEST_F(ExperimentRunning, AnInterruptedArmResumesAndFinishedArmsAreSkipped) {
   EXPECT_NE(fourth.find("[experiment] stopped while evaluating gqe; run the same command to continue"), std::string::npos) << fourth;
   EXPECT_EQ(fourth.find("failed"), std::string::npos) << fourth;
   EXPECT_FALSE(fs::exists(runs / "gqe/eval.json"));
+}
+
+// Several machines: every node runs the experiment with NNODES, NODE_RANK, MASTER_ADDR and
+// MASTER_PORT, and each run is one job over all of them, trained as on one machine. Only node 0
+// holds the run directories and evaluates (node 1's copy of the file says out: elsewhere, as on a
+// machine without a shared file system, and nothing is written there); a finished run's job is
+// still started on every node, since only node 0 can tell.
+TEST_F(ExperimentRunning, TwoNodesTrainEachRunAsOneJob) {
+  dir_.write("short.yaml", "inherit: base.yaml\ntrain: {tokens: 2560, micro_batch_size: 4, checkpoint: {every_tokens: 1280}}\n"
+                           "eval: {every_tokens: 1280}\n");
+  const fs::path runs = dir_.path() / "two-nodes", node1_cwd = dir_.path() / "node1";
+  const std::string arms = "\narms:\n  gqa: {model.attention.type: gqa}\n  gqe: {model.attention.type: gqe}\n";
+  const std::string exp = dir_.write("two.yaml", "name: two\nbase: short.yaml\nout: " + runs.string() + arms);
+  const std::string exp1 = dir_.write("two-node1.yaml", "name: two\nbase: short.yaml\nout: " + (node1_cwd / "runs").string() + arms);
+  // The reference: the second arm (its job on the port above MASTER_PORT) on one machine's 2 ranks.
+  const std::string one = (dir_.path() / "one").string();
+  ASSERT_EQ(run_command(gqe("train " + (dir_.path() / "short.yaml").string() + " --run-dir " + one +
+                            " --set model.attention.type=gqe --nproc 2")).status, 0);
+  auto both = [&](const std::string& out) {
+    const int port = free_port();
+    auto env = [&](int node) { return fmt::format("NNODES=2 NODE_RANK={} MASTER_ADDR=127.0.0.1 MASTER_PORT={} ", node, port); };
+    fs::create_directories(node1_cwd);
+    test::Background node1("cd " + node1_cwd.string() + " && exec env " + env(1) + gqe("experiment run " + exp1 + " --nproc 1") + " >" +
+                           (dir_.path() / out).string() + " 2>&1");
+    const auto node0 = run_command(env(0) + gqe("experiment run " + exp + " --nproc 1"));
+    EXPECT_EQ(node1.wait(), 0) << read_file(dir_.path() / out);
+    return node0;
+  };
+  const auto first = both("first.1.out");
+  ASSERT_EQ(first.status, 0) << first.err << first.out;
+  EXPECT_NE(first.out.find("[experiment] gqe: training -> " + (runs / "gqe").string()), std::string::npos) << first.out;
+  EXPECT_EQ(test::deterministic_metrics(runs / "gqe"), test::deterministic_metrics(one));
+  EXPECT_NE(first.out.find("data parallel: 2 ranks (1 local) over gloo"), std::string::npos) << first.out;
+  EXPECT_TRUE(fs::exists(runs / "comparison/comparison.md"));
+  const std::string node1 = read_file(dir_.path() / "first.1.out");
+  EXPECT_NE(node1.find("[experiment] gqa: ranks 1..1 of 2 on this node; node 0 trains it or finds it finished"), std::string::npos)
+      << node1;
+  EXPECT_NE(node1.find("[experiment] every run is trained; node 0 evaluates and compares them"), std::string::npos) << node1;
+
+  EXPECT_FALSE(fs::exists(node1_cwd / "runs/gqa"));
+
+  const auto metrics = read_file(runs / "gqa/metrics.jsonl");
+  const auto again = both("again.1.out");
+  ASSERT_EQ(again.status, 0) << again.err << again.out;
+  EXPECT_NE(again.out.find("[experiment] gqa: finished at step 10 (2560 tokens), started on every node all the same (the other "
+                           "nodes cannot tell): its job ends without a step"),
+            std::string::npos)
+      << again.out;
+  EXPECT_EQ(read_file(runs / "gqa/metrics.jsonl"), metrics);
 }
 
 TEST_F(ExperimentRunning, OneTrainerPerRunDirectory) {

@@ -198,6 +198,21 @@ TEST_F(Ladders, RungsBudgetsAndHyperparametersFollowTheRules) {
   const double c_base = describe_model(l.base_config).train_flops_per_token() * 25600;
   const double seqs = 8 * std::pow(runs[8].info.train_flops_per_token() * 0.3 * n / c_base, 0.3271);
   EXPECT_EQ(c.train.global_batch_tokens, 32 * (int64_t{1} << std::llround(std::log2(seqs))));
+  // On W ranks each rank's share of a batch goes in micro-batches of at most the base's 8; a batch
+  // that does not split over the ranks is refused before anything trains.
+  for (int world : {1, 2, 4})
+    for (const LadderRun& r : ladder_runs(l, world)) {
+      const int64_t share = r.run.config.config.train.global_batch_tokens / 32 / world;
+      EXPECT_EQ(r.run.config.config.train.micro_batch_size, std::min<int64_t>(8, share)) << r.point << " on " << world;
+    }
+  try {
+    ladder_runs(l, 3);
+    ADD_FAILURE() << "3 ranks";
+  } catch (const UserError& e) {
+    EXPECT_EQ(std::string(e.what()), l.file + ": rung d32-L2: its batch of " + std::to_string(small.train.global_batch_tokens / 32) +
+                                         " sequences (the batch rule's power of 2) does not split over 3 ranks: train the ladder on "
+                                         "fewer ranks, or on a power of 2 of them");
+  }
   // budgets as multiples of Chinchilla's 20 tokens per parameter, and as FLOPs
   const Ladder multiples = load_ladder(ladder("", "[32, 64]", "multiples.yaml", "{chinchilla: [0.01, 0.02], flops: 3e9}"));
   const std::vector<LadderRun> m = ladder_runs(multiples);

@@ -60,7 +60,7 @@ bool launch_if_requested(int nproc, int argc, char** argv) {
     }
     if (a.rfind("--nproc=", 0) != 0) args.push_back(a);
   }
-  const int status = launch_local_ranks(nproc, args, *node);
+  const int status = launch_local_ranks(nproc, args, *node).status;
   if (status != 0) std::exit(status);  // the failing rank said why
   return true;
 }

@@ -42,7 +42,7 @@ int free_port() {  // the kernel picks one: bind port 0 on 127.0.0.1
   return ntohs(addr.sin_port);
 }
 
-int launch_local_ranks(int nproc, const std::vector<std::string>& args, const NodeLayout& node) {
+LaunchedJob launch_local_ranks(int nproc, const std::vector<std::string>& args, const NodeLayout& node) {
   const std::string self = std::filesystem::read_symlink("/proc/self/exe").string();
   const int port = node.master_port > 0 ? node.master_port : free_port();
   const int first = node.node_rank * nproc;
@@ -119,7 +119,7 @@ int launch_local_ranks(int nproc, const std::vector<std::string>& args, const No
   std::signal(SIGINT, previous_int);
   std::signal(SIGTERM, previous_term);
   if (failed_rank >= 0 && job_status == 0) job_status = 1;
-  return job_status;
+  return {job_status, forwarded};
 }
 
 }  // namespace gqe

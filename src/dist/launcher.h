@@ -15,10 +15,15 @@
 
 namespace gqe {
 
-// args: the command line to run in every rank (args[0] is ignored: this program runs). Returns
-// the job's exit status. `node`: this machine's part of a job over several (its ranks are
-// node_rank * nproc + 0..nproc-1); the other nodes' launchers start theirs.
-int launch_local_ranks(int nproc, const std::vector<std::string>& args, const NodeLayout& node = {});
+struct LaunchedJob {
+  int status = 0;        // the job's exit status
+  int stop_signal = 0;   // the last SIGINT/SIGTERM forwarded to the ranks; 0 if none came
+};
+
+// args: the command line to run in every rank (args[0] is ignored: this program runs). `node`:
+// this machine's part of a job over several (its ranks are node_rank * nproc + 0..nproc-1); the
+// other nodes' launchers start theirs.
+LaunchedJob launch_local_ranks(int nproc, const std::vector<std::string>& args, const NodeLayout& node = {});
 
 // A port free on 127.0.0.1 now (for a one-machine job's store, and tests' "nodes").
 int free_port();

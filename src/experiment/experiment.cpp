@@ -177,25 +177,44 @@ std::optional<double> final_validation_loss(const fs::path& run_dir) {
 bool stopped_by_user(int code) { return code == 128 + SIGINT || code == 128 + SIGTERM; }
 
 bool train_runs(const std::string& base, const std::vector<ExperimentRun>& runs, int nproc, const std::string& tag) {
-  for (const ExperimentRun& run : runs) {
+  const NodeLayout node = read_node_layout();
+  const bool several = node.nnodes > 1, node0 = node.node_rank == 0;
+  for (size_t i = 0; i < runs.size(); ++i) {
+    const ExperimentRun& run = runs[i];
     const std::string label = run.label;
-    const RunStatus status = run_status(run);
-    if (status.state == RunState::running)
-      throw UserError(fmt::format("{}: is being trained by another process", run.run_dir.string()));
-    if (status.state == RunState::finished) {
-      fmt::print("[{}] {}: finished at step {} ({} tokens), skipped\n", tag, label, status.step, status.tokens);
-      continue;
+    if (node0) {
+      const RunStatus status = run_status(run);
+      if (status.state == RunState::running)
+        throw UserError(fmt::format("{}: is being trained by another process", run.run_dir.string()));
+      if (status.state == RunState::finished) {
+        fmt::print("[{}] {}: finished at step {} ({} tokens), {}\n", tag, label, status.step, status.tokens,
+                   several ? "started on every node all the same (the other nodes cannot tell): its job ends without a step"
+                           : "skipped");
+        if (!several) continue;
+      } else {
+        fmt::print("[{}] {}: {} -> {}\n", tag, label,
+                   status.state == RunState::interrupted ? fmt::format("continuing from step {}", status.step) : "training",
+                   run.run_dir.string());
+      }
+    } else {
+      fmt::print("[{}] {}: ranks {}..{} of {} on this node; node 0 trains it or finds it finished\n", tag, label,
+                 node.node_rank * nproc, node.node_rank * nproc + nproc - 1, node.nnodes * nproc);
     }
-    fmt::print("[{}] {}: {} -> {}\n", tag, label,
-               status.state == RunState::interrupted ? fmt::format("continuing from step {}", status.step) : "training",
-               run.run_dir.string());
     std::fflush(stdout);
     std::vector<std::string> args{"gqe", "train", base, "--run-dir", run.run_dir.string()};
     for (const auto& o : run.overrides) args.insert(args.end(), {"--set", o});
-    const int code = launch_local_ranks(nproc, args);
-    if (code != 0 && !stopped_by_user(code))
-      throw std::runtime_error(fmt::format("{} failed (exit status {}); once fixed, the same command continues it", label, code));
-    if (run_status(run).state != RunState::finished) {
+    // Consecutive jobs over several nodes take MASTER_PORT and the port above it in turn: a node
+    // quick to start the next run's ranks must not find the last job's store, still closing, where
+    // the next one's will be.
+    NodeLayout job = node;
+    if (several && i % 2 == 1) job.master_port += node.master_port < 65535 ? 1 : -1;
+    const LaunchedJob launched = launch_local_ranks(nproc, args, job);
+    if (launched.status != 0 && !stopped_by_user(launched.status))
+      throw std::runtime_error(fmt::format("{} failed (exit status {}); once fixed, the same command continues it", label, launched.status));
+    // Node 0 reads the run directory; another node knows of a stop only from a signal of its own
+    // (a stop on node 0 alone leaves it waiting for the next job: stop every node).
+    const bool stopped = node0 ? run_status(run).state != RunState::finished : launched.stop_signal != 0 || launched.status != 0;
+    if (stopped) {
       fmt::print("[{}] stopped during {}; run the same command to continue\n", tag, label);
       return false;
     }
@@ -207,6 +226,10 @@ void run_experiment(const Experiment& e, int nproc) {
   const std::vector<ExperimentRun> runs = experiment_runs(e);
   make_directories(e.out);
   if (!train_runs(e.base, runs, nproc, "experiment")) return;
+  if (read_node_layout().node_rank > 0) {
+    fmt::print("[experiment] every run is trained; node 0 evaluates and compares them\n");
+    return;
+  }
   for (const ExperimentRun& run : runs) {
     if (run_status(run).evaluated) continue;
     std::vector<std::string> args{"gqe", "eval", run.run_dir.string()};
@@ -215,7 +238,7 @@ void run_experiment(const Experiment& e, int nproc) {
     for (const auto& [name, path] : e.eval_tasks) tasks += (tasks.empty() ? "" : ",") + name + "=" + path;
     if (!tasks.empty()) args.insert(args.end(), {"--tasks", tasks});
     if (!e.eval_val && tasks.empty()) continue;
-    const int code = launch_local_ranks(nproc, args);
+    const int code = launch_local_ranks(nproc, args).status;  // on node 0 alone
     if (stopped_by_user(code)) {
       fmt::print("[experiment] stopped while evaluating {}; run the same command to continue\n", run.label);
       return;

@@ -75,7 +75,10 @@ std::optional<double> final_validation_loss(const std::filesystem::path& run_dir
 
 // Trains each run not finished (`gqe train base --run-dir ... --set ...` on nproc local ranks),
 // skipping finished ones and continuing interrupted ones; progress lines start with [tag].
-// False when a run stopped before its budget (Ctrl-C): the caller stops too.
+// False when a run stopped before its budget (Ctrl-C): the caller stops too. With NNODES (this
+// machine is one node of several), each run is a job over all of them: every node starts every
+// run's ranks in the same order, and only node 0, where rank 0 writes the run directories, reads
+// them (a finished run's job ends without a step).
 bool train_runs(const std::string& base, const std::vector<ExperimentRun>& runs, int nproc, const std::string& tag);
 
 // Trains what is not finished (each run as `gqe train` on nproc local ranks), evaluates what is

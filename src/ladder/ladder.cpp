@@ -9,6 +9,7 @@
 
 #include "common/error.h"
 #include "common/files.h"
+#include "dist/environment.h"
 #include "experiment/stats.h"
 
 namespace fs = std::filesystem;
@@ -50,7 +51,7 @@ struct RungPoint {
   int64_t tokens = 0;
 };
 
-RungPoint resolve_point(const Ladder& l, const LadderRung& rung, const LadderBudget& budget) {
+RungPoint resolve_point(const Ladder& l, const LadderRung& rung, const LadderBudget& budget, int world) {
   const ModelInfo& info = rung.first_arm;
   const ModelInfo base_info = describe_model(l.base_config);
   const double n = static_cast<double>(info.non_embedding), fpt = info.train_flops_per_token();
@@ -65,6 +66,12 @@ RungPoint resolve_point(const Ladder& l, const LadderRung& rung, const LadderBud
     throw UserError(fmt::format("{}: budgets: {} at rung {} ({} non-embedding parameters) is {} tokens, less than one batch ({} "
                                 "tokens = {} x {})", l.file, budget.label, rung.name, human_count(n),
                                 human_count(tokens), batch_tokens, seqs, b.data.seq_len));
+  // Each rank's share of the batch in micro-batches: the largest size that divides it, up to the base's.
+  if (seqs % world != 0)
+    throw UserError(fmt::format("{}: rung {}: its batch of {} sequences (the batch rule's power of 2) does not split over {} ranks: "
+                                "train the ladder on fewer ranks, or on a power of 2 of them", l.file, rung.name, seqs, world));
+  int64_t micro = std::min(b.train.micro_batch_size, seqs / world);
+  while ((seqs / world) % micro != 0) --micro;
   const int64_t steps = static_cast<int64_t>(std::ceil(tokens / static_cast<double>(batch_tokens)));
   RungPoint p;
   p.tokens = steps * batch_tokens;
@@ -74,7 +81,7 @@ RungPoint resolve_point(const Ladder& l, const LadderRung& rung, const LadderBud
   const int64_t every = std::max<int64_t>(1, (steps + l.rules.evaluations - 1) / l.rules.evaluations) * batch_tokens;
   p.overrides = rung.overrides;
   for (const std::string& o : {fmt::format("train.tokens={}", p.tokens), fmt::format("train.global_batch_tokens={}", batch_tokens),
-                               fmt::format("train.micro_batch_size={}", std::min(b.train.micro_batch_size, seqs)),
+                               fmt::format("train.micro_batch_size={}", micro),
                                fmt::format("train.optimizer.lr={}", lr),
                                fmt::format("train.schedule.warmup_tokens={}", std::llround(warmup * static_cast<double>(p.tokens))),
                                fmt::format("eval.every_tokens={}", every), fmt::format("train.checkpoint.every_tokens={}", every)})
@@ -248,14 +255,14 @@ Ladder load_ladder(const std::string& file) {
   return l;
 }
 
-std::vector<LadderRun> ladder_runs(const Ladder& l) {
+std::vector<LadderRun> ladder_runs(const Ladder& l, int world) {
   std::vector<LadderRun> runs;
   for (size_t ri = 0; ri < l.rungs.size(); ++ri)
     for (size_t bi = 0; bi < l.budgets.size(); ++bi) {
       const LadderRung& rung = l.rungs[ri];
       const std::string point = l.budgets.size() == 1 ? rung.name : rung.name + "-" + l.budgets[bi].label;
       const std::string where = fmt::format("rung {} at budget {}", rung.name, l.budgets[bi].label);
-      const RungPoint p = resolve_point(l, rung, l.budgets[bi]);
+      const RungPoint p = resolve_point(l, rung, l.budgets[bi], world);
       for (const ExperimentArm& arm : l.arms)
         for (int64_t seed : l.seeds) {
           LadderRun lr;
@@ -286,7 +293,10 @@ std::vector<LadderRun> ladder_runs(const Ladder& l) {
 }
 
 void run_ladder(const Ladder& l, int nproc) {
-  const std::vector<LadderRun> runs = ladder_runs(l);
+  // On several nodes, node 0 holds the run directories (docs/scaling.md).
+  const NodeLayout node = read_node_layout();
+  const bool node0 = node.node_rank == 0;
+  const std::vector<LadderRun> runs = ladder_runs(l, node.nnodes * nproc);
   make_directories(l.out);
   // The file as run, with absolute paths: `gqe ladder fit OUT` reads it.
   YAML::Node copy = YAML::Load(read_file(l.file));
@@ -297,12 +307,12 @@ void run_ladder(const Ladder& l, int nproc) {
   write_file_atomic(l.out / "ladder.yaml", fmt::format("# {} as `gqe ladder run` read it\n{}\n", l.file, emitter.c_str()));
   std::vector<RunStatus> statuses;
   for (const LadderRun& r : runs) statuses.push_back(run_status(r.run));
-  fmt::print("[ladder] {}: {} runs; {}\n", l.name, runs.size(), cost_line(l, runs, statuses));
+  fmt::print("[ladder] {}: {} runs; {}\n", l.name, runs.size(), node0 ? cost_line(l, runs, statuses) : "node 0 holds their run directories");
   std::vector<ExperimentRun> plain;
   for (const LadderRun& r : runs) plain.push_back(r.run);
   if (!train_runs(l.base, plain, nproc, "ladder")) return;
-  fmt::print("[ladder] every run is trained; fit it with: gqe ladder fit {} --predict PARAMS@TOKENS (non-embedding "
-             "parameters, e.g. 201M@30B: the paper's model)\n", l.file);
+  fmt::print("[ladder] every run is trained; fit it{} with: gqe ladder fit {} --predict PARAMS@TOKENS (non-embedding "
+             "parameters, e.g. 201M@30B: the paper's model)\n", node0 ? "" : " on node 0", l.file);
 }
 
 void print_ladder_status(const Ladder& l) {

@@ -82,7 +82,9 @@ struct LadderRun {
 // Reads and checks the file and resolves every run (each one's config loads and validates).
 // Throws UserError "FILE: KEY: what is wrong".
 Ladder load_ladder(const std::string& file);
-std::vector<LadderRun> ladder_runs(const Ladder& ladder);
+// world: the ranks the runs train on (each rank's share of a batch is cut into micro-batches of
+// at most the base's micro_batch_size); throws UserError for a rung whose batch does not split.
+std::vector<LadderRun> ladder_runs(const Ladder& ladder, int world = 1);
 
 // Trains every run not finished, rung by rung (smallest first), each as `gqe train` on nproc
 // local ranks; writes out/ladder.yaml (the file with an absolute base) first, so that
