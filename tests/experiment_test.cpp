@@ -264,6 +264,11 @@ TEST_F(ExperimentRunning, TwoNodesTrainEachRunAsOneJob) {
                            "nodes cannot tell): its job ends without a step"),
             std::string::npos)
       << again.out;
+  EXPECT_NE(again.out.find((runs / "gqa").string() + ": trained to its budget already (step 10, 2560 tokens), with this config: "
+                                                      "nothing to do"),
+            std::string::npos)
+      << again.out;
+  EXPECT_EQ(again.out.find("verifying"), std::string::npos) << again.out;  // ended before the data was read
   EXPECT_EQ(read_file(runs / "gqa/metrics.jsonl"), metrics);
 }
 

@@ -191,9 +191,18 @@ TEST_F(Train, ResumeAfterKill9LosesOnlyWorkSinceTheCheckpointAndIsExact) {
   EXPECT_EQ(deterministic_metrics(path("killed")), deterministic_metrics(path("straight")));
 }
 
+// A run trained to its budget ends at once when started again with its config (an experiment or
+// ladder over several nodes starts every run); not if its newest checkpoint is damaged: then the
+// one before it is used and the steps since trained again.
 TEST_F(Train, ADamagedCheckpointIsReportedAndThePreviousOneUsed) {
   ASSERT_EQ(run_command(train("a")).status, 0);
   const auto before = deterministic_metrics(path("a"));
+  const auto again = run_command(train("a"));
+  ASSERT_EQ(again.status, 0) << again.err;
+  EXPECT_NE(again.out.find(path("a") + ": trained to its budget already (step 50, 12800 tokens), with this config: nothing to do"),
+            std::string::npos)
+      << again.out;
+  EXPECT_EQ(deterministic_metrics(path("a")), before);
   test::flip_byte(path("a") + "/checkpoints/step_00000050/model.safetensors", 2000);
   const auto r = run_command(train("a"));
   ASSERT_EQ(r.status, 0) << r.err;

@@ -141,7 +141,7 @@ fs::path save_checkpoint(const fs::path& run_dir, const TrainerState& state,
   return final_dir;
 }
 
-Checkpoint load_checkpoint(const fs::path& dir) {
+TrainerState verify_checkpoint(const fs::path& dir) {
   const std::string where = dir.string();
   if (!fs::is_directory(dir)) throw UserError(fmt::format("{}: no such checkpoint directory", where));
   if (!fs::exists(dir / "state.json"))
@@ -152,12 +152,11 @@ Checkpoint load_checkpoint(const fs::path& dir) {
   } catch (const nlohmann::json::exception&) {
     throw UserError(fmt::format("{}: state.json is not valid JSON", where));
   }
-  Checkpoint c;
-  c.dir = dir;
+  TrainerState state;
   try {
     if (j.at("format") != "gqe-checkpoint" || j.at("version") != kStateVersion)
       throw UserError(fmt::format("{}: not a gqe checkpoint of version {}", where, kStateVersion));
-    c.state = parse_state(j);
+    state = parse_state(j);
     for (const char* name : kFiles) {
       const auto& f = j.at("files").at(name);
       const fs::path file = dir / name;
@@ -171,9 +170,26 @@ Checkpoint load_checkpoint(const fs::path& dir) {
   } catch (const nlohmann::json::exception& e) {
     throw UserError(fmt::format("{}: state.json lacks a field ({})", where, e.what()));
   }
+  return state;
+}
+
+Checkpoint load_checkpoint(const fs::path& dir) {
+  Checkpoint c;
+  c.dir = dir;
+  c.state = verify_checkpoint(dir);
   c.model = read_safetensors(dir / kFiles[0]);
   c.optimizer = read_safetensors(dir / kFiles[1]);
   return c;
+}
+
+std::optional<TrainerState> verified_latest_state(const fs::path& run_dir) {
+  const auto dirs = checkpoint_dirs(run_dir);
+  if (dirs.empty()) return std::nullopt;
+  try {
+    return verify_checkpoint(dirs.front().second);
+  } catch (const UserError&) {
+    return std::nullopt;
+  }
 }
 
 std::optional<Checkpoint> load_latest_checkpoint(const fs::path& run_dir,

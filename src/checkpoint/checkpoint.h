@@ -33,6 +33,9 @@ std::filesystem::path save_checkpoint(const std::filesystem::path& run_dir, cons
 
 // Loads and verifies one checkpoint directory; throws UserError naming what is wrong.
 Checkpoint load_checkpoint(const std::filesystem::path& dir);
+// Verifies one (state.json, every file's size and checksum) without loading it; throws as
+// load_checkpoint does.
+TrainerState verify_checkpoint(const std::filesystem::path& dir);
 
 // The newest checkpoint of a run that verifies; each damaged one is reported to `warn` and
 // skipped. Nothing if the run has no usable checkpoint.
@@ -42,6 +45,10 @@ std::optional<Checkpoint> load_latest_checkpoint(const std::filesystem::path& ru
 // Copies checkpoint weights into the model, every parameter by its name; throws UserError naming a
 // missing or misshapen one (`where`: the checkpoint).
 void load_model_weights(torch::nn::Module& model, const std::map<std::string, at::Tensor>& weights, const std::string& where);
+
+// The state of the newest checkpoint if it verifies; nothing if there is none or it is damaged
+// (load_latest_checkpoint then says so and takes an older one).
+std::optional<TrainerState> verified_latest_state(const std::filesystem::path& run_dir);
 
 // The state of the run's newest checkpoint as `latest` names it, without verifying its files (for
 // a quick look; training and evaluation load with load_latest_checkpoint).

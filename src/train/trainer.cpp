@@ -196,6 +196,11 @@ class Trainer {
   void evaluate();
   std::optional<fs::path> save();
   void check_replicas();
+  // The newest checkpoint's state, on every rank, if it verifies and has reached the budget with
+  // the config the run last started with (rank 0 reads the run directory): the job can end before
+  // the data is verified and the model built. An experiment or ladder over several nodes starts every run's
+  // job, finished or not, since only node 0 can tell.
+  std::optional<TrainerState> trained_already();
   void train_to_budget();
   std::string continue_command() const;  // the command line that resumes this run
   void log_start(bool resumed);
@@ -479,6 +484,20 @@ std::optional<fs::path> Trainer::save() {
   return save_checkpoint(run_dir_, state_, weights, moments, config_.train.checkpoint.keep);
 }
 
+std::optional<TrainerState> Trainer::trained_already() {
+  std::string verdict = "no";
+  if (comm_->main() && options_.resume == "auto") {
+    const fs::path stored = run_dir_ / "config.yaml";
+    const std::optional<TrainerState> last = verified_latest_state(run_dir_);
+    if (last && last->tokens >= config_.train.tokens && fs::exists(stored) && read_file(stored) == to_yaml(config_))
+      verdict = trainer_state_json(*last);
+  }
+  if (comm_->main()) comm_->publish("trained-already", verdict);
+  else verdict = comm_->receive("trained-already");
+  if (verdict == "no") return std::nullopt;
+  return parse_trainer_state(verdict);
+}
+
 void Trainer::check_replicas() {
   reducer_->finish_gather();
   std::string all;
@@ -572,6 +591,12 @@ void Trainer::train_to_budget() {
   manifest_ = std::move(input.manifest);
   eval_sets_ = std::move(input.eval_sets);
   comm_->check_input([&] { check_same_as_rank0(*comm_, config_, manifest_); });
+  if (const std::optional<TrainerState> done = trained_already()) {
+    log.info("{}: trained to its budget already (step {}, {} tokens), with this config: nothing to do", run_dir_.string(), done->step,
+             done->tokens);
+    comm_->finish();
+    return;
+  }
   if (!input.memory.estimate_fits && env_.rank == 0) log.warn("{}", input.memory.text);
   train_stream_ = std::make_shared<const TokenStream>(config_.data.dataset, manifest_, Split::train);
   val_stream_ = std::make_shared<const TokenStream>(config_.data.dataset, manifest_, Split::val);
