@@ -91,5 +91,15 @@ TEST(Cli, HelpHasExamples) {
   EXPECT_NE(info.out.find("Examples:"), std::string::npos);
 }
 
+// Which gqe this is: `git describe` of the source it was built from (every run's log says it too).
+TEST(Cli, VersionIsTheSourcesGitDescribe) {
+  const auto git = run_command("git -C " + std::string(GQE_SOURCE_DIR) + " describe --always --dirty --abbrev=12 2>/dev/null");
+  const std::string version = git.status == 0 && !git.out.empty() ? git.out.substr(0, git.out.find('\n')) : "unknown";
+  const auto r = run_command(gqe("--version"));
+  EXPECT_EQ(r.status, 0);
+  EXPECT_EQ(r.out, "gqe " + version + "\n");
+  EXPECT_EQ(run_command(std::string(GQE_DATA_BINARY) + " --version").out, "gqe-data " + version + "\n");
+}
+
 }  // namespace
 }  // namespace gqe

@@ -123,6 +123,8 @@ TEST_F(Train, StopsWhenTheTokenBudgetIsSpent) {
   EXPECT_LT(evals.back()["val_loss"].get<double>(), evals.front()["val_loss"].get<double>());
   EXPECT_NE(r.out.find("plan: 50 steps of 256 tokens"), std::string::npos) << r.out;
   EXPECT_NE(r.out.find("done: 50 steps, 12800 tokens (budget 12700)"), std::string::npos) << r.out;
+  const std::string version = run_command(gqe("--version")).out.substr(4);  // which gqe trained it
+  EXPECT_NE(r.out.find(path("a") + " (" + config_ + " new), gqe " + version), std::string::npos) << r.out;
   EXPECT_TRUE(fs::exists(path("a") + "/config.yaml"));
   EXPECT_NE(read_file(path("a") + "/train.log").find("done: 50 steps"), std::string::npos);
   std::vector<std::string> kept;

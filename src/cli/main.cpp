@@ -4,6 +4,7 @@
 #include "cli/commands.h"
 #include "cli/run.h"
 #include "common/host_memory.h"
+#include "common/version.h"
 #include "dist/communicator.h"
 
 int main(int argc, char** argv) {
@@ -23,6 +24,7 @@ int main(int argc, char** argv) {
       "  gqe bench train configs/gqe-250m.yaml          # GQA vs GQE tokens/s and MFU (GPU)\n"
       "  gqe bench prefill configs/bench/prefill-cpu.yaml --seq-lens 2048,4096,8192\n"
       "Run 'gqe COMMAND --help' for a command's options.");
+  app.set_version_flag("--version", std::string("gqe ") + gqe::gqe_version());
   app.require_subcommand(1);
   gqe::add_train_command(app, argc, argv);
   gqe::add_eval_commands(app, argc, argv);

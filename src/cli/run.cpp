@@ -38,6 +38,8 @@ int run_cli(CLI::App& app, const char* program, int argc, char** argv) {
     return app.exit(e);
   } catch (const CLI::CallForAllHelp& e) {
     return app.exit(e);
+  } catch (const CLI::CallForVersion& e) {
+    return app.exit(e);
   } catch (const CLI::ParseError& e) {
     fmt::print(stderr, "{}: {} (see {} --help)\n", program, e.what(), program);
     return 2;

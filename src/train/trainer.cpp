@@ -23,6 +23,7 @@
 #include "common/process.h"
 #include "common/run_lock.h"
 #include "common/stop_signals.h"
+#include "common/version.h"
 #include "data/dataset.h"
 #include "data/loader.h"
 #include "dist/communicator.h"
@@ -147,6 +148,19 @@ void check_same_as_rank0(Communicator& comm, const Config& config, const Manifes
     throw UserError(fmt::format("data.dataset {} holds other data here than on rank 0 (another tokenizer or other shards): "
                                 "every node needs the same copy",
                                 config.data.dataset));
+}
+
+// A rank built from another commit than rank 0 (nodes with builds of their own) may compute
+// differently: said, not refused, since an edited README makes a build "dirty" too.
+std::string another_build_than_rank0(Communicator& comm) {
+  if (comm.main()) {
+    comm.publish("rank0-version", gqe_version());
+    return "";
+  }
+  const std::string theirs = comm.receive("rank0-version");
+  if (theirs == gqe_version()) return "";
+  return fmt::format("runs gqe {}, rank 0 gqe {}: the ranks may compute differently; build the same commit on every node",
+                     gqe_version(), theirs);
 }
 
 // Keys whose change makes a run something else than what its checkpoints hold.
@@ -283,7 +297,7 @@ void Trainer::log_start(bool resumed) {
   auto& log = console_->log();
   const TrainConfig& t = config_.train;
   const ModelInfo info = describe_model(config_);
-  log.info("run {} ({} {})", run_dir_.string(), loaded_.file, resumed ? "resumed" : "new");
+  log.info("run {} ({} {}), gqe {}", run_dir_.string(), loaded_.file, resumed ? "resumed" : "new", gqe_version());
   log.info("model: {} attention{}, {} parameters ({} non-embedding), {} of {} query heads active per token",
            enum_name(config_.model.attention.type),
            config_.model.attention.type == AttentionType::gqe
@@ -573,8 +587,8 @@ void Trainer::train_to_budget() {
 
   // Everything that can be wrong with the input is checked before the run directory is touched.
   device_ = job_device(loaded_, env_);
-  std::vector<std::string> kernel_warnings;  // said once for the job, below
-  prepare_fused_kernels(t.fused_kernels, device_, [&](const std::string& line) { kernel_warnings.push_back(line); });
+  std::vector<std::string> warnings;  // said once for the job, below
+  prepare_fused_kernels(t.fused_kernels, device_, [&](const std::string& line) { warnings.push_back(line); });
   bf16_ = t.precision == Precision::bf16;
   // 0 threads: this rank's share of the machine's cores.
   const int cores = static_cast<int>(std::thread::hardware_concurrency());
@@ -585,7 +599,8 @@ void Trainer::train_to_budget() {
   // not on several, nor torchrun or srun.
   comm_ = std::make_unique<Communicator>(env_, config_.dist.backend, device_, std::chrono::seconds(config_.dist.timeout_s),
                                          config_.dist.bucket_mb << 20);
-  for (const std::string& line : comm_->gather_warnings(kernel_warnings)) log.warn("{}", line);
+  if (const std::string build = another_build_than_rank0(*comm_); !build.empty()) warnings.push_back(build);
+  for (const std::string& line : comm_->gather_warnings(warnings)) log.warn("{}", line);
   TrainingInput input;
   comm_->check_input([&] { input = check_training_input(loaded_, env_.world, device_, device_.is_cpu() ? env_.local_world : 1); });
   manifest_ = std::move(input.manifest);
