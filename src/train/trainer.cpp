@@ -212,8 +212,8 @@ class Trainer {
   void check_replicas();
   // The newest checkpoint's state, on every rank, if it verifies and has reached the budget with
   // the config the run last started with (rank 0 reads the run directory): the job can end before
-  // the data is verified and the model built. An experiment or ladder over several nodes starts every run's
-  // job, finished or not, since only node 0 can tell.
+  // the data is verified and the model built. An experiment or ladder over several nodes starts
+  // every run's job, finished or not, since only node 0 can tell.
   std::optional<TrainerState> trained_already();
   void train_to_budget();
   std::string continue_command() const;  // the command line that resumes this run
