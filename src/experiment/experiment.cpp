@@ -224,9 +224,10 @@ bool train_runs(const std::string& base, const std::vector<ExperimentRun>& runs,
 
 void run_experiment(const Experiment& e, int nproc) {
   const std::vector<ExperimentRun> runs = experiment_runs(e);
-  make_directories(e.out);
+  const bool node0 = read_node_layout().node_rank == 0;  // on several nodes, node 0 holds the runs
+  if (node0) make_directories(e.out);
   if (!train_runs(e.base, runs, nproc, "experiment")) return;
-  if (read_node_layout().node_rank > 0) {
+  if (!node0) {
     fmt::print("[experiment] every run is trained; node 0 evaluates and compares them\n");
     return;
   }

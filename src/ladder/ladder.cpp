@@ -297,17 +297,21 @@ void run_ladder(const Ladder& l, int nproc) {
   const NodeLayout node = read_node_layout();
   const bool node0 = node.node_rank == 0;
   const std::vector<LadderRun> runs = ladder_runs(l, node.nnodes * nproc);
-  make_directories(l.out);
-  // The file as run, with absolute paths: `gqe ladder fit OUT` reads it.
-  YAML::Node copy = YAML::Load(read_file(l.file));
-  copy["base"] = fs::absolute(l.base).lexically_normal().string();
-  copy["out"] = fs::absolute(l.out).lexically_normal().string();
-  YAML::Emitter emitter;
-  emitter << copy;
-  write_file_atomic(l.out / "ladder.yaml", fmt::format("# {} as `gqe ladder run` read it\n{}\n", l.file, emitter.c_str()));
-  std::vector<RunStatus> statuses;
-  for (const LadderRun& r : runs) statuses.push_back(run_status(r.run));
-  fmt::print("[ladder] {}: {} runs; {}\n", l.name, runs.size(), node0 ? cost_line(l, runs, statuses) : "node 0 holds their run directories");
+  if (node0) {
+    make_directories(l.out);
+    // The file as run, with absolute paths: `gqe ladder fit OUT` reads it.
+    YAML::Node copy = YAML::Load(read_file(l.file));
+    copy["base"] = fs::absolute(l.base).lexically_normal().string();
+    copy["out"] = fs::absolute(l.out).lexically_normal().string();
+    YAML::Emitter emitter;
+    emitter << copy;
+    write_file_atomic(l.out / "ladder.yaml", fmt::format("# {} as `gqe ladder run` read it\n{}\n", l.file, emitter.c_str()));
+    std::vector<RunStatus> statuses;
+    for (const LadderRun& r : runs) statuses.push_back(run_status(r.run));
+    fmt::print("[ladder] {}: {} runs; {}\n", l.name, runs.size(), cost_line(l, runs, statuses));
+  } else {
+    fmt::print("[ladder] {}: {} runs; node 0 holds their run directories\n", l.name, runs.size());
+  }
   std::vector<ExperimentRun> plain;
   for (const LadderRun& r : runs) plain.push_back(r.run);
   if (!train_runs(l.base, plain, nproc, "ladder")) return;
