@@ -196,6 +196,18 @@ TEST_F(ExperimentRunning, AnInterruptedArmResumesAndFinishedArmsAreSkipped) {
   EXPECT_EQ(third.out.find("resuming from"), std::string::npos);
   EXPECT_EQ(read_file(runs / "gqa/metrics.jsonl"), metrics_before);  // nothing trained or evaluated again
 
+  // A finished arm whose last checkpoint is damaged is not skipped: its last steps train again,
+  // identically, from the checkpoint before.
+  const auto before_damage = test::deterministic_metrics(runs / "gqa");
+  test::flip_byte(runs / "gqa/checkpoints/step_00000100/model.safetensors", 2000);
+  const auto damaged = run_command(gqe("experiment run " + experiment_));
+  ASSERT_EQ(damaged.status, 0) << damaged.err << damaged.out;
+  EXPECT_NE(damaged.out.find("[experiment] gqa: its newest checkpoint (step 100) does not verify: training again from the one before"),
+            std::string::npos)
+      << damaged.out;
+  EXPECT_NE(damaged.out.find("resuming from " + (runs / "gqa/checkpoints/step_00000090").string()), std::string::npos) << damaged.out;
+  EXPECT_EQ(test::deterministic_metrics(runs / "gqa"), before_damage);
+
   // Ctrl-C while an arm is evaluated: a stop, said as such (the evaluation ends at once), and the
   // next run evaluates it.
   fs::remove(runs / "gqe/eval.json");
