@@ -83,6 +83,12 @@ bool accepts(const std::string& addr, int port, std::chrono::milliseconds wait) 
   return ok;
 }
 
+// How long a wait has lasted, and its limit, as the notices of a slow gathering say it.
+std::string waited_so_far(Clock::duration waited, Clock::duration limit) {
+  return fmt::format("{} s so far, giving up at {} s", std::chrono::round<std::chrono::seconds>(waited).count(),
+                     std::chrono::round<std::chrono::seconds>(limit).count());
+}
+
 // A stop signal before the job formed: nothing was written, and the same command starts it.
 std::string stopped_line(const DistEnvironment& env, int sig, const std::string& while_what) {
   return fmt::format("rank {}: stopped by {} {}: nothing was written; the same command starts the job", env.rank,
@@ -105,10 +111,9 @@ bool await_server(const DistEnvironment& env, Clock::time_point deadline) {
     }
     if (Clock::now() > deadline) return false;
     if (Clock::now() > notice_at) {
-      auto seconds = [](Clock::duration d) { return std::chrono::round<std::chrono::seconds>(d).count(); };
       if (env.local_rank == 0)
-        print_now(fmt::format("rank {}: waiting for the job's store at {}:{} (rank 0 serves it): {} s so far, giving up at {} s",
-                              env.rank, env.master_addr, env.master_port, seconds(Clock::now() - start), seconds(deadline - start)));
+        print_now(fmt::format("rank {}: waiting for the job's store at {}:{} (rank 0 serves it): {}", env.rank, env.master_addr,
+                              env.master_port, waited_so_far(Clock::now() - start, deadline - start)));
       notice_at += std::chrono::seconds(60);
     }
     std::this_thread::sleep_for(std::chrono::milliseconds(100));
@@ -167,9 +172,8 @@ void say_who_is_missing(c10d::Store& store, const DistEnvironment& env, Clock::d
   const size_t listed = std::min<size_t>(missing.size(), 8);
   std::string ranks = fmt::format("{}", fmt::join(missing.begin(), missing.begin() + static_cast<std::ptrdiff_t>(listed), ", "));
   if (missing.size() > listed) ranks += fmt::format(" and {} more", missing.size() - listed);
-  print_now(fmt::format("waiting at {}:{} for {} of {} ranks ({}): {} s so far, giving up at {} s", env.master_addr, env.master_port,
-                        missing.size(), env.world, ranks, std::chrono::duration_cast<std::chrono::seconds>(waited).count(),
-                        std::chrono::duration_cast<std::chrono::seconds>(timeout).count()));
+  print_now(fmt::format("waiting at {}:{} for {} of {} ranks ({}): {}", env.master_addr, env.master_port, missing.size(), env.world,
+                        ranks, waited_so_far(waited, timeout)));
 }
 
 // The end of a join whose verdict is not go. Rank 0's line is out before any rank's exit can make

@@ -186,16 +186,17 @@ bool train_runs(const std::string& base, const std::vector<ExperimentRun>& runs,
       const RunStatus status = run_status(run);
       if (status.state == RunState::running)
         throw UserError(fmt::format("{}: is being trained by another process", run.run_dir.string()));
-      // Finished as `latest` says, but its checkpoint damaged: gqe train takes the one before.
-      const bool whole = status.state != RunState::finished || verified_latest_state(run.run_dir).has_value();
-      if (!whole) {
+      const bool finished = status.state == RunState::finished;
+      if (finished && several) {
+        // Started anyway: its job verifies the checkpoint (gqe train's trained_already) and ends.
+        fmt::print("[{}] {}: finished at step {} ({} tokens), started on every node all the same (the other nodes cannot "
+                   "tell): its job ends without a step\n", tag, label, status.step, status.tokens);
+      } else if (finished && verified_latest_state(run.run_dir)) {
+        fmt::print("[{}] {}: finished at step {} ({} tokens), skipped\n", tag, label, status.step, status.tokens);
+        continue;
+      } else if (finished) {  // as `latest` says, but its checkpoint damaged: gqe train takes the one before
         fmt::print("[{}] {}: its newest checkpoint (step {}) does not verify: training again from the one before -> {}\n", tag,
                    label, status.step, run.run_dir.string());
-      } else if (status.state == RunState::finished) {
-        fmt::print("[{}] {}: finished at step {} ({} tokens), {}\n", tag, label, status.step, status.tokens,
-                   several ? "started on every node all the same (the other nodes cannot tell): its job ends without a step"
-                           : "skipped");
-        if (!several) continue;
       } else {
         fmt::print("[{}] {}: {} -> {}\n", tag, label,
                    status.state == RunState::interrupted ? fmt::format("continuing from step {}", status.step) : "training",
