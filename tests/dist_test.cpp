@@ -306,38 +306,78 @@ TEST_F(Distributed, TorchrunLaunchesTheSameJob) {
   EXPECT_EQ(dumped(steps_of(path("torchrun"))), dumped(steps_of(path("one"))));
 }
 
-// torchrun --max-restarts: a worker killed mid-run (kill -9) makes the agent restart the job, which
-// joins again (keys of a new attempt in the agent's store) and continues from the last complete
-// checkpoint, ending bitwise where an uninterrupted run ends.
-TEST_F(Distributed, TorchrunRestartsAKilledWorkerFromTheLastCheckpoint) {
-  const std::string torchrun = GQE_TORCHRUN;
-  if (torchrun.empty() || !fs::exists(torchrun)) GTEST_SKIP() << "torchrun is not installed next to the build's Python";
+// A rank killed mid-run (kill -9, rank 1, after the first checkpoint): with restarts its launcher
+// starts the job again, which continues from the last complete checkpoint and ends bitwise where an
+// uninterrupted run ends. The built-in launcher (--max-restarts), and torchrun's agent (keys of a
+// new attempt in its store).
+TEST_F(Distributed, ALauncherWithRestartsContinuesAKilledJobFromItsLastCheckpoint) {
   const std::string budget = "--set train.tokens=51200";  // 200 steps
   ASSERT_EQ(run_command(train("straight", budget)).status, 0);
-  test::Background job("exec " + torchrun + " --nproc-per-node 2 --max-restarts 1 --no-python " + train("elastic", budget) + " >" +
-                       path("elastic.out") + " 2>&1");
-  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
-  while (!fs::exists(path("elastic") + "/checkpoints/latest") && std::chrono::steady_clock::now() < deadline)
-    std::this_thread::sleep_for(std::chrono::milliseconds(5));
-  int killed = 0;  // rank 1: the gqe process of this run with RANK=1 in its environment
-  for (const auto& entry : fs::directory_iterator("/proc")) {
-    if (!std::isdigit(static_cast<unsigned char>(entry.path().filename().string()[0]))) continue;
-    std::string cmdline, environ;
-    try {
-      cmdline = read_file(entry.path() / "cmdline"), environ = std::string(1, '\0') + read_file(entry.path() / "environ");
-    } catch (const std::exception&) {
-      continue;  // gone, or not ours
+  std::vector<std::pair<std::string, std::string>> launchers{{"ours", train("ours", budget + " --nproc 2 --max-restarts 1")}};
+  const std::string torchrun = GQE_TORCHRUN;
+  if (!torchrun.empty() && fs::exists(torchrun))  // installed next to the build's Python (set-up does)
+    launchers.emplace_back("elastic", torchrun + " --nproc-per-node 2 --max-restarts 1 --no-python " + train("elastic", budget));
+  for (const auto& [run, command] : launchers) {
+    test::Background job("exec " + command + " >" + path(run + ".out") + " 2>&1");
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+    while (!fs::exists(path(run) + "/checkpoints/latest") && std::chrono::steady_clock::now() < deadline)
+      std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    int killed = 0;  // rank 1: the gqe process of this run with RANK=1 in its environment
+    for (const auto& entry : fs::directory_iterator("/proc")) {
+      if (!std::isdigit(static_cast<unsigned char>(entry.path().filename().string()[0]))) continue;
+      std::string cmdline, environ;
+      try {
+        cmdline = read_file(entry.path() / "cmdline"), environ = std::string(1, '\0') + read_file(entry.path() / "environ");
+      } catch (const std::exception&) {
+        continue;  // gone, or not ours
+      }
+      if (cmdline.rfind(GQE_BINARY, 0) == 0 && cmdline.find(path(run)) != std::string::npos &&
+          environ.find(std::string("\0RANK=1\0", 8)) != std::string::npos)
+        killed += ::kill(std::stoi(entry.path().filename().string()), SIGKILL) == 0;
     }
-    if (cmdline.rfind(GQE_BINARY, 0) == 0 && cmdline.find(path("elastic")) != std::string::npos &&
-        environ.find(std::string("\0RANK=1\0", 8)) != std::string::npos)
-      killed += ::kill(std::stoi(entry.path().filename().string()), SIGKILL) == 0;
+    ASSERT_EQ(killed, 1) << run;
+    ASSERT_EQ(job.wait(), 0) << read_file(path(run + ".out"));
+    const std::string out = read_file(path(run + ".out"));
+    EXPECT_NE(out.find("resuming from " + path(run) + "/checkpoints/step_"), std::string::npos) << out;
+    EXPECT_EQ(dumped(steps_of(path(run))), dumped(steps_of(path("straight")))) << run;
+    EXPECT_EQ(model_hash(run), model_hash("straight")) << run;
+    // The restart is said where it happens and recorded in the run's log.
+    if (run == "ours") {
+      EXPECT_NE(out.find("gqe: the job failed (exit status 1); starting it again: restart 1 of at most 1 (--max-restarts)"),
+                std::string::npos) << out;
+    }
+    EXPECT_NE(read_file(path(run) + "/train.log").find("started again after a failure (restart 1 of 1)"), std::string::npos) << run;
   }
-  ASSERT_EQ(killed, 1);
-  ASSERT_EQ(job.wait(), 0) << read_file(path("elastic.out"));
-  const std::string out = read_file(path("elastic.out"));
-  EXPECT_NE(out.find("resuming from " + path("elastic") + "/checkpoints/step_"), std::string::npos) << out;
-  EXPECT_EQ(dumped(steps_of(path("elastic"))), dumped(steps_of(path("straight"))));
-  EXPECT_EQ(model_hash("elastic"), model_hash("straight"));
+}
+
+// What restarts and what does not: a job that keeps failing is started again N times and then
+// gives up with its status; bad input is not a fault; and another launcher's rank, or a job over
+// several nodes, is refused with one line.
+TEST_F(Distributed, RestartsAreForFaultsAndEndAfterTheLastOne) {
+  // Every start fails at its first write to metrics.jsonl (a full disk: exit 1).
+  const std::string full = fmt::format("LD_PRELOAD={} GQE_FAULT_PATH=metrics.jsonl ", GQE_FAULT_LIBRARY);
+  const auto r = run_command(full + train("full", "--max-restarts 2"));
+  EXPECT_EQ(r.status, 1) << r.err;
+  EXPECT_NE(r.err.find("restart 1 of at most 2"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("restart 2 of at most 2"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("gqe: the job failed again after 2 restart(s) (--max-restarts 2): giving up"), std::string::npos) << r.err;
+  // The command that continues it is the one that started it: one rank, with its restarts.
+  EXPECT_NE(r.err.find("--run-dir " + path("full") + " --max-restarts 2 continues"), std::string::npos) << r.err;
+  EXPECT_NE(read_file(path("full") + "/train.log").find("(restart 2 of 2)"), std::string::npos);
+
+  const auto bad = run_command(train("bad", "--max-restarts 2 --set data.dataset=" + path("nowhere")));
+  EXPECT_EQ(bad.status, 2) << bad.err;
+  EXPECT_EQ(bad.err.find("restart"), std::string::npos) << bad.err;
+
+  const auto ranked = run_command("RANK=0 WORLD_SIZE=1 " + train("ranked", "--max-restarts 1"));
+  EXPECT_EQ(ranked.status, 2);
+  EXPECT_EQ(ranked.err, "gqe: --max-restarts: this process is a rank of a job already (RANK/WORLD_SIZE (torchrun)): restarts are "
+                        "its launcher's (torchrun --max-restarts)\n");
+  const auto nodes = run_command("NNODES=2 NODE_RANK=0 MASTER_ADDR=127.0.0.1 MASTER_PORT=29999 " + train("nodes", "--max-restarts 1"));
+  EXPECT_EQ(nodes.status, 2);
+  EXPECT_NE(nodes.err.find("--max-restarts: the built-in launcher restarts jobs on one machine, and NNODES=2 here"), std::string::npos)
+      << nodes.err;
+  EXPECT_FALSE(fs::exists(path("ranked")) || fs::exists(path("nodes")));
 }
 
 const std::string kShard = " --set dist.shard_optimizer=true";

@@ -18,15 +18,20 @@ void add_experiment_commands(CLI::App& app) {
   CLI::App* experiment = app.add_subcommand("experiment", "Matched-budget experiments: arms that differ only in attention");
   experiment->require_subcommand(1);
   auto run = std::make_shared<std::pair<std::string, int>>("", 1);
+  auto max_restarts = std::make_shared<int>(0);
   CLI::App* run_cmd = experiment->add_subcommand("run", "Train every arm (skipping finished ones), evaluate, compare");
   run_cmd->add_option("experiment", run->first, "Experiment file (configs/experiments/*.yaml)")->required();
   add_nproc_option(run_cmd, run->second);
+  add_restarts_option(run_cmd, *max_restarts);
   run_cmd->footer(
       "Examples:\n"
       "  gqe experiment run configs/experiments/tiny.yaml\n"
-      "  gqe experiment run configs/experiments/paper-table2.yaml --nproc 8\n"
+      "  gqe experiment run configs/experiments/paper-table2.yaml --nproc 8 --max-restarts 3\n"
       "Interrupt it with Ctrl-C: the arm in progress saves a checkpoint; the same command continues.");
-  run_cmd->callback([run] { run_experiment(load_experiment(run->first), run->second); });
+  run_cmd->callback([run, max_restarts] {
+    check_restarts(*max_restarts);
+    run_experiment(load_experiment(run->first), run->second, *max_restarts);
+  });
 
   auto status = std::make_shared<std::string>();
   CLI::App* status_cmd = experiment->add_subcommand("status", "Where each arm of an experiment stands");

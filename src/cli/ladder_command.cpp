@@ -17,15 +17,20 @@ void add_ladder_commands(CLI::App& app) {
   CLI::App* ladder = app.add_subcommand("ladder", "Scaling ladders: the arms at several sizes, a scaling law per arm, the gap extrapolated");
   ladder->require_subcommand(1);
   auto run = std::make_shared<std::pair<std::string, int>>("", 1);
+  auto max_restarts = std::make_shared<int>(0);
   CLI::App* run_cmd = ladder->add_subcommand("run", "Train every rung x budget x arm x seed (skipping finished runs)");
   run_cmd->add_option("ladder", run->first, "Ladder file (configs/ladders/*.yaml)")->required();
   add_nproc_option(run_cmd, run->second);
+  add_restarts_option(run_cmd, *max_restarts);
   run_cmd->footer(
       "Examples:\n"
       "  gqe ladder run configs/ladders/tiny.yaml\n"
-      "  gqe ladder run configs/ladders/paper.yaml --nproc 8\n"
+      "  gqe ladder run configs/ladders/paper.yaml --nproc 8 --max-restarts 3\n"
       "Interrupt it with Ctrl-C: the run in progress saves a checkpoint; the same command continues.");
-  run_cmd->callback([run] { run_ladder(load_ladder(run->first), run->second); });
+  run_cmd->callback([run, max_restarts] {
+    check_restarts(*max_restarts);
+    run_ladder(load_ladder(run->first), run->second, *max_restarts);
+  });
 
   auto status = std::make_shared<std::string>();
   CLI::App* status_cmd = ladder->add_subcommand("status", "The plan (sizes, budgets, hyperparameters, cost) and where each run stands");

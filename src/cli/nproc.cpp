@@ -48,21 +48,41 @@ bool hosts_rank0(int nproc) {
   return read_dist_environment().rank == 0;
 }
 
-bool launch_if_requested(int nproc, int argc, char** argv) {
-  const std::optional<NodeLayout> node = launch_layout(nproc);
+bool launch_if_requested(int nproc, int argc, char** argv, int max_restarts) {
+  std::optional<NodeLayout> node = launch_layout(nproc);
+  if (!node && max_restarts > 0) node = NodeLayout{};  // one rank, which the launcher can start again
   if (!node) return false;
-  std::vector<std::string> args;
+  std::vector<std::string> args;  // the launcher's options are not the ranks'
   for (int i = 0; i < argc; ++i) {
     const std::string a = argv[i];
-    if (a == "--nproc") {
+    if (a == "--nproc" || a == "--max-restarts") {
       ++i;
       continue;
     }
-    if (a.rfind("--nproc=", 0) != 0) args.push_back(a);
+    if (a.rfind("--nproc=", 0) != 0 && a.rfind("--max-restarts=", 0) != 0) args.push_back(a);
   }
-  const int status = launch_local_ranks(nproc, args, *node).status;
+  // A restart continues the run from its newest complete checkpoint, whatever the first start was
+  // told (--resume never would refuse the run it began).
+  Restarts restarts{max_restarts, args};
+  for (size_t i = 0; i < restarts.args.size(); ++i) {
+    if (restarts.args[i] == "--resume" && i + 1 < restarts.args.size()) restarts.args[i + 1] = "auto";
+    if (restarts.args[i].rfind("--resume=", 0) == 0) restarts.args[i] = "--resume=auto";
+  }
+  const int status = launch_local_ranks(nproc, args, *node, restarts).status;
   if (status != 0) std::exit(status);  // the failing rank said why
   return true;
+}
+
+void check_restarts(int max_restarts) {
+  if (max_restarts == 0) return;
+  const DistEnvironment env = read_dist_environment();
+  if (env.source != DistEnvironment{}.source)
+    throw UserError(fmt::format("--max-restarts: this process is a rank of a job already ({}): restarts are its launcher's "
+                                "(torchrun --max-restarts)", env.source));
+  const NodeLayout node = read_node_layout();
+  if (node.nnodes > 1)
+    throw UserError(fmt::format("--max-restarts: the built-in launcher restarts jobs on one machine, and NNODES={} here: over "
+                                "several, torchrun --max-restarts does it (its agents agree on each new start)", node.nnodes));
 }
 
 void job_command(int nproc, const std::function<void()>& body) {
@@ -104,6 +124,14 @@ void add_nproc_option(CLI::App* command, int& nproc) {
                       "Data-parallel processes on this machine (one per GPU on CUDA); on several machines, set NNODES, NODE_RANK, "
                       "MASTER_ADDR and MASTER_PORT on each")
       ->check(CLI::Range(1, 1024))
+      ->capture_default_str();
+}
+
+void add_restarts_option(CLI::App* command, int& max_restarts) {
+  command->add_option("--max-restarts", max_restarts,
+                      "Start a job that fails by a fault (a rank killed, crashed or ended with an error; not bad input) again, "
+                      "up to N times, from its newest checkpoint; one machine")
+      ->check(CLI::Range(0, 1000))
       ->capture_default_str();
 }
 

@@ -15,8 +15,14 @@ namespace gqe {
 // With nproc > 1 (or NNODES > 1: this machine's part of a job over several, docs/distributed.md),
 // runs this command line (minus --nproc) as nproc ranks and returns true (the process exits with
 // the job's status if it failed); otherwise returns false: run in this process. Throws UserError
-// when --nproc is given inside a launched job, or for bad NNODES/NODE_RANK/MASTER_* values.
-bool launch_if_requested(int nproc, int argc, char** argv);
+// when --nproc is given inside a launched job, or for bad NNODES/NODE_RANK/MASTER_* values. With
+// max_restarts (gqe train's --max-restarts, checked by check_restarts), the ranks are launched
+// even for nproc 1, and a job that fails by a fault starts again with `--resume auto`.
+bool launch_if_requested(int nproc, int argc, char** argv, int max_restarts = 0);
+
+// --max-restarts N (N > 0): throws UserError where the built-in launcher cannot restart the job:
+// in a rank that another launcher started, and over several nodes (torchrun's agents can).
+void check_restarts(int max_restarts);
 
 // The environment of this machine's last rank in the job launch_if_requested would start (the
 // launcher checks the input against it before it starts any rank: that rank's device must exist
@@ -37,5 +43,7 @@ void job_command(int nproc, const std::function<void()>& body);
 
 // Adds the --nproc option.
 void add_nproc_option(CLI::App* command, int& nproc);
+// Adds the --max-restarts option (commands that train).
+void add_restarts_option(CLI::App* command, int& max_restarts);
 
 }  // namespace gqe

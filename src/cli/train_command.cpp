@@ -18,7 +18,7 @@ namespace gqe {
 void add_train_command(CLI::App& app, int argc, char** argv) {
   auto o = std::make_shared<TrainOptions>();
   auto run_dir = std::make_shared<std::string>();
-  auto nproc = std::make_shared<int>(1);
+  auto nproc = std::make_shared<int>(1), max_restarts = std::make_shared<int>(0);
   CLI::App* cmd = app.add_subcommand("train", "Train the config's model on its dataset until train.tokens are seen");
   cmd->add_option("config", o->config_file, "YAML config file")->required();
   cmd->add_option("--set", o->overrides, "Override a config key, e.g. --set train.tokens=4M (repeatable)")
@@ -29,16 +29,18 @@ void add_train_command(CLI::App& app, int argc, char** argv) {
                   "an existing run; or a checkpoint directory")
       ->capture_default_str();
   add_nproc_option(cmd, *nproc);
+  add_restarts_option(cmd, *max_restarts);
   cmd->footer(
       "Examples:\n"
       "  gqe train configs/tiny/gqe.yaml\n"
       "  gqe train configs/tiny/gqe.yaml --set train.tokens=4M --run-dir runs/gqe-long\n"
-      "  gqe train configs/gqe-250m.yaml --nproc 8\n"
+      "  gqe train configs/gqe-250m.yaml --nproc 8 --max-restarts 3\n"
       "  torchrun --nproc-per-node 8 --no-python build/gqe train configs/gqe-250m.yaml\n"
       "  gqe train configs/gqe-250m.yaml --resume runs/gqe-250m/checkpoints/step_00010000\n"
       "Ctrl-C (SIGINT) or SIGTERM: the current step finishes, a checkpoint is saved, and the same command continues.");
-  cmd->callback([o, run_dir, nproc, argc, argv] {
+  cmd->callback([o, run_dir, nproc, max_restarts, argc, argv] {
     job_command(*nproc, [&] {
+      check_restarts(*max_restarts);
       o->run_dir = *run_dir;
       const LoadedConfig config = load_config(o->config_file, o->overrides);  // bad input fails before any rank starts
       if (hosts_rank0(*nproc)) {  // only rank 0's machine needs the run directory
@@ -55,7 +57,7 @@ void add_train_command(CLI::App& app, int argc, char** argv) {
         // shards on its own machine.
         if (last->one_machine()) check_training_input(config, last->world, device, device.is_cpu() ? *nproc : 1);
       }
-      if (!launch_if_requested(*nproc, argc, argv)) train(config, *o);
+      if (!launch_if_requested(*nproc, argc, argv, *max_restarts)) train(config, *o);
     });
   });
 }

@@ -17,6 +17,9 @@ struct DistEnvironment {
   int master_port = 29500;
   std::string source = "single process";  // "torchrun", "SLURM", ...
   int nproc = 0;  // started by `gqe ... --nproc N` (GQE_NPROC): N; else 0
+  // Which start of the job this is after faults, 0 the first, and how many its launcher allows
+  // (`--max-restarts`: GQE_RESTART_COUNT, GQE_MAX_RESTARTS; torchrun: TORCHELASTIC_*).
+  int restart = 0, max_restarts = 0;
   bool distributed() const { return world > 1; }
   bool one_machine() const { return world == local_world; }
 };

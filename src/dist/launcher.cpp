@@ -17,17 +17,6 @@
 #include <fmt/format.h>
 
 namespace gqe {
-namespace {
-
-std::atomic<int> g_forward{0};
-extern "C" void on_launcher_signal(int sig) { g_forward = sig; }
-
-std::string describe(int status) {
-  if (WIFEXITED(status)) return fmt::format("exited with status {}", WEXITSTATUS(status));
-  return fmt::format("was killed by signal {} ({})", WTERMSIG(status), strsignal(WTERMSIG(status)));
-}
-
-}  // namespace
 
 int free_port() {  // the kernel picks one: bind port 0 on 127.0.0.1
   const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
@@ -42,13 +31,27 @@ int free_port() {  // the kernel picks one: bind port 0 on 127.0.0.1
   return ntohs(addr.sin_port);
 }
 
-LaunchedJob launch_local_ranks(int nproc, const std::vector<std::string>& args, const NodeLayout& node) {
+namespace {
+
+std::atomic<int> g_forward{0};
+extern "C" void on_launcher_signal(int sig) { g_forward = sig; }
+
+std::string describe(int status) {
+  if (WIFEXITED(status)) return fmt::format("exited with status {}", WEXITSTATUS(status));
+  return fmt::format("was killed by signal {} ({})", WTERMSIG(status), strsignal(WTERMSIG(status)));
+}
+
+struct Attempt {
+  int status = 0, forwarded = 0;
+  bool fault = false;  // the job failed by a fault (Restarts), not by its input or a stop
+};
+
+// One start of this node's ranks, until every one has ended.
+Attempt run_ranks(int nproc, const std::vector<std::string>& args, const NodeLayout& node, int restart, int max_restarts) {
   const std::string self = std::filesystem::read_symlink("/proc/self/exe").string();
   const int port = node.master_port > 0 ? node.master_port : free_port();
   const int first = node.node_rank * nproc;
   const pid_t launcher = ::getpid();
-  g_forward = 0;
-  auto previous_int = std::signal(SIGINT, on_launcher_signal), previous_term = std::signal(SIGTERM, on_launcher_signal);
 
   std::vector<pid_t> pids(static_cast<size_t>(nproc), -1);
   for (int r = 0; r < nproc; ++r) {
@@ -69,6 +72,8 @@ LaunchedJob launch_local_ranks(int nproc, const std::vector<std::string>& args, 
       ::setenv("MASTER_ADDR", node.master_addr.c_str(), 1);
       ::setenv("MASTER_PORT", std::to_string(port).c_str(), 1);
       ::setenv("GQE_NPROC", std::to_string(nproc).c_str(), 1);  // who started it: its resume hint says --nproc
+      ::setenv("GQE_RESTART_COUNT", std::to_string(restart).c_str(), 1);
+      ::setenv("GQE_MAX_RESTARTS", std::to_string(max_restarts).c_str(), 1);
       std::vector<char*> argv;
       for (const auto& a : args) argv.push_back(const_cast<char*>(a.c_str()));
       argv.push_back(nullptr);
@@ -78,11 +83,13 @@ LaunchedJob launch_local_ranks(int nproc, const std::vector<std::string>& args, 
     pids[static_cast<size_t>(r)] = pid;
   }
 
-  int failed_rank = -1, job_status = 0, running = nproc, forwarded = 0;
+  Attempt attempt;
+  int failed_rank = -1, running = nproc;
+  bool ended_well = false;  // a rank ended with status 0 before any failed
   std::chrono::steady_clock::time_point kill_at{};
   while (running > 0) {
     if (const int sig = g_forward.exchange(0)) {
-      forwarded = sig;
+      attempt.forwarded = sig;
       for (pid_t pid : pids)
         if (pid > 0) ::kill(pid, sig);
     }
@@ -94,14 +101,16 @@ LaunchedJob launch_local_ranks(int nproc, const std::vector<std::string>& args, 
         pids[static_cast<size_t>(r)] = -1;
         --running;
         const bool ok = WIFEXITED(status) && WEXITSTATUS(status) == 0;
+        if (ok && failed_rank < 0) ended_well = true;
         if (!ok && failed_rank < 0) {
           failed_rank = r;
           // Ended by the signal the user sent (a command that does not catch it: gqe eval, bench):
           // the shell's status for it, and nothing to announce.
-          const bool stopped = forwarded != 0 && WIFSIGNALED(status) && WTERMSIG(status) == forwarded;
-          job_status = WIFEXITED(status) ? WEXITSTATUS(status) : stopped ? 128 + forwarded : 1;
-          // Status 2 is bad input, which the job has said in one line already.
-          if (running > 0 && !stopped && !(WIFEXITED(status) && WEXITSTATUS(status) == 2))
+          const bool stopped = attempt.forwarded != 0 && WIFSIGNALED(status) && WTERMSIG(status) == attempt.forwarded;
+          const bool bad_input = WIFEXITED(status) && WEXITSTATUS(status) == 2;  // said in one line already
+          attempt.status = WIFEXITED(status) ? WEXITSTATUS(status) : stopped ? 128 + attempt.forwarded : 1;
+          attempt.fault = !bad_input && attempt.forwarded == 0 && !ended_well;
+          if (running > 0 && !stopped && !bad_input)
             fmt::print(stderr, "gqe: rank {} (pid {}) {}; stopping the other {} rank(s){}\n", first + r, done, describe(status), running,
                        node.nnodes > 1 ? " of this node" : "");
           for (pid_t pid : pids)
@@ -116,10 +125,40 @@ LaunchedJob launch_local_ranks(int nproc, const std::vector<std::string>& args, 
         if (pid > 0) ::kill(pid, SIGKILL);  // a rank stuck in a collective (or stopped)
     std::this_thread::sleep_for(std::chrono::milliseconds(10));
   }
+  if (failed_rank >= 0 && attempt.status == 0) attempt.status = 1;
+  if (attempt.forwarded != 0) attempt.fault = false;  // the user stopped it meanwhile
+  return attempt;
+}
+
+}  // namespace
+
+LaunchedJob launch_local_ranks(int nproc, const std::vector<std::string>& args, const NodeLayout& node, const Restarts& restarts) {
+  if (restarts.max > 0 && node.nnodes > 1) throw std::logic_error("launcher: restarts on one machine only");
+  g_forward = 0;
+  auto previous_int = std::signal(SIGINT, on_launcher_signal), previous_term = std::signal(SIGTERM, on_launcher_signal);
+  LaunchedJob job;
+  for (;;) {
+    const Attempt attempt =
+        run_ranks(nproc, job.restarts == 0 || restarts.args.empty() ? args : restarts.args, node, job.restarts, restarts.max);
+    job.status = attempt.status;
+    if (attempt.forwarded) job.stop_signal = attempt.forwarded;
+    if (!attempt.fault || restarts.max == 0) break;
+    if (const int sig = g_forward.load()) {  // the user stops it between two starts
+      job.stop_signal = sig;
+      break;
+    }
+    if (job.restarts == restarts.max) {
+      fmt::print(stderr, "gqe: the job failed again after {} restart(s) (--max-restarts {}): giving up\n", job.restarts, restarts.max);
+      break;
+    }
+    ++job.restarts;
+    fmt::print(stderr, "gqe: the job failed (exit status {}); starting it again: restart {} of at most {} (--max-restarts)\n",
+               attempt.status, job.restarts, restarts.max);
+    std::fflush(stderr);
+  }
   std::signal(SIGINT, previous_int);
   std::signal(SIGTERM, previous_term);
-  if (failed_rank >= 0 && job_status == 0) job_status = 1;
-  return {job_status, forwarded};
+  return job;
 }
 
 }  // namespace gqe

@@ -4,7 +4,8 @@
 // LOCAL_WORLD_SIZE, MASTER_ADDR=127.0.0.1 and a free MASTER_PORT), forwards SIGINT/SIGTERM to
 // them, and when one fails stops the others (SIGTERM and SIGCONT, then SIGKILL after kStopGrace:
 // a stopped rank or one stuck in a collective ends too) and fails the job with that rank's exit
-// status. A rank whose launcher dies gets SIGTERM.
+// status. A rank whose launcher dies gets SIGTERM. With restarts, a job that fails by a fault is
+// started again (one machine only: over several, torchrun's agents agree on each attempt).
 #pragma once
 
 #include <chrono>
@@ -18,12 +19,23 @@ namespace gqe {
 struct LaunchedJob {
   int status = 0;        // the job's exit status
   int stop_signal = 0;   // the last SIGINT/SIGTERM forwarded to the ranks; 0 if none came
+  int restarts = 0;      // how many times the job was started again after a fault
+};
+
+// `--max-restarts`: how often a job that fails by a fault is started again, and the command line
+// of those starts (gqe train's continues from the newest checkpoint). A fault is a rank that was
+// killed or crashed, or ended with an error other than bad input (status 2), before any rank
+// ended well and while no stop signal had come; the job's other ranks fail with it.
+struct Restarts {
+  int max = 0;
+  std::vector<std::string> args;
 };
 
 // args: the command line to run in every rank (args[0] is ignored: this program runs). `node`:
 // this machine's part of a job over several (its ranks are node_rank * nproc + 0..nproc-1); the
-// other nodes' launchers start theirs.
-LaunchedJob launch_local_ranks(int nproc, const std::vector<std::string>& args, const NodeLayout& node = {});
+// other nodes' launchers start theirs. Each start's ranks see GQE_RESTART_COUNT (0 first).
+LaunchedJob launch_local_ranks(int nproc, const std::vector<std::string>& args, const NodeLayout& node = {},
+                               const Restarts& restarts = {});
 
 // A port free on 127.0.0.1 now (for a one-machine job's store, and tests' "nodes").
 int free_port();

@@ -218,8 +218,7 @@ c10::intrusive_ptr<c10d::Store> open_store(const DistEnvironment& env, std::chro
     throw;
   }
   if (!agent_store()) return store;
-  const char* attempt = std::getenv("TORCHELASTIC_RESTART_COUNT");
-  return c10::make_intrusive<c10d::PrefixStore>(fmt::format("gqe/attempt_{}", attempt ? attempt : "0"), store);
+  return c10::make_intrusive<c10d::PrefixStore>(fmt::format("gqe/attempt_{}", env.restart), store);
 }
 
 }  // namespace

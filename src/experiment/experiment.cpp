@@ -176,7 +176,8 @@ std::optional<double> final_validation_loss(const fs::path& run_dir) {
 // A launch ended by the user's Ctrl-C or SIGTERM (a second one for training): a stop, not a failure.
 bool stopped_by_user(int code) { return code == 128 + SIGINT || code == 128 + SIGTERM; }
 
-bool train_runs(const std::string& base, const std::vector<ExperimentRun>& runs, int nproc, const std::string& tag) {
+bool train_runs(const std::string& base, const std::vector<ExperimentRun>& runs, int nproc, int max_restarts,
+                const std::string& tag) {
   const NodeLayout node = read_node_layout();
   const bool several = node.nnodes > 1, node0 = node.node_rank == 0;
   for (size_t i = 0; i < runs.size(); ++i) {
@@ -214,7 +215,7 @@ bool train_runs(const std::string& base, const std::vector<ExperimentRun>& runs,
     // the next one's will be.
     NodeLayout job = node;
     if (several && i % 2 == 1) job.master_port += node.master_port < 65535 ? 1 : -1;
-    const LaunchedJob launched = launch_local_ranks(nproc, args, job);
+    const LaunchedJob launched = launch_local_ranks(nproc, args, job, Restarts{max_restarts, {}});
     if (launched.status != 0 && !stopped_by_user(launched.status))
       throw std::runtime_error(fmt::format("{} failed (exit status {}); once fixed, the same command continues it", label, launched.status));
     // Node 0 reads the run directory; another node knows of a stop only from a signal of its own
@@ -228,11 +229,11 @@ bool train_runs(const std::string& base, const std::vector<ExperimentRun>& runs,
   return true;
 }
 
-void run_experiment(const Experiment& e, int nproc) {
+void run_experiment(const Experiment& e, int nproc, int max_restarts) {
   const std::vector<ExperimentRun> runs = experiment_runs(e);
   const bool node0 = read_node_layout().node_rank == 0;  // on several nodes, node 0 holds the runs
   if (node0) make_directories(e.out);
-  if (!train_runs(e.base, runs, nproc, "experiment")) return;
+  if (!train_runs(e.base, runs, nproc, max_restarts, "experiment")) return;
   if (!node0) {
     fmt::print("[experiment] every run is trained; node 0 evaluates and compares them\n");
     return;

@@ -292,7 +292,7 @@ std::vector<LadderRun> ladder_runs(const Ladder& l, int world) {
   return runs;
 }
 
-void run_ladder(const Ladder& l, int nproc) {
+void run_ladder(const Ladder& l, int nproc, int max_restarts) {
   // On several nodes, node 0 holds the run directories (docs/scaling.md).
   const NodeLayout node = read_node_layout();
   const bool node0 = node.node_rank == 0;
@@ -314,7 +314,7 @@ void run_ladder(const Ladder& l, int nproc) {
   }
   std::vector<ExperimentRun> plain;
   for (const LadderRun& r : runs) plain.push_back(r.run);
-  if (!train_runs(l.base, plain, nproc, "ladder")) return;
+  if (!train_runs(l.base, plain, nproc, max_restarts, "ladder")) return;
   fmt::print("[ladder] every run is trained; fit it{} with: gqe ladder fit {} --predict PARAMS@TOKENS (non-embedding "
              "parameters, e.g. 201M@30B: the paper's model)\n", node0 ? "" : " on node 0", l.file);
 }

@@ -87,9 +87,9 @@ Ladder load_ladder(const std::string& file);
 std::vector<LadderRun> ladder_runs(const Ladder& ladder, int world = 1);
 
 // Trains every run not finished, rung by rung (smallest first), each as `gqe train` on nproc
-// local ranks; writes out/ladder.yaml (the file with an absolute base) first, so that
+// local ranks (max_restarts: train_runs); writes out/ladder.yaml (the file with an absolute base) first, so that
 // `gqe ladder fit out/` works from the directory alone.
-void run_ladder(const Ladder& ladder, int nproc);
+void run_ladder(const Ladder& ladder, int nproc, int max_restarts = 0);
 
 // The plan (rungs, budgets, hyperparameters, FLOPs, GPU-hours) and every run's state.
 void print_ladder_status(const Ladder& ladder);

@@ -297,7 +297,8 @@ void Trainer::log_start(bool resumed) {
   auto& log = console_->log();
   const TrainConfig& t = config_.train;
   const ModelInfo info = describe_model(config_);
-  log.info("run {} ({} {}), gqe {}", run_dir_.string(), loaded_.file, resumed ? "resumed" : "new", gqe_version());
+  log.info("run {} ({} {}), gqe {}{}", run_dir_.string(), loaded_.file, resumed ? "resumed" : "new", gqe_version(),
+           env_.restart > 0 ? fmt::format(", started again after a failure (restart {} of {})", env_.restart, env_.max_restarts) : "");
   log.info("model: {} attention{}, {} parameters ({} non-embedding), {} of {} query heads active per token",
            enum_name(config_.model.attention.type),
            config_.model.attention.type == AttentionType::gqe
@@ -560,7 +561,9 @@ std::string Trainer::continue_command() const {
   command += " --run-dir " + shell_quoted(run_dir_.string());
   // Launched by gqe --nproc: the same again (it may resume on any number of ranks, but the user's
   // choice was this one).
-  if (env_.nproc > 0) command += fmt::format(" --nproc {}{}", env_.nproc, env_.world > env_.nproc ? " (on every node, as before)" : "");
+  if (env_.nproc > 0 && env_.world > 1)
+    command += fmt::format(" --nproc {}{}", env_.nproc, env_.world > env_.nproc ? " (on every node, as before)" : "");
+  if (env_.nproc > 0 && env_.max_restarts > 0) command += fmt::format(" --max-restarts {}", env_.max_restarts);
   return command;
 }
 
