@@ -306,23 +306,30 @@ TEST_F(Distributed, TorchrunLaunchesTheSameJob) {
   EXPECT_EQ(dumped(steps_of(path("torchrun"))), dumped(steps_of(path("one"))));
 }
 
-// A rank killed mid-run (kill -9, rank 1, after the first checkpoint): with restarts its launcher
-// starts the job again, which continues from the last complete checkpoint and ends bitwise where an
-// uninterrupted run ends. The built-in launcher (--max-restarts), and torchrun's agent (keys of a
-// new attempt in its store).
+// A rank killed mid-run (kill -9, after the first checkpoint): with restarts its launcher starts
+// the job again, which continues from the last complete checkpoint and ends bitwise where an
+// uninterrupted run ends. The built-in launcher (--max-restarts) with 2 ranks (rank 1 killed: rank
+// 0 fails at its next collective) and with 1 (whose death only the launcher can tell), and
+// torchrun's agent (keys of a new attempt in its store).
 TEST_F(Distributed, ALauncherWithRestartsContinuesAKilledJobFromItsLastCheckpoint) {
   const std::string budget = "--set train.tokens=51200";  // 200 steps
   ASSERT_EQ(run_command(train("straight", budget)).status, 0);
-  std::vector<std::pair<std::string, std::string>> launchers{{"ours", train("ours", budget + " --nproc 2 --max-restarts 1")}};
+  struct Leg {
+    std::string run, command;
+    int victim;  // the rank killed
+  };
+  std::vector<Leg> legs{{"two", train("two", budget + " --nproc 2 --max-restarts 1"), 1},
+                        {"one", train("one", budget + " --max-restarts 1"), 0}};
   const std::string torchrun = GQE_TORCHRUN;
   if (!torchrun.empty() && fs::exists(torchrun))  // installed next to the build's Python (set-up does)
-    launchers.emplace_back("elastic", torchrun + " --nproc-per-node 2 --max-restarts 1 --no-python " + train("elastic", budget));
-  for (const auto& [run, command] : launchers) {
+    legs.push_back({"elastic", torchrun + " --nproc-per-node 2 --max-restarts 1 --no-python " + train("elastic", budget), 1});
+  for (const auto& [run, command, victim] : legs) {
     test::Background job("exec " + command + " >" + path(run + ".out") + " 2>&1");
     const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
     while (!fs::exists(path(run) + "/checkpoints/latest") && std::chrono::steady_clock::now() < deadline)
       std::this_thread::sleep_for(std::chrono::milliseconds(5));
-    int killed = 0;  // rank 1: the gqe process of this run with RANK=1 in its environment
+    int killed = 0, pid = 0;  // the gqe process of this run with RANK=<victim> in its environment
+    const std::string rank = std::string("\0RANK=", 6) + std::to_string(victim) + std::string(1, '\0');
     for (const auto& entry : fs::directory_iterator("/proc")) {
       if (!std::isdigit(static_cast<unsigned char>(entry.path().filename().string()[0]))) continue;
       std::string cmdline, environ;
@@ -332,8 +339,10 @@ TEST_F(Distributed, ALauncherWithRestartsContinuesAKilledJobFromItsLastCheckpoin
         continue;  // gone, or not ours
       }
       if (cmdline.rfind(GQE_BINARY, 0) == 0 && cmdline.find(path(run)) != std::string::npos &&
-          environ.find(std::string("\0RANK=1\0", 8)) != std::string::npos)
-        killed += ::kill(std::stoi(entry.path().filename().string()), SIGKILL) == 0;
+          environ.find(rank) != std::string::npos) {
+        pid = std::stoi(entry.path().filename().string());
+        killed += ::kill(pid, SIGKILL) == 0;
+      }
     }
     ASSERT_EQ(killed, 1) << run;
     ASSERT_EQ(job.wait(), 0) << read_file(path(run + ".out"));
@@ -341,8 +350,11 @@ TEST_F(Distributed, ALauncherWithRestartsContinuesAKilledJobFromItsLastCheckpoin
     EXPECT_NE(out.find("resuming from " + path(run) + "/checkpoints/step_"), std::string::npos) << out;
     EXPECT_EQ(dumped(steps_of(path(run))), dumped(steps_of(path("straight")))) << run;
     EXPECT_EQ(model_hash(run), model_hash("straight")) << run;
-    // The restart is said where it happens and recorded in the run's log.
-    if (run == "ours") {
+    // The restart is said where it happens, and so is the death of a rank that could not say it.
+    if (run != "elastic") {
+      EXPECT_NE(out.find(fmt::format("gqe: rank {} (pid {}) was killed by signal 9 (Killed){}\n", victim, pid,
+                                     run == "two" ? "; stopping the other 1 rank(s)" : "")),
+                std::string::npos) << out;
       EXPECT_NE(out.find("gqe: the job failed (exit status 1); starting it again: restart 1 of at most 1 (--max-restarts)"),
                 std::string::npos) << out;
     }

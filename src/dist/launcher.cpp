@@ -110,9 +110,11 @@ Attempt run_ranks(int nproc, const std::vector<std::string>& args, const NodeLay
           const bool bad_input = WIFEXITED(status) && WEXITSTATUS(status) == 2;  // said in one line already
           attempt.status = WIFEXITED(status) ? WEXITSTATUS(status) : stopped ? 128 + attempt.forwarded : 1;
           attempt.fault = !bad_input && attempt.forwarded == 0 && !ended_well;
-          if (running > 0 && !stopped && !bad_input)
-            fmt::print(stderr, "gqe: rank {} (pid {}) {}; stopping the other {} rank(s){}\n", first + r, done, describe(status), running,
-                       node.nnodes > 1 ? " of this node" : "");
+          // A rank that had its say (an error line) ends the others; one killed by a signal could not.
+          if (!stopped && !bad_input && (running > 0 || WIFSIGNALED(status)))
+            fmt::print(stderr, "gqe: rank {} (pid {}) {}{}\n", first + r, done, describe(status),
+                       running == 0 ? ""
+                                    : fmt::format("; stopping the other {} rank(s){}", running, node.nnodes > 1 ? " of this node" : ""));
           for (pid_t pid : pids)
             if (pid > 0) ::kill(pid, SIGTERM), ::kill(pid, SIGCONT);  // a stopped rank takes SIGTERM once it runs
           kill_at = std::chrono::steady_clock::now() + kStopGrace;
