@@ -869,6 +869,30 @@ TEST_F(Distributed, ANodeWithAnotherConfigOrOtherDataStopsTheJob) {
   EXPECT_NE(copy.err.find("train.tokens: 5120 -> 3840"), std::string::npos) << copy.err;
   const auto same = job("same", "--set data.dataset=" + ds);
   EXPECT_EQ(same.status, 0) << same.err << read_file(path("same.1.out"));
+
+  // Node 1 runs another build: a copy of gqe whose version string says another commit (same
+  // length, one character changed). It trains, and rank 0 says so once.
+  const std::string version = run_command(test::gqe("--version")).out.substr(4);  // "gqe <version>\n"
+  std::string binary = read_file(GQE_BINARY), theirs = version;
+  theirs[0] = theirs[0] == '0' ? '1' : '0';
+  size_t patched = 0;
+  for (size_t at = binary.find(version.substr(0, version.size() - 1)); at != std::string::npos;
+       at = binary.find(version.substr(0, version.size() - 1), at + 1))
+    binary[at] = theirs[0], ++patched;
+  ASSERT_GT(patched, 0u);
+  const std::string other_build = path("gqe-other-build");
+  write_file_atomic(other_build, binary);
+  fs::permissions(other_build, fs::perms::owner_all);
+  std::string node1_train = train("build");
+  node1_train.replace(0, std::string(GQE_BINARY).size(), other_build);
+  const int port = free_port();
+  test::Background node1("exec env " + node_env(1, port) + node1_train + " >" + path("build.1.out") + " 2>&1");
+  const auto build = run_command(node_env(0, port) + train("build"));
+  EXPECT_EQ(node1.wait(), 0) << read_file(path("build.1.out"));
+  ASSERT_EQ(build.status, 0) << build.err;
+  const std::string warning = fmt::format("rank 1: runs gqe {}, rank 0 gqe {}: the ranks may compute differently; build the same commit "
+                                          "on every node", theirs.substr(0, theirs.size() - 1), version.substr(0, version.size() - 1));
+  EXPECT_NE(build.out.find(warning), std::string::npos) << build.out << build.err;
 }
 
 
