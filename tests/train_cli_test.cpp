@@ -133,6 +133,21 @@ TEST_F(Train, StopsWhenTheTokenBudgetIsSpent) {
   EXPECT_EQ(kept, (std::vector<std::string>{"latest", "step_00000030", "step_00000040", "step_00000050"}));
 }
 
+// Ctrl-C while the run starts (verifying a large dataset takes a while) stops it before the run
+// directory is touched, not after a first step and its checkpoint: nothing is written, so a
+// corrected command starts afresh. The signal is sent before gqe runs, blocked (as a parent's mask
+// may leave it), so that it arrives at the first moment gqe listens.
+TEST_F(Train, AStopWhileTheRunStartsWritesNothing) {
+  const std::string blocked_sigint =
+      std::string(GQE_PYTHON) + " -c 'import os, signal, sys; signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT}); "
+                                "os.kill(os.getpid(), signal.SIGINT); os.execv(sys.argv[1], sys.argv[1:])' ";
+  const auto r = run_command(blocked_sigint + train("early"));
+  EXPECT_EQ(r.status, 0) << r.err;
+  EXPECT_NE(r.out.find("stopped by SIGINT before the first step: nothing was written; the same command starts the job again"),
+            std::string::npos) << r.out;
+  EXPECT_FALSE(fs::exists(path("early")));
+}
+
 TEST_F(Train, ResumeAfterSigtermIsBitwiseExact) {
   const std::string budget = "--set train.tokens=51200";  // 200 steps
   ASSERT_EQ(run_command(train("straight", budget)).status, 0);

@@ -1,5 +1,7 @@
 #include "common/stop_signals.h"
 
+#include <pthread.h>
+
 #include <atomic>
 #include <csignal>
 
@@ -21,6 +23,7 @@ StopSignals::StopSignals() {
   g_stop_signal = 0;
   previous_int_ = std::signal(SIGINT, on_stop_signal);
   previous_term_ = std::signal(SIGTERM, on_stop_signal);
+  unblock_stop_signals();
 }
 
 StopSignals::~StopSignals() {
@@ -30,6 +33,14 @@ StopSignals::~StopSignals() {
 }
 
 int stop_signal() { return g_stop_signal.load(); }
+
+void unblock_stop_signals() {
+  sigset_t set;
+  sigemptyset(&set);
+  sigaddset(&set, SIGINT);
+  sigaddset(&set, SIGTERM);
+  pthread_sigmask(SIG_UNBLOCK, &set, nullptr);
+}
 
 const char* stop_signal_name(int sig) { return sig == SIGINT ? "SIGINT" : sig == SIGTERM ? "SIGTERM" : "a signal"; }
 

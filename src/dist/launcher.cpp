@@ -16,6 +16,8 @@
 
 #include <fmt/format.h>
 
+#include "common/stop_signals.h"
+
 namespace gqe {
 
 int free_port() {  // the kernel picks one: bind port 0 on 127.0.0.1
@@ -138,6 +140,7 @@ LaunchedJob launch_local_ranks(int nproc, const std::vector<std::string>& args, 
   if (restarts.max > 0 && node.nnodes > 1) throw std::logic_error("launcher: restarts on one machine only");
   g_forward = 0;
   auto previous_int = std::signal(SIGINT, on_launcher_signal), previous_term = std::signal(SIGTERM, on_launcher_signal);
+  unblock_stop_signals();  // and the ranks inherit an unblocked mask
   LaunchedJob job;
   for (;;) {
     const Attempt attempt =

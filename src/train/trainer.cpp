@@ -665,6 +665,19 @@ void Trainer::train_to_budget() {
     // The CPU counter sees only what is allocated meanwhile; the CUDA peak includes the model.
     moments_bytes_ = device_.is_cpu() ? static_cast<int64_t>(allocated.bytes()) : optimizer_->state_bytes();
   }
+  // A stop asked for while the job started (verifying a large dataset takes a while) ends it here,
+  // before the run directory is touched, rather than after a first step and its checkpoint (a run
+  // stopped to fix its config could then not start again with the fix). The ranks vote: a signal
+  // may reach only some of them.
+  at::Tensor stop_vote = at::full({}, stop_signal() != 0 ? 1.0 : 0.0, at::TensorOptions().device(device_).dtype(at::kFloat));
+  comm_->all_reduce_sum({stop_vote});
+  if (stop_vote.item<double>() > 0) {
+    comm_->finish();
+    log.info("stopped by {} before the first step: nothing was written; the same command starts the job again",
+             stop_signal() != 0 ? stop_signal_name(stop_signal()) : "a signal to another rank");
+    return;
+  }
+
   // Rank 0 takes the run directory and reads the checkpoint; what is wrong there stops every rank.
   std::optional<Checkpoint> checkpoint;
   comm_->check_input([&] {
