@@ -502,10 +502,13 @@ std::optional<fs::path> Trainer::save() {
 std::optional<TrainerState> Trainer::trained_already() {
   std::string verdict = "no";
   if (comm_->main() && options_.resume == "auto") {
+    // The cheap reads first: the checkpoint's files are hashed here only for a run that looks
+    // finished (one that goes on hashes its checkpoint once, as it loads it).
     const fs::path stored = run_dir_ / "config.yaml";
-    const std::optional<TrainerState> last = verified_latest_state(run_dir_);
-    if (last && last->tokens >= config_.train.tokens && fs::exists(stored) && read_file(stored) == to_yaml(config_))
-      verdict = trainer_state_json(*last);
+    const std::optional<TrainerState> latest = peek_latest_state(run_dir_);
+    if (latest && latest->tokens >= config_.train.tokens && fs::exists(stored) && read_file(stored) == to_yaml(config_))
+      if (const std::optional<TrainerState> last = verified_latest_state(run_dir_); last && last->tokens >= config_.train.tokens)
+        verdict = trainer_state_json(*last);
   }
   if (comm_->main()) comm_->publish("trained-already", verdict);
   else verdict = comm_->receive("trained-already");
