@@ -284,6 +284,39 @@ TEST_F(ExperimentRunning, TwoNodesTrainEachRunAsOneJob) {
   EXPECT_EQ(read_file(runs / "gqa/metrics.jsonl"), metrics);
 }
 
+// Ctrl-C on node 0 alone (where a user watches) stops the job: its ranks vote. Node 1's
+// experiment, which cannot read the run directory, hears from its rank that the run was stopped
+// rather than trained, and ends too, rather than start the next run's job and wait dist.timeout_s
+// for a node 0 that will not come.
+TEST_F(ExperimentRunning, AStopOnNode0AloneEndsEveryNodesExperiment) {
+  dir_.write("long.yaml", "inherit: base.yaml\ntrain: {tokens: 2560000, micro_batch_size: 4, checkpoint: {every_tokens: 1280}}\n"
+                          "dist: {timeout_s: 60}\n");
+  const fs::path runs = dir_.path() / "stopped";
+  const std::string exp = dir_.write("long-exp.yaml", "name: long\nbase: long.yaml\nout: " + runs.string() +
+                                                          "\narms:\n  gqa: {model.attention.type: gqa}\n  gqe: {model.attention.type: gqe}\n");
+  const int port = free_port();
+  auto node = [&](int n) {
+    return test::Background(fmt::format("exec env NNODES=2 NODE_RANK={} MASTER_ADDR=127.0.0.1 MASTER_PORT={} ", n, port) +
+                            gqe("experiment run " + exp + " --nproc 1") + " >" + (dir_.path() / fmt::format("node{}.out", n)).string() +
+                            " 2>&1");
+  };
+  test::Background node1 = node(1), node0 = node(0);
+  while (!fs::exists(runs / "gqa/checkpoints/latest")) std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  node0.signal(SIGINT);
+  ASSERT_EQ(node0.wait(), 0) << read_file(dir_.path() / "node0.out");
+  const auto stopped = std::chrono::steady_clock::now();
+  ASSERT_EQ(node1.wait(), 0) << read_file(dir_.path() / "node1.out");
+  EXPECT_LT(std::chrono::steady_clock::now() - stopped, std::chrono::seconds(10));  // not dist.timeout_s
+  const std::string out0 = read_file(dir_.path() / "node0.out"), out1 = read_file(dir_.path() / "node1.out");
+  EXPECT_NE(out0.find("[experiment] stopped during gqa; run the same command on every node to continue"), std::string::npos) << out0;
+  EXPECT_NE(out1.find("[experiment] stopped during gqa (by a signal to another node); run the same command on every node to "
+                      "continue"),
+            std::string::npos)
+      << out1;
+  EXPECT_EQ(out1.find("gqe: ranks"), std::string::npos) << out1;  // the next run's job was not started
+  EXPECT_FALSE(fs::exists(runs / "gqe"));
+}
+
 TEST_F(ExperimentRunning, OneTrainerPerRunDirectory) {
   const std::string run = (dir_.path() / "locked").string();
   test::Background first("exec " + gqe("train " + (dir_.path() / "base.yaml").string() + " --run-dir " + run +

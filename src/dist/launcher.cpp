@@ -1,6 +1,7 @@
 #include "dist/launcher.h"
 
 #include <arpa/inet.h>
+#include <fcntl.h>
 #include <netinet/in.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
@@ -33,6 +34,17 @@ int free_port() {  // the kernel picks one: bind port 0 on 127.0.0.1
   return ntohs(addr.sin_port);
 }
 
+// The ranks' end of a pipe from them to their launcher (run_ranks).
+constexpr const char* kLauncherFd = "GQE_LAUNCHER_FD";
+constexpr char kFinished[] = "finished\n";
+
+void tell_launcher_finished() {
+  const char* fd = std::getenv(kLauncherFd);
+  if (!fd) return;
+  // One write of a few bytes to a pipe is atomic; the launcher reads after every rank has ended.
+  [[maybe_unused]] const ssize_t n = ::write(std::atoi(fd), kFinished, sizeof kFinished - 1);
+}
+
 namespace {
 
 std::atomic<int> g_forward{0};
@@ -45,8 +57,17 @@ std::string describe(int status) {
 
 struct Attempt {
   int status = 0, forwarded = 0;
-  bool fault = false;  // the job failed by a fault (Restarts), not by its input or a stop
+  bool fault = false;     // the job failed by a fault (Restarts), not by its input or a stop
+  bool finished = false;  // a rank told tell_launcher_finished()
 };
+
+// What the ranks told through the pipe (all of them have ended: whatever they wrote is there).
+bool told_finished(int fd) {
+  std::string told;
+  char buffer[256];
+  for (ssize_t n; (n = ::read(fd, buffer, sizeof buffer)) > 0;) told.append(buffer, static_cast<size_t>(n));
+  return told.find(kFinished) != std::string::npos;
+}
 
 // One start of this node's ranks, until every one has ended.
 Attempt run_ranks(int nproc, const std::vector<std::string>& args, const NodeLayout& node, int restart, int max_restarts) {
@@ -55,6 +76,10 @@ Attempt run_ranks(int nproc, const std::vector<std::string>& args, const NodeLay
   const int first = node.node_rank * nproc;
   const pid_t launcher = ::getpid();
 
+  // The ranks' reports (tell_launcher_finished); non-blocking, as a rank's own child may hold the
+  // write end after the rank ended.
+  int report[2];
+  if (::pipe2(report, O_CLOEXEC | O_NONBLOCK) != 0) throw std::runtime_error(std::string("launcher: pipe failed: ") + std::strerror(errno));
   std::vector<pid_t> pids(static_cast<size_t>(nproc), -1);
   for (int r = 0; r < nproc; ++r) {
     const pid_t pid = ::fork();
@@ -76,6 +101,8 @@ Attempt run_ranks(int nproc, const std::vector<std::string>& args, const NodeLay
       ::setenv("GQE_NPROC", std::to_string(nproc).c_str(), 1);  // who started it: its resume hint says --nproc
       ::setenv("GQE_RESTART_COUNT", std::to_string(restart).c_str(), 1);
       ::setenv("GQE_MAX_RESTARTS", std::to_string(max_restarts).c_str(), 1);
+      const int told = ::dup(report[1]);  // without O_CLOEXEC: it survives the exec
+      ::setenv(kLauncherFd, std::to_string(told).c_str(), 1);
       std::vector<char*> argv;
       for (const auto& a : args) argv.push_back(const_cast<char*>(a.c_str()));
       argv.push_back(nullptr);
@@ -84,6 +111,7 @@ Attempt run_ranks(int nproc, const std::vector<std::string>& args, const NodeLay
     }
     pids[static_cast<size_t>(r)] = pid;
   }
+  ::close(report[1]);
 
   Attempt attempt;
   int failed_rank = -1, running = nproc;
@@ -131,6 +159,8 @@ Attempt run_ranks(int nproc, const std::vector<std::string>& args, const NodeLay
   }
   if (failed_rank >= 0 && attempt.status == 0) attempt.status = 1;
   if (attempt.forwarded != 0) attempt.fault = false;  // the user stopped it meanwhile
+  attempt.finished = told_finished(report[0]);
+  ::close(report[0]);
   return attempt;
 }
 
@@ -146,6 +176,7 @@ LaunchedJob launch_local_ranks(int nproc, const std::vector<std::string>& args, 
     const Attempt attempt =
         run_ranks(nproc, job.restarts == 0 || restarts.args.empty() ? args : restarts.args, node, job.restarts, restarts.max);
     job.status = attempt.status;
+    job.finished = attempt.finished;
     if (attempt.forwarded) job.stop_signal = attempt.forwarded;
     if (!attempt.fault || restarts.max == 0) break;
     if (const int sig = g_forward.load()) {  // the user stops it between two starts

@@ -20,6 +20,7 @@ struct LaunchedJob {
   int status = 0;        // the job's exit status
   int stop_signal = 0;   // the last SIGINT/SIGTERM forwarded to the ranks; 0 if none came
   int restarts = 0;      // how many times the job was started again after a fault
+  bool finished = false; // a rank of this node said the job's work is done (tell_launcher_finished)
 };
 
 // `--max-restarts`: how often a job that fails by a fault is started again, and the command line
@@ -36,6 +37,12 @@ struct Restarts {
 // other nodes' launchers start theirs. Each start's ranks see GQE_RESTART_COUNT (0 first).
 LaunchedJob launch_local_ranks(int nproc, const std::vector<std::string>& args, const NodeLayout& node = {},
                                const Restarts& restarts = {});
+
+// In a rank the built-in launcher started: tells it that the job's work is done (gqe train: the
+// budget is trained), which a stop (a signal on any node: the ranks vote) is not, though both end
+// the ranks well. Only node 0 can read the run directory; the other nodes' experiments and ladders
+// learn this way whether to go on to the next run. Nothing happens in any other process.
+void tell_launcher_finished();
 
 // A port free on 127.0.0.1 now (for a one-machine job's store, and tests' "nodes").
 int free_port();

@@ -218,11 +218,12 @@ bool train_runs(const std::string& base, const std::vector<ExperimentRun>& runs,
     const LaunchedJob launched = launch_local_ranks(nproc, args, job, Restarts{max_restarts, {}});
     if (launched.status != 0 && !stopped_by_user(launched.status))
       throw std::runtime_error(fmt::format("{} failed (exit status {}); once fixed, the same command continues it", label, launched.status));
-    // Node 0 reads the run directory; another node knows of a stop only from a signal of its own
-    // (a stop on node 0 alone leaves it waiting for the next job: stop every node).
-    const bool stopped = node0 ? run_status(run).state != RunState::finished : launched.stop_signal != 0 || launched.status != 0;
+    // Node 0 reads the run directory; the other nodes hear from their ranks whether the run was
+    // trained or stopped (a Ctrl-C on any node stops the job: its ranks vote).
+    const bool stopped = node0 ? run_status(run).state != RunState::finished : !launched.finished;
     if (stopped) {
-      fmt::print("[{}] stopped during {}; run the same command to continue\n", tag, label);
+      fmt::print("[{}] stopped during {}{}; run the same command{} to continue\n", tag, label,
+                 several && launched.stop_signal == 0 ? " (by a signal to another node)" : "", several ? " on every node" : "");
       return false;
     }
   }

@@ -30,6 +30,7 @@
 #include "dist/device_info.h"
 #include "dist/environment.h"
 #include "dist/gradient_reducer.h"
+#include "dist/launcher.h"
 #include "eval/scoring.h"
 #include "model/fused_kernels.h"
 #include "eval/tasks.h"
@@ -616,6 +617,7 @@ void Trainer::train_to_budget() {
     log.info("{}: trained to its budget already (step {}, {} tokens), with this config: nothing to do", run_dir_.string(), done->step,
              done->tokens);
     comm_->finish();
+    tell_launcher_finished();
     return;
   }
   if (!input.memory.estimate_fits && env_.rank == 0) log.warn("{}", input.memory.text);
@@ -807,6 +809,7 @@ void Trainer::train_to_budget() {
   }
   console_->clear_progress();
   comm_->finish();
+  tell_launcher_finished();  // rather than stopped: another node's experiment goes on to the next run
   log.info("done: {} steps, {} tokens (budget {}) in {}, {} skipped steps", state_.step, state_.tokens, t.tokens,
            duration(state_.elapsed_s), state_.skipped_steps);
 }
