@@ -78,6 +78,16 @@ TEST(Cli, BadUsageIsExitStatus2) {
     EXPECT_EQ(r.status, 2) << args;
     EXPECT_EQ(count_lines(r.err), 1) << args << ": " << r.err;
   }
+  // A command missing or mistyped names the choices, or the nearest; the help named is the command's.
+  EXPECT_EQ(run_command(gqe("")).err,
+            "gqe: which command? train, eval, sample, experiment, compare, ladder, info, export, data, bench (see gqe --help)\n");
+  EXPECT_EQ(run_command(gqe("bench")).err, "gqe: which bench command? loader, prefill, train, comm, encode (see gqe bench --help)\n");
+  EXPECT_EQ(run_command(gqe("trian x.yaml")).err, "gqe: unknown command 'trian' (did you mean 'train'?) (see gqe --help)\n");
+  EXPECT_EQ(run_command(gqe("bench trian")).err, "gqe: unknown command 'bench trian' (did you mean 'bench train'?) (see gqe bench --help)\n");
+  EXPECT_EQ(run_command(gqe("frobnicate")).err,
+            "gqe: unknown command 'frobnicate'; the commands: train, eval, sample, experiment, compare, ladder, info, export, data, "
+            "bench (see gqe --help)\n");
+  EXPECT_EQ(run_command(gqe("info a.yaml --bogus")).err, "gqe: The following argument was not expected: --bogus (see gqe info --help)\n");
   const auto missing = run_command(gqe("info /nonexistent/x.yaml"));
   EXPECT_EQ(missing.status, 2);
   EXPECT_EQ(missing.err, "gqe: /nonexistent/x.yaml: cannot open config file (no such file)\n");

@@ -2,6 +2,7 @@
 
 #include <CLI/CLI.hpp>
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 
 #include <cstdio>
 #include <cstdlib>
@@ -9,6 +10,7 @@
 #include <exception>
 
 #include "common/error.h"
+#include "common/nearest.h"
 
 namespace gqe {
 
@@ -41,7 +43,30 @@ int run_cli(CLI::App& app, const char* program, int argc, char** argv) {
   } catch (const CLI::CallForVersion& e) {
     return app.exit(e);
   } catch (const CLI::ParseError& e) {
-    fmt::print(stderr, "{}: {} (see {} --help)\n", program, e.what(), program);
+    // The help of the (sub)command that was being read: its options are listed there.
+    const CLI::App* sub = &app;
+    std::string command = program, within;  // "gqe bench", "bench "
+    while (!sub->get_subcommands().empty()) {
+      sub = sub->get_subcommands().front();
+      command += " " + sub->get_name();
+      within += sub->get_name() + " ";
+    }
+    // A command's name missing or mistyped: CLI11 says only that one is required.
+    std::vector<std::string> names;
+    for (const CLI::App* c : sub->get_subcommands([](const CLI::App*) { return true; })) names.push_back(c->get_name());
+    const std::vector<std::string> left = sub->remaining();
+    if (!names.empty() && !left.empty() && left[0].rfind('-', 0) != 0) {
+      const std::optional<std::string> meant = nearest_name(left[0], names);
+      fmt::print(stderr, "{}: unknown command '{}{}'{} (see {} --help)\n", program, within, left[0],
+                 meant ? fmt::format(" (did you mean '{}{}'?)", within, *meant) : fmt::format("; the commands: {}", fmt::join(names, ", ")),
+                 command);
+      return 2;
+    }
+    if (!names.empty() && dynamic_cast<const CLI::RequiredError*>(&e)) {
+      fmt::print(stderr, "{}: which {}command? {} (see {} --help)\n", program, within, fmt::join(names, ", "), command);
+      return 2;
+    }
+    fmt::print(stderr, "{}: {} (see {} --help)\n", program, e.what(), command);
     return 2;
   } catch (const AlreadyReported& e) {
     return e.status;

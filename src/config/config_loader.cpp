@@ -15,6 +15,7 @@
 #include <fmt/format.h>
 
 #include "common/error.h"
+#include "common/nearest.h"
 #include "model/model_info.h"
 
 namespace fs = std::filesystem;
@@ -29,21 +30,6 @@ std::string join(const std::string& prefix, const std::string& key) {
 std::string leaf_of(const std::string& path) {
   auto dot = path.rfind('.');
   return dot == std::string::npos ? path : path.substr(dot + 1);
-}
-
-size_t edit_distance(const std::string& a, const std::string& b) {
-  std::vector<size_t> row(b.size() + 1);
-  for (size_t j = 0; j <= b.size(); ++j) row[j] = j;
-  for (size_t i = 1; i <= a.size(); ++i) {
-    size_t diag = row[0];
-    row[0] = i;
-    for (size_t j = 1; j <= b.size(); ++j) {
-      size_t up = row[j];
-      row[j] = std::min({row[j] + 1, row[j - 1] + 1, diag + (a[i - 1] == b[j - 1] ? 0 : 1)});
-      diag = up;
-    }
-  }
-  return row[b.size()];
 }
 
 // Where `s` stops being UTF-8 (npos: it is UTF-8 throughout).
@@ -323,20 +309,15 @@ class Reader {
   }
 
   std::string suggestion(const std::string& key) const {
-    std::string best;
-    size_t best_d = std::max<size_t>(2, key.size() / 3) + 1;
-    for (const auto& k : known_) {
-      const size_t d = edit_distance(key, k);
-      if (d < best_d) best_d = d, best = join(prefix_, k);
-    }
-    if (best.empty()) {  // the right name in the wrong section?
+    const std::optional<std::string> best = nearest_name(key, known_);
+    if (!best) {  // the right name in the wrong section?
       for (const auto& path : config_keys())
         if (leaf_of(path) == key) return fmt::format(" (did you mean '{}'?)", path);
       std::string list;
       for (const auto& k : known_) list += list.empty() ? k : ", " + k;
       return fmt::format("; valid keys{}: {}", prefix_.empty() ? "" : " in " + prefix_, list);
     }
-    return fmt::format(" (did you mean '{}'?)", best);
+    return fmt::format(" (did you mean '{}'?)", join(prefix_, *best));
   }
 
   const YAML::Node node_;
