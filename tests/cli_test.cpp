@@ -87,7 +87,8 @@ TEST(Cli, BadUsageIsExitStatus2) {
   EXPECT_EQ(run_command(gqe("frobnicate")).err,
             "gqe: unknown command 'frobnicate'; the commands: train, eval, sample, experiment, compare, ladder, info, export, data, "
             "bench (see gqe --help)\n");
-  EXPECT_EQ(run_command(gqe("info a.yaml --bogus")).err, "gqe: The following argument was not expected: --bogus (see gqe info --help)\n");
+  EXPECT_EQ(run_command(gqe("info a.yaml --bogus")).err, "gqe: unknown option '--bogus' (see gqe info --help)\n");
+  EXPECT_EQ(run_command(gqe("train --nprocs 2")).err, "gqe: unknown option '--nprocs' (did you mean '--nproc'?) (see gqe train --help)\n");
   const auto missing = run_command(gqe("info /nonexistent/x.yaml"));
   EXPECT_EQ(missing.status, 2);
   EXPECT_EQ(missing.err, "gqe: /nonexistent/x.yaml: cannot open config file (no such file)\n");

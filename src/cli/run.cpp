@@ -4,6 +4,7 @@
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <cstdlib>
 #include <string>
@@ -60,6 +61,19 @@ int run_cli(CLI::App& app, const char* program, int argc, char** argv) {
       fmt::print(stderr, "{}: unknown command '{}{}'{} (see {} --help)\n", program, within, left[0],
                  meant ? fmt::format(" (did you mean '{}{}'?)", within, *meant) : fmt::format("; the commands: {}", fmt::join(names, ", ")),
                  command);
+      return 2;
+    }
+    // An option mistyped: CLI11 lists whatever it could not place (its value too), or first names
+    // an option that is then missing.
+    if (const auto typed = std::find_if(left.begin(), left.end(), [](const std::string& a) { return a.rfind("--", 0) == 0; });
+        typed != left.end()) {
+      const std::string name = typed->substr(0, typed->find('='));
+      std::vector<std::string> options;
+      for (const CLI::Option* o : sub->get_options())
+        for (const std::string& l : o->get_lnames()) options.push_back("--" + l);
+      const std::optional<std::string> meant = nearest_name(name, options);
+      fmt::print(stderr, "{}: unknown option '{}'{} (see {} --help)\n", program, name,
+                 meant ? fmt::format(" (did you mean '{}'?)", *meant) : "", command);
       return 2;
     }
     if (!names.empty() && dynamic_cast<const CLI::RequiredError*>(&e)) {
