@@ -174,6 +174,9 @@ TEST_F(ExperimentRunning, AnInterruptedArmResumesAndFinishedArmsAreSkipped) {
     ASSERT_EQ(job.wait(), 0) << read_file(dir_.path() / "first.out");
   }
   EXPECT_NE(read_file(dir_.path() / "first.out").find("stopped during gqa; run the same command to continue"), std::string::npos);
+  // The run's own line says to continue the experiment (its gqe train would continue that run alone).
+  EXPECT_NE(read_file(dir_.path() / "first.out").find("; continue with: gqe experiment run " + experiment_ + "\n"), std::string::npos)
+      << read_file(dir_.path() / "first.out");
   const auto status = run_command(gqe("experiment status " + experiment_));
   EXPECT_NE(status.out.find("gqa                   interrupted"), std::string::npos) << status.out;
   EXPECT_NE(status.out.find("gqe                   not started"), std::string::npos);
@@ -309,6 +312,7 @@ TEST_F(ExperimentRunning, AStopOnNode0AloneEndsEveryNodesExperiment) {
   EXPECT_LT(std::chrono::steady_clock::now() - stopped, std::chrono::seconds(10));  // not dist.timeout_s
   const std::string out0 = read_file(dir_.path() / "node0.out"), out1 = read_file(dir_.path() / "node1.out");
   EXPECT_NE(out0.find("[experiment] stopped during gqa; run the same command on every node to continue"), std::string::npos) << out0;
+  EXPECT_NE(out0.find("; continue with: gqe experiment run " + exp + " --nproc 1 (on every node, as before)\n"), std::string::npos) << out0;
   EXPECT_NE(out1.find("[experiment] stopped during gqa (by a signal to another node); run the same command on every node to "
                       "continue"),
             std::string::npos)

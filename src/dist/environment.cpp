@@ -37,6 +37,7 @@ DistEnvironment read_dist_environment(const std::function<std::optional<std::str
   if (getenv("RANK") || getenv("WORLD_SIZE")) {
     e.source = getenv("GQE_NPROC") ? "gqe --nproc" : "RANK/WORLD_SIZE (torchrun)";
     e.nproc = get_int("GQE_NPROC").value_or(0);
+    e.continue_with = getenv("GQE_CONTINUE_WITH").value_or("");
     const bool elastic = getenv("TORCHELASTIC_RESTART_COUNT").has_value();
     e.restart = get_int(elastic ? "TORCHELASTIC_RESTART_COUNT" : "GQE_RESTART_COUNT").value_or(0);
     e.max_restarts = get_int(elastic ? "TORCHELASTIC_MAX_RESTARTS" : "GQE_MAX_RESTARTS").value_or(0);

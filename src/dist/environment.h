@@ -17,6 +17,9 @@ struct DistEnvironment {
   int master_port = 29500;
   std::string source = "single process";  // "torchrun", "SLURM", ...
   int nproc = 0;  // started by `gqe ... --nproc N` (GQE_NPROC): N; else 0
+  // The command that continues the job where an experiment or a ladder launched it
+  // (GQE_CONTINUE_WITH: `gqe experiment run EXP ...`, not the run's own `gqe train`); else empty.
+  std::string continue_with;
   // Which start of the job this is after faults, 0 the first, and how many its launcher allows
   // (`--max-restarts`: GQE_RESTART_COUNT, GQE_MAX_RESTARTS; torchrun: TORCHELASTIC_*).
   int restart = 0, max_restarts = 0;

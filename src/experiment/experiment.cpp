@@ -6,10 +6,12 @@
 #include <nlohmann/json.hpp>
 
 #include <csignal>
+#include <cstdlib>
 #include <sstream>
 
 #include "common/error.h"
 #include "common/files.h"
+#include "common/process.h"
 #include "common/run_lock.h"
 #include "dist/launcher.h"
 #include "experiment/compare.h"
@@ -177,9 +179,14 @@ std::optional<double> final_validation_loss(const fs::path& run_dir) {
 bool stopped_by_user(int code) { return code == 128 + SIGINT || code == 128 + SIGTERM; }
 
 bool train_runs(const std::string& base, const std::vector<ExperimentRun>& runs, int nproc, int max_restarts,
-                const std::string& tag) {
+                const std::string& tag, const std::string& file) {
   const NodeLayout node = read_node_layout();
   const bool several = node.nnodes > 1, node0 = node.node_rank == 0;
+  // What a run that stops says to continue with (the runs' ranks inherit it): this command, not the
+  // run's own gqe train, which would continue that run alone.
+  ::setenv("GQE_CONTINUE_WITH",
+           fmt::format("gqe {} run {}{}{}", tag, shell_quoted(file), nproc > 1 || several ? fmt::format(" --nproc {}", nproc) : "",
+                       max_restarts > 0 ? fmt::format(" --max-restarts {}", max_restarts) : "").c_str(), 1);
   for (size_t i = 0; i < runs.size(); ++i) {
     const ExperimentRun& run = runs[i];
     const std::string label = run.label;
@@ -234,7 +241,7 @@ void run_experiment(const Experiment& e, int nproc, int max_restarts) {
   const std::vector<ExperimentRun> runs = experiment_runs(e);
   const bool node0 = read_node_layout().node_rank == 0;  // on several nodes, node 0 holds the runs
   if (node0) make_directories(e.out);
-  if (!train_runs(e.base, runs, nproc, max_restarts, "experiment")) return;
+  if (!train_runs(e.base, runs, nproc, max_restarts, "experiment", e.file)) return;
   if (!node0) {
     fmt::print("[experiment] every run is trained; node 0 evaluates and compares them\n");
     return;

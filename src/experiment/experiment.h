@@ -75,13 +75,14 @@ std::optional<double> final_validation_loss(const std::filesystem::path& run_dir
 
 // Trains each run not finished (`gqe train base --run-dir ... --set ...` on nproc local ranks,
 // started again up to max_restarts times after a fault), skipping finished ones and continuing
-// interrupted ones; progress lines start with [tag].
+// interrupted ones; progress lines start with [tag], and a run that stops says to continue with
+// `gqe <tag> run <file>` and the same options.
 // False when a run stopped before its budget (Ctrl-C): the caller stops too. With NNODES (this
 // machine is one node of several), each run is a job over all of them: every node starts every
 // run's ranks in the same order, and only node 0, where rank 0 writes the run directories, reads
 // them (a finished run's job ends without a step).
 bool train_runs(const std::string& base, const std::vector<ExperimentRun>& runs, int nproc, int max_restarts,
-                const std::string& tag);
+                const std::string& tag, const std::string& file);
 
 // Trains what is not finished (each run as `gqe train` on nproc local ranks), evaluates what is
 // not evaluated, then writes the comparison to out/comparison. Stops, saying how to continue, when

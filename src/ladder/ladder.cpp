@@ -314,7 +314,7 @@ void run_ladder(const Ladder& l, int nproc, int max_restarts) {
   }
   std::vector<ExperimentRun> plain;
   for (const LadderRun& r : runs) plain.push_back(r.run);
-  if (!train_runs(l.base, plain, nproc, max_restarts, "ladder")) return;
+  if (!train_runs(l.base, plain, nproc, max_restarts, "ladder", l.file)) return;
   fmt::print("[ladder] every run is trained; fit it{} with: gqe ladder fit {} --predict PARAMS@TOKENS (non-embedding "
              "parameters, e.g. 201M@30B: the paper's model)\n", node0 ? "" : " on node 0", l.file);
 }

@@ -560,13 +560,15 @@ void Trainer::synchronize_start(const std::optional<Checkpoint>& checkpoint) {
 
 std::string Trainer::continue_command() const {
   // A command to paste into a shell.
+  const bool several = env_.nproc > 0 && env_.world > env_.nproc;  // nodes, each started by hand
+  if (!env_.continue_with.empty()) return env_.continue_with + (several ? " (on every node, as before)" : "");
   std::string command = "gqe train " + shell_quoted(options_.config_file);
   for (const std::string& o : options_.overrides) command += " --set " + shell_quoted(o);
   command += " --run-dir " + shell_quoted(run_dir_.string());
   // Launched by gqe --nproc: the same again (it may resume on any number of ranks, but the user's
   // choice was this one).
   if (env_.nproc > 0 && env_.world > 1)
-    command += fmt::format(" --nproc {}{}", env_.nproc, env_.world > env_.nproc ? " (on every node, as before)" : "");
+    command += fmt::format(" --nproc {}{}", env_.nproc, several ? " (on every node, as before)" : "");
   if (env_.nproc > 0 && env_.max_restarts > 0) command += fmt::format(" --max-restarts {}", env_.max_restarts);
   return command;
 }
