@@ -321,6 +321,34 @@ TEST_F(ExperimentRunning, AStopOnNode0AloneEndsEveryNodesExperiment) {
   EXPECT_FALSE(fs::exists(runs / "gqe"));
 }
 
+// Bad input is one line and exit status 2, on one machine (a run's job finds it) and over several
+// nodes, where a node that finds it before the first run's job stops that job on every node at
+// once rather than leave the others waiting dist.timeout_s.
+TEST_F(ExperimentRunning, BadInputIsOneLineAndStopsEveryNodeAtOnce) {
+  dir_.write("nodata.yaml", "inherit: base.yaml\ndata: {dataset: " + (dir_.path() / "missing").string() + "}\n");
+  const std::string arms = "\narms:\n  gqa: {model.attention.type: gqa}\n  gqe: {model.attention.type: gqe}\n";
+  const std::string nodata = dir_.write("nodata-exp.yaml", "name: x\nbase: nodata.yaml\nout: " + (dir_.path() / "x").string() + arms);
+  const auto one = run_command(gqe("experiment run " + nodata));
+  EXPECT_EQ(one.status, 2);
+  EXPECT_EQ(one.err, "gqe: " + (dir_.path() / "missing").string() + ": dataset directory not found\n");
+
+  dir_.write("slow.yaml", "inherit: base.yaml\ndist: {timeout_s: 60}\n");
+  const std::string exp = dir_.write("slow-exp.yaml", "name: y\nbase: slow.yaml\nout: " + (dir_.path() / "y").string() + arms);
+  const int port = free_port();
+  auto env = [&](int node) { return fmt::format("env NNODES=2 NODE_RANK={} MASTER_ADDR=127.0.0.1 MASTER_PORT={} ", node, port); };
+  const auto start = std::chrono::steady_clock::now();
+  test::Background node1("exec " + env(1) + gqe("experiment run " + exp + " --nproc 1") + " >" + (dir_.path() / "node1.out").string() + " 2>&1");
+  const auto node0 = run_command(env(0) + gqe("experiment run " + (dir_.path() / "missing.yaml").string() + " --nproc 1"));
+  EXPECT_EQ(node0.status, 2);
+  EXPECT_EQ(node0.err, "gqe: " + (dir_.path() / "missing.yaml").string() + ": cannot open experiment file (no such file)\n");
+  EXPECT_EQ(node1.wait(), 2);
+  EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::seconds(20));  // not dist.timeout_s
+  EXPECT_NE(read_file(dir_.path() / "node1.out").find("[experiment] gqa: its job stopped on bad input, which node 0's console names"),
+            std::string::npos)
+      << read_file(dir_.path() / "node1.out");
+  EXPECT_FALSE(fs::exists(dir_.path() / "y"));
+}
+
 TEST_F(ExperimentRunning, OneTrainerPerRunDirectory) {
   const std::string run = (dir_.path() / "locked").string();
   test::Background first("exec " + gqe("train " + (dir_.path() / "base.yaml").string() + " --run-dir " + run +

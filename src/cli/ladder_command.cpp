@@ -28,8 +28,12 @@ void add_ladder_commands(CLI::App& app) {
       "  gqe ladder run configs/ladders/paper.yaml --nproc 8 --max-restarts 3\n"
       "Interrupt it with Ctrl-C: the run in progress saves a checkpoint; the same command continues.");
   run_cmd->callback([run, max_restarts] {
-    check_restarts(*max_restarts);
-    run_ladder(load_ladder(run->first), run->second, *max_restarts);
+    // Over several nodes, bad input found before the first run's job (a file missing or wrong on
+    // one node) stops that job on every node at once, as gqe train's does.
+    job_command(run->second, [&] {
+      check_restarts(*max_restarts);
+      run_ladder(load_ladder(run->first), run->second, *max_restarts);
+    });
   });
 
   auto status = std::make_shared<std::string>();

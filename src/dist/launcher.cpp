@@ -18,6 +18,7 @@
 #include <fmt/format.h>
 
 #include "common/stop_signals.h"
+#include "dist/rendezvous.h"
 
 namespace gqe {
 
@@ -112,6 +113,7 @@ Attempt run_ranks(int nproc, const std::vector<std::string>& args, const NodeLay
     pids[static_cast<size_t>(r)] = pid;
   }
   ::close(report[1]);
+  ranks_started();
 
   Attempt attempt;
   int failed_rank = -1, running = nproc;

@@ -36,7 +36,8 @@ constexpr const char* kKnown = "gqe/join/known";      // ranks that read a verdi
 
 std::string rank_key(int rank) { return fmt::format("gqe/join/rank/{}", rank); }  // claimed by the rank that came
 
-std::atomic<bool> g_joining{false};  // this process has begun to join: it no longer tells
+// This process has begun to join, or started ranks that join (a launcher): it no longer tells.
+std::atomic<bool> g_joining{false};
 
 using Clock = std::chrono::steady_clock;
 
@@ -288,6 +289,8 @@ std::string cannot_join(const DistEnvironment& env, std::chrono::milliseconds ti
                      "address? a launcher that stopped says why on its console)",
                      env.rank, env.master_addr, env.master_port, std::chrono::duration_cast<std::chrono::seconds>(timeout).count(), why);
 }
+
+void ranks_started() { g_joining = true; }
 
 bool tell_job_stopped(const DistEnvironment& first, int ranks, const std::string& who, int status, const std::string& line) {
   if (g_joining || first.world <= ranks) return true;

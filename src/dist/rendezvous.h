@@ -49,5 +49,9 @@ std::string cannot_join(const DistEnvironment& env, std::chrono::milliseconds ti
 // start one per GPU, and eight that stop alike say so once).
 bool tell_job_stopped(const DistEnvironment& first, int ranks, const std::string& who, int status, const std::string& line);
 inline constexpr std::chrono::seconds kTellFor{10};
+// A launcher has started the ranks it stands for: they meet the job (or tell it) themselves, and
+// this process's tell_job_stopped tells nothing (an experiment's launcher that fails after its
+// first run's job, whose store is gone, must not serve one again).
+void ranks_started();
 
 }  // namespace gqe

@@ -223,6 +223,10 @@ bool train_runs(const std::string& base, const std::vector<ExperimentRun>& runs,
     NodeLayout job = node;
     if (several && i % 2 == 1) job.master_port += node.master_port < 65535 ? 1 : -1;
     const LaunchedJob launched = launch_local_ranks(nproc, args, job, Restarts{max_restarts, {}});
+    if (launched.status == 2) {  // bad input, which the job has said in one line (on node 0's console)
+      if (!node0) fmt::print("[{}] {}: its job stopped on bad input, which node 0's console names\n", tag, label);
+      throw AlreadyReported(fmt::format("{}: bad input", label));
+    }
     if (launched.status != 0 && !stopped_by_user(launched.status))
       throw std::runtime_error(fmt::format("{} failed (exit status {}); once fixed, the same command continues it", label, launched.status));
     // Node 0 reads the run directory; the other nodes hear from their ranks whether the run was
@@ -259,6 +263,7 @@ void run_experiment(const Experiment& e, int nproc, int max_restarts) {
       fmt::print("[experiment] stopped while evaluating {}; run the same command to continue\n", run.label);
       return;
     }
+    if (code == 2) throw AlreadyReported(fmt::format("evaluating {}: bad input", run.run_dir.string()));  // said by gqe eval
     if (code != 0) throw std::runtime_error(fmt::format("evaluating {} failed (exit status {})", run.run_dir.string(), code));
   }
   CompareOptions compare;
