@@ -232,7 +232,10 @@ c10::intrusive_ptr<c10d::Store> connect_store(const DistEnvironment& env, std::c
 c10::intrusive_ptr<c10d::Store> join_job(const DistEnvironment& env, std::chrono::milliseconds timeout) {
   g_joining = true;
   const auto deadline = Clock::now() + timeout;
-  if ((env.rank != 0 || agent_store()) && !await_server(env, deadline)) {  // said once per machine
+  // Said once per machine, by its first rank: the others give up a little later, so that a
+  // launcher, which stops a node's ranks at the first that fails, does not stop that one first.
+  const auto server_by = env.local_rank == 0 ? deadline : deadline + std::chrono::seconds(2);
+  if ((env.rank != 0 || agent_store()) && !await_server(env, server_by)) {
     const std::string line = cannot_join(env, timeout, "nothing answers there");
     if (env.local_rank == 0) print_now("error: " + line);
     throw AlreadyReported(line, 1);
