@@ -52,6 +52,9 @@ using nlohmann::ordered_json;
 namespace gqe {
 namespace {
 
+// What stopped the job, as a stop line says it: this rank's signal, or another's (the ranks vote).
+const char* stop_cause() { return stop_signal() != 0 ? stop_signal_name(stop_signal()) : "a signal to another rank"; }
+
 // The shards are memory-mapped: one truncated or removed under a running trainer makes the next
 // read of a lost page a SIGBUS. Say what happened in one line instead of dying of the signal;
 // everything written before (checkpoints, metrics lines) is whole.
@@ -681,7 +684,7 @@ void Trainer::train_to_budget() {
   if (stop_vote.item<double>() > 0) {
     comm_->finish();
     log.info("stopped by {} before the first step: nothing was written; the same command starts the job again",
-             stop_signal() != 0 ? stop_signal_name(stop_signal()) : "a signal to another rank");
+             stop_cause());
     return;
   }
 
@@ -804,7 +807,7 @@ void Trainer::train_to_budget() {
       console_->clear_progress();
       comm_->finish();
       log.info("stopped by {} at step {}; continue with: {}",
-               stop_signal() != 0 ? stop_signal_name(stop_signal()) : "a signal to another rank",
+               stop_cause(),
                state_.step, continue_command());
       return;
     }
