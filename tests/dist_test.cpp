@@ -11,6 +11,7 @@
 #include <csignal>
 #include <filesystem>
 #include <map>
+#include <memory>
 #include <regex>
 #include <sstream>
 #include <thread>
@@ -363,8 +364,8 @@ TEST_F(Distributed, ALauncherWithRestartsContinuesAKilledJobFromItsLastCheckpoin
 }
 
 // What restarts and what does not: a job that keeps failing is started again N times and then
-// gives up with its status; bad input is not a fault; and another launcher's rank, or a job over
-// several nodes, is refused with one line.
+// gives up with its status; bad input is not a fault; and another launcher's rank is refused with
+// one line.
 TEST_F(Distributed, RestartsAreForFaultsAndEndAfterTheLastOne) {
   // Every start fails at its first write to metrics.jsonl (a full disk: exit 1).
   const std::string full = fmt::format("LD_PRELOAD={} GQE_FAULT_PATH=metrics.jsonl ", GQE_FAULT_LIBRARY);
@@ -385,19 +386,15 @@ TEST_F(Distributed, RestartsAreForFaultsAndEndAfterTheLastOne) {
   EXPECT_EQ(ranked.status, 2);
   EXPECT_EQ(ranked.err, "gqe: --max-restarts: this process is a rank of a job already (RANK/WORLD_SIZE (torchrun)): restarts are "
                         "its launcher's (torchrun --max-restarts)\n");
-  const auto nodes = run_command("NNODES=2 NODE_RANK=0 MASTER_ADDR=127.0.0.1 MASTER_PORT=29999 " + train("nodes", "--max-restarts 1"));
-  EXPECT_EQ(nodes.status, 2);
-  EXPECT_NE(nodes.err.find("--max-restarts: the built-in launcher restarts jobs on one machine, and NNODES=2 here"), std::string::npos)
-      << nodes.err;
-  EXPECT_FALSE(fs::exists(path("ranked")) || fs::exists(path("nodes")));
+  EXPECT_FALSE(fs::exists(path("ranked")));
 }
 
 const std::string kShard = " --set dist.shard_optimizer=true";
 
-// Waits for the launcher's ranks to be running and returns their pids.
-std::vector<int> ranks_of(int launcher) {
+// Waits for the launcher's ranks (`count` of them) to be running and returns their pids.
+std::vector<int> ranks_of(int launcher, size_t count = 2) {
   std::vector<int> pids;
-  for (int i = 0; i < 2000 && pids.size() < 2; ++i) {
+  for (int i = 0; i < 2000 && pids.size() < count; ++i) {
     pids.clear();
     std::istringstream in(run_command("pgrep -P " + std::to_string(launcher)).out);
     for (int pid; in >> pid;) pids.push_back(pid);
@@ -497,7 +494,7 @@ TEST_F(Distributed, AStoppedRankZeroFailsTheJobWithinTheTimeout) {
   EXPECT_EQ(f.status, 1);
   EXPECT_LT(f.seconds, kHangBound) << f.out;
   EXPECT_TRUE((f.out.find("gqe: error: rank 1: the job's store at 127.0.0.1:") != std::string::npos &&
-               f.out.find("has not answered for 5 s: its host (rank 0, or torchrun's agent) is stopped or cut off from the "
+               f.out.find("has not answered for 5 s: its host (rank 0, or the launcher that serves it) is stopped or cut off from the "
                           "network (dist.timeout_s = 5)") != std::string::npos) ||
               std::regex_search(f.out, std::regex("gqe: error: rank 1: [a-z-]+ failed \\(another rank died or hangs\\?\\)")))
       << f.out;
@@ -572,6 +569,91 @@ TEST_F(Distributed, ANodeThatDiesFailsTheJobWithinTheTimeout) {
                                                 "this node")))
       << out;
   EXPECT_EQ(out.find("frame #"), std::string::npos) << out;
+}
+
+// Over two nodes with --max-restarts, the launchers agree on each start (dist/node_agreement.h):
+// a rank killed on either node stops the other node's ranks at once, both nodes start the job
+// again, and it ends bitwise where an uninterrupted run ends; a fault at every start ends on both
+// nodes after the last restart; a node that dies (its launcher too) ends the job within seconds,
+// not started again.
+TEST_F(Distributed, TwoNodesWithRestartsStartAgainTogether) {
+  const std::string budget = "--set train.tokens=51200 --max-restarts 1";  // 200 steps
+  ASSERT_EQ(run_command(train("straight", "--set train.tokens=51200")).status, 0);
+  // Node 1's run directory is never written: only rank 0's machine needs one.
+  const std::string node1 = test::gqe("train " + config_ + " --run-dir " + path("straight") + "/config.yaml/run " + budget);
+  struct Nodes {
+    std::unique_ptr<test::Background> zero, one;
+    std::string out0, out1;
+  };
+  auto start = [&](const std::string& run, const std::string& env0 = "") {
+    const int port = free_port();
+    Nodes n;
+    n.zero = std::make_unique<test::Background>("exec env " + env0 + node_env(0, port) + train(run, budget) + " >" + path(run + ".0.out") + " 2>&1");
+    n.one = std::make_unique<test::Background>("exec env " + node_env(1, port) + node1 + " >" + path(run + ".1.out") + " 2>&1");
+    return n;
+  };
+  auto after_first_checkpoint = [&](const std::string& run) {
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+    while (!fs::exists(path(run) + "/checkpoints/latest") && std::chrono::steady_clock::now() < deadline)
+      std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  };
+
+  for (int victim : {1, 0}) {
+    SCOPED_TRACE(fmt::format("a rank killed on node {}", victim));
+    const std::string run = fmt::format("killed-on-{}", victim);
+    Nodes n = start(run);
+    after_first_checkpoint(run);
+    const std::vector<int> ranks = ranks_of((victim == 0 ? n.zero : n.one)->pid(), 1);
+    ASSERT_EQ(ranks.size(), 1u);
+    ::kill(ranks[0], SIGKILL);
+    const int status0 = n.zero->wait(), status1 = n.one->wait();
+    const std::string out0 = read_file(path(run + ".0.out")), out1 = read_file(path(run + ".1.out"));
+    ASSERT_EQ(status0, 0) << out0;
+    ASSERT_EQ(status1, 0) << out1;
+    EXPECT_EQ(dumped(steps_of(path(run))), dumped(steps_of(path("straight"))));
+    EXPECT_EQ(model_hash(run), model_hash("straight"));
+    const std::string killed = fmt::format("rank {} (pid {}) was killed by signal 9 (Killed)", victim, ranks[0]);
+    EXPECT_NE((victim == 0 ? out0 : out1).find("gqe: " + killed + "\n"), std::string::npos);
+    EXPECT_NE((victim == 0 ? out1 : out0).find(fmt::format("gqe: node {}: {}; stopping this node's 1 rank(s)\n", victim, killed)),
+              std::string::npos) << out0 << out1;
+    for (const std::string* out : {&out0, &out1})
+      EXPECT_NE(out->find("gqe: the job failed (exit status 1); starting it again on every node: restart 1 of at most 1 "
+                          "(--max-restarts)\n"), std::string::npos) << *out;
+    EXPECT_NE(out0.find("resuming from " + path(run) + "/checkpoints/step_"), std::string::npos) << out0;
+  }
+
+  {  // every start fails at its first write to metrics.jsonl (a full disk on node 0)
+    Nodes n = start("full", fmt::format("LD_PRELOAD={} GQE_FAULT_PATH=metrics.jsonl ", GQE_FAULT_LIBRARY));
+    EXPECT_EQ(n.zero->wait(), 1);
+    EXPECT_EQ(n.one->wait(), 1);
+    const std::string out0 = read_file(path("full.0.out")), out1 = read_file(path("full.1.out"));
+    for (const std::string* out : {&out0, &out1}) {
+      EXPECT_NE(out->find("restart 1 of at most 1"), std::string::npos) << *out;
+      EXPECT_NE(out->find("gqe: the job failed again after 1 restart(s) (--max-restarts 1): giving up\n"), std::string::npos) << *out;
+    }
+  }
+
+  for (int dies : {1, 0}) {
+    SCOPED_TRACE(fmt::format("node {} dies", dies));
+    const std::string run = fmt::format("node-{}-dies", dies);
+    Nodes n = start(run);
+    after_first_checkpoint(run);
+    test::Background& dead = dies == 0 ? *n.zero : *n.one;
+    const std::vector<int> ranks = ranks_of(dead.pid(), 1);
+    ASSERT_EQ(ranks.size(), 1u);
+    const auto killed_at = std::chrono::steady_clock::now();
+    dead.signal(SIGKILL);
+    ::kill(ranks[0], SIGKILL);
+    const int status = (dies == 0 ? n.one : n.zero)->wait();
+    const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - killed_at).count();
+    const std::string out = read_file(path(run + (dies == 0 ? ".1.out" : ".0.out")));
+    EXPECT_EQ(status, 1) << out;
+    EXPECT_LT(seconds, kHangBound) << out;
+    EXPECT_EQ(out.find("starting it again"), std::string::npos) << out;
+    EXPECT_NE(out.find(dies == 1 ? "gqe: node 1's launcher has not been heard from for 3 s (is its machine down?): not starting the job again\n"
+                                 : "gqe: node 0's launcher, which serves the job's store at 127.0.0.1:"),
+              std::string::npos) << out;
+  }
 }
 
 // The losses (and validation losses) of two runs' metrics, step by step, within `relative`.

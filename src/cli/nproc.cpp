@@ -79,10 +79,6 @@ void check_restarts(int max_restarts) {
   if (env.source != DistEnvironment{}.source)
     throw UserError(fmt::format("--max-restarts: this process is a rank of a job already ({}): restarts are its launcher's "
                                 "(torchrun --max-restarts)", env.source));
-  const NodeLayout node = read_node_layout();
-  if (node.nnodes > 1)
-    throw UserError(fmt::format("--max-restarts: the built-in launcher restarts jobs on one machine, and NNODES={} here: over "
-                                "several, torchrun --max-restarts does it (its agents agree on each new start)", node.nnodes));
 }
 
 void job_command(int nproc, const std::function<void()>& body) {
@@ -130,7 +126,7 @@ void add_nproc_option(CLI::App* command, int& nproc) {
 void add_restarts_option(CLI::App* command, int& max_restarts) {
   command->add_option("--max-restarts", max_restarts,
                       "Start a job that fails by a fault (a rank killed, crashed or ended with an error; not bad input) again, "
-                      "up to N times, from its newest checkpoint; one machine")
+                      "up to N times, from its newest checkpoint (over several nodes: give it on every node)")
       ->check(CLI::Range(0, 1000))
       ->capture_default_str();
 }

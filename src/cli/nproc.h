@@ -21,7 +21,7 @@ namespace gqe {
 bool launch_if_requested(int nproc, int argc, char** argv, int max_restarts = 0);
 
 // --max-restarts N (N > 0): throws UserError where the built-in launcher cannot restart the job:
-// in a rank that another launcher started, and over several nodes (torchrun's agents can).
+// in a rank that another launcher started (torchrun's agents restart it).
 void check_restarts(int max_restarts);
 
 // The environment of this machine's last rank in the job launch_if_requested would start (the

@@ -12,12 +12,14 @@
 #include <csignal>
 #include <cstring>
 #include <filesystem>
+#include <optional>
 #include <stdexcept>
 #include <thread>
 
 #include <fmt/format.h>
 
 #include "common/stop_signals.h"
+#include "dist/node_agreement.h"
 #include "dist/rendezvous.h"
 
 namespace gqe {
@@ -59,8 +61,16 @@ std::string describe(int status) {
 struct Attempt {
   int status = 0, forwarded = 0;
   bool fault = false;     // the job failed by a fault (Restarts), not by its input or a stop
+  bool followed = false;  // stopped for another node's fault (NodeAgreement)
   bool finished = false;  // a rank told tell_launcher_finished()
 };
+
+NodeOutcome outcome_of(const Attempt& a) {
+  if (a.forwarded) return NodeOutcome::stopped;
+  if (a.followed) return NodeOutcome::followed;
+  if (a.fault) return NodeOutcome::fault;
+  return a.status == 2 ? NodeOutcome::bad_input : NodeOutcome::ok;
+}
 
 // What the ranks told through the pipe (all of them have ended: whatever they wrote is there).
 bool told_finished(int fd) {
@@ -70,8 +80,10 @@ bool told_finished(int fd) {
   return told.find(kFinished) != std::string::npos;
 }
 
-// One start of this node's ranks, until every one has ended.
-Attempt run_ranks(int nproc, const std::vector<std::string>& args, const NodeLayout& node, int restart, int max_restarts) {
+// One start of this node's ranks, until every one has ended. With `agreement` (several nodes that
+// may start again), a fault here stops the other nodes' ranks, and one there stops these.
+Attempt run_ranks(int nproc, const std::vector<std::string>& args, const NodeLayout& node, int restart, int max_restarts,
+                  NodeAgreement* agreement) {
   const std::string self = std::filesystem::read_symlink("/proc/self/exe").string();
   const int port = node.master_port > 0 ? node.master_port : free_port();
   const int first = node.node_rank * nproc;
@@ -102,6 +114,7 @@ Attempt run_ranks(int nproc, const std::vector<std::string>& args, const NodeLay
       ::setenv("GQE_NPROC", std::to_string(nproc).c_str(), 1);  // who started it: its resume hint says --nproc
       ::setenv("GQE_RESTART_COUNT", std::to_string(restart).c_str(), 1);
       ::setenv("GQE_MAX_RESTARTS", std::to_string(max_restarts).c_str(), 1);
+      if (agreement) ::setenv("GQE_AGENT_STORE", "1", 1);  // node 0's launcher serves the store
       const int told = ::dup(report[1]);  // without O_CLOEXEC: it survives the exec
       ::setenv(kLauncherFd, std::to_string(told).c_str(), 1);
       std::vector<char*> argv;
@@ -118,7 +131,12 @@ Attempt run_ranks(int nproc, const std::vector<std::string>& args, const NodeLay
   Attempt attempt;
   int failed_rank = -1, running = nproc;
   bool ended_well = false;  // a rank ended with status 0 before any failed
-  std::chrono::steady_clock::time_point kill_at{};
+  std::chrono::steady_clock::time_point kill_at{}, beat_at{};
+  auto stop_ranks = [&] {
+    for (pid_t pid : pids)
+      if (pid > 0) ::kill(pid, SIGTERM), ::kill(pid, SIGCONT);  // a stopped rank takes SIGTERM once it runs
+    kill_at = std::chrono::steady_clock::now() + kStopGrace;
+  };
   while (running > 0) {
     if (const int sig = g_forward.exchange(0)) {
       attempt.forwarded = sig;
@@ -134,7 +152,7 @@ Attempt run_ranks(int nproc, const std::vector<std::string>& args, const NodeLay
         --running;
         const bool ok = WIFEXITED(status) && WEXITSTATUS(status) == 0;
         if (ok && failed_rank < 0) ended_well = true;
-        if (!ok && failed_rank < 0) {
+        if (!ok && failed_rank < 0 && !attempt.followed) {
           failed_rank = r;
           // Ended by the signal the user sent (a command that does not catch it: gqe eval, bench):
           // the shell's status for it, and nothing to announce.
@@ -147,19 +165,29 @@ Attempt run_ranks(int nproc, const std::vector<std::string>& args, const NodeLay
             fmt::print(stderr, "gqe: rank {} (pid {}) {}{}\n", first + r, done, describe(status),
                        running == 0 ? ""
                                     : fmt::format("; stopping the other {} rank(s){}", running, node.nnodes > 1 ? " of this node" : ""));
-          for (pid_t pid : pids)
-            if (pid > 0) ::kill(pid, SIGTERM), ::kill(pid, SIGCONT);  // a stopped rank takes SIGTERM once it runs
-          kill_at = std::chrono::steady_clock::now() + kStopGrace;
+          if (agreement && attempt.fault)
+            agreement->tell_failure(restart, fmt::format("node {}: rank {} (pid {}) {}", node.node_rank, first + r, done, describe(status)));
+          stop_ranks();
         }
       }
       continue;
     }
-    if (failed_rank >= 0 && std::chrono::steady_clock::now() > kill_at)
+    if (agreement && std::chrono::steady_clock::now() > beat_at) {
+      beat_at = std::chrono::steady_clock::now() + NodeAgreement::kBeatEvery;
+      const std::optional<std::string> line = agreement->beat(restart);
+      if (line && failed_rank < 0 && !attempt.followed) {
+        fmt::print(stderr, "gqe: {}; stopping this node's {} rank(s)\n", *line, running);
+        std::fflush(stderr);
+        attempt.followed = true;
+        stop_ranks();
+      }
+    }
+    if ((failed_rank >= 0 || attempt.followed) && std::chrono::steady_clock::now() > kill_at)
       for (pid_t pid : pids)
         if (pid > 0) ::kill(pid, SIGKILL);  // a rank stuck in a collective (or stopped)
     std::this_thread::sleep_for(std::chrono::milliseconds(10));
   }
-  if (failed_rank >= 0 && attempt.status == 0) attempt.status = 1;
+  if ((failed_rank >= 0 || attempt.followed) && attempt.status == 0) attempt.status = 1;
   if (attempt.forwarded != 0) attempt.fault = false;  // the user stopped it meanwhile
   attempt.finished = told_finished(report[0]);
   ::close(report[0]);
@@ -169,31 +197,36 @@ Attempt run_ranks(int nproc, const std::vector<std::string>& args, const NodeLay
 }  // namespace
 
 LaunchedJob launch_local_ranks(int nproc, const std::vector<std::string>& args, const NodeLayout& node, const Restarts& restarts) {
-  if (restarts.max > 0 && node.nnodes > 1) throw std::logic_error("launcher: restarts on one machine only");
+  std::optional<NodeAgreement> agreement;
+  if (node.nnodes > 1 && restarts.max > 0) agreement.emplace(node);
   g_forward = 0;
   auto previous_int = std::signal(SIGINT, on_launcher_signal), previous_term = std::signal(SIGTERM, on_launcher_signal);
   unblock_stop_signals();  // and the ranks inherit an unblocked mask
   LaunchedJob job;
   for (;;) {
-    const Attempt attempt =
-        run_ranks(nproc, job.restarts == 0 || restarts.args.empty() ? args : restarts.args, node, job.restarts, restarts.max);
+    const Attempt attempt = run_ranks(nproc, job.restarts == 0 || restarts.args.empty() ? args : restarts.args, node, job.restarts,
+                                      restarts.max, agreement ? &*agreement : nullptr);
     job.status = attempt.status;
     job.finished = attempt.finished;
     if (attempt.forwarded) job.stop_signal = attempt.forwarded;
-    if (!attempt.fault || restarts.max == 0) break;
-    if (const int sig = g_forward.load()) {  // the user stops it between two starts
-      job.stop_signal = sig;
-      break;
+    if (restarts.max == 0) break;
+    const int sig = g_forward.load();  // the user stops it between two starts
+    if (sig) job.stop_signal = sig;
+    bool again = false;
+    if (agreement) {
+      again = agreement->start_again(job.restarts, sig ? NodeOutcome::stopped : outcome_of(attempt), restarts.max);
+    } else if (attempt.fault && !sig) {
+      again = job.restarts < restarts.max;
+      if (!again)
+        fmt::print(stderr, "gqe: the job failed again after {} restart(s) (--max-restarts {}): giving up\n", job.restarts, restarts.max);
     }
-    if (job.restarts == restarts.max) {
-      fmt::print(stderr, "gqe: the job failed again after {} restart(s) (--max-restarts {}): giving up\n", job.restarts, restarts.max);
-      break;
-    }
+    if (!again) break;
     ++job.restarts;
-    fmt::print(stderr, "gqe: the job failed (exit status {}); starting it again: restart {} of at most {} (--max-restarts)\n",
-               attempt.status, job.restarts, restarts.max);
+    fmt::print(stderr, "gqe: the job failed (exit status {}); starting it again{}: restart {} of at most {} (--max-restarts)\n",
+               attempt.status, agreement ? " on every node" : "", job.restarts, restarts.max);
     std::fflush(stderr);
   }
+  agreement.reset();  // node 0: once the others have read the last decision
   std::signal(SIGINT, previous_int);
   std::signal(SIGTERM, previous_term);
   return job;

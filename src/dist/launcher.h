@@ -5,7 +5,7 @@
 // them, and when one fails stops the others (SIGTERM and SIGCONT, then SIGKILL after kStopGrace:
 // a stopped rank or one stuck in a collective ends too) and fails the job with that rank's exit
 // status. A rank whose launcher dies gets SIGTERM. With restarts, a job that fails by a fault is
-// started again (one machine only: over several, torchrun's agents agree on each attempt).
+// started again; over several nodes the launchers agree on each start (dist/node_agreement.h).
 #pragma once
 
 #include <chrono>

@@ -41,9 +41,12 @@ std::atomic<bool> g_joining{false};
 
 using Clock = std::chrono::steady_clock;
 
+// The store is served by a launcher (torchrun's agent; node 0's gqe launcher over several nodes
+// with --max-restarts), not by rank 0, and outlives each attempt of the job.
 bool agent_store() {
-  const char* agent = std::getenv("TORCHELASTIC_USE_AGENT_STORE");
-  return agent && std::string(agent) == "True";
+  const char* torchrun = std::getenv("TORCHELASTIC_USE_AGENT_STORE");
+  const char* gqe = std::getenv("GQE_AGENT_STORE");
+  return (torchrun && std::string(torchrun) == "True") || (gqe && std::string(gqe) == "1");
 }
 
 // The process that serves the store stays until `ranks` ranks have read the verdict there.
@@ -218,7 +221,9 @@ c10::intrusive_ptr<c10d::Store> open_store(const DistEnvironment& env, std::chro
                                   "port, the same on every node", env.master_port));
     throw;
   }
-  if (!agent_store()) return store;
+  // A new attempt's keys in a store that outlives attempts; the first attempt's are the plain ones,
+  // which a process that stops before its launcher starts ranks tells (tell_job_stopped).
+  if (!agent_store() || env.restart == 0) return store;
   return c10::make_intrusive<c10d::PrefixStore>(fmt::format("gqe/attempt_{}", env.restart), store);
 }
 

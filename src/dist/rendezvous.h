@@ -1,5 +1,6 @@
 // How the processes of a job meet (docs/distributed.md): at the store at MASTER_ADDR:MASTER_PORT,
-// served by rank 0 (or by torchrun's agent), where every rank counts itself in. And how a process
+// served by rank 0 (or by a launcher: torchrun's agent, node 0's gqe over several nodes with
+// --max-restarts), where every rank counts itself in. And how a process
 // that stops before it meets the others (a node whose launcher finds its config bad, a rank whose
 // GPU is missing) tells them, so that they stop at once with its line rather than wait
 // dist.timeout_s for ranks that will never come.
@@ -18,10 +19,10 @@ class Store;
 
 namespace gqe {
 
-// A connection to the job's store: the server itself where `serve` (and torchrun's agent does not
-// serve it), else a client that waits up to `timeout` for the server to answer (and stops at a
-// stop signal, as join_job). Keys are namespaced by torchrun's restart
-// attempt, as PyTorch's own rendezvous does.
+// A connection to the job's store: the server itself where `serve` (and no launcher serves it),
+// else a client that waits up to `timeout` for the server to answer (and stops at a stop signal,
+// as join_job). In a launcher's store, a restarted attempt's keys are its own, as PyTorch's own
+// rendezvous keeps them.
 c10::intrusive_ptr<c10d::Store> connect_store(const DistEnvironment& env, std::chrono::milliseconds timeout, bool serve);
 
 // This rank's way into the job: connects (rank 0 serves), counts itself in and waits until all

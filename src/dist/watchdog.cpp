@@ -131,7 +131,7 @@ void watch(std::shared_ptr<Watchdog::State> s) {
       continue;
     }
     if (seconds_since(s->last_round) > timeout)
-      s->fail(fmt::format("the job's store at {} has not answered for {:.0f} s: its host (rank 0, or torchrun's agent) "
+      s->fail(fmt::format("the job's store at {} has not answered for {:.0f} s: its host (rank 0, or the launcher that serves it) "
                           "is stopped or cut off from the network (dist.timeout_s = {:.0f}); stopping",
                           s->where, seconds_since(s->last_round), timeout),
               false);

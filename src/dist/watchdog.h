@@ -7,7 +7,7 @@
 // Every rank beats into the job's store on a connection of its own, about ten times per timeout
 // (at most once a second). Rank 0 watches every rank's beat; the others watch rank 0's, and the
 // verdict rank 0 publishes. A second thread watches the beating itself, which blocks when the
-// store's host (rank 0, or torchrun's agent) is stopped or unreachable, and the waits the main
+// store's host (rank 0, or the launcher that serves it) is stopped or unreachable, and the waits the main
 // thread declares (waiting()). A verdict is one line on stderr and exit status 1, at once (_exit:
 // every file gqe writes is whole at any moment, so nothing half-written stays behind).
 #pragma once

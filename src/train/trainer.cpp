@@ -570,10 +570,9 @@ std::string Trainer::continue_command() const {
   command += " --run-dir " + shell_quoted(run_dir_.string());
   // Launched by gqe --nproc: the same again (it may resume on any number of ranks, but the user's
   // choice was this one).
-  if (env_.nproc > 0 && env_.world > 1)
-    command += fmt::format(" --nproc {}{}", env_.nproc, several ? " (on every node, as before)" : "");
+  if (env_.nproc > 0 && env_.world > 1) command += fmt::format(" --nproc {}", env_.nproc);
   if (env_.nproc > 0 && env_.max_restarts > 0) command += fmt::format(" --max-restarts {}", env_.max_restarts);
-  return command;
+  return command + (several ? " (on every node, as before)" : "");
 }
 
 void Trainer::run() {
