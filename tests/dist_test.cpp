@@ -575,7 +575,7 @@ TEST_F(Distributed, ANodeThatDiesFailsTheJobWithinTheTimeout) {
 // a rank killed on either node stops the other node's ranks at once, both nodes start the job
 // again, and it ends bitwise where an uninterrupted run ends; a fault at every start ends on both
 // nodes after the last restart; a node that dies (its launcher too) ends the job within seconds,
-// not started again.
+// not started again; and nodes given different --max-restarts are a job of the wrong shape.
 TEST_F(Distributed, TwoNodesWithRestartsStartAgainTogether) {
   const std::string budget = "--set train.tokens=51200 --max-restarts 1";  // 200 steps
   ASSERT_EQ(run_command(train("straight", "--set train.tokens=51200")).status, 0);
@@ -653,6 +653,24 @@ TEST_F(Distributed, TwoNodesWithRestartsStartAgainTogether) {
     EXPECT_NE(out.find(dies == 1 ? "gqe: node 1's launcher has not been heard from for 3 s (is its machine down?): not starting the job again\n"
                                  : "gqe: node 0's launcher, which serves the job's store at 127.0.0.1:"),
               std::string::npos) << out;
+  }
+
+  for (const auto& [restarts0, restarts1] : {std::pair{1, 0}, std::pair{0, 1}, std::pair{2, 1}}) {
+    SCOPED_TRACE(fmt::format("--max-restarts {} on node 0, {} on node 1", restarts0, restarts1));
+    const int port = free_port();
+    auto command = [&](int node, int restarts) {
+      return node_env(node, port) + train(fmt::format("mismatch-{}", node), "--set train.tokens=51200" +
+                                          (restarts > 0 ? fmt::format(" --max-restarts {}", restarts) : ""));
+    };
+    test::Background one("exec env " + command(1, restarts1) + " >" + path("mismatch.1.out") + " 2>&1");
+    const auto zero = run_command(command(0, restarts0));
+    const std::string line =
+        fmt::format("gqe: rank 1: --max-restarts {} on this node, {} on node 0: give every node the same\n", restarts1, restarts0);
+    EXPECT_EQ(zero.status, 2) << zero.err;
+    EXPECT_EQ(one.wait(), 2);
+    EXPECT_EQ(zero.err, line);
+    EXPECT_EQ(read_file(path("mismatch.1.out")), line);
+    EXPECT_FALSE(fs::exists(path("mismatch-0")));
   }
 }
 

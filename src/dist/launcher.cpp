@@ -198,7 +198,7 @@ Attempt run_ranks(int nproc, const std::vector<std::string>& args, const NodeLay
 
 LaunchedJob launch_local_ranks(int nproc, const std::vector<std::string>& args, const NodeLayout& node, const Restarts& restarts) {
   std::optional<NodeAgreement> agreement;
-  if (node.nnodes > 1 && restarts.max > 0) agreement.emplace(node);
+  if (node.nnodes > 1 && restarts.max > 0) agreement.emplace(node, restarts.max);
   g_forward = 0;
   auto previous_int = std::signal(SIGINT, on_launcher_signal), previous_term = std::signal(SIGTERM, on_launcher_signal);
   unblock_stop_signals();  // and the ranks inherit an unblocked mask

@@ -56,8 +56,11 @@ void say(const std::string& line) {
 
 }  // namespace
 
-NodeAgreement::NodeAgreement(const NodeLayout& node) : node_(node), silent_(static_cast<size_t>(node.nnodes), false) {
-  if (node_.node_rank == 0) store_ = connect_store(launcher_env(node_), kDecideWithin, true);
+NodeAgreement::NodeAgreement(const NodeLayout& node, int max_restarts)
+    : node_(node), silent_(static_cast<size_t>(node.nnodes), false) {
+  if (node_.node_rank != 0) return;
+  store_ = connect_store(launcher_env(node_), kDecideWithin, true);
+  store_->set(kLauncherRestartsKey, std::to_string(max_restarts));
 }
 
 NodeAgreement::~NodeAgreement() {
@@ -84,10 +87,13 @@ bool NodeAgreement::connected() {
   if (node0_gone_) return false;
   try {
     store_ = connect_store(launcher_env(node_), std::chrono::milliseconds(200), false);
+    // Not node 0's launcher (yet): rank 0's store, where node 0 runs without --max-restarts (its
+    // ranks say so), or the store of a process that tells the job it stopped.
+    if (!store_->check({kLauncherRestartsKey})) store_.reset();
   } catch (const std::exception&) {
-    return false;  // not serving yet
+    store_.reset();  // not serving yet
   }
-  return true;
+  return store_ != nullptr;
 }
 
 std::optional<std::string> NodeAgreement::beat(int attempt) {
@@ -131,7 +137,8 @@ bool NodeAgreement::start_again(int attempt, NodeOutcome own, int max_restarts) 
       if (decision == "again") return true;
       store_->add(kEnded, 1);
     } catch (const std::exception&) {
-      if (!node0_gone_) say(node0_gone() + ": not starting the job again");
+      // Said where it matters: this node's ranks failed, and nobody decides about a new start.
+      if (!node0_gone_ && failed(name(own))) say(node0_gone() + ": not starting the job again");
       node0_gone_ = true;
       return false;
     }

@@ -30,11 +30,15 @@ enum class NodeOutcome {
   followed,   // stopped because another node's ranks failed, or node 0's launcher is gone
 };
 
+// Set by node 0's launcher, to its --max-restarts: the ranks of every node check that theirs was
+// started alike (join_job), since a node without it would neither be told nor tell.
+inline constexpr const char* kLauncherRestartsKey = "gqe/launch/max_restarts";
+
 class NodeAgreement {
  public:
   // Node 0 serves the store (a MASTER_PORT in use is a UserError); the others connect once it
   // answers, which they check while their ranks run.
-  explicit NodeAgreement(const NodeLayout& node);
+  NodeAgreement(const NodeLayout& node, int max_restarts);
   // Node 0: waits a little (kTellFor at most) for the other nodes' launchers to end before the
   // store goes: one whose ranks end a moment later than node 0's must not find it gone.
   ~NodeAgreement();

@@ -21,6 +21,7 @@
 
 #include "common/error.h"
 #include "common/stop_signals.h"
+#include "dist/node_agreement.h"
 
 namespace gqe {
 namespace {
@@ -163,6 +164,14 @@ std::string wrong_shape(c10d::Store& store, const DistEnvironment& env, Clock::t
                        env.rank, env.world, world0);
   if (store.add(rank_key(env.rank), 1) > 1)
     return fmt::format("rank {} came twice: two nodes with the same NODE_RANK?", env.rank);
+  // Nodes that gqe launched with restarts (node 0's launcher serves the store) and without.
+  if (env.nproc > 0 && env.restart == 0 && !env.one_machine()) {
+    const bool here = std::getenv("GQE_AGENT_STORE") != nullptr, there = store.check({kLauncherRestartsKey});
+    const std::string node0 = there ? store.get_to_str(kLauncherRestartsKey) : "0";
+    if (here != there || (here && node0 != std::to_string(env.max_restarts)))
+      return fmt::format("rank {}: --max-restarts {} on this node, {} on node 0: give every node the same", env.rank,
+                         here ? env.max_restarts : 0, node0);
+  }
   return "";
 }
 
