@@ -4,7 +4,6 @@
 #include <torch/csrc/distributed/c10d/Store.hpp>
 
 #include <chrono>
-#include <cstdio>
 #include <thread>
 #include <vector>
 
@@ -47,11 +46,6 @@ DistEnvironment launcher_env(const NodeLayout& node) {
   env.master_port = node.master_port;
   env.rank = node.node_rank;  // only named in the lines of a failed connection
   return env;
-}
-
-void say(const std::string& line) {
-  fmt::print(stderr, "gqe: {}\n", line);
-  std::fflush(stderr);
 }
 
 }  // namespace
@@ -132,17 +126,17 @@ bool NodeAgreement::start_again(int attempt, NodeOutcome own, int max_restarts) 
           std::this_thread::sleep_for(NodeAgreement::kBeatEvery);
         }
         if (store_->check({key(attempt, "decision")})) decision = store_->get_to_str(key(attempt, "decision"));
-        else say(fmt::format("node 0's launcher did not decide within {} s whether to start the job again: not starting it", kDecideWithin.count()));
+        else print_now(fmt::format("node 0's launcher did not decide within {} s whether to start the job again: not starting it", kDecideWithin.count()));
       }
       if (decision == "again") return true;
       store_->add(kEnded, 1);
     } catch (const std::exception&) {
       // Said where it matters: this node's ranks failed, and nobody decides about a new start.
-      if (!node0_gone_ && failed(name(own))) say(node0_gone() + ": not starting the job again");
+      if (!node0_gone_ && failed(name(own))) print_now(node0_gone() + ": not starting the job again");
       node0_gone_ = true;
       return false;
     }
-    if (decision.size() > 4) say(decision.substr(4));  // "end <line>"
+    if (decision.size() > 4) print_now(decision.substr(4));  // "end <line>"
     return false;
   }
 
@@ -151,8 +145,6 @@ bool NodeAgreement::start_again(int attempt, NodeOutcome own, int max_restarts) 
   std::string why;
   bool again = failed(name(own));
   if (again) {
-    std::vector<bool> heard(static_cast<size_t>(node_.nnodes), false);
-    heard[0] = true;
     const auto until = Clock::now() + kReportWithin;
     int64_t beats = -1;
     Clock::time_point beat_changed = Clock::now();
@@ -179,7 +171,7 @@ bool NodeAgreement::start_again(int attempt, NodeOutcome own, int max_restarts) 
     }
   }
   store_->set(key(attempt, "decision"), again ? "again" : "end " + why);
-  if (!why.empty()) say(why);
+  if (!why.empty()) print_now(why);
   return again;
 }
 

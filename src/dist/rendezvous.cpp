@@ -309,8 +309,9 @@ std::string cannot_join(const DistEnvironment& env, std::chrono::milliseconds ti
 
 void ranks_started() { g_joining = true; }
 
-bool tell_job_stopped(const DistEnvironment& first, int ranks, const std::string& who, int status, const std::string& line) {
-  if (g_joining || first.world <= ranks) return true;
+bool tell_job_stopped(const DistEnvironment& first, int ranks, const std::string& who, int status, const std::string& line,
+                      bool next_job) {
+  if ((g_joining && !next_job) || first.world <= ranks) return true;
   try {
     const bool serving = first.rank == 0 && !agent_store();  // rank 0 would have served the store
     c10::intrusive_ptr<c10d::Store> store = connect_store(first, kTellFor, serving);

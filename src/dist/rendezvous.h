@@ -43,12 +43,14 @@ std::string cannot_join(const DistEnvironment& env, std::chrono::milliseconds ti
 // so that its ranks stop with "<who>: <line>" (rank 0 prints it). `first` is the environment of
 // the first of the `ranks` ranks this process stands for (a launcher: its node's; a rank that
 // torchrun or srun started: its own). Nothing is told where the job is these ranks alone, or once
-// this process has begun to join. A process in rank 0's place (a rank 0, node 0's launcher) serves
+// this process has begun to join or started ranks, unless `next_job` (an experiment's or a
+// ladder's node 0, between two runs' jobs, tells the next one). A process in rank 0's place (a rank 0, node 0's launcher) serves
 // the store until every rank has read it, at most kTellFor; any other reaches the store within
 // kTellFor or gives up. Returns whether this machine still needs the line: the job could not be
 // told, or this is the first process of a machine other than rank 0's to stop (srun and torchrun
 // start one per GPU, and eight that stop alike say so once).
-bool tell_job_stopped(const DistEnvironment& first, int ranks, const std::string& who, int status, const std::string& line);
+bool tell_job_stopped(const DistEnvironment& first, int ranks, const std::string& who, int status, const std::string& line,
+                      bool next_job = false);
 inline constexpr std::chrono::seconds kTellFor{10};
 // A launcher has started the ranks it stands for: they meet the job (or tell it) themselves, and
 // this process's tell_job_stopped tells nothing (an experiment's launcher that fails after its
