@@ -14,6 +14,7 @@
 #include <nlohmann/json.hpp>
 
 #include "common/files.h"
+#include "common/run_lock.h"
 #include "config/config_loader.h"
 #include "dist/launcher.h"
 #include "experiment/compare.h"
@@ -347,6 +348,25 @@ TEST_F(ExperimentRunning, BadInputIsOneLineAndStopsEveryNodeAtOnce) {
             std::string::npos)
       << read_file(dir_.path() / "node1.out");
   EXPECT_FALSE(fs::exists(dir_.path() / "y"));
+
+  // Found by node 0 after the first run's job: the second arm's run is locked (being trained by
+  // another process). The second run's job, which node 1 starts, is told too.
+  dir_.write("two-ranks.yaml", "inherit: base.yaml\ntrain: {tokens: 2560, micro_batch_size: 4}\ndist: {timeout_s: 60}\n");
+  const std::string locked = dir_.write("locked-exp.yaml", "name: z\nbase: two-ranks.yaml\nout: " + (dir_.path() / "z").string() + arms);
+  fs::create_directories(dir_.path() / "z" / "gqe");
+  test::Background holder("exec flock " + (dir_.path() / "z" / "gqe" / "train.lock").string() + " sleep 600");
+  while (!RunLock::held(dir_.path() / "z" / "gqe")) std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  test::Background second("exec " + env(1) + gqe("experiment run " + locked + " --nproc 1") + " >" + (dir_.path() / "node1.out").string() + " 2>&1");
+  const auto first = run_command(env(0) + gqe("experiment run " + locked + " --nproc 1"));
+  const auto found = std::chrono::steady_clock::now();
+  EXPECT_EQ(first.status, 2);
+  EXPECT_NE(first.err.find("gqe: " + (dir_.path() / "z" / "gqe").string() + ": is being trained by another process\n"), std::string::npos)
+      << first.err;
+  EXPECT_EQ(second.wait(), 2);
+  EXPECT_LT(std::chrono::steady_clock::now() - found, std::chrono::seconds(20));  // not dist.timeout_s
+  EXPECT_NE(read_file(dir_.path() / "node1.out").find("[experiment] gqe: its job stopped on bad input, which node 0's console names"),
+            std::string::npos)
+      << read_file(dir_.path() / "node1.out");
 }
 
 TEST_F(ExperimentRunning, OneTrainerPerRunDirectory) {

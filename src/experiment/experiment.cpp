@@ -14,6 +14,7 @@
 #include "common/process.h"
 #include "common/run_lock.h"
 #include "dist/launcher.h"
+#include "dist/rendezvous.h"
 #include "experiment/compare.h"
 #include "checkpoint/checkpoint.h"
 
@@ -190,10 +191,27 @@ bool train_runs(const std::string& base, const std::vector<ExperimentRun>& runs,
   for (size_t i = 0; i < runs.size(); ++i) {
     const ExperimentRun& run = runs[i];
     const std::string label = run.label;
+    // Consecutive jobs over several nodes take MASTER_PORT and the port above it in turn: a node
+    // quick to start the next run's ranks must not find the last job's store, still closing, where
+    // the next one's will be.
+    NodeLayout job = node;
+    if (several && i % 2 == 1) job.master_port += node.master_port < 65535 ? 1 : -1;
     if (node0) {
       const RunStatus status = run_status(run);
-      if (status.state == RunState::running)
-        throw UserError(fmt::format("{}: is being trained by another process", run.run_dir.string()));
+      if (status.state == RunState::running) {
+        const std::string line = fmt::format("{}: is being trained by another process", run.run_dir.string());
+        // The other nodes start this run's job: told, they stop at once rather than wait for it.
+        // (Before the first job, job_command tells it.)
+        if (several && i > 0) {
+          DistEnvironment first;
+          first.master_addr = job.master_addr;
+          first.master_port = job.master_port;
+          first.world = node.nnodes * nproc;
+          first.local_world = nproc;
+          tell_job_stopped(first, nproc, "node 0", 2, line, true);
+        }
+        throw UserError(line);
+      }
       const bool finished = status.state == RunState::finished;
       if (finished && several) {
         // Started anyway: its job verifies the checkpoint (gqe train's trained_already) and ends.
@@ -217,11 +235,6 @@ bool train_runs(const std::string& base, const std::vector<ExperimentRun>& runs,
     std::fflush(stdout);
     std::vector<std::string> args{"gqe", "train", base, "--run-dir", run.run_dir.string()};
     for (const auto& o : run.overrides) args.insert(args.end(), {"--set", o});
-    // Consecutive jobs over several nodes take MASTER_PORT and the port above it in turn: a node
-    // quick to start the next run's ranks must not find the last job's store, still closing, where
-    // the next one's will be.
-    NodeLayout job = node;
-    if (several && i % 2 == 1) job.master_port += node.master_port < 65535 ? 1 : -1;
     const LaunchedJob launched = launch_local_ranks(nproc, args, job, Restarts{max_restarts, {}});
     if (launched.status == 2) {  // bad input, which the job has said in one line (on node 0's console)
       if (!node0) fmt::print("[{}] {}: its job stopped on bad input, which node 0's console names\n", tag, label);
