@@ -354,8 +354,7 @@ TEST_F(ExperimentRunning, BadInputIsOneLineAndStopsEveryNodeAtOnce) {
   dir_.write("two-ranks.yaml", "inherit: base.yaml\ntrain: {tokens: 2560, micro_batch_size: 4}\ndist: {timeout_s: 60}\n");
   const std::string locked = dir_.write("locked-exp.yaml", "name: z\nbase: two-ranks.yaml\nout: " + (dir_.path() / "z").string() + arms);
   fs::create_directories(dir_.path() / "z" / "gqe");
-  test::Background holder("exec flock " + (dir_.path() / "z" / "gqe" / "train.lock").string() + " sleep 600");
-  while (!RunLock::held(dir_.path() / "z" / "gqe")) std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  const RunLock held(dir_.path() / "z" / "gqe");  // as a trainer holds it
   test::Background second("exec " + env(1) + gqe("experiment run " + locked + " --nproc 1") + " >" + (dir_.path() / "node1.out").string() + " 2>&1");
   const auto first = run_command(env(0) + gqe("experiment run " + locked + " --nproc 1"));
   const auto found = std::chrono::steady_clock::now();
