@@ -137,6 +137,11 @@ Attempt run_ranks(int nproc, const std::vector<std::string>& args, const NodeLay
       if (pid > 0) ::kill(pid, SIGTERM), ::kill(pid, SIGCONT);  // a stopped rank takes SIGTERM once it runs
     kill_at = std::chrono::steady_clock::now() + kStopGrace;
   };
+  auto follow = [&](const std::string& line) {  // another node's fault, named on this node's console too
+    fmt::print(stderr, "gqe: {}{}\n", line, running > 0 ? fmt::format("; stopping this node's {} rank(s)", running) : "");
+    std::fflush(stderr);
+    attempt.followed = true;
+  };
   while (running > 0) {
     if (const int sig = g_forward.exchange(0)) {
       attempt.forwarded = sig;
@@ -165,8 +170,14 @@ Attempt run_ranks(int nproc, const std::vector<std::string>& args, const NodeLay
             fmt::print(stderr, "gqe: rank {} (pid {}) {}{}\n", first + r, done, describe(status),
                        running == 0 ? ""
                                     : fmt::format("; stopping the other {} rank(s){}", running, node.nnodes > 1 ? " of this node" : ""));
-          if (agreement && attempt.fault)
-            agreement->tell_failure(restart, fmt::format("node {}: rank {} (pid {}) {}", node.node_rank, first + r, done, describe(status)));
+          if (agreement && attempt.fault) {
+            // A rank that ended with an error may have lost a peer on another node, whose launcher
+            // is about to name the cause: then every node's console names the same rank.
+            const std::optional<std::string> there =
+                WIFEXITED(status) ? agreement->await_failure_elsewhere(restart, std::chrono::seconds(1)) : std::nullopt;
+            if (there) follow(*there);
+            else agreement->tell_failure(restart, fmt::format("node {}: rank {} (pid {}) {}", node.node_rank, first + r, done, describe(status)));
+          }
           stop_ranks();
         }
       }
@@ -176,9 +187,7 @@ Attempt run_ranks(int nproc, const std::vector<std::string>& args, const NodeLay
       beat_at = std::chrono::steady_clock::now() + NodeAgreement::kBeatEvery;
       const std::optional<std::string> line = agreement->beat(restart);
       if (line && failed_rank < 0 && !attempt.followed) {
-        fmt::print(stderr, "gqe: {}; stopping this node's {} rank(s)\n", *line, running);
-        std::fflush(stderr);
-        attempt.followed = true;
+        follow(*line);
         stop_ranks();
       }
     }

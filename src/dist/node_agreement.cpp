@@ -105,6 +105,15 @@ std::optional<std::string> NodeAgreement::beat(int attempt) {
   }
 }
 
+std::optional<std::string> NodeAgreement::await_failure_elsewhere(int attempt, std::chrono::milliseconds wait) {
+  const auto until = Clock::now() + wait;
+  for (;;) {
+    std::optional<std::string> line = beat(attempt);
+    if (line || Clock::now() > until) return line;
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+}
+
 void NodeAgreement::tell_failure(int attempt, const std::string& line) {
   if (!connected()) return;
   try {

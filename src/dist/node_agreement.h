@@ -50,6 +50,8 @@ class NodeAgreement {
   // Empty while all is well.
   std::optional<std::string> beat(int attempt);
   static constexpr std::chrono::milliseconds kBeatEvery{250};
+  // beat() until another node's failure comes, for at most `wait`.
+  std::optional<std::string> await_failure_elsewhere(int attempt, std::chrono::milliseconds wait);
   // This node's ranks failed by a fault: the others stop theirs. The first line told is kept.
   void tell_failure(int attempt, const std::string& line);
   // Once this node's ranks have ended: whether every node starts the job again. Node 0 decides
