@@ -23,11 +23,11 @@ namespace gqe {
 
 // How one start of a node's ranks ended.
 enum class NodeOutcome {
-  ok,         // otherwise: every rank ended well (the work done, or a stop voted), or one did before another failed
   stopped,    // a stop signal came to this node's launcher
   bad_input,  // a rank ended with status 2, having said why
   fault,      // a rank was killed, crashed or failed (the Restarts of dist/launcher.h)
   followed,   // stopped because another node's ranks failed, or node 0's launcher is gone
+  ok,         // none of these: every rank ended well (the work done, or a stop voted), or one did before another failed
 };
 
 // Set by node 0's launcher, to its --max-restarts: the ranks of every node check that theirs was
@@ -55,7 +55,8 @@ class NodeAgreement {
   // This node's ranks failed by a fault: the others stop theirs. The first line told is kept.
   void tell_failure(int attempt, const std::string& line);
   // Once this node's ranks have ended: whether every node starts the job again. Node 0 decides
-  // (waiting for the nodes whose ranks failed to say so); the others wait for its decision. A
+  // (where its own ranks failed, once every node has said how its ranks ended); the others, where
+  // theirs failed, wait for the decision. A
   // line that says why not, where no node's ranks said it (the last restart spent, a node that
   // does not answer), is printed here.
   bool start_again(int attempt, NodeOutcome own, int max_restarts);
