@@ -33,14 +33,7 @@ std::optional<NodeLayout> launch_layout(int nproc) {
 std::optional<DistEnvironment> last_launched_rank(int nproc) {
   const std::optional<NodeLayout> node = launch_layout(nproc);
   if (!node) return std::nullopt;
-  DistEnvironment last;
-  last.master_addr = node->master_addr;
-  last.master_port = node->master_port;
-  last.local_rank = nproc - 1;
-  last.local_world = nproc;
-  last.world = node->nnodes * nproc;
-  last.rank = node->node_rank * nproc + last.local_rank;
-  return last;
+  return launched_rank(*node, nproc, nproc - 1);
 }
 
 bool hosts_rank0(int nproc) {
@@ -92,12 +85,10 @@ void job_command(int nproc, const std::function<void()>& body) {
     int ranks = 1;
     std::string who;
     try {
-      if (const std::optional<DistEnvironment> last = last_launched_rank(nproc)) {
-        first = *last;
-        first.rank -= last->local_rank;
-        first.local_rank = 0;
+      if (const std::optional<NodeLayout> node = launch_layout(nproc)) {
+        first = launched_rank(*node, nproc, 0);
         ranks = nproc;
-        who = fmt::format("node {}", first.rank / nproc);
+        who = fmt::format("node {}", node->node_rank);
       } else {
         first = read_dist_environment();
         who = fmt::format("rank {}", first.rank);

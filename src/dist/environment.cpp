@@ -106,4 +106,15 @@ DistEnvironment read_dist_environment() {
   });
 }
 
+DistEnvironment launched_rank(const NodeLayout& node, int nproc, int local_rank) {
+  DistEnvironment env;
+  env.master_addr = node.master_addr;
+  env.master_port = node.master_port;
+  env.local_rank = local_rank;
+  env.local_world = nproc;
+  env.world = node.nnodes * nproc;
+  env.rank = node.node_rank * nproc + local_rank;
+  return env;
+}
+
 }  // namespace gqe

@@ -45,6 +45,10 @@ struct NodeLayout {
 NodeLayout read_node_layout(const std::function<std::optional<std::string>(const std::string&)>& getenv);
 NodeLayout read_node_layout();
 
+// The environment the built-in launcher gives local rank `local_rank` of the `nproc` it starts on
+// this node (a launcher that tells the job stands for its first).
+DistEnvironment launched_rank(const NodeLayout& node, int nproc, int local_rank);
+
 // The first host of a SLURM node list: "gpu-[03-05,9],cpu1" -> "gpu-03".
 std::string first_slurm_host(const std::string& nodelist);
 

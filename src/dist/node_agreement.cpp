@@ -37,16 +37,12 @@ const char* name(NodeOutcome o) {
   return "?";
 }
 
+// Outcomes after which a new start is wanted: a fault here, or another node's that stopped this one.
+bool failed(NodeOutcome o) { return o == NodeOutcome::fault || o == NodeOutcome::followed; }
 bool failed(const std::string& outcome) { return outcome == name(NodeOutcome::fault) || outcome == name(NodeOutcome::followed); }
 
-// The launcher's place in the job's store: as the first rank of its node.
-DistEnvironment launcher_env(const NodeLayout& node) {
-  DistEnvironment env;
-  env.master_addr = node.master_addr;
-  env.master_port = node.master_port;
-  env.rank = node.node_rank;  // only named in the lines of a failed connection
-  return env;
-}
+// The launcher's place in the job's store (only its address counts).
+DistEnvironment launcher_env(const NodeLayout& node) { return launched_rank(node, 1, 0); }
 
 }  // namespace
 
@@ -128,7 +124,7 @@ bool NodeAgreement::start_again(int attempt, NodeOutcome own, int max_restarts) 
     try {
       if (!connected()) return false;  // node 0 never came, or is gone: nothing to start again with
       store_->set(key(attempt, fmt::format("outcome/{}", node_.node_rank)), name(own));
-      if (own == NodeOutcome::fault || own == NodeOutcome::followed) {
+      if (failed(own)) {
         const auto until = Clock::now() + kDecideWithin;
         while (!store_->check({key(attempt, "decision")}) && Clock::now() < until) {
           store_->add(beat_key(node_.node_rank), 1);
@@ -141,7 +137,7 @@ bool NodeAgreement::start_again(int attempt, NodeOutcome own, int max_restarts) 
       store_->add(kEnded, 1);
     } catch (const std::exception&) {
       // Said where it matters: this node's ranks failed, and nobody decides about a new start.
-      if (!node0_gone_ && failed(name(own))) print_now(node0_gone() + ": not starting the job again");
+      if (!node0_gone_ && failed(own)) print_now(node0_gone() + ": not starting the job again");
       node0_gone_ = true;
       return false;
     }
@@ -152,7 +148,7 @@ bool NodeAgreement::start_again(int attempt, NodeOutcome own, int max_restarts) 
   // Node 0 decides: again only where every node's ranks failed by a fault (theirs, or another
   // node's), as one machine's launcher starts again only after a fault.
   std::string why;
-  bool again = failed(name(own));
+  bool again = failed(own);
   if (again) {
     const auto until = Clock::now() + kReportWithin;
     int64_t beats = -1;

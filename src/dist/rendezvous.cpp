@@ -166,7 +166,7 @@ std::string wrong_shape(c10d::Store& store, const DistEnvironment& env, Clock::t
     return fmt::format("rank {} came twice: two nodes with the same NODE_RANK?", env.rank);
   // Nodes that gqe launched with restarts (node 0's launcher serves the store) and without.
   if (env.nproc > 0 && env.restart == 0 && !env.one_machine()) {
-    const bool here = std::getenv("GQE_AGENT_STORE") != nullptr, there = store.check({kLauncherRestartsKey});
+    const bool here = agent_store(), there = store.check({kLauncherRestartsKey});  // gqe launched it: not torchrun's agent
     const std::string node0 = there ? store.get_to_str(kLauncherRestartsKey) : "0";
     if (here != there || (here && node0 != std::to_string(env.max_restarts)))
       return fmt::format("rank {}: --max-restarts {} on this node, {} on node 0: give every node the same", env.rank,

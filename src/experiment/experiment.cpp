@@ -202,14 +202,7 @@ bool train_runs(const std::string& base, const std::vector<ExperimentRun>& runs,
         const std::string line = fmt::format("{}: is being trained by another process", run.run_dir.string());
         // The other nodes start this run's job: told, they stop at once rather than wait for it.
         // (Before the first job, job_command tells it.)
-        if (several && i > 0) {
-          DistEnvironment first;
-          first.master_addr = job.master_addr;
-          first.master_port = job.master_port;
-          first.world = node.nnodes * nproc;
-          first.local_world = nproc;
-          tell_job_stopped(first, nproc, "node 0", 2, line, true);
-        }
+        if (several && i > 0) tell_job_stopped(launched_rank(job, nproc, 0), nproc, "node 0", 2, line, true);
         throw UserError(line);
       }
       const bool finished = status.state == RunState::finished;
