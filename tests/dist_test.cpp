@@ -403,6 +403,54 @@ std::vector<int> ranks_of(int launcher, size_t count = 2) {
   return pids;
 }
 
+// Whether something listens at 127.0.0.1:port.
+bool listening(int port) {
+  const int s = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_port = htons(static_cast<uint16_t>(port));
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  const bool up = ::connect(s, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0;
+  ::close(s);
+  return up;
+}
+
+// torchrun's elastic rendezvous (--nnodes 1:2, c10d): a node that dies (its agent and its rank,
+// killed after the first checkpoint) leaves the job to the node that is left, whose agent starts
+// it again on one rank from the newest checkpoint; it ends bitwise where a 1-rank run ends (2
+// ranks then 1: see ARunContinuesExactlyOnAnotherNumberOfProcesses). Both nodes name one run
+// directory, as on a shared file system: torchrun may give rank 0 to either.
+TEST_F(Distributed, TorchrunsElasticJobGoesOnWithoutANodeThatDied) {
+  const std::string torchrun = GQE_TORCHRUN;
+  if (torchrun.empty() || !fs::exists(torchrun)) GTEST_SKIP() << "torchrun is not installed next to the build's Python";
+  const std::string budget = "--set train.tokens=51200";  // 200 steps
+  ASSERT_EQ(run_command(train("straight", budget)).status, 0);
+  const int port = free_port();
+  // A dead node leaves the rendezvous after 2 s without its heartbeat; the rest go on 5 s later.
+  const std::string agent = fmt::format("exec {} --nnodes 1:2 --nproc-per-node 1 --rdzv-backend c10d --rdzv-endpoint 127.0.0.1:{} "
+                                        "--rdzv-id elastic --rdzv-conf keep_alive_interval=1,keep_alive_max_attempt=2,"
+                                        "last_call_timeout=5 --max-restarts 1 --no-python ",
+                                        torchrun, port) +
+                            train("elastic", budget + " --resume auto");
+  test::Background node0(agent + " >" + path("elastic.0.out") + " 2>&1");
+  // Node 0's agent serves the rendezvous's store (the job ends with it); node 1's joins it.
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+  while (!listening(port) && std::chrono::steady_clock::now() < deadline) std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  test::Background node1(agent + " >" + path("elastic.1.out") + " 2>&1");
+  const std::vector<int> rank1 = ranks_of(node1.pid(), 1);
+  ASSERT_EQ(rank1.size(), 1u);
+  while (!fs::exists(path("elastic") + "/checkpoints/latest") && std::chrono::steady_clock::now() < deadline)
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  node1.signal(SIGKILL);
+  ::kill(rank1[0], SIGKILL);
+  ASSERT_EQ(node0.wait(), 0) << read_file(path("elastic.0.out"));
+  const std::string log = read_file(path("elastic") + "/train.log");
+  EXPECT_NE(log.find("data parallel: 2 ranks (1 local) over gloo, from RANK/WORLD_SIZE (torchrun)"), std::string::npos) << log;
+  EXPECT_NE(log.find("started again after a failure (restart 1 of 1)"), std::string::npos) << log;
+  EXPECT_EQ(dumped(steps_of(path("elastic"))), dumped(steps_of(path("straight"))));
+  EXPECT_EQ(model_hash("elastic"), model_hash("straight"));
+}
+
 struct Fault {
   std::vector<int> pids;  // the two ranks
   int status = -1;        // the job's
