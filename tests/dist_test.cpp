@@ -426,10 +426,11 @@ TEST_F(Distributed, TorchrunsElasticJobGoesOnWithoutANodeThatDied) {
   const std::string budget = "--set train.tokens=51200";  // 200 steps
   ASSERT_EQ(run_command(train("straight", budget)).status, 0);
   const int port = free_port();
-  // A dead node leaves the rendezvous after 2 s without its heartbeat; the rest go on 5 s later.
+  // A dead node leaves the rendezvous after 2 s without its heartbeat; the rest go on 8 s later
+  // (node 1 must join within 8 s of node 0, too: the first round waits that long for it).
   const std::string agent = fmt::format("exec {} --nnodes 1:2 --nproc-per-node 1 --rdzv-backend c10d --rdzv-endpoint 127.0.0.1:{} "
                                         "--rdzv-id elastic --rdzv-conf keep_alive_interval=1,keep_alive_max_attempt=2,"
-                                        "last_call_timeout=5 --max-restarts 1 --no-python ",
+                                        "last_call_timeout=8 --max-restarts 1 --no-python ",
                                         torchrun, port) +
                             train("elastic", budget + " --resume auto");
   test::Background node0(agent + " >" + path("elastic.0.out") + " 2>&1");
