@@ -307,6 +307,33 @@ TEST_F(Distributed, TorchrunLaunchesTheSameJob) {
   EXPECT_EQ(dumped(steps_of(path("torchrun"))), dumped(steps_of(path("one"))));
 }
 
+// A torchrun job stopped by SIGTERM (to the agent, which passes it on) says to run the same torchrun
+// command, which continues it exactly; `gqe train` alone would continue on one process.
+TEST_F(Distributed, ATorchrunJobStoppedBySignalContinuesWithTheSameTorchrunCommand) {
+  const std::string torchrun = GQE_TORCHRUN;
+  if (torchrun.empty() || !fs::exists(torchrun)) GTEST_SKIP() << "torchrun is not installed next to the build's Python";
+  const std::string budget = "--set train.tokens=51200";  // 200 steps
+  ASSERT_EQ(run_command(train("straight", budget)).status, 0);
+  const std::string command = torchrun + " --nproc-per-node 2 --no-python " + train("stopped", budget);
+  {
+    test::Background job("exec " + command + " >" + path("stopped.out") + " 2>&1");
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+    while (!fs::exists(path("stopped") + "/checkpoints/latest") && std::chrono::steady_clock::now() < deadline)
+      std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    job.signal(SIGTERM);
+    job.wait();  // torchrun's own status after a signal (1)
+  }
+  const std::string out = read_file(path("stopped.out"));
+  EXPECT_NE(out.find("; continue with: the same torchrun command, its ranks running gqe train " + config_ +
+                     " --set train.tokens=51200 --run-dir " + path("stopped") + "\n"),
+            std::string::npos) << out;
+  ASSERT_LT(steps_of(path("stopped")).size(), 200u);
+  const auto r = run_command(command);
+  ASSERT_EQ(r.status, 0) << r.err;
+  EXPECT_NE(r.out.find("resuming from"), std::string::npos) << r.out;
+  EXPECT_EQ(dumped(steps_of(path("stopped"))), dumped(steps_of(path("straight"))));
+}
+
 // A rank killed mid-run (kill -9, after the first checkpoint): with restarts its launcher starts
 // the job again, which continues from the last complete checkpoint and ends bitwise where an
 // uninterrupted run ends. The built-in launcher (--max-restarts) with 2 ranks (rank 1 killed: rank

@@ -572,6 +572,9 @@ std::string Trainer::continue_command() const {
   // choice was this one).
   if (env_.nproc > 0 && env_.world > 1) command += fmt::format(" --nproc {}", env_.nproc);
   if (env_.nproc > 0 && env_.max_restarts > 0) command += fmt::format(" --max-restarts {}", env_.max_restarts);
+  // Started by torchrun or srun: alone, this command would continue on one process.
+  if (env_.nproc == 0 && env_.world > 1)
+    return fmt::format("the same {} command, its ranks running {}", env_.source == "SLURM" ? "srun" : "torchrun", command);
   return command + (several ? " (on every node, as before)" : "");
 }
 
