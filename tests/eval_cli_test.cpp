@@ -7,6 +7,7 @@
 #include <random>
 #include <sstream>
 
+#include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
 #include "common/files.h"
@@ -152,6 +153,19 @@ TEST_F(EvalCli, TwoRanksScoreTheSame) {
   const auto slurm_right = tasks(" --val" + tasks_of_both);
   ASSERT_EQ(slurm_right.status, 0) << slurm_right.err;
   EXPECT_EQ(nlohmann::json::parse(read_file(path("run") + "/eval.json"))["tasks"], one["tasks"]);
+
+  // Two nodes, the run missing on node 1 (unlike training, every machine reads the checkpoint):
+  // one line that says so, on both consoles, and the job stops at once.
+  const std::string nodes = fmt::format("NNODES=2 MASTER_ADDR=127.0.0.1 MASTER_PORT={} ", free_port());
+  const std::string missing = path("run-not-on-node-1");
+  test::Background node1("exec env " + nodes + "NODE_RANK=1 " + gqe("eval " + missing + " --val") + " >" + path("node1.out") + " 2>&1");
+  const auto node0 = run_command(nodes + "NODE_RANK=0 " + gqe("eval " + path("run") + " --val"));
+  const std::string line = missing + ": not on this machine: every machine of an evaluation reads the checkpoint and its config.yaml "
+                           "(keep the run on a file system they all see, or copy it to the same path on each)\n";
+  EXPECT_EQ(node0.status, 2);
+  EXPECT_EQ(node0.err, "gqe: node 1: " + line);
+  EXPECT_EQ(node1.wait(), 2);
+  EXPECT_EQ(read_file(path("node1.out")), "gqe: " + line);
 }
 
 TEST_F(EvalCli, SampleWritesTextDeterministicallyAtTemperatureZero) {

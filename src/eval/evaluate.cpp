@@ -34,8 +34,13 @@ struct Target {
 };
 
 // warn: what to do with a warning (a damaged newer checkpoint skipped); by default, print it.
-Target open_target(const fs::path& path, const std::function<void(const std::string&)>& warn = {}) {
+// several_machines: the job spans machines, and each of them reads the checkpoint.
+Target open_target(const fs::path& path, const std::function<void(const std::string&)>& warn = {}, bool several_machines = false) {
   Target t;
+  if (several_machines && !fs::exists(path))
+    throw UserError(fmt::format("{}: not on this machine: every machine of an evaluation reads the checkpoint and its config.yaml "
+                                "(keep the run on a file system they all see, or copy it to the same path on each)",
+                                path.string()));
   if (fs::exists(path / "state.json")) {
     t.checkpoint = load_checkpoint(path);
     t.run_dir = fs::absolute(path).lexically_normal().parent_path().parent_path();
@@ -107,7 +112,7 @@ EvalInput open_eval_input(const EvalOptions& o, const Config& c) {
 }  // namespace
 
 void check_eval_input(const EvalOptions& o, const DistEnvironment& last) {
-  const Target t = open_target(o.target, [](const std::string&) {});  // the ranks warn
+  const Target t = open_target(o.target, [](const std::string&) {}, !last.one_machine());  // the ranks warn
   job_device(t.config, last);
   // On several machines the ranks check the rest in the job, which stops every node (as gqe train).
   if (last.one_machine()) open_eval_input(o, t.config.config);
@@ -119,7 +124,7 @@ void evaluate(const EvalOptions& o) {
   // train does its config; the rest in the job below.
   const Target t = open_target(o.target, [&](const std::string& w) {
     if (env.rank == 0) fmt::print(stderr, "gqe: {}\n", w);
-  });
+  }, !env.one_machine());
   const Config& c = t.config.config;
   const at::Device device = job_device(t.config, env);
   std::vector<std::string> kernel_warnings;
