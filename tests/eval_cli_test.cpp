@@ -11,7 +11,9 @@
 #include <nlohmann/json.hpp>
 
 #include "common/files.h"
+#include "common/host_memory.h"
 #include "common/utf8.h"
+#include "config/config_loader.h"
 #include "data/tokenizer.h"
 #include "dist/launcher.h"
 #include "eval/tasks.h"
@@ -153,6 +155,16 @@ TEST_F(EvalCli, TwoRanksScoreTheSame) {
   const auto slurm_right = tasks(" --val" + tasks_of_both);
   ASSERT_EQ(slurm_right.status, 0) << slurm_right.err;
   EXPECT_EQ(nlohmann::json::parse(read_file(path("run") + "/eval.json"))["tasks"], one["tasks"]);
+
+  // Ranks on the CPU share its memory: the check counts each of them. (A batch of windows that one
+  // rank's memory holds, but not two ranks'; the val split has fewer windows, so it would run.)
+  const Config c = load_config(path("run") + "/config.yaml").config;
+  const double per_sequence = static_cast<double>(c.data.seq_len * c.model.vocab_size) * 4.0;  // fp32 logits
+  const auto batch = static_cast<int64_t>(0.6 * host_memory_available().value() / per_sequence);
+  const auto shared = run_command(gqe("eval " + path("run") + " --val --nproc 2 --batch-size " + std::to_string(batch)));
+  EXPECT_EQ(shared.status, 2);
+  EXPECT_EQ(shared.err.rfind(fmt::format("gqe: --batch-size {}: the model and the logits of a batch, for 2 ranks would take at least ", batch), 0),
+            0u) << shared.err;
 
   // Two nodes, the run missing on node 1 (unlike training, every machine reads the checkpoint):
   // one line that says so, on both consoles, and the job stops at once.
