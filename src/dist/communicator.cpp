@@ -27,6 +27,7 @@ struct Communicator::Impl {
   c10::intrusive_ptr<c10d::Store> store;
   c10::intrusive_ptr<c10d::Backend> group;
   std::string backend;
+  at::Device device{at::kCPU};
   std::chrono::milliseconds timeout{0};
   std::unique_ptr<Watchdog> watchdog;  // distributed jobs only
 };
@@ -73,6 +74,7 @@ Communicator::Communicator(const DistEnvironment& env, DistBackend backend, at::
                            int64_t bucket_bytes)
     : env_(env), impl_(std::make_unique<Impl>()), bucket_bytes_(bucket_bytes) {
   impl_->timeout = std::chrono::duration_cast<std::chrono::milliseconds>(timeout);
+  impl_->device = device;
   // The backend's own waits end a little after the watchdog's verdict, so that a rank that stopped
   // answering is named by the watchdog rather than reported as whichever collective waited for it.
   const auto wait = impl_->timeout + Watchdog::kBackendLag;
@@ -135,7 +137,16 @@ template <class F> void Communicator::guarded(const char* what, F&& f) {
 void Communicator::finish() {
   if (!grouped()) return;
   impl_->watchdog->stop();
-  guarded("barrier", [&] { impl_->group->barrier()->wait(); });
+  group_barrier();
+}
+
+void Communicator::group_barrier() {
+  // NCCL's barrier is an all-reduce on a GPU: this rank's, named, rather than the one NCCL would
+  // guess from the global rank (rank % GPUs: another than LOCAL_RANK's where a node runs fewer
+  // ranks than it has GPUs, and a second CUDA context and communicator there).
+  c10d::BarrierOptions options;
+  if (impl_->device.is_cuda()) options.device_ids = {impl_->device.index()};
+  guarded("barrier", [&] { impl_->group->barrier(options)->wait(); });
 }
 
 void Communicator::Pending::wait() {
@@ -318,7 +329,7 @@ std::vector<std::string> Communicator::gather_warnings(const std::vector<std::st
 
 void Communicator::barrier() {
   if (!grouped()) return;
-  guarded("barrier", [&] { impl_->group->barrier()->wait(); });
+  group_barrier();
 }
 
 }  // namespace gqe
