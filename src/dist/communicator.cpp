@@ -137,10 +137,11 @@ template <class F> void Communicator::guarded(const char* what, F&& f) {
 void Communicator::finish() {
   if (!grouped()) return;
   impl_->watchdog->stop();
-  group_barrier();
+  barrier();
 }
 
-void Communicator::group_barrier() {
+void Communicator::barrier() {
+  if (!grouped()) return;
   // NCCL's barrier is an all-reduce on a GPU: this rank's, named, rather than the one NCCL would
   // guess from the global rank (rank % GPUs: another than LOCAL_RANK's where a node runs fewer
   // ranks than it has GPUs, and a second CUDA context and communicator there).
@@ -325,11 +326,6 @@ std::vector<std::string> Communicator::gather_warnings(const std::vector<std::st
     for (std::string line; std::getline(in, line);) lines.push_back(line);
   }
   return main() ? merge_rank_lines(per_rank) : std::vector<std::string>{};
-}
-
-void Communicator::barrier() {
-  if (!grouped()) return;
-  group_barrier();
 }
 
 }  // namespace gqe

@@ -101,7 +101,6 @@ class Communicator {
 
  private:
   template <class F> void guarded(const char* what, F&& f);
-  void group_barrier();
   bool grouped() const;  // a process group exists (several ranks, or a backend named for one)
 
   struct Impl;
