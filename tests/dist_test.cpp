@@ -21,6 +21,7 @@
 
 #include "common/error.h"
 #include "common/files.h"
+#include "dist/communicator.h"
 #include "dist/environment.h"
 #include "dist/gradient_reducer.h"
 #include "dist/launcher.h"
@@ -102,6 +103,24 @@ TEST(DistEnvironment, FirstSlurmHost) {
   EXPECT_EQ(first_slurm_host("gpu-[003-005,9],cpu1"), "gpu-003");
   EXPECT_EQ(first_slurm_host("x[4,6]"), "x4");
   EXPECT_EQ(first_slurm_host("cpu1,gpu-[2-3]"), "cpu1");
+}
+
+// Which GPU a rank takes: its local rank among every GPU of the machine; GPU 0 where SLURM bound
+// one GPU to each task (srun --gpus-per-task=1); none where that would share a GPU.
+TEST(DistEnvironment, EachRankTakesAGpuOfItsOwn) {
+  const DistEnvironment task3 = env_of({{"SLURM_PROCID", "3"}, {"SLURM_NTASKS", "8"}, {"SLURM_LOCALID", "3"},
+                                        {"SLURM_NTASKS_PER_NODE", "8"}, {"SLURM_JOB_NODELIST", "gpu1"}});
+  EXPECT_EQ(rank_gpu(task3, 8, true), 3);              // --gpus-per-node=8: every task sees all
+  EXPECT_EQ(rank_gpu(task3, 1, true), 0);              // --gpus-per-task=1: its own, as its GPU 0
+  EXPECT_EQ(rank_gpu(task3, 1, false), std::nullopt);  // one GPU, not bound to it
+  EXPECT_EQ(rank_gpu(task3, 2, true), std::nullopt);
+  const DistEnvironment torchrun = env_of({{"RANK", "3"}, {"WORLD_SIZE", "8"}, {"LOCAL_RANK", "3"}, {"LOCAL_WORLD_SIZE", "8"}});
+  EXPECT_EQ(rank_gpu(torchrun, 8, true), 3);
+  EXPECT_EQ(rank_gpu(torchrun, 1, true), std::nullopt);  // CUDA_VISIBLE_DEVICES=0 for all: they would share it
+  const DistEnvironment launched = env_of({{"RANK", "1"}, {"WORLD_SIZE", "2"}, {"LOCAL_RANK", "1"}, {"LOCAL_WORLD_SIZE", "2"},
+                                           {"GQE_NPROC", "2"}});
+  EXPECT_EQ(rank_gpu(launched, 1, true), std::nullopt);
+  EXPECT_EQ(rank_gpu(env_of({}), 1, false), 0);
 }
 
 // The watchdog's verdicts, in one process against an in-memory store (the job tests below run it

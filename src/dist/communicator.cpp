@@ -57,10 +57,19 @@ at::Device rank_device(DeviceKind kind, const DistEnvironment& env, const std::s
   if (kind == DeviceKind::cuda && !available)
     throw UserError(fmt::format("{}: train.device is cuda, but no CUDA device is available", origin));
   if (kind == DeviceKind::cpu || !available) return at::Device(at::kCPU);
-  if (static_cast<size_t>(env.local_rank) >= at::getNumGPUs())
+  const std::optional<int> gpu = rank_gpu(env, at::getNumGPUs(), std::getenv("CUDA_VISIBLE_DEVICES") != nullptr);
+  if (!gpu)
     throw UserError(fmt::format("{}: train.device: local rank {} of {} has no GPU of its own ({} here)", origin,
                                 env.local_rank, env.local_world, at::getNumGPUs()));
-  return at::Device(at::kCUDA, static_cast<c10::DeviceIndex>(env.local_rank));
+  return at::Device(at::kCUDA, static_cast<c10::DeviceIndex>(*gpu));
+}
+
+std::optional<int> rank_gpu(const DistEnvironment& env, size_t visible, bool cuda_visible_devices) {
+  if (static_cast<size_t>(env.local_rank) < visible) return env.local_rank;
+  // One GPU in sight of a task past the first: SLURM bound it to this task. (gqe's launcher and
+  // torchrun bind nothing: there the ranks would share it.)
+  if (visible == 1 && env.source == "SLURM" && cuda_visible_devices) return 0;
+  return std::nullopt;
 }
 
 at::Device job_device(const LoadedConfig& config, const DistEnvironment& env) {

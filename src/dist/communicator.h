@@ -8,6 +8,7 @@
 #include <chrono>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -24,9 +25,14 @@ namespace gqe {
 // or TORCH_CPP_LOG_LEVEL asks for them. Errors still print.
 void quiet_torch_warnings();
 
-// The device of this rank: GPU LOCAL_RANK when running on CUDA (train.device cuda, or auto with a
-// GPU present), else the CPU. Throws UserError for cuda without a GPU; `origin` names the file.
+// The device of this rank: its GPU (rank_gpu) when running on CUDA (train.device cuda, or auto
+// with a GPU present), else the CPU. Throws UserError for cuda without a GPU; `origin` names the file.
 at::Device rank_device(DeviceKind kind, const DistEnvironment& env, const std::string& origin);
+// The GPU of a rank that sees `visible` GPUs: GPU LOCAL_RANK where each rank sees every GPU of its
+// machine (gqe --nproc, torchrun, srun --gpus-per-node); GPU 0 where SLURM gave each task one GPU
+// of its own (srun --gpus-per-task=1 sets CUDA_VISIBLE_DEVICES per task: `cuda_visible_devices`
+// set, one GPU visible). Nothing where no GPU is left for it.
+std::optional<int> rank_gpu(const DistEnvironment& env, size_t visible, bool cuda_visible_devices);
 // The device of a rank of a job (rank_device), with dist.backend checked against it (nccl needs
 // CUDA); a UserError names the file that set the key.
 at::Device job_device(const LoadedConfig& config, const DistEnvironment& env);
