@@ -25,6 +25,9 @@ std::optional<double> available_memory(at::Device device);
 // take at least X GiB of memory, but DEVICE has Y GiB available" when min_bytes is more than the
 // device has. `what` names the option or key that asks for it ("--max-tokens N: the KV cache").
 void require_memory(at::Device device, double min_bytes, const std::string& what);
+// How many ranks draw on the memory of this rank's device: on the CPU the machine's `local_world`
+// ranks, a GPU is one rank's.
+inline int ranks_sharing_memory(at::Device device, int local_world) { return device.is_cpu() ? local_world : 1; }
 
 // The peak of the memory held by tensors on a device while this object lives, in bytes. CUDA: the
 // caching allocator's peak (reset at the start). CPU: the peak of the bytes allocated by tensors

@@ -205,6 +205,10 @@ Attempt run_ranks(int nproc, const std::vector<std::string>& args, const NodeLay
 
 }  // namespace
 
+std::string giving_up(int restarts, int max_restarts) {
+  return fmt::format("the job failed again after {} restart(s) (--max-restarts {}): giving up", restarts, max_restarts);
+}
+
 LaunchedJob launch_local_ranks(int nproc, const std::vector<std::string>& args, const NodeLayout& node, const Restarts& restarts) {
   std::optional<NodeAgreement> agreement;
   if (node.nnodes > 1 && restarts.max > 0) agreement.emplace(node, restarts.max);
@@ -227,7 +231,7 @@ LaunchedJob launch_local_ranks(int nproc, const std::vector<std::string>& args, 
     } else if (attempt.fault && !sig) {
       again = job.restarts < restarts.max;
       if (!again)
-        fmt::print(stderr, "gqe: the job failed again after {} restart(s) (--max-restarts {}): giving up\n", job.restarts, restarts.max);
+        fmt::print(stderr, "gqe: {}\n", giving_up(job.restarts, restarts.max));
     }
     if (!again) break;
     ++job.restarts;

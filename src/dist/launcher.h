@@ -50,5 +50,7 @@ int free_port();
 // How long the other ranks get to end by themselves once one has failed. They cannot save
 // anything then (saving takes every rank), so it is short.
 constexpr std::chrono::seconds kStopGrace{5};
+// What a launcher says when the last restart failed too.
+std::string giving_up(int restarts, int max_restarts);
 
 }  // namespace gqe

@@ -171,7 +171,7 @@ bool NodeAgreement::start_again(int attempt, NodeOutcome own, int max_restarts) 
       }
     }
     if (again && attempt >= max_restarts) {
-      why = fmt::format("the job failed again after {} restart(s) (--max-restarts {}): giving up", attempt, max_restarts);
+      why = giving_up(attempt, max_restarts);
       again = false;
     }
   }

@@ -140,11 +140,11 @@ void evaluate(const EvalOptions& o) {
   EvalInput in;
   comm.check_input([&] {
     in = open_eval_input(o, c);
-    // What an evaluation certainly holds: the weights and one batch's logits, on each of the ranks
-    // that share this machine's memory (on the CPU).
+    // What an evaluation certainly holds: the weights and one batch's logits, on each rank that
+    // draws on this device's memory.
     const double logits = static_cast<double>(batch) * static_cast<double>(c.data.seq_len) *
                           static_cast<double>(c.model.vocab_size) * (bf16 ? 2.0 : 4.0);
-    const int sharing = device.is_cpu() ? env.local_world : 1;
+    const int sharing = ranks_sharing_memory(device, env.local_world);
     require_memory(device, sharing * (describe_model(c).weights_bytes + logits),
                    fmt::format("{} {}: the model and the logits of a batch{}", o.batch_size > 0 ? "--batch-size" : "eval.batch_size", batch,
                                sharing > 1 ? fmt::format(", for {} ranks", sharing) : ""));

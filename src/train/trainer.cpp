@@ -616,7 +616,7 @@ void Trainer::train_to_budget() {
   if (const std::string build = another_build_than_rank0(*comm_); !build.empty()) warnings.push_back(build);
   for (const std::string& line : comm_->gather_warnings(warnings)) log.warn("{}", line);
   TrainingInput input;
-  comm_->check_input([&] { input = check_training_input(loaded_, env_.world, device_, device_.is_cpu() ? env_.local_world : 1); });
+  comm_->check_input([&] { input = check_training_input(loaded_, env_.world, device_, ranks_sharing_memory(device_, env_.local_world)); });
   manifest_ = std::move(input.manifest);
   eval_sets_ = std::move(input.eval_sets);
   comm_->check_input([&] { check_same_as_rank0(*comm_, config_, manifest_); });
@@ -685,8 +685,7 @@ void Trainer::train_to_budget() {
   comm_->all_reduce_sum({stop_vote});
   if (stop_vote.item<double>() > 0) {
     comm_->finish();
-    log.info("stopped by {} before the first step: nothing was written; the same command starts the job again",
-             stop_cause());
+    log.info("stopped by {} before the first step: nothing was written; the same command starts the job again", stop_cause());
     return;
   }
 
@@ -808,9 +807,7 @@ void Trainer::train_to_budget() {
     if (stopping && !done) {
       console_->clear_progress();
       comm_->finish();
-      log.info("stopped by {} at step {}; continue with: {}",
-               stop_cause(),
-               state_.step, continue_command());
+      log.info("stopped by {} at step {}; continue with: {}", stop_cause(), state_.step, continue_command());
       return;
     }
   }
