@@ -251,7 +251,7 @@ TEST_F(ExperimentRunning, TwoNodesTrainEachRunAsOneJob) {
   ASSERT_EQ(run_command(gqe("train " + (dir_.path() / "short.yaml").string() + " --run-dir " + one +
                             " --set model.attention.type=gqe --nproc 2")).status, 0);
   auto both = [&](const std::string& out) {
-    const int port = free_port();
+    const int port = test::free_port_pair();
     auto env = [&](int node) { return fmt::format("NNODES=2 NODE_RANK={} MASTER_ADDR=127.0.0.1 MASTER_PORT={} ", node, port); };
     fs::create_directories(node1_cwd);
     test::Background node1("cd " + node1_cwd.string() + " && exec env " + env(1) + gqe("experiment run " + exp1 + " --nproc 1") + " >" +
@@ -298,7 +298,7 @@ TEST_F(ExperimentRunning, AStopOnNode0AloneEndsEveryNodesExperiment) {
   const fs::path runs = dir_.path() / "stopped";
   const std::string exp = dir_.write("long-exp.yaml", "name: long\nbase: long.yaml\nout: " + runs.string() +
                                                           "\narms:\n  gqa: {model.attention.type: gqa}\n  gqe: {model.attention.type: gqe}\n");
-  const int port = free_port();
+  const int port = test::free_port_pair();
   auto node = [&](int n) {
     return test::Background(fmt::format("exec env NNODES=2 NODE_RANK={} MASTER_ADDR=127.0.0.1 MASTER_PORT={} ", n, port) +
                             gqe("experiment run " + exp + " --nproc 1") + " >" + (dir_.path() / fmt::format("node{}.out", n)).string() +
@@ -335,7 +335,7 @@ TEST_F(ExperimentRunning, BadInputIsOneLineAndStopsEveryNodeAtOnce) {
 
   dir_.write("slow.yaml", "inherit: base.yaml\ndist: {timeout_s: 60}\n");
   const std::string exp = dir_.write("slow-exp.yaml", "name: y\nbase: slow.yaml\nout: " + (dir_.path() / "y").string() + arms);
-  const int port = free_port();
+  const int port = test::free_port_pair();
   auto env = [&](int node) { return fmt::format("env NNODES=2 NODE_RANK={} MASTER_ADDR=127.0.0.1 MASTER_PORT={} ", node, port); };
   const auto start = std::chrono::steady_clock::now();
   test::Background node1("exec " + env(1) + gqe("experiment run " + exp + " --nproc 1") + " >" + (dir_.path() / "node1.out").string() + " 2>&1");

@@ -3,7 +3,10 @@
 #pragma once
 
 #include <gtest/gtest.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <spawn.h>
+#include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -12,6 +15,7 @@
 #include <filesystem>
 #include <fstream>
 #include <functional>
+#include <random>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -99,6 +103,30 @@ inline std::vector<nlohmann::json> metrics_of(const std::filesystem::path& run) 
 
 #ifdef GQE_BINARY
 // Command lines for the built tools.
+// MASTER_PORT for an experiment or a ladder over several nodes, whose runs' jobs take it and the
+// port above it in turn: two free ports below the kernel's range for outgoing connections, so that
+// none takes the second meanwhile (as 29500 and 29501 on a cluster). A port from free_port() is in
+// that range, and its neighbour went to a connection of a concurrent test once.
+inline int free_port_pair() {
+  int low = 32768, high = 0;
+  std::ifstream("/proc/sys/net/ipv4/ip_local_port_range") >> low >> high;
+  auto bindable = [](int port) {
+    const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in addr{};
+    addr.sin_family = AF_INET;
+    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    addr.sin_port = htons(static_cast<uint16_t>(port));
+    const bool ok = fd >= 0 && ::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0;
+    if (fd >= 0) ::close(fd);
+    return ok;
+  };
+  std::mt19937 rng(std::random_device{}());
+  std::uniform_int_distribution<int> pick(std::max(1024, low / 2), std::max(1025, low - 2));
+  for (int i = 0; i < 1000; ++i)
+    if (const int port = pick(rng); bindable(port) && bindable(port + 1)) return port;
+  throw std::runtime_error("no two free ports below the ephemeral range");
+}
+
 inline std::string gqe(const std::string& args) { return std::string(GQE_BINARY) + " " + args; }
 inline std::string data_tool(const std::string& args) { return std::string(GQE_DATA_BINARY) + " " + args; }
 #endif
