@@ -337,44 +337,102 @@ TEST(Rope, ScoresDependOnlyOnRelativePosition) {
 }
 
 // The fused kernels' bodies (layers_kernels.h), run on the CPU one index at a time, against the
-// ATen path: their arithmetic and indexing are checked here, without a GPU.
-TEST(Rope, FusedKernelBodyMatchesTheAtenPathBothWays) {
-  torch::manual_seed(12);
-  const int64_t B = 2, H = 3, T = 5, dh = 8;
-  const RotaryTables tables = rotary_tables(4, T, dh, 1e4, at::kCPU);
-  for (at::ScalarType dtype : {at::kFloat, at::kBFloat16}) {
-    SCOPED_TRACE(c10::toString(dtype));
-    const double tol = dtype == at::kFloat ? 1e-6 : 1e-2;
-    const at::Tensor x = at::randn({B, T, H, dh}).to(dtype).transpose(1, 2).requires_grad_();
-    const at::Tensor y = apply_rotary(x, tables);
-    const at::Tensor fused = kernels::rotary(x.detach(), tables.cos, tables.signed_sin, 1, kernels::HostLaunch{});
-    EXPECT_EQ(fused.strides(), x.strides()) << "the output keeps the input's layout";
-    expect_close(fused.to(at::kFloat), y.detach().to(at::kFloat), "rotation", tol);
-    // The adjoint, on a gradient whose last dim is strided (copied to contiguous first).
-    const at::Tensor g = at::randn({B, H, dh, T}).to(dtype).transpose(2, 3);
-    const at::Tensor dx = torch::autograd::grad({y}, {x}, {g})[0];
-    const at::Tensor fused_dx = kernels::rotary(g, tables.cos, tables.signed_sin, -1, kernels::HostLaunch{});
-    expect_close(fused_dx.to(at::kFloat), dx.to(at::kFloat), "adjoint", tol);
+// ATen path: their arithmetic and indexing are checked here, without a GPU. Each runs as the GPU
+// runs it, with V elements per index (vector loads) where the tensors are aligned, and one where
+// they are not; the launchers below record which body ran.
+struct RecordingLaunch {
+  bool wide = true;
+  std::shared_ptr<int> width = std::make_shared<int>(0);  // the last body's elements per index
+
+  template <class F>
+  void operator()(const F& f, int64_t n) const {
+    *width = F::width;
+    kernels::HostLaunch{}(f, n);
   }
+};
+struct RecordingRows {
+  int64_t lanes = 1;
+  bool wide = true;
+  std::shared_ptr<int> width = std::make_shared<int>(0);
+
+  template <class F>
+  at::Tensor operator()(const F& f, int64_t rows, int64_t d, bool accumulate) const {
+    *width = F::width;
+    return kernels::HostRows{lanes}(f, rows, d, accumulate);
+  }
+};
+
+// t's values in a tensor of the same layout whose data starts one element past an aligned address,
+// so that no vector load fits it.
+at::Tensor misaligned(const at::Tensor& t) {
+  at::Tensor base = at::empty({t.numel() + 1}, t.options()).narrow(0, 1, t.numel()).view(t.sizes());
+  return base.copy_(t);
+}
+
+TEST(Rope, FusedKernelBodyMatchesTheAtenPathBothWaysAtEitherWidth) {
+  torch::manual_seed(12);
+  const int64_t B = 2, H = 3, T = 5, dh = 16;
+  const RotaryTables tables = rotary_tables(4, T, dh, 1e4, at::kCPU);
+  for (at::ScalarType dtype : {at::kFloat, at::kBFloat16})
+    for (bool aligned : {true, false}) {
+      SCOPED_TRACE(std::string(c10::toString(dtype)) + (aligned ? " aligned" : " misaligned"));
+      const double tol = dtype == at::kFloat ? 1e-6 : 1e-2;
+      const int wide = dtype == at::kFloat ? 4 : 8;
+      const at::Tensor x0 = at::randn({B, T, H, dh}).to(dtype);
+      const at::Tensor x = (aligned ? x0 : misaligned(x0)).transpose(1, 2).requires_grad_();
+      const at::Tensor y = apply_rotary(x, tables);
+      const RecordingLaunch launch;
+      const at::Tensor fused = kernels::rotary(x.detach(), tables.cos, tables.signed_sin, 1, launch);
+      EXPECT_EQ(*launch.width, aligned ? wide : 1);
+      EXPECT_EQ(fused.strides(), x.strides()) << "the output keeps the input's layout";
+      expect_close(fused.to(at::kFloat), y.detach().to(at::kFloat), "rotation", tol);
+      EXPECT_TRUE(fused.equal(kernels::rotary(x.detach(), tables.cos, tables.signed_sin, 1, kernels::HostLaunch{})))
+          << "the same numbers at either width";
+      // The adjoint, on a gradient whose last dim is strided (copied to contiguous first).
+      const at::Tensor g = at::randn({B, H, dh, T}).to(dtype).transpose(2, 3);
+      const at::Tensor dx = torch::autograd::grad({y}, {x}, {g})[0];
+      const at::Tensor fused_dx = kernels::rotary(g, tables.cos, tables.signed_sin, -1, launch);
+      expect_close(fused_dx.to(at::kFloat), dx.to(at::kFloat), "adjoint", tol);
+    }
+  // A row stride that is no multiple of the width (heads of 12 columns: 6 pairs) takes one pair per index.
+  const at::Tensor x = at::randn({1, 2, T, 12});
+  const RotaryTables t12 = rotary_tables(4, T, 12, 1e4, at::kCPU);
+  const RecordingLaunch launch;
+  expect_close(kernels::rotary(x, t12.cos, t12.signed_sin, 1, launch), apply_rotary(x, t12), "12 columns", 1e-6);
+  EXPECT_EQ(*launch.width, 1);
   EXPECT_THROW(kernels::rotary(at::randn({2, 5, 8}), tables.cos, tables.signed_sin, 1, kernels::HostLaunch{}), c10::Error);
   EXPECT_THROW(kernels::rotary(at::randn({1, 1, 4, 8}), tables.cos, tables.signed_sin, 1, kernels::HostLaunch{}), c10::Error);
 }
 
-TEST(SwiGLU, FusedKernelBodiesMatchTheAtenPath) {
+TEST(SwiGLU, FusedKernelBodiesMatchTheAtenPathAtEitherWidth) {
   torch::manual_seed(13);
-  for (at::ScalarType dtype : {at::kFloat, at::kBFloat16}) {
-    SCOPED_TRACE(c10::toString(dtype));
-    const double tol = dtype == at::kFloat ? 1e-5 : 2e-2;
-    const at::Tensor gate = (at::randn({3, 7, 40}) * 3).to(dtype).requires_grad_(),
-                     up = at::randn({3, 7, 40}).to(dtype).requires_grad_(), dy = at::randn({3, 7, 40}).to(dtype);
-    const at::Tensor y = at::silu(gate) * up;
-    const auto d = torch::autograd::grad({y}, {gate, up}, {dy});
-    expect_close(kernels::swiglu(gate.detach(), up.detach(), kernels::HostLaunch{}).to(at::kFloat), y.detach().to(at::kFloat),
-                 "forward", tol);
-    const auto [dgate, dup] = kernels::swiglu_backward(dy, gate.detach(), up.detach(), kernels::HostLaunch{});
-    expect_close(dgate.to(at::kFloat), d[0].to(at::kFloat), "d gate", tol);
-    expect_close(dup.to(at::kFloat), d[1].to(at::kFloat), "d up", tol);
-  }
+  for (at::ScalarType dtype : {at::kFloat, at::kBFloat16})
+    for (bool aligned : {true, false}) {
+      SCOPED_TRACE(std::string(c10::toString(dtype)) + (aligned ? " aligned" : " misaligned"));
+      const double tol = dtype == at::kFloat ? 1e-5 : 2e-2;
+      const int wide = dtype == at::kFloat ? 4 : 8;
+      auto input = [&](const at::Tensor& t) { return (aligned ? t : misaligned(t)).requires_grad_(); };
+      const at::Tensor gate = input((at::randn({3, 7, 40}) * 3).to(dtype)), up = input(at::randn({3, 7, 40}).to(dtype));
+      const at::Tensor dy = at::randn({3, 7, 40}).to(dtype);
+      const at::Tensor y = at::silu(gate) * up;
+      const auto d = torch::autograd::grad({y}, {gate, up}, {dy});
+      const RecordingLaunch launch;
+      const at::Tensor fused = kernels::swiglu(gate.detach(), up.detach(), launch);
+      EXPECT_EQ(*launch.width, aligned ? wide : 1);
+      expect_close(fused.to(at::kFloat), y.detach().to(at::kFloat), "forward", tol);
+      EXPECT_TRUE(fused.equal(kernels::swiglu(gate.detach(), up.detach(), kernels::HostLaunch{})));
+      const auto [dgate, dup] = kernels::swiglu_backward(dy, gate.detach(), up.detach(), launch);
+      EXPECT_EQ(*launch.width, aligned ? wide : 1);
+      expect_close(dgate.to(at::kFloat), d[0].to(at::kFloat), "d gate", tol);
+      expect_close(dup.to(at::kFloat), d[1].to(at::kFloat), "d up", tol);
+      const auto [dgate1, dup1] = kernels::swiglu_backward(dy, gate.detach(), up.detach(), kernels::HostLaunch{});
+      EXPECT_TRUE(dgate.equal(dgate1) && dup.equal(dup1));
+    }
+  // A length that is no multiple of the width.
+  const at::Tensor gate = at::randn({3, 5}), up = at::randn({3, 5});
+  const RecordingLaunch launch;
+  expect_close(kernels::swiglu(gate, up, launch), at::silu(gate) * up, "15 elements", 1e-6);
+  EXPECT_EQ(*launch.width, 1);
 }
 
 // The GQE variant's o_proj input as ATen computes it: routed slots, weighted sum, shared slot.
@@ -421,47 +479,54 @@ std::pair<at::Tensor, at::Tensor> add_and_norm_by_aten(const at::Tensor& x, cons
   return {sum, at::rms_norm(sum, {sum.size(-1)}, w, 1e-5).to(out)};
 }
 
-TEST(RMSNorm, FusedAddAndNormBodiesMatchTheAtenPathOnAnyNumberOfLanes) {
+TEST(RMSNorm, FusedAddAndNormBodiesMatchTheAtenPathOnAnyNumberOfLanesAtEitherWidth) {
   torch::manual_seed(15);
   const int64_t d = 40;
   const at::Tensor w = at::rand({d}) + 0.5;
   for (at::ScalarType out : {at::kFloat, at::kBFloat16})
     for (bool with_delta : {true, false})
-      for (int64_t lanes : {1, 3, 64}) {  // 64 lanes for 40 columns: some lanes have none
-        const bool fp32_copy = lanes != 3;
-        SCOPED_TRACE(std::string(c10::toString(out)) + (with_delta ? " with delta, lanes " : " no delta, lanes ") +
-                     std::to_string(lanes) + (fp32_copy ? ", fp32 copy" : ""));
-        const double tol = out == at::kFloat ? 1e-5 : 1e-2;
-        const at::Tensor x = (at::randn({3, 5, d}) * 2).requires_grad_(), wg = w.clone().requires_grad_();
-        const at::Tensor delta = with_delta ? at::randn({3, 5, d}).to(out).requires_grad_() : at::Tensor();
-        const auto [sum, normed] = add_and_norm_by_aten(x, delta, wg, out);
-        const kernels::HostRows launch{lanes};
-        const kernels::ResidualNorm r = kernels::residual_rms_norm(x.detach(), with_delta ? delta.detach() : delta, w,
-                                                                   1e-5, out, fp32_copy, launch);
-        EXPECT_EQ(r.normed.scalar_type(), out);
-        expect_close(r.normed.to(at::kFloat), normed.detach().to(at::kFloat), "normed", tol);
-        const at::Tensor normed32 = at::rms_norm(sum, {d}, wg, 1e-5);
-        if (fp32_copy) expect_close(r.normed_fp32, normed32.detach(), "fp32 copy");
-        if (with_delta) expect_close(r.sum, sum.detach(), "sum");
-        expect_close(r.rstd, at::rsqrt(sum.detach().square().mean(-1) + 1e-5), "rstd");
-        // Backward, with a gradient reaching the sum directly too (the residual stream's) and one
-        // reaching the fp32 copy.
-        const at::Tensor dy = at::randn({3, 5, d}).to(out), dsum = at::randn({3, 5, d}), dy32 = at::randn({3, 5, d});
-        std::vector<at::Tensor> inputs{x, wg};
-        if (with_delta) inputs.push_back(delta);
-        const auto expected = torch::autograd::grad(
-            {normed, sum, normed32}, inputs,
-            {dy, with_delta ? dsum : at::zeros_like(dsum), fp32_copy ? dy32 : at::zeros_like(dy32)});
-        const kernels::ResidualNormGrad g = kernels::residual_rms_norm_backward(
-            dy, fp32_copy ? dy32 : at::Tensor(), with_delta ? dsum : at::Tensor(), with_delta ? r.sum : x.detach(), w, r.rstd,
-            with_delta, launch);
-        expect_close(g.x, expected[0], "d x", tol);
-        expect_close(g.weight, expected[1], "d weight", tol);
-        if (with_delta) {
-          EXPECT_EQ(g.delta.scalar_type(), out);
-          expect_close(g.delta.to(at::kFloat), expected[2].to(at::kFloat), "d delta", tol);
+      for (int64_t lanes : {1, 3, 64})  // 64 lanes for 40 columns: some lanes have none
+        for (bool wide : {false, true}) {
+          const bool fp32_copy = lanes != 3;
+          // The widest case once more with x one element off an aligned address: it takes V = 1.
+          const bool aligned = !(wide && lanes == 64 && with_delta);
+          SCOPED_TRACE(std::string(c10::toString(out)) + (with_delta ? " with delta, lanes " : " no delta, lanes ") +
+                       std::to_string(lanes) + (fp32_copy ? ", fp32 copy" : "") + (wide ? ", wide" : "") +
+                       (aligned ? "" : ", misaligned"));
+          const double tol = out == at::kFloat ? 1e-5 : 1e-2;
+          const at::Tensor x0 = at::randn({3, 5, d}) * 2;
+          const at::Tensor x = (aligned ? x0 : misaligned(x0)).requires_grad_(), wg = w.clone().requires_grad_();
+          const at::Tensor delta = with_delta ? at::randn({3, 5, d}).to(out).requires_grad_() : at::Tensor();
+          const auto [sum, normed] = add_and_norm_by_aten(x, delta, wg, out);
+          const RecordingRows launch{lanes, wide};
+          const kernels::ResidualNorm r = kernels::residual_rms_norm(x.detach(), with_delta ? delta.detach() : delta, w,
+                                                                     1e-5, out, fp32_copy, launch);
+          EXPECT_EQ(*launch.width, wide && aligned ? 4 : 1);
+          EXPECT_EQ(r.normed.scalar_type(), out);
+          expect_close(r.normed.to(at::kFloat), normed.detach().to(at::kFloat), "normed", tol);
+          const at::Tensor normed32 = at::rms_norm(sum, {d}, wg, 1e-5);
+          if (fp32_copy) expect_close(r.normed_fp32, normed32.detach(), "fp32 copy");
+          if (with_delta) expect_close(r.sum, sum.detach(), "sum");
+          expect_close(r.rstd, at::rsqrt(sum.detach().square().mean(-1) + 1e-5), "rstd");
+          // Backward, with a gradient reaching the sum directly too (the residual stream's) and one
+          // reaching the fp32 copy.
+          const at::Tensor dy = at::randn({3, 5, d}).to(out), dsum = at::randn({3, 5, d}), dy32 = at::randn({3, 5, d});
+          std::vector<at::Tensor> inputs{x, wg};
+          if (with_delta) inputs.push_back(delta);
+          const auto expected = torch::autograd::grad(
+              {normed, sum, normed32}, inputs,
+              {dy, with_delta ? dsum : at::zeros_like(dsum), fp32_copy ? dy32 : at::zeros_like(dy32)});
+          const kernels::ResidualNormGrad g = kernels::residual_rms_norm_backward(
+              dy, fp32_copy ? dy32 : at::Tensor(), with_delta ? dsum : at::Tensor(), with_delta ? r.sum : x.detach(), w, r.rstd,
+              with_delta, launch);
+          EXPECT_EQ(*launch.width, wide ? 4 : 1) << "h is the forward's own sum or x, aligned";
+          expect_close(g.x, expected[0], "d x", tol);
+          expect_close(g.weight, expected[1], "d weight", tol);
+          if (with_delta) {
+            EXPECT_EQ(g.delta.scalar_type(), out);
+            expect_close(g.delta.to(at::kFloat), expected[2].to(at::kFloat), "d delta", tol);
+          }
         }
-      }
   EXPECT_THROW(kernels::residual_rms_norm(at::randn({2, d}).to(at::kBFloat16), at::Tensor(), w, 1e-5, at::kFloat, false,
                                           kernels::HostRows{}),
                c10::Error);  // the residual stream must be fp32

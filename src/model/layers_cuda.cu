@@ -18,8 +18,11 @@ __global__ void for_each_index(F f, int64_t n) {
   if (i < n) f(i);
 }
 
-// One thread per index, on the current stream (the kernel bodies are in layers_kernels.h).
+// One thread per index, on the current stream (the kernel bodies are in layers_kernels.h), with
+// the bodies' vector loads wherever the tensors allow them.
 struct CudaLaunch {
+  bool wide = true;
+
   template <class F>
   void operator()(const F& f, int64_t n) const {
     for_each_index<<<(n + kThreads - 1) / kThreads, kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(f, n);
@@ -62,6 +65,8 @@ __global__ void for_each_row(F f, int64_t rows, int64_t d, float* acc) {
 }
 
 struct CudaRows {
+  bool wide = true;
+
   template <class F>
   at::Tensor operator()(const F& f, int64_t rows, int64_t d, bool accumulate) const {
     const int threads = d >= 1024 ? 256 : 128;

@@ -9,6 +9,8 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <initializer_list>
+#include <type_traits>
 #include <utility>
 
 #include <ATen/Dispatch.h>
@@ -42,11 +44,49 @@ T* mutable_data_or_null(const at::Tensor& t) {
 // t itself where its last dim is contiguous (any strides elsewhere), else a contiguous copy.
 inline at::Tensor last_dim_contiguous(const at::Tensor& t) { return t.stride(-1) == 1 ? t : t.contiguous(); }
 
-// y = x cos + sign swap_halves(x) signed_sin for pair p = (row, i), which covers columns i and
-// i + D/2 of one row (both outputs need both inputs). x and y are [N0, N1, T, D] with their own
-// strides for the first three dims and a contiguous last dim; the tables are [T, D] fp32.
+// V consecutive elements read or written as one access. A GPU moves at most 16 bytes per load
+// instruction, and one bf16 per thread left the elementwise kernels at a quarter of the H200's
+// bandwidth, so the bodies below take V elements per index (per lane step, for the row kernels)
+// where the driver has found every pointer aligned to V elements and every length and stride a
+// multiple of V; else V = 1. The arithmetic per element is the same either way.
+template <class T, int V>
+struct alignas(sizeof(T) * V) Pack {
+  T v[V];
+};
+template <int V, class T>
+GQE_HOST_DEVICE Pack<T, V> load(const T* p) {
+  return *reinterpret_cast<const Pack<T, V>*>(p);
+}
+template <int V, class T>
+GQE_HOST_DEVICE void store(T* p, const Pack<T, V>& x) {
+  *reinterpret_cast<Pack<T, V>*>(p) = x;
+}
+// 16 bytes of T.
 template <class T>
+constexpr int kWide = 16 / sizeof(T) > 0 ? static_cast<int>(16 / sizeof(T)) : 1;
+
+// Whether every defined tensor's data starts on a multiple of `elements` of its own element size.
+inline bool aligned(int64_t elements, std::initializer_list<at::Tensor> tensors) {
+  return std::all_of(tensors.begin(), tensors.end(), [&](const at::Tensor& t) {
+    return !t.defined() || reinterpret_cast<uintptr_t>(t.const_data_ptr()) % (elements * t.element_size()) == 0;
+  });
+}
+
+// Runs body(std::integral_constant<int, V>) where wide holds, else body with V = 1.
+template <int V, class Body>
+void with_width(bool wide, Body&& body) {
+  if (wide)
+    body(std::integral_constant<int, V>{});
+  else
+    body(std::integral_constant<int, 1>{});
+}
+
+// y = x cos + sign swap_halves(x) signed_sin for pairs p V .. p V + V - 1 of a row, pair i covering
+// columns i and i + D/2 (both outputs need both inputs). x and y are [N0, N1, T, D] with their own
+// strides for the first three dims and a contiguous last dim; the tables are [T, D] fp32.
+template <class T, int V = 1>
 struct RotaryPairs {
+  static constexpr int width = V;
   const T* x;
   T* y;
   const float* cos;
@@ -56,45 +96,66 @@ struct RotaryPairs {
   float sign;
 
   GQE_HOST_DEVICE void operator()(int64_t p) const {
-    const int64_t i = p % half, row = p / half;
+    const int64_t chunks = half / V, i = p % chunks * V, row = p / chunks;
     const int64_t t = row % len, r = row / len, a = r / n1, b = r % n1;
     const T* xr = x + a * x_stride[0] + b * x_stride[1] + t * x_stride[2];
     T* yr = y + a * y_stride[0] + b * y_stride[1] + t * y_stride[2];
     const float* c = cos + t * 2 * half;
     const float* s = signed_sin + t * 2 * half;
-    const float lo = static_cast<float>(xr[i]), hi = static_cast<float>(xr[i + half]);
-    yr[i] = static_cast<T>(lo * c[i] + sign * hi * s[i]);
-    yr[i + half] = static_cast<T>(hi * c[i + half] + sign * lo * s[i + half]);
+    const Pack<T, V> lo = load<V>(xr + i), hi = load<V>(xr + i + half);
+    const Pack<float, V> c_lo = load<V>(c + i), c_hi = load<V>(c + i + half), s_lo = load<V>(s + i),
+                         s_hi = load<V>(s + i + half);
+    Pack<T, V> y_lo, y_hi;
+    for (int k = 0; k < V; ++k) {
+      const float l = static_cast<float>(lo.v[k]), h = static_cast<float>(hi.v[k]);
+      y_lo.v[k] = static_cast<T>(l * c_lo.v[k] + sign * h * s_lo.v[k]);
+      y_hi.v[k] = static_cast<T>(h * c_hi.v[k] + sign * l * s_hi.v[k]);
+    }
+    store<V>(yr + i, y_lo);
+    store<V>(yr + i + half, y_hi);
   }
 };
 
 GQE_HOST_DEVICE inline float sigmoid(float g) { return 1.f / (1.f + expf(-g)); }
 
-// y = silu(gate) * up, computed in fp32.
-template <class T>
+// y = silu(gate) * up, computed in fp32, elements i V .. i V + V - 1.
+template <class T, int V = 1>
 struct SwiGLUForward {
+  static constexpr int width = V;
   const T* gate;
   const T* up;
   T* y;
   GQE_HOST_DEVICE void operator()(int64_t i) const {
-    const float g = static_cast<float>(gate[i]);
-    y[i] = static_cast<T>(g * sigmoid(g) * static_cast<float>(up[i]));
+    const Pack<T, V> g = load<V>(gate + i * V), u = load<V>(up + i * V);
+    Pack<T, V> out;
+    for (int k = 0; k < V; ++k) {
+      const float gk = static_cast<float>(g.v[k]);
+      out.v[k] = static_cast<T>(gk * sigmoid(gk) * static_cast<float>(u.v[k]));
+    }
+    store<V>(y + i * V, out);
   }
 };
 
 // d gate = dy up silu'(g) with silu'(g) = s (1 + g (1 - s)), s = sigmoid(g); d up = dy silu(g).
-template <class T>
+template <class T, int V = 1>
 struct SwiGLUBackward {
+  static constexpr int width = V;
   const T* dy;
   const T* gate;
   const T* up;
   T* dgate;
   T* dup;
   GQE_HOST_DEVICE void operator()(int64_t i) const {
-    const float d = static_cast<float>(dy[i]), g = static_cast<float>(gate[i]), u = static_cast<float>(up[i]);
-    const float s = sigmoid(g);
-    dgate[i] = static_cast<T>(d * u * s * (1.f + g * (1.f - s)));
-    dup[i] = static_cast<T>(d * g * s);
+    const Pack<T, V> dyv = load<V>(dy + i * V), gv = load<V>(gate + i * V), uv = load<V>(up + i * V);
+    Pack<T, V> dg, du;
+    for (int k = 0; k < V; ++k) {
+      const float d = static_cast<float>(dyv.v[k]), g = static_cast<float>(gv.v[k]), u = static_cast<float>(uv.v[k]);
+      const float s = sigmoid(g);
+      dg.v[k] = static_cast<T>(d * u * s * (1.f + g * (1.f - s)));
+      du.v[k] = static_cast<T>(d * g * s);
+    }
+    store<V>(dgate + i * V, dg);
+    store<V>(dup + i * V, du);
   }
 };
 
@@ -162,8 +223,11 @@ struct GqeSlotsBackwardW {
   }
 };
 
-// Runs an elementwise kernel on the CPU, ranges of indices in parallel.
+// Runs an elementwise kernel on the CPU, ranges of indices in parallel. The model's CPU path is
+// ATen's; wide (vector) bodies only where a test asks for them.
 struct HostLaunch {
+  bool wide = false;
+
   template <class F>
   void operator()(const F& f, int64_t n) const {
     at::parallel_for(0, n, 1 << 14, [&](int64_t begin, int64_t end) {
@@ -185,10 +249,18 @@ at::Tensor rotary(const at::Tensor& x_in, const at::Tensor& cos, const at::Tenso
   const int64_t pairs = x.numel() / 2;
   if (pairs == 0) return y;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "gqe_rotary", [&] {
-    launch(RotaryPairs<scalar_t>{x.const_data_ptr<scalar_t>(), y.data_ptr<scalar_t>(), cos.const_data_ptr<float>(),
-                                 signed_sin.const_data_ptr<float>(), {x.stride(0), x.stride(1), x.stride(2)},
-                                 {y.stride(0), y.stride(1), y.stride(2)}, x.size(1), x.size(2), x.size(3) / 2, sign},
-           pairs);
+    constexpr int V = kWide<scalar_t>;
+    const int64_t half = x.size(3) / 2;
+    const bool wide = launch.wide && half % V == 0 && aligned(V, {x, y, cos, signed_sin}) &&
+                      std::all_of(x.strides().begin(), x.strides().end() - 1, [](int64_t st) { return st % V == 0; }) &&
+                      std::all_of(y.strides().begin(), y.strides().end() - 1, [](int64_t st) { return st % V == 0; });
+    with_width<V>(wide, [&](auto width) {
+      constexpr int W = decltype(width)::value;
+      launch(RotaryPairs<scalar_t, W>{x.const_data_ptr<scalar_t>(), y.data_ptr<scalar_t>(), cos.const_data_ptr<float>(),
+                                      signed_sin.const_data_ptr<float>(), {x.stride(0), x.stride(1), x.stride(2)},
+                                      {y.stride(0), y.stride(1), y.stride(2)}, x.size(1), x.size(2), half, sign},
+             pairs / W);
+    });
   });
   return y;
 }
@@ -201,8 +273,13 @@ at::Tensor swiglu(const at::Tensor& gate_in, const at::Tensor& up_in, Launch&& l
   at::Tensor y = at::empty_like(gate);
   if (gate.numel() == 0) return y;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, gate.scalar_type(), "gqe_swiglu", [&] {
-    launch(SwiGLUForward<scalar_t>{gate.const_data_ptr<scalar_t>(), up.const_data_ptr<scalar_t>(), y.data_ptr<scalar_t>()},
-           gate.numel());
+    constexpr int V = kWide<scalar_t>;
+    with_width<V>(launch.wide && gate.numel() % V == 0 && aligned(V, {gate, up, y}), [&](auto width) {
+      constexpr int W = decltype(width)::value;
+      launch(SwiGLUForward<scalar_t, W>{gate.const_data_ptr<scalar_t>(), up.const_data_ptr<scalar_t>(),
+                                        y.data_ptr<scalar_t>()},
+             gate.numel() / W);
+    });
   });
   return y;
 }
@@ -218,9 +295,13 @@ std::pair<at::Tensor, at::Tensor> swiglu_backward(const at::Tensor& grad_in, con
   at::Tensor dgate = at::empty_like(gate), dup = at::empty_like(up);
   if (gate.numel() == 0) return {dgate, dup};
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, gate.scalar_type(), "gqe_swiglu_backward", [&] {
-    launch(SwiGLUBackward<scalar_t>{grad.const_data_ptr<scalar_t>(), gate.const_data_ptr<scalar_t>(),
-                                    up.const_data_ptr<scalar_t>(), dgate.data_ptr<scalar_t>(), dup.data_ptr<scalar_t>()},
-           gate.numel());
+    constexpr int V = kWide<scalar_t>;
+    with_width<V>(launch.wide && gate.numel() % V == 0 && aligned(V, {grad, gate, up, dgate, dup}), [&](auto width) {
+      constexpr int W = decltype(width)::value;
+      launch(SwiGLUBackward<scalar_t, W>{grad.const_data_ptr<scalar_t>(), gate.const_data_ptr<scalar_t>(),
+                                         up.const_data_ptr<scalar_t>(), dgate.data_ptr<scalar_t>(), dup.data_ptr<scalar_t>()},
+             gate.numel() / W);
+    });
   });
   return {dgate, dup};
 }
@@ -274,16 +355,17 @@ GqeSlotsGrad gqe_slots_backward(const at::Tensor& dy_in, const at::Tensor& o_in,
 }
 
 // Row kernels. For each row a launcher runs partial(row, lane, lanes) on every lane, sums the
-// partials, then finish(row, lane, lanes, total, acc) on every lane; lane l handles the columns l,
-// l + lanes, ... (a GPU block's threads, coalesced). acc is a [d] accumulator private to the rows
+// partials, then finish(row, lane, lanes, total, acc) on every lane; lane l handles the columns
+// l V .. l V + V - 1, then those lanes x V further on, ... (a GPU block's threads, coalesced). acc is a [d] accumulator private to the rows
 // that one launcher block runs (null when the kernel needs none); each lane touches only its own
 // columns of it, so it needs no atomics.
 
 // sum = x + delta (fp32; no delta: sum is x itself, not written) and y = RMSNorm(sum) * weight,
 // computed in fp32 and stored as T, and also as fp32 in y32 if asked; rstd = 1 / sqrt(mean(sum^2) +
 // eps) per row, for the backward.
-template <class T>
+template <class T, int V = 1>
 struct ResidualNormForward {
+  static constexpr int width = V;
   const float* x;
   const T* delta;  // may be null
   float* sum;      // null when delta is
@@ -296,11 +378,15 @@ struct ResidualNormForward {
 
   GQE_HOST_DEVICE float partial(int64_t row, int64_t lane, int64_t lanes) const {
     float s = 0.f;
-    for (int64_t j = lane; j < d; j += lanes) {
+    for (int64_t j = lane * V; j < d; j += lanes * V) {
       const int64_t i = row * d + j;
-      float v = x[i];
-      if (delta) sum[i] = v = v + static_cast<float>(delta[i]);
-      s += v * v;
+      Pack<float, V> v = load<V>(x + i);
+      if (delta) {
+        const Pack<T, V> dv = load<V>(delta + i);
+        for (int k = 0; k < V; ++k) v.v[k] = v.v[k] + static_cast<float>(dv.v[k]);
+        store<V>(sum + i, v);
+      }
+      for (int k = 0; k < V; ++k) s += v.v[k] * v.v[k];
     }
     return s;
   }
@@ -308,10 +394,17 @@ struct ResidualNormForward {
     const float r = 1.f / sqrtf(total / static_cast<float>(d) + eps);
     if (lane == 0) rstd[row] = r;
     const float* h = delta ? sum : x;  // this lane's own columns, just written
-    for (int64_t j = lane; j < d; j += lanes) {
-      const float v = h[row * d + j] * r * weight[j];
-      y[row * d + j] = static_cast<T>(v);
-      if (y32) y32[row * d + j] = v;
+    for (int64_t j = lane * V; j < d; j += lanes * V) {
+      const int64_t i = row * d + j;
+      const Pack<float, V> hv = load<V>(h + i), w = load<V>(weight + j);
+      Pack<float, V> v;
+      Pack<T, V> out;
+      for (int k = 0; k < V; ++k) {
+        v.v[k] = hv.v[k] * r * w.v[k];
+        out.v[k] = static_cast<T>(v.v[k]);
+      }
+      store<V>(y + i, out);
+      if (y32) store<V>(y32 + i, v);
     }
   }
 };
@@ -320,8 +413,9 @@ struct ResidualNormForward {
 // y = weight * h * r and r = (mean(h^2) + eps)^-1/2, dh = r g - h r^3 (g . h) / d, plus dsum (the
 // gradient that reached sum directly, if any). dx = dh in fp32, ddelta = dh as T, d weight += dy h r
 // into acc.
-template <class T>
+template <class T, int V = 1>
 struct ResidualNormBackward {
+  static constexpr int width = V;
   const T* dy;
   const float* dy32;  // may be null
   const float* dsum;  // may be null
@@ -334,20 +428,35 @@ struct ResidualNormBackward {
 
   GQE_HOST_DEVICE float partial(int64_t row, int64_t lane, int64_t lanes) const {
     float s = 0.f;
-    for (int64_t j = lane; j < d; j += lanes) s += grad(row * d + j) * weight[j] * h[row * d + j];
+    for (int64_t j = lane * V; j < d; j += lanes * V) {
+      const Pack<float, V> g = grad(row * d + j), w = load<V>(weight + j), hv = load<V>(h + row * d + j);
+      for (int k = 0; k < V; ++k) s += g.v[k] * w.v[k] * hv.v[k];
+    }
     return s;
   }
-  GQE_HOST_DEVICE float grad(int64_t i) const { return static_cast<float>(dy[i]) + (dy32 ? dy32[i] : 0.f); }
+  GQE_HOST_DEVICE Pack<float, V> grad(int64_t i) const {
+    const Pack<T, V> a = load<V>(dy + i);
+    Pack<float, V> g{};
+    if (dy32) g = load<V>(dy32 + i);
+    for (int k = 0; k < V; ++k) g.v[k] = static_cast<float>(a.v[k]) + (dy32 ? g.v[k] : 0.f);
+    return g;
+  }
   GQE_HOST_DEVICE void finish(int64_t row, int64_t lane, int64_t lanes, float total, float* acc) const {
     const float r = rstd[row], c = total * r * r * r / static_cast<float>(d);
-    for (int64_t j = lane; j < d; j += lanes) {
+    for (int64_t j = lane * V; j < d; j += lanes * V) {
       const int64_t i = row * d + j;
-      const float g = grad(i);
-      float v = g * weight[j] * r - h[i] * c;
-      if (dsum) v += dsum[i];
-      dx[i] = v;
-      if (ddelta) ddelta[i] = static_cast<T>(v);
-      acc[j] += g * h[i] * r;
+      const Pack<float, V> g = grad(i), w = load<V>(weight + j), hv = load<V>(h + i);
+      Pack<float, V> ds{}, v;
+      Pack<T, V> vt;
+      if (dsum) ds = load<V>(dsum + i);
+      for (int k = 0; k < V; ++k) {
+        v.v[k] = g.v[k] * w.v[k] * r - hv.v[k] * c;
+        if (dsum) v.v[k] += ds.v[k];
+        vt.v[k] = static_cast<T>(v.v[k]);
+        acc[j + k] += g.v[k] * hv.v[k] * r;
+      }
+      store<V>(dx + i, v);
+      if (ddelta) store<V>(ddelta + i, vt);
     }
   }
 };
@@ -357,6 +466,7 @@ struct ResidualNormBackward {
 // not change with the thread count. (The tests also run it with lanes > 1, as a GPU block would.)
 struct HostRows {
   int64_t lanes = 1;
+  bool wide = false;  // as HostLaunch's
 
   template <class F>
   at::Tensor operator()(const F& f, int64_t rows, int64_t d, bool accumulate) const {
@@ -397,12 +507,17 @@ ResidualNorm residual_rms_norm(const at::Tensor& x_in, const at::Tensor& delta_i
                  fp32_copy ? at::empty_like(x) : at::Tensor(), at::empty(x.sizes().slice(0, x.dim() - 1), x.options())};
   const int64_t rows = d == 0 ? 0 : x.numel() / d;
   if (rows == 0) return r;
+  // The fp32 tensors set the width (16 bytes of fp32); the others are read as many elements.
+  constexpr int V = kWide<float>;
+  const bool wide = launch.wide && d % V == 0 && aligned(V, {x, delta, r.sum, weight, r.normed, r.normed_fp32});
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, out, "gqe_residual_rms_norm", [&] {
-    launch(ResidualNormForward<scalar_t>{x.const_data_ptr<float>(), data_or_null<scalar_t>(delta),
-                                         mutable_data_or_null<float>(r.sum), weight.const_data_ptr<float>(),
-                                         r.normed.data_ptr<scalar_t>(), mutable_data_or_null<float>(r.normed_fp32),
-                                         r.rstd.data_ptr<float>(), d, static_cast<float>(eps)},
-           rows, d, /*accumulate=*/false);
+    with_width<V>(wide, [&](auto width) {
+      launch(ResidualNormForward<scalar_t, decltype(width)::value>{
+                 x.const_data_ptr<float>(), data_or_null<scalar_t>(delta), mutable_data_or_null<float>(r.sum),
+                 weight.const_data_ptr<float>(), r.normed.data_ptr<scalar_t>(), mutable_data_or_null<float>(r.normed_fp32),
+                 r.rstd.data_ptr<float>(), d, static_cast<float>(eps)},
+             rows, d, /*accumulate=*/false);
+    });
   });
   return r;
 }
@@ -431,13 +546,18 @@ ResidualNormGrad residual_rms_norm_backward(const at::Tensor& dy_in, const at::T
   ResidualNormGrad g{at::empty_like(h), grad_delta ? at::empty_like(dy) : at::Tensor(), at::zeros_like(weight)};
   const int64_t rows = d == 0 ? 0 : h.numel() / d;
   if (rows == 0) return g;
+  constexpr int V = kWide<float>;
+  const bool wide = launch.wide && d % V == 0 && aligned(V, {dy, dy32, dsum, h, weight, g.x, g.delta});
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, dy.scalar_type(), "gqe_residual_rms_norm_backward", [&] {
-    const at::Tensor partials = launch(
-        ResidualNormBackward<scalar_t>{dy.const_data_ptr<scalar_t>(), data_or_null<float>(dy32), data_or_null<float>(dsum),
-                                       h.const_data_ptr<float>(), weight.const_data_ptr<float>(), rstd.const_data_ptr<float>(),
-                                       g.x.data_ptr<float>(), mutable_data_or_null<scalar_t>(g.delta), d},
-        rows, d, /*accumulate=*/true);
-    g.weight = partials.sum(0);
+    with_width<V>(wide, [&](auto width) {
+      const at::Tensor partials = launch(
+          ResidualNormBackward<scalar_t, decltype(width)::value>{
+              dy.const_data_ptr<scalar_t>(), data_or_null<float>(dy32), data_or_null<float>(dsum), h.const_data_ptr<float>(),
+              weight.const_data_ptr<float>(), rstd.const_data_ptr<float>(), g.x.data_ptr<float>(),
+              mutable_data_or_null<scalar_t>(g.delta), d},
+          rows, d, /*accumulate=*/true);
+      g.weight = partials.sum(0);
+    });
   });
   return g;
 }
