@@ -7,6 +7,8 @@
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 
+#include "model/vector_access.h"
+
 namespace gqe {
 namespace {
 
@@ -23,20 +25,34 @@ __device__ MaxSum merge(MaxSum a, MaxSum b) {
   return {m, a.sum * expf(a.max - m) + b.sum * expf(b.max - m)};
 }
 
+// Adds one logit with one exponential (merge takes two). A NaN poisons the sum, as it must (the
+// step is then skipped); a -inf adds nothing.
+__device__ void add(MaxSum& a, float x) {
+  if (x > a.max) {
+    a.sum = a.sum * expf(a.max - x) + 1.f;
+    a.max = x;
+  } else if (x != -INFINITY) {
+    a.sum += expf(x - a.max);
+  }
+}
+
 __device__ MaxSum warp_merge(MaxSum v) {
   for (int offset = 16; offset > 0; offset /= 2)
     v = merge(v, {__shfl_xor_sync(0xffffffffu, v.max, offset), __shfl_xor_sync(0xffffffffu, v.sum, offset)});
   return v;
 }
 
-// One block per row.
-template <class T>
+// One block per row; each thread reads V logits at a time (vector_access.h).
+template <class T, int V>
 __global__ void cross_entropy_rows(const T* __restrict__ logits, const int64_t* __restrict__ targets, int64_t vocab,
                                    float* __restrict__ lse, float* __restrict__ loss) {
   const int64_t row = blockIdx.x;
   const T* z = logits + row * vocab;
   MaxSum acc{-INFINITY, 0.f};
-  for (int64_t j = threadIdx.x; j < vocab; j += blockDim.x) acc = merge(acc, {static_cast<float>(z[j]), 1.f});
+  for (int64_t j = threadIdx.x * V; j < vocab; j += static_cast<int64_t>(blockDim.x) * V) {
+    const kernels::Pack<T, V> x = kernels::load<V>(z + j);
+    for (int k = 0; k < V; ++k) add(acc, static_cast<float>(x.v[k]));
+  }
   acc = warp_merge(acc);
   __shared__ MaxSum partial[kThreads / 32];
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
@@ -51,7 +67,7 @@ __global__ void cross_entropy_rows(const T* __restrict__ logits, const int64_t* 
   }
 }
 
-template <class T>
+template <class T, int V>
 __global__ void cross_entropy_grad(const T* __restrict__ logits, const int64_t* __restrict__ targets,
                                    const float* __restrict__ lse, const float* __restrict__ grad_loss, float inv_rows,
                                    int64_t vocab, T* __restrict__ grad) {
@@ -60,8 +76,13 @@ __global__ void cross_entropy_grad(const T* __restrict__ logits, const int64_t* 
   const int64_t target = targets[row];
   const T* z = logits + row * vocab;
   T* g = grad + row * vocab;
-  for (int64_t j = threadIdx.x; j < vocab; j += blockDim.x)
-    g[j] = static_cast<T>((expf(static_cast<float>(z[j]) - l) - (j == target ? 1.f : 0.f)) * scale);
+  for (int64_t j = threadIdx.x * V; j < vocab; j += static_cast<int64_t>(blockDim.x) * V) {
+    const kernels::Pack<T, V> x = kernels::load<V>(z + j);
+    kernels::Pack<T, V> out;
+    for (int k = 0; k < V; ++k)
+      out.v[k] = static_cast<T>((expf(static_cast<float>(x.v[k]) - l) - (j + k == target ? 1.f : 0.f)) * scale);
+    kernels::store<V>(g + j, out);
+  }
 }
 
 }  // namespace
@@ -73,9 +94,12 @@ CrossEntropyRows cross_entropy_rows_cuda(const at::Tensor& logits, const at::Ten
   if (rows == 0) return out;
   const at::Tensor t = targets.contiguous();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, logits.scalar_type(), "gqe_cross_entropy_rows", [&] {
-    cross_entropy_rows<scalar_t><<<rows, kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
-        logits.const_data_ptr<scalar_t>(), t.const_data_ptr<int64_t>(), vocab, out.lse.data_ptr<float>(),
-        out.loss.data_ptr<float>());
+    constexpr int V = kernels::kWide<scalar_t>;
+    kernels::with_width<V>(vocab % V == 0 && kernels::aligned(V, {logits}), [&](auto width) {
+      cross_entropy_rows<scalar_t, decltype(width)::value><<<rows, kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
+          logits.const_data_ptr<scalar_t>(), t.const_data_ptr<int64_t>(), vocab, out.lse.data_ptr<float>(),
+          out.loss.data_ptr<float>());
+    });
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return out;
@@ -89,9 +113,12 @@ at::Tensor cross_entropy_backward_cuda(const at::Tensor& logits, const at::Tenso
   if (rows == 0) return grad;
   const at::Tensor t = targets.contiguous(), g = grad_loss.to(at::kFloat).contiguous();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, logits.scalar_type(), "gqe_cross_entropy_grad", [&] {
-    cross_entropy_grad<scalar_t><<<rows, kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
-        logits.const_data_ptr<scalar_t>(), t.const_data_ptr<int64_t>(), lse.const_data_ptr<float>(),
-        g.const_data_ptr<float>(), 1.f / static_cast<float>(rows), vocab, grad.data_ptr<scalar_t>());
+    constexpr int V = kernels::kWide<scalar_t>;
+    kernels::with_width<V>(vocab % V == 0 && kernels::aligned(V, {logits, grad}), [&](auto width) {
+      cross_entropy_grad<scalar_t, decltype(width)::value><<<rows, kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
+          logits.const_data_ptr<scalar_t>(), t.const_data_ptr<int64_t>(), lse.const_data_ptr<float>(),
+          g.const_data_ptr<float>(), 1.f / static_cast<float>(rows), vocab, grad.data_ptr<scalar_t>());
+    });
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return grad;

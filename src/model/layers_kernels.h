@@ -9,8 +9,6 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
-#include <initializer_list>
-#include <type_traits>
 #include <utility>
 
 #include <ATen/Dispatch.h>
@@ -23,11 +21,7 @@
 #include <ATen/ops/zeros_like.h>
 #include <c10/util/Exception.h>
 
-#ifdef __CUDACC__
-#define GQE_HOST_DEVICE __host__ __device__
-#else
-#define GQE_HOST_DEVICE
-#endif
+#include "model/vector_access.h"
 
 namespace gqe::kernels {
 
@@ -43,43 +37,6 @@ T* mutable_data_or_null(const at::Tensor& t) {
 }
 // t itself where its last dim is contiguous (any strides elsewhere), else a contiguous copy.
 inline at::Tensor last_dim_contiguous(const at::Tensor& t) { return t.stride(-1) == 1 ? t : t.contiguous(); }
-
-// V consecutive elements read or written as one access. A GPU moves at most 16 bytes per load
-// instruction, and one bf16 per thread left the elementwise kernels at a quarter of the H200's
-// bandwidth, so the bodies below take V elements per index (per lane step, for the row kernels)
-// where the driver has found every pointer aligned to V elements and every length and stride a
-// multiple of V; else V = 1. The arithmetic per element is the same either way.
-template <class T, int V>
-struct alignas(sizeof(T) * V) Pack {
-  T v[V];
-};
-template <int V, class T>
-GQE_HOST_DEVICE Pack<T, V> load(const T* p) {
-  return *reinterpret_cast<const Pack<T, V>*>(p);
-}
-template <int V, class T>
-GQE_HOST_DEVICE void store(T* p, const Pack<T, V>& x) {
-  *reinterpret_cast<Pack<T, V>*>(p) = x;
-}
-// 16 bytes of T.
-template <class T>
-constexpr int kWide = 16 / sizeof(T) > 0 ? static_cast<int>(16 / sizeof(T)) : 1;
-
-// Whether every defined tensor's data starts on a multiple of `elements` of its own element size.
-inline bool aligned(int64_t elements, std::initializer_list<at::Tensor> tensors) {
-  return std::all_of(tensors.begin(), tensors.end(), [&](const at::Tensor& t) {
-    return !t.defined() || reinterpret_cast<uintptr_t>(t.const_data_ptr()) % (elements * t.element_size()) == 0;
-  });
-}
-
-// Runs body(std::integral_constant<int, V>) where wide holds, else body with V = 1.
-template <int V, class Body>
-void with_width(bool wide, Body&& body) {
-  if (wide)
-    body(std::integral_constant<int, V>{});
-  else
-    body(std::integral_constant<int, 1>{});
-}
 
 // y = x cos + sign swap_halves(x) signed_sin for pairs p V .. p V + V - 1 of a row, pair i covering
 // columns i and i + D/2 (both outputs need both inputs). x and y are [N0, N1, T, D] with their own
