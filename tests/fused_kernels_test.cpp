@@ -4,6 +4,8 @@
 // every kernel must pass).
 #include <gtest/gtest.h>
 
+#include <algorithm>
+
 #include <ATen/ATen.h>
 #include <torch/cuda.h>
 
@@ -36,6 +38,28 @@ TEST_F(FusedKernelSwitch, AKernelThatDisagreesFallsBackAloneWithOneWarning) {
   ASSERT_EQ(warnings.size(), 1u);
   EXPECT_EQ(warnings[0], "the fused RoPE kernel disagrees with ATen on this GPU (largest relative difference 0.001, tolerance 1e-04); "
                          "ATen serves it for this run (train.fused_kernels: off turns all of them off)");
+}
+
+// The standard checks run each kernel in fp32, then in bf16 with a tolerance of its own: a kernel
+// that failed once stays off (its later check is not even run), and each check is held to its own
+// tolerance.
+TEST_F(FusedKernelSwitch, EachCheckHasItsToleranceAndAFailedKernelIsNotCheckedAgain) {
+  const at::Tensor x = at::linspace(-1, 1, 100);
+  int later_rope_runs = 0;
+  std::vector<KernelCheck> checks{
+      {FusedKernel::rope, [&] { return std::vector<at::Tensor>{fused_enabled(FusedKernel::rope) ? x + 1e-3 : x}; }, 1e-4},
+      {FusedKernel::rope, [&] { ++later_rope_runs; return std::vector<at::Tensor>{x}; }, 1e-2},
+      {FusedKernel::swiglu, [&] { return std::vector<at::Tensor>{fused_enabled(FusedKernel::swiglu) ? x + 1e-3 : x}; }, 1e-2},
+      {FusedKernel::swiglu, [&] { return std::vector<at::Tensor>{fused_enabled(FusedKernel::swiglu) ? x + 1e-3 : x}; }, 1e-4}};
+  std::vector<std::string> warnings;
+  // The caller's tolerance (0.5) is no check's: each has its own.
+  const auto disabled = check_fused_kernels(checks, 0.5, [&](const std::string& w) { warnings.push_back(w); });
+  EXPECT_EQ(disabled, (std::vector<FusedKernel>{FusedKernel::rope, FusedKernel::swiglu}));
+  EXPECT_EQ(later_rope_runs, 0);
+  EXPECT_FALSE(fused_enabled(FusedKernel::rope));
+  EXPECT_FALSE(fused_enabled(FusedKernel::swiglu));
+  ASSERT_EQ(warnings.size(), 2u);
+  EXPECT_NE(warnings[1].find("largest relative difference 0.001, tolerance 1e-04"), std::string::npos) << warnings[1];
 }
 
 TEST_F(FusedKernelSwitch, NonFiniteOrMissingOutputsAreDisagreements) {
@@ -101,14 +125,24 @@ TEST_F(FusedKernelSwitch, OnAndOffSetEveryKernelWithoutChecking) {
   for (FusedKernel k : kFusedKernels) EXPECT_TRUE(fused_enabled(k)) << fused_kernel_name(k);
 }
 
-// Every kernel's check runs its op forward and backward; on the CPU both sides take the same path.
-TEST_F(FusedKernelSwitch, StandardChecksRunEveryOpAndAgreeOnTheCpu) {
+// Every kernel's check runs its op forward and backward, in fp32 and then under bf16 autocast; on
+// the CPU both sides take the same path.
+TEST_F(FusedKernelSwitch, StandardChecksRunEveryOpInBothPrecisionsAndAgreeOnTheCpu) {
   const auto checks = standard_kernel_checks(at::kCPU);
-  ASSERT_EQ(checks.size(), std::size(kFusedKernels));
+  ASSERT_EQ(checks.size(), 2 * std::size(kFusedKernels));
   std::vector<std::string> warnings;
   EXPECT_TRUE(check_fused_kernels(checks, 0.0, [&](const std::string& w) { warnings.push_back(w); }).empty());
   EXPECT_TRUE(warnings.empty()) << warnings.front();
-  for (const KernelCheck& c : checks) EXPECT_GE(c.run().size(), 2u) << fused_kernel_name(c.kernel);  // outputs and gradients
+  for (size_t i = 0; i < checks.size(); ++i) {
+    const bool bf16 = i >= std::size(kFusedKernels);
+    SCOPED_TRACE(std::string(fused_kernel_name(checks[i].kernel)) + (bf16 ? " bf16" : " fp32"));
+    EXPECT_EQ(checks[i].kernel, kFusedKernels[i % std::size(kFusedKernels)]);
+    const std::vector<at::Tensor> out = checks[i].run();
+    EXPECT_GE(out.size(), 2u);  // outputs and gradients
+    const bool any_bf16 = std::any_of(out.begin(), out.end(), [](const at::Tensor& t) { return t.scalar_type() == at::kBFloat16; });
+    EXPECT_EQ(any_bf16, bf16) << "the bf16 checks run the kernels on bf16 tensors, the others on fp32 only";
+    EXPECT_EQ(checks[i].tolerance > 0, bf16);
+  }
 }
 
 TEST_F(FusedKernelSwitch, CudaKernelsPassTheirFirstContactCheck) {

@@ -29,16 +29,19 @@ void set_fused_enabled(FusedKernel kernel, bool enabled);
 struct KernelCheck {
   FusedKernel kernel;
   std::function<std::vector<at::Tensor>()> run;
+  double tolerance = 0;  // the largest relative difference allowed; 0: check_fused_kernels' own
 };
 
 // Runs each check with its kernel on, then off; where the largest difference, relative to the
-// largest ATen value, exceeds `tolerance`, disables the kernel and calls `warn` once with a line
-// naming it. Returns the kernels disabled.
+// largest ATen value, exceeds the check's tolerance (or else `tolerance`), disables the kernel and
+// calls `warn` once with a line naming it; a kernel's later checks are then skipped. Returns the
+// kernels disabled.
 std::vector<FusedKernel> check_fused_kernels(const std::vector<KernelCheck>& checks, double tolerance,
                                              const std::function<void(const std::string&)>& warn);
 
-// The checks of every kernel on `device`, on small random fp32 inputs (and bf16 where the
-// kernel reads it).
+// The checks of every kernel on `device`, on small random inputs: in fp32, then under bf16
+// autocast as training runs them (bf16 takes the kernels' 8-wide loads; its tolerance allows bf16's
+// rounding, not a misplaced element).
 std::vector<KernelCheck> standard_kernel_checks(at::Device device);
 
 // What train.fused_kernels asks of this process on `device`: off disables every kernel; on
