@@ -472,6 +472,50 @@ TEST(GqeSlots, FusedKernelBodiesMatchTheAtenPathInSdpaLayouts) {
                c10::Error);
 }
 
+// GQE's query gather and RoPE in one body, against the ATen path it replaces on a GPU
+// (index_select, RoPE, split), forward and backward; with a shared slot and without.
+TEST(GqeQueries, FusedKernelBodiesMatchTheAtenPathAtEitherWidth) {
+  torch::manual_seed(19);
+  const int64_t B = 2, T = 5, H = 5, D = 16;
+  const RotaryTables tables = rotary_tables(2, T, D, 1e4, at::kCPU);
+  for (at::ScalarType dtype : {at::kFloat, at::kBFloat16})
+    for (bool aligned : {true, false})
+      for (int64_t shared : {1, 0}) {
+        SCOPED_TRACE(std::string(c10::toString(dtype)) + (aligned ? " aligned" : " misaligned") +
+                     (shared ? " with a shared slot" : " routed only"));
+        const int64_t routed = 3, S = routed + shared;
+        const double tol = dtype == at::kFloat ? 1e-6 : 1e-2;
+        const int wide = dtype == at::kFloat ? 4 : 8;
+        const at::Tensor rows0 = at::randn({B * T * H, D}).to(dtype);
+        const at::Tensor rows = (aligned ? rows0 : misaligned(rows0)).requires_grad_();
+        std::vector<at::Tensor> picks;  // S distinct rows of each token's H
+        for (int64_t n = 0; n < B * T; ++n) picks.push_back(at::randperm(H).narrow(0, 0, S) + n * H);
+        const at::Tensor index = at::stack(picks).view(-1);
+        const at::Tensor y = apply_rotary(rows.index_select(0, index).view({B, T, S, D}).transpose(1, 2), tables);
+        const RecordingLaunch launch;
+        const kernels::GqeQueries got =
+            kernels::gqe_queries(rows.detach(), index, tables.cos, tables.signed_sin, B, T, routed, launch);
+        EXPECT_EQ(*launch.width, aligned ? wide : 1);
+        EXPECT_EQ(got.routed.sizes(), (std::vector<int64_t>{B, routed, T, D}));
+        EXPECT_EQ(got.routed.stride(2), routed * D) << "token-major, as attention reads queries";
+        expect_close(got.routed.to(at::kFloat), y.narrow(1, 0, routed).detach().to(at::kFloat), "routed", tol);
+        ASSERT_EQ(got.shared.defined(), shared > 0);
+        if (shared) expect_close(got.shared.to(at::kFloat), y.narrow(1, routed, 1).detach().to(at::kFloat), "shared", tol);
+        // Backward, the gradients in two layouts attention's backward may give: token-major, head-major.
+        const at::Tensor g_routed = at::randn({B, T, routed, D}).to(dtype).transpose(1, 2);
+        const at::Tensor g_shared = shared ? at::randn({B, 1, T, D}).to(dtype) : at::Tensor();
+        const at::Tensor want =
+            torch::autograd::grad({y}, {rows}, {shared ? at::cat({g_routed, g_shared}, 1) : g_routed})[0];
+        const at::Tensor d_rows =
+            kernels::gqe_queries_backward(g_routed, g_shared, index, tables.cos, tables.signed_sin, B * T * H, launch);
+        EXPECT_EQ(*launch.width, wide);
+        expect_close(d_rows.to(at::kFloat), want.to(at::kFloat), "d rows (zeros where no slot reads)", tol);
+        EXPECT_TRUE(d_rows.equal(
+            kernels::gqe_queries_backward(g_routed, g_shared, index, tables.cos, tables.signed_sin, B * T * H, kernels::HostLaunch{})))
+            << "the same numbers at either width";
+      }
+}
+
 // The unfused computation add_and_norm replaces: (x + delta, RMSNorm(x + delta) cast to out).
 std::pair<at::Tensor, at::Tensor> add_and_norm_by_aten(const at::Tensor& x, const at::Tensor& delta, const at::Tensor& w,
                                                        at::ScalarType out) {

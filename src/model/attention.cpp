@@ -46,6 +46,31 @@ class SelectDistinctRows : public torch::autograd::Function<SelectDistinctRows> 
 };
 
 #ifdef GQE_CUDA_KERNELS
+// GQE's selected queries on a GPU: the gather from the query projection's rows and RoPE in one
+// kernel each way (kernels::gqe_queries), written as attention reads them, routed and shared apart.
+// ATen takes an index_select, RoPE over the gathered rows and the split's views forward, and back
+// a concatenation, RoPE's adjoint, zeros and an index_copy.
+class RoutedQueries : public torch::autograd::Function<RoutedQueries> {
+ public:
+  static torch::autograd::variable_list forward(torch::autograd::AutogradContext* ctx, const at::Tensor& rows,
+                                                const at::Tensor& index, const RotaryTables& rope, int64_t B, int64_t T,
+                                                int64_t routed) {
+    ctx->save_for_backward({index, rope.cos, rope.signed_sin});
+    ctx->saved_data["rows"] = rows.size(0);
+    const kernels::GqeQueries q = gqe_queries_cuda(rows, index, rope.cos, rope.signed_sin, B, T, routed);
+    ctx->saved_data["shared"] = q.shared.defined() ? q.shared.size(1) : 0;
+    return {q.routed, q.shared.defined() ? q.shared : at::empty({B, 0, T, rows.size(1)}, rows.options())};
+  }
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx, torch::autograd::variable_list g) {
+    const auto saved = ctx->get_saved_variables();
+    const int64_t shared = ctx->saved_data["shared"].toInt();
+    const at::Tensor g_shared =
+        shared == 0 ? at::Tensor() : g[1].defined() ? g[1] : at::zeros({g[0].size(0), shared, g[0].size(2), g[0].size(3)}, g[0].options());
+    const at::Tensor d_rows = gqe_queries_backward_cuda(g[0], g_shared, saved[0], saved[1], saved[2], ctx->saved_data["rows"].toInt());
+    return {d_rows, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
+  }
+};
+
 // The GQE variant's o_proj input [B, T, (S + 2) dh] from the S routed heads' outputs o [B, S, T, dh],
 // their weights w [B, T, S] and the shared head's output [B, 1, T, dh], by one kernel each way on
 // a GPU (kernels::gqe_slots). ATen takes a copy of o to the token-major layout, a product and a
@@ -141,9 +166,15 @@ at::Tensor AttentionImpl::routed_slots(const at::Tensor& x, const at::Tensor& xc
                       r.topi.reshape({B * T, G, K}))
                          .view({B * T, G * K});
   if (has_shared) index = at::cat({index, at::arange(N, B * T * H, H, opts).view({B * T, 1})}, 1);
-  const at::Tensor picked = SelectDistinctRows::apply(rows, index.view(-1)).view({B, T, S, head_dim_}).transpose(1, 2);
-  // Split, not narrowed: one concatenation in the backward pass.
-  const std::vector<at::Tensor> q = apply_rotary(picked, rope).split_with_sizes({G * K, S - G * K}, 1);
+  std::vector<at::Tensor> q;
+#ifdef GQE_CUDA_KERNELS
+  if (rows.is_cuda() && fused_enabled(FusedKernel::gqe_queries)) q = RoutedQueries::apply(rows, index.view(-1), rope, B, T, G * K);
+#endif
+  if (q.empty()) {
+    const at::Tensor picked = SelectDistinctRows::apply(rows, index.view(-1)).view({B, T, S, head_dim_}).transpose(1, 2);
+    // Split, not narrowed: one concatenation in the backward pass.
+    q = apply_rotary(picked, rope).split_with_sizes({G * K, S - G * K}, 1);
+  }
   const at::Tensor o = causal_attention(q[0], k, v);  // [B, G*K, T, dh]
   if (attn_.variant == GqeVariant::gqe) {
     // Weights renormalised across all groups (within a group, k = 1 would make them all 1 and cut

@@ -18,7 +18,7 @@
 namespace gqe {
 namespace {
 
-std::array<std::atomic<bool>, std::size(kFusedKernels)> g_enabled{true, true, true, true, true};
+std::array<std::atomic<bool>, std::size(kFusedKernels)> g_enabled{true, true, true, true, true, true};
 
 std::atomic<bool>& flag(FusedKernel kernel) { return g_enabled[static_cast<size_t>(kernel)]; }
 
@@ -55,6 +55,7 @@ const char* fused_kernel_name(FusedKernel kernel) {
     case FusedKernel::swiglu: return "SwiGLU";
     case FusedKernel::add_rmsnorm: return "residual-add + RMSNorm";
     case FusedKernel::gqe_slots: return "GQE output slots";
+    case FusedKernel::gqe_queries: return "GQE query gather";
   }
   return "?";
 }
@@ -147,7 +148,9 @@ std::vector<KernelCheck> standard_kernel_checks(at::Device device) {
       const NormedSum r = norm->add_and_norm(x, delta);
       return with_grads({r.sum, r.normed}, {x, delta, norm->weight});
     });
-    add(FusedKernel::gqe_slots, [device] {
+    // Both GQE kernels through the attention layer (routing, gather, attention, slots); each check
+    // switches its own kernel alone.
+    auto gqe_attention = [device] {
       at::manual_seed(5);
       ModelConfig c;
       c.d_model = 64, c.n_heads = 4, c.n_kv_heads = 2, c.head_dim = 16;
@@ -159,7 +162,9 @@ std::vector<KernelCheck> standard_kernel_checks(at::Device device) {
       attention->eval();
       const at::Tensor x = leaf({2, 8, 64}, device);
       return with_grads({attention(x, rotary_tables(0, 8, 16, 10000, device)).y}, {x});
-    });
+    };
+    add(FusedKernel::gqe_slots, gqe_attention);
+    add(FusedKernel::gqe_queries, gqe_attention);
   }
   return checks;
 }

@@ -1,5 +1,5 @@
-// Our fused CUDA kernels (the loss, RoPE, SwiGLU, residual-add + RMSNorm, GQE's output slots) and
-// the switch that falls back to ATen for each (docs/performance.md). With train.fused_kernels: auto
+// Our fused CUDA kernels (the loss, RoPE, SwiGLU, residual-add + RMSNorm, GQE's output slots and
+// query gather) and the switch that falls back to ATen for each (docs/performance.md). With train.fused_kernels: auto
 // a process checks every kernel against its ATen path on its first GPU use (small random inputs,
 // forward and backward, well under a second): one that disagrees prints one warning naming it and
 // the error, and ATen serves it for the rest of the run. `on` skips the check; `off` uses ATen.
@@ -15,9 +15,9 @@
 
 namespace gqe {
 
-enum class FusedKernel { cross_entropy, rope, swiglu, add_rmsnorm, gqe_slots };
-constexpr FusedKernel kFusedKernels[] = {FusedKernel::cross_entropy, FusedKernel::rope, FusedKernel::swiglu,
-                                         FusedKernel::add_rmsnorm, FusedKernel::gqe_slots};
+enum class FusedKernel { cross_entropy, rope, swiglu, add_rmsnorm, gqe_slots, gqe_queries };
+constexpr FusedKernel kFusedKernels[] = {FusedKernel::cross_entropy, FusedKernel::rope,      FusedKernel::swiglu,
+                                         FusedKernel::add_rmsnorm,   FusedKernel::gqe_slots, FusedKernel::gqe_queries};
 const char* fused_kernel_name(FusedKernel kernel);
 
 // Whether the dispatch sites use the kernel on a GPU (all true until configured).

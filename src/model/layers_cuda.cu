@@ -100,6 +100,18 @@ kernels::ResidualNormGrad residual_rms_norm_backward_cuda(const at::Tensor& dy, 
   return kernels::residual_rms_norm_backward(dy, dy32, dsum, h, weight, rstd, grad_delta, CudaRows{});
 }
 
+kernels::GqeQueries gqe_queries_cuda(const at::Tensor& rows, const at::Tensor& index, const at::Tensor& cos,
+                                     const at::Tensor& signed_sin, int64_t B, int64_t T, int64_t routed) {
+  const c10::cuda::CUDAGuard guard(rows.device());
+  return kernels::gqe_queries(rows, index, cos, signed_sin, B, T, routed, CudaLaunch{});
+}
+
+at::Tensor gqe_queries_backward_cuda(const at::Tensor& g_routed, const at::Tensor& g_shared, const at::Tensor& index,
+                                     const at::Tensor& cos, const at::Tensor& signed_sin, int64_t rows) {
+  const c10::cuda::CUDAGuard guard(g_routed.device());
+  return kernels::gqe_queries_backward(g_routed, g_shared, index, cos, signed_sin, rows, CudaLaunch{});
+}
+
 at::Tensor gqe_slots_cuda(const at::Tensor& o, const at::Tensor& shared, const at::Tensor& w) {
   const c10::cuda::CUDAGuard guard(o.device());
   return kernels::gqe_slots(o, shared, w, CudaLaunch{});

@@ -31,6 +31,13 @@ kernels::ResidualNormGrad residual_rms_norm_backward_cuda(const at::Tensor& dy, 
                                                           const at::Tensor& h, const at::Tensor& weight, const at::Tensor& rstd,
                                                           bool grad_delta);
 
+// GQE's selected queries, gathered from the query projection's rows and rotated in one pass, and
+// the gradient of the rows (kernels::gqe_queries).
+kernels::GqeQueries gqe_queries_cuda(const at::Tensor& rows, const at::Tensor& index, const at::Tensor& cos,
+                                     const at::Tensor& signed_sin, int64_t B, int64_t T, int64_t routed);
+at::Tensor gqe_queries_backward_cuda(const at::Tensor& g_routed, const at::Tensor& g_shared, const at::Tensor& index,
+                                     const at::Tensor& cos, const at::Tensor& signed_sin, int64_t rows);
+
 // The GQE variant's o_proj input from the routed and shared heads' outputs, and its backward
 // (kernels::gqe_slots).
 at::Tensor gqe_slots_cuda(const at::Tensor& o, const at::Tensor& shared, const at::Tensor& w);

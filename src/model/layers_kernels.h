@@ -7,6 +7,7 @@
 #pragma once
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <cstdint>
 #include <utility>
@@ -38,6 +39,22 @@ T* mutable_data_or_null(const at::Tensor& t) {
 // t itself where its last dim is contiguous (any strides elsewhere), else a contiguous copy.
 inline at::Tensor last_dim_contiguous(const at::Tensor& t) { return t.stride(-1) == 1 ? t : t.contiguous(); }
 
+// Pairs i .. i + V - 1 of one row of D = 2 half values: dst = src cos + sign swap_halves(src)
+// signed_sin, pair i covering columns i and i + half; c and s are the row's position's tables.
+template <int V, class T>
+GQE_HOST_DEVICE void rotate_pairs(const T* src, T* dst, const float* c, const float* s, int64_t i, int64_t half, float sign) {
+  const Pack<T, V> lo = load<V>(src + i), hi = load<V>(src + i + half);
+  const Pack<float, V> c_lo = load<V>(c + i), c_hi = load<V>(c + i + half), s_lo = load<V>(s + i), s_hi = load<V>(s + i + half);
+  Pack<T, V> y_lo, y_hi;
+  for (int k = 0; k < V; ++k) {
+    const float l = static_cast<float>(lo.v[k]), h = static_cast<float>(hi.v[k]);
+    y_lo.v[k] = static_cast<T>(l * c_lo.v[k] + sign * h * s_lo.v[k]);
+    y_hi.v[k] = static_cast<T>(h * c_hi.v[k] + sign * l * s_hi.v[k]);
+  }
+  store<V>(dst + i, y_lo);
+  store<V>(dst + i + half, y_hi);
+}
+
 // y = x cos + sign swap_halves(x) signed_sin for pairs p V .. p V + V - 1 of a row, pair i covering
 // columns i and i + D/2 (both outputs need both inputs). x and y are [N0, N1, T, D] with their own
 // strides for the first three dims and a contiguous last dim; the tables are [T, D] fp32.
@@ -55,21 +72,42 @@ struct RotaryPairs {
   GQE_HOST_DEVICE void operator()(int64_t p) const {
     const int64_t chunks = half / V, i = p % chunks * V, row = p / chunks;
     const int64_t t = row % len, r = row / len, a = r / n1, b = r % n1;
-    const T* xr = x + a * x_stride[0] + b * x_stride[1] + t * x_stride[2];
-    T* yr = y + a * y_stride[0] + b * y_stride[1] + t * y_stride[2];
-    const float* c = cos + t * 2 * half;
-    const float* s = signed_sin + t * 2 * half;
-    const Pack<T, V> lo = load<V>(xr + i), hi = load<V>(xr + i + half);
-    const Pack<float, V> c_lo = load<V>(c + i), c_hi = load<V>(c + i + half), s_lo = load<V>(s + i),
-                         s_hi = load<V>(s + i + half);
-    Pack<T, V> y_lo, y_hi;
-    for (int k = 0; k < V; ++k) {
-      const float l = static_cast<float>(lo.v[k]), h = static_cast<float>(hi.v[k]);
-      y_lo.v[k] = static_cast<T>(l * c_lo.v[k] + sign * h * s_lo.v[k]);
-      y_hi.v[k] = static_cast<T>(h * c_hi.v[k] + sign * l * s_hi.v[k]);
-    }
-    store<V>(yr + i, y_lo);
-    store<V>(yr + i + half, y_hi);
+    rotate_pairs<V>(x + a * x_stride[0] + b * x_stride[1] + t * x_stride[2], y + a * y_stride[0] + b * y_stride[1] + t * y_stride[2],
+                    cos + t * 2 * half, signed_sin + t * 2 * half, i, half, sign);
+  }
+};
+
+// GQE's queries: token n = b T + t's slot s (of S; the first S0 routed, the rest the shared head)
+// is row index[n S + s] of rows [R, D] (the query projection's output, one row per token and head),
+// rotated for position t. Forward (sign +1) writes it to q0 [B, T, S0, D] or q1 [B, T, S - S0, D];
+// backward (sign -1) reads the gradients g0 and g1 ([B, S0 or S - S0, T, D], any strides with a
+// contiguous last dim) and writes the rotated gradient to row index[n S + s] of d_rows.
+template <class T, int V = 1>
+struct GqeQueryPairs {
+  static constexpr int width = V;
+  const T* rows;  // forward: the gather's source; backward: null
+  T* d_rows;      // backward: the scatter's target; forward: null
+  T* q[2];        // forward's outputs (q[1] null without a shared head)
+  const T* g[2];  // backward's inputs
+  int64_t g_stride[2][3];
+  const int64_t* index;
+  const float* cos;
+  const float* signed_sin;
+  int64_t len, slots, routed, half;
+
+  GQE_HOST_DEVICE void operator()(int64_t e) const {
+    const int64_t chunks = half / V, i = e % chunks * V, r = e / chunks, s = r % slots, n = r / slots, t = n % len,
+                  b = n / len;
+    const int part = s < routed ? 0 : 1;
+    const int64_t width_of_part = part == 0 ? routed : slots - routed, slot = s - part * routed, D = 2 * half;
+    const int64_t row = index[n * slots + s];
+    const float* c = cos + t * D;
+    const float* sn = signed_sin + t * D;
+    if (rows)
+      rotate_pairs<V>(rows + row * D, q[part] + (n * width_of_part + slot) * D, c, sn, i, half, 1.f);
+    else
+      rotate_pairs<V>(g[part] + b * g_stride[part][0] + slot * g_stride[part][1] + t * g_stride[part][2], d_rows + row * D, c,
+                      sn, i, half, -1.f);
   }
 };
 
@@ -220,6 +258,75 @@ at::Tensor rotary(const at::Tensor& x_in, const at::Tensor& cos, const at::Tenso
     });
   });
   return y;
+}
+
+struct GqeQueries {
+  at::Tensor routed;  // [B, S0, T, D], a transposed [B, T, S0, D] (attention's layout)
+  at::Tensor shared;  // [B, S - S0, T, D] likewise; undefined when S = S0
+};
+
+// rows [B T H, D] and index [B T S] (rows distinct per token) -> the selected rows rotated, split
+// into the first S0 slots and the rest (GqeQueryPairs).
+template <class Launch>
+GqeQueries gqe_queries(const at::Tensor& rows_in, const at::Tensor& index_in, const at::Tensor& cos, const at::Tensor& signed_sin,
+                       int64_t B, int64_t T, int64_t routed, Launch&& launch) {
+  const at::Tensor rows = rows_in.contiguous(), index = index_in.contiguous();
+  const int64_t D = rows.size(1), S = index.numel() / std::max<int64_t>(B * T, 1);
+  TORCH_CHECK(rows.dim() == 2 && D % 2 == 0 && index.scalar_type() == at::kLong && index.numel() == B * T * S && routed <= S &&
+                  cos.scalar_type() == at::kFloat && signed_sin.scalar_type() == at::kFloat && cos.is_contiguous() &&
+                  signed_sin.is_contiguous() && cos.sizes() == signed_sin.sizes() && cos.dim() == 2 && cos.size(0) == T &&
+                  cos.size(1) == D,
+              "gqe_queries: rows [R, D], a long index [B T S] and fp32 tables [T, D] expected");
+  GqeQueries q{at::empty({B, T, routed, D}, rows.options()).transpose(1, 2),
+               S > routed ? at::empty({B, T, S - routed, D}, rows.options()).transpose(1, 2) : at::Tensor()};
+  if (index.numel() == 0 || D == 0) return q;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, rows.scalar_type(), "gqe_queries", [&] {
+    constexpr int V = kWide<scalar_t>;
+    with_width<V>(launch.wide && (D / 2) % V == 0 && aligned(V, {rows, q.routed, q.shared, cos, signed_sin}), [&](auto width) {
+      constexpr int W = decltype(width)::value;
+      launch(GqeQueryPairs<scalar_t, W>{rows.const_data_ptr<scalar_t>(), nullptr,
+                                        {q.routed.data_ptr<scalar_t>(), mutable_data_or_null<scalar_t>(q.shared)}, {nullptr, nullptr},
+                                        {}, index.const_data_ptr<int64_t>(), cos.const_data_ptr<float>(),
+                                        signed_sin.const_data_ptr<float>(), T, S, routed, D / 2},
+             B * T * S * (D / 2) / W);
+    });
+  });
+  return q;
+}
+
+// The gradient of gqe_queries' rows [R, D] from those of its outputs (g_shared undefined when
+// there is no shared slot); rows no slot selected get zeros.
+template <class Launch>
+at::Tensor gqe_queries_backward(const at::Tensor& g_routed_in, const at::Tensor& g_shared_in, const at::Tensor& index_in,
+                                const at::Tensor& cos, const at::Tensor& signed_sin, int64_t R, Launch&& launch) {
+  const at::Tensor g_routed = last_dim_contiguous(g_routed_in), g_shared = g_shared_in.defined() ? last_dim_contiguous(g_shared_in) : g_shared_in,
+                   index = index_in.contiguous();
+  const int64_t B = g_routed.size(0), routed = g_routed.size(1), T = g_routed.size(2), D = g_routed.size(3);
+  const int64_t S = routed + (g_shared.defined() ? g_shared.size(1) : 0);
+  TORCH_CHECK(index.numel() == B * T * S && (!g_shared.defined() || g_shared.scalar_type() == g_routed.scalar_type()),
+              "gqe_queries_backward: gradients [B, S0, T, D] and [B, S - S0, T, D] of one dtype, and the forward's index, expected");
+  at::Tensor d_rows = at::zeros({R, D}, g_routed.options());
+  if (index.numel() == 0 || D == 0) return d_rows;
+  auto strides = [](const at::Tensor& t) {
+    return std::array<int64_t, 3>{t.defined() ? t.stride(0) : 0, t.defined() ? t.stride(1) : 0, t.defined() ? t.stride(2) : 0};
+  };
+  const std::array<int64_t, 3> s0 = strides(g_routed), s1 = strides(g_shared);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, g_routed.scalar_type(), "gqe_queries_backward", [&] {
+    constexpr int V = kWide<scalar_t>;
+    const bool strides_fit = std::all_of(s0.begin(), s0.end(), [](int64_t st) { return st % V == 0; }) &&
+                             std::all_of(s1.begin(), s1.end(), [](int64_t st) { return st % V == 0; });
+    with_width<V>(launch.wide && (D / 2) % V == 0 && strides_fit && aligned(V, {g_routed, g_shared, d_rows, cos, signed_sin}),
+                  [&](auto width) {
+                    constexpr int W = decltype(width)::value;
+                    launch(GqeQueryPairs<scalar_t, W>{nullptr, d_rows.data_ptr<scalar_t>(), {nullptr, nullptr},
+                                                      {g_routed.const_data_ptr<scalar_t>(), data_or_null<scalar_t>(g_shared)},
+                                                      {{s0[0], s0[1], s0[2]}, {s1[0], s1[1], s1[2]}}, index.const_data_ptr<int64_t>(),
+                                                      cos.const_data_ptr<float>(), signed_sin.const_data_ptr<float>(), T, S, routed,
+                                                      D / 2},
+                           B * T * S * (D / 2) / W);
+                  });
+  });
+  return d_rows;
 }
 
 template <class Launch>
