@@ -2,7 +2,8 @@
 # The GPU numbers of docs/performance.md in one command, on a machine with an NVIDIA GPU:
 #   0. the tests that need a GPU (CI has none);
 #   1. training throughput, MFU and memory of gqa-250m and gqe-250m at seq 2048 (gqe bench train),
-#      also with activation checkpointing, with eager PyTorch (and, with GQE_REPORT_COMPILE=1, torch.compile) on the same step as the bar;
+#      also with activation checkpointing and with our CUDA kernels off, with eager PyTorch (and, with
+#      GQE_REPORT_COMPILE=1, torch.compile) on the same step as the bar;
 #   2. the prefill table, GQA vs GQE, 2k to 128k tokens (gqe bench prefill), and a profile of the 2k prefill;
 #   3. 100 steps of configs/tiny/gqe.yaml on the GPU (bf16) and on the CPU (fp32), compared;
 #   4. data parallel over NCCL, plain and ZeRO-1, with the communication share (one GPU: a group of one);
@@ -80,10 +81,13 @@ run "$gqe" bench train configs/gqe-250m.yaml "${cuda[@]}" --steps 20 --warmup 5 
 say "1a. the same with activation checkpointing (memory against the extra forward)"
 run "$gqe" bench train configs/gqe-250m.yaml "${cuda[@]}" --steps 10 --warmup 3 --set train.activation_checkpointing=true \
   --json "$out/bench_train_checkpointing.json"
-say "1b. the same step in eager PyTorch"
+say "1b. the same step with our CUDA kernels off (ATen's path): what they save, in this run"
+run "$gqe" bench train configs/gqe-250m.yaml "${cuda[@]}" --steps 10 --warmup 3 --set train.fused_kernels=off \
+  --json "$out/bench_train_aten.json"
+say "1c. the same step in eager PyTorch"
 run "$python" scripts/bench_eager_pytorch.py configs/gqe-250m.yaml --device cuda --steps 20 --warmup 5
 if [[ ${GQE_REPORT_COMPILE:-0} == 1 ]]; then
-  say "1c. the same step with torch.compile"
+  say "1d. the same step with torch.compile"
   run "$python" scripts/bench_eager_pytorch.py configs/gqe-250m.yaml --device cuda --steps 20 --warmup 5 --compile
 fi
 
