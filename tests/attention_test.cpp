@@ -442,29 +442,37 @@ at::Tensor gqe_slots_by_aten(const at::Tensor& o, const at::Tensor& shared, cons
   return at::cat({routed, weighted, shared.transpose(1, 2)}, 2).flatten(2);
 }
 
-TEST(GqeSlots, FusedKernelBodiesMatchTheAtenPathInSdpaLayouts) {
+TEST(GqeSlots, FusedKernelBodiesMatchTheAtenPathInSdpaLayoutsAtEitherWidth) {
   torch::manual_seed(18);
   const int64_t B = 2, S = 3, T = 5, dh = 8;
   for (at::ScalarType dtype : {at::kFloat, at::kBFloat16})
-    for (bool token_major : {true, false}) {  // o stored [B, T, S, dh] (as SDPA writes it) or [B, S, T, dh]
-      SCOPED_TRACE(std::string(c10::toString(dtype)) + (token_major ? " token-major" : " head-major"));
-      const double tol = dtype == at::kFloat ? 1e-5 : 2e-2;
-      const at::Tensor o = (token_major ? at::randn({B, T, S, dh}).transpose(1, 2) : at::randn({B, S, T, dh}))
-                               .to(dtype)
-                               .requires_grad_();
-      const at::Tensor shared = at::randn({B, T, 1, dh}).to(dtype).transpose(1, 2).requires_grad_();
-      const at::Tensor w = at::rand({B, T, S}).requires_grad_();
-      const at::Tensor y = gqe_slots_by_aten(o, shared, w);
-      const at::Tensor fused = kernels::gqe_slots(o.detach(), shared.detach(), w.detach(), kernels::HostLaunch{});
-      expect_close(fused.to(at::kFloat), y.detach().to(at::kFloat), "slots", tol);
-      const at::Tensor dy = at::randn(y.sizes()).to(dtype);
-      const auto want = torch::autograd::grad({y}, {o, shared, w}, {dy});
-      const kernels::GqeSlotsGrad got = kernels::gqe_slots_backward(dy, o.detach(), w.detach(), kernels::HostLaunch{});
-      EXPECT_EQ(got.o.strides(), o.strides()) << "d o in o's layout, as SDPA's backward reads it";
-      expect_close(got.o.to(at::kFloat), want[0].to(at::kFloat), "d o", tol);
-      expect_close(got.shared.to(at::kFloat), want[1].to(at::kFloat), "d shared", tol);
-      expect_close(got.w, want[2], "d w", tol);
-    }
+    for (bool token_major : {true, false})  // o stored [B, T, S, dh] (as SDPA writes it) or [B, S, T, dh]
+      for (bool aligned : {true, false}) {
+        SCOPED_TRACE(std::string(c10::toString(dtype)) + (token_major ? " token-major" : " head-major") +
+                     (aligned ? "" : ", misaligned"));
+        const double tol = dtype == at::kFloat ? 1e-5 : 2e-2;
+        const int wide = dtype == at::kFloat ? 4 : 8;
+        const at::Tensor o0 = (token_major ? at::randn({B, T, S, dh}).transpose(1, 2) : at::randn({B, S, T, dh})).to(dtype);
+        const at::Tensor o = (aligned ? o0 : misaligned(o0.contiguous())).requires_grad_();
+        const at::Tensor shared = at::randn({B, T, 1, dh}).to(dtype).transpose(1, 2).requires_grad_();
+        const at::Tensor w = at::rand({B, T, S}).requires_grad_();
+        const at::Tensor y = gqe_slots_by_aten(o, shared, w);
+        const RecordingLaunch launch;
+        const at::Tensor fused = kernels::gqe_slots(o.detach(), shared.detach(), w.detach(), launch);
+        EXPECT_EQ(*launch.width, aligned ? wide : 1);
+        expect_close(fused.to(at::kFloat), y.detach().to(at::kFloat), "slots", tol);
+        EXPECT_TRUE(fused.equal(kernels::gqe_slots(o.detach(), shared.detach(), w.detach(), kernels::HostLaunch{})));
+        const at::Tensor dy = at::randn(y.sizes()).to(dtype);
+        const auto want = torch::autograd::grad({y}, {o, shared, w}, {dy});
+        const kernels::GqeSlotsGrad got = kernels::gqe_slots_backward(dy, o.detach(), w.detach(), launch);
+        EXPECT_EQ(*launch.width, aligned ? wide : 1);
+        EXPECT_EQ(got.o.strides(), o.strides()) << "d o in o's layout, as SDPA's backward reads it";
+        expect_close(got.o.to(at::kFloat), want[0].to(at::kFloat), "d o", tol);
+        expect_close(got.shared.to(at::kFloat), want[1].to(at::kFloat), "d shared", tol);
+        expect_close(got.w, want[2], "d w", tol);
+        const kernels::GqeSlotsGrad narrow = kernels::gqe_slots_backward(dy, o.detach(), w.detach(), kernels::HostLaunch{});
+        EXPECT_TRUE(got.o.equal(narrow.o) && got.w.equal(narrow.w)) << "the same numbers at either width";
+      }
   EXPECT_THROW(kernels::gqe_slots(at::randn({B, S, T, dh}), at::randn({B, 2, T, dh}), at::rand({B, T, S}), kernels::HostLaunch{}),
                c10::Error);  // one shared head
   EXPECT_THROW(kernels::gqe_slots(at::randn({B, S, T, dh}), at::randn({B, 1, T, dh}), at::rand({B, T, S + 1}),

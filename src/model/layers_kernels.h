@@ -38,6 +38,10 @@ T* mutable_data_or_null(const at::Tensor& t) {
 }
 // t itself where its last dim is contiguous (any strides elsewhere), else a contiguous copy.
 inline at::Tensor last_dim_contiguous(const at::Tensor& t) { return t.stride(-1) == 1 ? t : t.contiguous(); }
+// Whether every stride of t but the last is a multiple of V (so that V-element rows stay aligned).
+inline bool strides_divide(const at::Tensor& t, int64_t V) {
+  return !t.defined() || std::all_of(t.strides().begin(), t.strides().end() - 1, [&](int64_t st) { return st % V == 0; });
+}
 
 // Pairs i .. i + V - 1 of one row of D = 2 half values: dst = src cos + sign swap_halves(src)
 // signed_sin, pair i covering columns i and i + half; c and s are the row's position's tables.
@@ -157,9 +161,11 @@ struct SwiGLUBackward {
 // The o_proj input of the GQE variant, y [B*T, S + 2, dh]: for token n = b*T + t, slot s < S copies
 // the routed head's attention output o[b, s, t, :]; slot S is their weighted sum, sum_s w[n, s]
 // o[b, s, t, :] in fp32; slot S + 1 copies the shared head's shared[b, 0, t, :]. o and shared are
-// [B, heads, T, dh] in any strides with a contiguous last dim (SDPA's output layout).
-template <class T>
+// [B, heads, T, dh] in any strides with a contiguous last dim (SDPA's output layout). Index e covers
+// elements e V .. e V + V - 1 of y.
+template <class T, int V = 1>
 struct GqeSlotsForward {
+  static constexpr int width = V;
   const T* o;
   const T* shared;
   const float* w;
@@ -168,23 +174,31 @@ struct GqeSlotsForward {
   int64_t len, slots, dh;
 
   GQE_HOST_DEVICE void operator()(int64_t e) const {
-    const int64_t j = e % dh, r = e / dh, s = r % (slots + 2), n = r / (slots + 2), t = n % len, b = n / len;
+    const int64_t chunks = dh / V, j = e % chunks * V, r = e / chunks, s = r % (slots + 2), n = r / (slots + 2), t = n % len,
+                  b = n / len;
     const T* ot = o + b * o_stride[0] + t * o_stride[2] + j;
+    Pack<T, V> out;
     if (s < slots) {
-      y[e] = ot[s * o_stride[1]];
+      out = load<V>(ot + s * o_stride[1]);
     } else if (s == slots) {
-      float acc = 0.f;
-      for (int64_t k = 0; k < slots; ++k) acc += w[n * slots + k] * static_cast<float>(ot[k * o_stride[1]]);
-      y[e] = static_cast<T>(acc);
+      float acc[V] = {};
+      for (int64_t k = 0; k < slots; ++k) {
+        const Pack<T, V> ok = load<V>(ot + k * o_stride[1]);
+        for (int m = 0; m < V; ++m) acc[m] += w[n * slots + k] * static_cast<float>(ok.v[m]);
+      }
+      for (int m = 0; m < V; ++m) out.v[m] = static_cast<T>(acc[m]);
     } else {
-      y[e] = shared[b * shared_stride[0] + t * shared_stride[2] + j];
+      out = load<V>(shared + b * shared_stride[0] + t * shared_stride[2] + j);
     }
+    store<V>(y + e * V, out);
   }
 };
 
-// d o[b, s, t, j] = dy[n, s, j] + w[n, s] dy[n, S, j], one element of o each, written in d_o's strides.
-template <class T>
+// d o[b, s, t, j] = dy[n, s, j] + w[n, s] dy[n, S, j], V elements of o each (j .. j + V - 1),
+// written in d_o's strides.
+template <class T, int V = 1>
 struct GqeSlotsBackwardO {
+  static constexpr int width = V;
   const T* dy;
   const float* w;
   T* d_o;
@@ -192,16 +206,23 @@ struct GqeSlotsBackwardO {
   int64_t len, slots, dh;
 
   GQE_HOST_DEVICE void operator()(int64_t e) const {
-    const int64_t j = e % dh, r = e / dh, t = r % len, bs = r / len, s = bs % slots, b = bs / slots, n = b * len + t;
+    const int64_t chunks = dh / V, j = e % chunks * V, r = e / chunks, t = r % len, bs = r / len, s = bs % slots,
+                  b = bs / slots, n = b * len + t;
     const T* row = dy + n * (slots + 2) * dh;
-    d_o[b * d_o_stride[0] + s * d_o_stride[1] + t * d_o_stride[2] + j] =
-        static_cast<T>(static_cast<float>(row[s * dh + j]) + w[n * slots + s] * static_cast<float>(row[slots * dh + j]));
+    const Pack<T, V> own = load<V>(row + s * dh + j), weighted = load<V>(row + slots * dh + j);
+    const float ws = w[n * slots + s];
+    Pack<T, V> out;
+    for (int m = 0; m < V; ++m)
+      out.v[m] = static_cast<T>(static_cast<float>(own.v[m]) + ws * static_cast<float>(weighted.v[m]));
+    store<V>(d_o + b * d_o_stride[0] + s * d_o_stride[1] + t * d_o_stride[2] + j, out);
   }
 };
 
-// d w[n, s] = dy[n, S, :] . o[b, s, t, :], one (token, slot) each.
-template <class T>
+// d w[n, s] = dy[n, S, :] . o[b, s, t, :], one (token, slot) each, read V elements at a time and
+// summed in order.
+template <class T, int V = 1>
 struct GqeSlotsBackwardW {
+  static constexpr int width = V;
   const T* dy;
   const T* o;
   float* d_w;
@@ -213,7 +234,10 @@ struct GqeSlotsBackwardW {
     const T* g = dy + (n * (slots + 2) + slots) * dh;
     const T* os = o + b * o_stride[0] + s * o_stride[1] + t * o_stride[2];
     float acc = 0.f;
-    for (int64_t j = 0; j < dh; ++j) acc += static_cast<float>(g[j]) * static_cast<float>(os[j]);
+    for (int64_t j = 0; j < dh; j += V) {
+      const Pack<T, V> gj = load<V>(g + j), oj = load<V>(os + j);
+      for (int m = 0; m < V; ++m) acc += static_cast<float>(gj.v[m]) * static_cast<float>(oj.v[m]);
+    }
     d_w[i] = acc;
   }
 };
@@ -246,9 +270,8 @@ at::Tensor rotary(const at::Tensor& x_in, const at::Tensor& cos, const at::Tenso
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "gqe_rotary", [&] {
     constexpr int V = kWide<scalar_t>;
     const int64_t half = x.size(3) / 2;
-    const bool wide = launch.wide && half % V == 0 && aligned(V, {x, y, cos, signed_sin}) &&
-                      std::all_of(x.strides().begin(), x.strides().end() - 1, [](int64_t st) { return st % V == 0; }) &&
-                      std::all_of(y.strides().begin(), y.strides().end() - 1, [](int64_t st) { return st % V == 0; });
+    const bool wide =
+        launch.wide && half % V == 0 && aligned(V, {x, y, cos, signed_sin}) && strides_divide(x, V) && strides_divide(y, V);
     with_width<V>(wide, [&](auto width) {
       constexpr int W = decltype(width)::value;
       launch(RotaryPairs<scalar_t, W>{x.const_data_ptr<scalar_t>(), y.data_ptr<scalar_t>(), cos.const_data_ptr<float>(),
@@ -313,8 +336,7 @@ at::Tensor gqe_queries_backward(const at::Tensor& g_routed_in, const at::Tensor&
   const std::array<int64_t, 3> s0 = strides(g_routed), s1 = strides(g_shared);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, g_routed.scalar_type(), "gqe_queries_backward", [&] {
     constexpr int V = kWide<scalar_t>;
-    const bool strides_fit = std::all_of(s0.begin(), s0.end(), [](int64_t st) { return st % V == 0; }) &&
-                             std::all_of(s1.begin(), s1.end(), [](int64_t st) { return st % V == 0; });
+    const bool strides_fit = strides_divide(g_routed, V) && strides_divide(g_shared, V);
     with_width<V>(launch.wide && (D / 2) % V == 0 && strides_fit && aligned(V, {g_routed, g_shared, d_rows, cos, signed_sin}),
                   [&](auto width) {
                     constexpr int W = decltype(width)::value;
@@ -383,10 +405,15 @@ at::Tensor gqe_slots(const at::Tensor& o_in, const at::Tensor& shared_in, const 
   at::Tensor y = at::empty({B, T, (S + 2) * dh}, o.options());
   if (y.numel() == 0) return y;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, o.scalar_type(), "gqe_slots", [&] {
-    launch(GqeSlotsForward<scalar_t>{o.const_data_ptr<scalar_t>(), shared.const_data_ptr<scalar_t>(),
-                                     w.const_data_ptr<float>(), y.data_ptr<scalar_t>(), {o.stride(0), o.stride(1), o.stride(2)},
-                                     {shared.stride(0), shared.stride(1), shared.stride(2)}, T, S, dh},
-           y.numel());
+    constexpr int V = kWide<scalar_t>;
+    const bool wide = launch.wide && dh % V == 0 && aligned(V, {o, shared, y}) && strides_divide(o, V) && strides_divide(shared, V);
+    with_width<V>(wide, [&](auto width) {
+      constexpr int W = decltype(width)::value;
+      launch(GqeSlotsForward<scalar_t, W>{o.const_data_ptr<scalar_t>(), shared.const_data_ptr<scalar_t>(),
+                                          w.const_data_ptr<float>(), y.data_ptr<scalar_t>(), {o.stride(0), o.stride(1), o.stride(2)},
+                                          {shared.stride(0), shared.stride(1), shared.stride(2)}, T, S, dh},
+             y.numel() / W);
+    });
   });
   return y;
 }
@@ -408,12 +435,17 @@ GqeSlotsGrad gqe_slots_backward(const at::Tensor& dy_in, const at::Tensor& o_in,
                  at::empty({B, T, S}, w.options())};
   if (o.numel() == 0) return g;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, o.scalar_type(), "gqe_slots_backward", [&] {
-    launch(GqeSlotsBackwardO<scalar_t>{dy.const_data_ptr<scalar_t>(), w.const_data_ptr<float>(), g.o.data_ptr<scalar_t>(),
-                                       {g.o.stride(0), g.o.stride(1), g.o.stride(2)}, T, S, dh},
-           o.numel());
-    launch(GqeSlotsBackwardW<scalar_t>{dy.const_data_ptr<scalar_t>(), o.const_data_ptr<scalar_t>(), g.w.data_ptr<float>(),
-                                       {o.stride(0), o.stride(1), o.stride(2)}, T, S, dh},
-           B * T * S);
+    constexpr int V = kWide<scalar_t>;
+    const bool wide = launch.wide && dh % V == 0 && aligned(V, {dy, o, g.o}) && strides_divide(o, V) && strides_divide(g.o, V);
+    with_width<V>(wide, [&](auto width) {
+      constexpr int W = decltype(width)::value;
+      launch(GqeSlotsBackwardO<scalar_t, W>{dy.const_data_ptr<scalar_t>(), w.const_data_ptr<float>(), g.o.data_ptr<scalar_t>(),
+                                            {g.o.stride(0), g.o.stride(1), g.o.stride(2)}, T, S, dh},
+             o.numel() / W);
+      launch(GqeSlotsBackwardW<scalar_t, W>{dy.const_data_ptr<scalar_t>(), o.const_data_ptr<scalar_t>(), g.w.data_ptr<float>(),
+                                            {o.stride(0), o.stride(1), o.stride(2)}, T, S, dh},
+             B * T * S);
+    });
   });
   return g;
 }
