@@ -102,16 +102,19 @@ struct GqeQueryPairs {
   GQE_HOST_DEVICE void operator()(int64_t e) const {
     const int64_t chunks = half / V, i = e % chunks * V, r = e / chunks, s = r % slots, n = r / slots, t = n % len,
                   b = n / len;
-    const int part = s < routed ? 0 : 1;
-    const int64_t width_of_part = part == 0 ? routed : slots - routed, slot = s - part * routed, D = 2 * half;
+    // Selects, not q[part]: indexing the kernel's parameters at run time would copy them to local memory.
+    const bool first = s < routed;
+    const int64_t width_of_part = first ? routed : slots - routed, slot = first ? s : s - routed, D = 2 * half;
     const int64_t row = index[n * slots + s];
     const float* c = cos + t * D;
     const float* sn = signed_sin + t * D;
-    if (rows)
-      rotate_pairs<V>(rows + row * D, q[part] + (n * width_of_part + slot) * D, c, sn, i, half, 1.f);
-    else
-      rotate_pairs<V>(g[part] + b * g_stride[part][0] + slot * g_stride[part][1] + t * g_stride[part][2], d_rows + row * D, c,
-                      sn, i, half, -1.f);
+    if (rows) {
+      rotate_pairs<V>(rows + row * D, (first ? q[0] : q[1]) + (n * width_of_part + slot) * D, c, sn, i, half, 1.f);
+    } else {
+      const int64_t offset = first ? b * g_stride[0][0] + slot * g_stride[0][1] + t * g_stride[0][2]
+                                   : b * g_stride[1][0] + slot * g_stride[1][1] + t * g_stride[1][2];
+      rotate_pairs<V>((first ? g[0] : g[1]) + offset, d_rows + row * D, c, sn, i, half, -1.f);
+    }
   }
 };
 
