@@ -1,5 +1,5 @@
-// Fused CUDA kernels behind apply_rotary, SwiGLU, RMSNorm's add_and_norm and GQE's output slots on
-// a GPU (built when the torch in use has CUDA). Each reads its inputs once and writes its outputs once, computing in fp32 whatever the
+// Fused CUDA kernels behind apply_rotary, GQE's query gather, SwiGLU, RMSNorm's add_and_norm and
+// GQE's output slots on a GPU (built when the torch in use has CUDA). Each reads its inputs once and writes its outputs once, computing in fp32 whatever the
 // storage dtype; ATen spends three to five elementwise kernels (and casts of the tables) on each.
 // Their bodies are in layers_kernels.h, where the tests run them on the CPU too.
 #pragma once

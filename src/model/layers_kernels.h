@@ -1,6 +1,6 @@
-// The bodies of the fused RoPE, SwiGLU, residual-add + RMSNorm and GQE output-slot kernels
-// (layers_cuda.cu), and the drivers that check the tensors, allocate the outputs and hand the
-// bodies to a launcher. Elementwise bodies are functors of one element index; row bodies (RMSNorm) are functors of a
+// The bodies of the fused RoPE, GQE query-gather, SwiGLU, residual-add + RMSNorm and GQE
+// output-slot kernels (layers_cuda.cu), and the drivers that check the tensors, allocate the
+// outputs and hand the bodies to a launcher. Elementwise bodies are functors of one element index; row bodies (RMSNorm) are functors of a
 // row and a lane (below). layers_cuda.cu launches them on the GPU; the tests run the same code on
 // the CPU with plain loops, so CI (which has no GPU) checks their arithmetic and indexing against
 // the ATen path. Only the launchers themselves (layers_cuda.cu) need a GPU to be checked.
@@ -38,10 +38,6 @@ T* mutable_data_or_null(const at::Tensor& t) {
 }
 // t itself where its last dim is contiguous (any strides elsewhere), else a contiguous copy.
 inline at::Tensor last_dim_contiguous(const at::Tensor& t) { return t.stride(-1) == 1 ? t : t.contiguous(); }
-// Whether every stride of t but the last is a multiple of V (so that V-element rows stay aligned).
-inline bool strides_divide(const at::Tensor& t, int64_t V) {
-  return !t.defined() || std::all_of(t.strides().begin(), t.strides().end() - 1, [&](int64_t st) { return st % V == 0; });
-}
 
 // Pairs i .. i + V - 1 of one row of D = 2 half values: dst = src cos + sign swap_halves(src)
 // signed_sin, pair i covering columns i and i + half; c and s are the row's position's tables.
@@ -273,8 +269,7 @@ at::Tensor rotary(const at::Tensor& x_in, const at::Tensor& cos, const at::Tenso
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "gqe_rotary", [&] {
     constexpr int V = kWide<scalar_t>;
     const int64_t half = x.size(3) / 2;
-    const bool wide =
-        launch.wide && half % V == 0 && aligned(V, {x, y, cos, signed_sin}) && strides_divide(x, V) && strides_divide(y, V);
+    const bool wide = launch.wide && half % V == 0 && aligned(V, {x, y, cos, signed_sin});
     with_width<V>(wide, [&](auto width) {
       constexpr int W = decltype(width)::value;
       launch(RotaryPairs<scalar_t, W>{x.const_data_ptr<scalar_t>(), y.data_ptr<scalar_t>(), cos.const_data_ptr<float>(),
@@ -339,8 +334,7 @@ at::Tensor gqe_queries_backward(const at::Tensor& g_routed_in, const at::Tensor&
   const std::array<int64_t, 3> s0 = strides(g_routed), s1 = strides(g_shared);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, g_routed.scalar_type(), "gqe_queries_backward", [&] {
     constexpr int V = kWide<scalar_t>;
-    const bool strides_fit = strides_divide(g_routed, V) && strides_divide(g_shared, V);
-    with_width<V>(launch.wide && (D / 2) % V == 0 && strides_fit && aligned(V, {g_routed, g_shared, d_rows, cos, signed_sin}),
+    with_width<V>(launch.wide && (D / 2) % V == 0 && aligned(V, {g_routed, g_shared, d_rows, cos, signed_sin}),
                   [&](auto width) {
                     constexpr int W = decltype(width)::value;
                     launch(GqeQueryPairs<scalar_t, W>{nullptr, d_rows.data_ptr<scalar_t>(), {nullptr, nullptr},
@@ -409,7 +403,7 @@ at::Tensor gqe_slots(const at::Tensor& o_in, const at::Tensor& shared_in, const 
   if (y.numel() == 0) return y;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, o.scalar_type(), "gqe_slots", [&] {
     constexpr int V = kWide<scalar_t>;
-    const bool wide = launch.wide && dh % V == 0 && aligned(V, {o, shared, y}) && strides_divide(o, V) && strides_divide(shared, V);
+    const bool wide = launch.wide && dh % V == 0 && aligned(V, {o, shared, y});
     with_width<V>(wide, [&](auto width) {
       constexpr int W = decltype(width)::value;
       launch(GqeSlotsForward<scalar_t, W>{o.const_data_ptr<scalar_t>(), shared.const_data_ptr<scalar_t>(),
@@ -439,7 +433,7 @@ GqeSlotsGrad gqe_slots_backward(const at::Tensor& dy_in, const at::Tensor& o_in,
   if (o.numel() == 0) return g;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, o.scalar_type(), "gqe_slots_backward", [&] {
     constexpr int V = kWide<scalar_t>;
-    const bool wide = launch.wide && dh % V == 0 && aligned(V, {dy, o, g.o}) && strides_divide(o, V) && strides_divide(g.o, V);
+    const bool wide = launch.wide && dh % V == 0 && aligned(V, {dy, o, g.o});
     with_width<V>(wide, [&](auto width) {
       constexpr int W = decltype(width)::value;
       launch(GqeSlotsBackwardO<scalar_t, W>{dy.const_data_ptr<scalar_t>(), w.const_data_ptr<float>(), g.o.data_ptr<scalar_t>(),

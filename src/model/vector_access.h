@@ -37,10 +37,12 @@ GQE_HOST_DEVICE void store(T* p, const Pack<T, V>& x) {
 template <class T>
 constexpr int kWide = static_cast<int>(16 / sizeof(T));
 
-// Whether every defined tensor's data starts on a multiple of `elements` of its own element size.
-inline bool aligned(int64_t elements, std::initializer_list<at::Tensor> tensors) {
+// Whether accesses of V elements fit every defined tensor: its data starts on a multiple of V of its
+// own elements, and every stride but the last is a multiple of V (so that each of its rows does too).
+inline bool aligned(int64_t V, std::initializer_list<at::Tensor> tensors) {
   return std::all_of(tensors.begin(), tensors.end(), [&](const at::Tensor& t) {
-    return !t.defined() || reinterpret_cast<uintptr_t>(t.const_data_ptr()) % (elements * t.element_size()) == 0;
+    return !t.defined() || (reinterpret_cast<uintptr_t>(t.const_data_ptr()) % (V * t.element_size()) == 0 &&
+                            std::all_of(t.strides().begin(), t.strides().end() - 1, [&](int64_t st) { return st % V == 0; }));
   });
 }
 
